@@ -1,0 +1,225 @@
+"""Native core of lazy_disk_cache: every byte of artefact I/O, mappings and .npy headers.
+
+Private module: import from ``lazy_disk_cache`` instead. Every method that touches the disk
+releases the GIL while it blocks. Failures raise ``OSError`` subclasses carrying ``errno`` and
+``filename`` (``filename2`` for renames), ``ValueError`` for malformed headers, short files and
+illegal names, ``OverflowError`` for sizes that do not fit, and ``KeyboardInterrupt`` when a long
+copy is interrupted (its temp is removed first).
+"""
+
+import sys
+from collections.abc import Iterable, Sequence
+from os import PathLike
+from types import TracebackType
+from typing import Literal, final
+
+from typing_extensions import Buffer, Self
+
+__version__: str
+
+MappingMode = Literal["r", "r+", "c"]
+
+@final
+class FileMapping:
+    """A memory mapping of one artefact file, exposed through the buffer protocol.
+
+    The file is mapped from offset 0 and the window ``[offset, offset + length)`` is exported.
+    It is unmapped only when the last reference goes; there is no ``close()``. Not picklable.
+    """
+
+    @staticmethod
+    def open(
+        dir: CacheDir,
+        name: str,
+        *,
+        mode: MappingMode = "r",
+        offset: int = 0,
+        length: int | None = None,
+    ) -> FileMapping:
+        """Map ``name`` inside ``dir``. O(1): open, fstat, mmap, close; reads no data.
+
+        ``length=None`` maps to the end of the file. A file shorter than ``offset + length``
+        raises ``ValueError``; ``r`` and ``c`` need only read permission.
+        """
+
+    @property
+    def mode(self) -> MappingMode: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def length(self) -> int: ...
+    @property
+    def readonly(self) -> bool: ...
+    @property
+    def exports(self) -> int:
+        """Number of live buffer exports (memoryviews and the like)."""
+
+    @property
+    def path(self) -> str:
+        """The mapped file's path, for messages and ``np.memmap.filename``."""
+
+    def flush(self) -> None:
+        """``msync(MS_SYNC)`` for ``r+`` mappings, a no-op otherwise. Blocks; GIL released."""
+    if sys.version_info >= (3, 12):
+        def __buffer__(self, flags: int, /) -> memoryview: ...
+        def __release_buffer__(self, buffer: memoryview, /) -> None: ...
+
+@final
+class NpyHeader:
+    """A decoded ``.npy`` header; ``descr`` is the Python literal text of the dtype description."""
+
+    @property
+    def descr(self) -> str: ...
+    @property
+    def fortran_order(self) -> bool: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def data_offset(self) -> int: ...
+    @property
+    def file_len(self) -> int: ...
+    @property
+    def version(self) -> tuple[int, int]: ...
+
+@final
+class CacheDir:
+    """An open directory; every artefact operation is ``(this directory, one name)``.
+
+    Names are single path segments: ``/``, NUL, ``.`` and ``..`` raise ``ValueError``. Symlinks
+    at artefact names are never followed for writing.
+    """
+
+    @staticmethod
+    def open(path: str | PathLike[str], *, create: bool = False) -> CacheDir:
+        """Open ``path`` (resolving a symlinked root once); ``create`` makes it and its parents,
+        fsyncing each new directory in its parent."""
+
+    @property
+    def path(self) -> str: ...
+    def write_file(
+        self,
+        name: str,
+        src: Buffer | Iterable[Buffer],
+        *,
+        nbytes: int | None = None,
+        chunk_bytes: int,
+        durable: bool,
+    ) -> FileMapping:
+        """Atomically replace ``name`` with the bytes of ``src`` and return an ``r+`` mapping of it.
+
+        ``src`` is one C-contiguous buffer, or an iterable of C-contiguous blocks whose total
+        must equal ``nbytes``. Creates ``<name>.tmp`` with ``O_EXCL|O_NOFOLLOW`` (a stale temp is
+        unlinked first), reserves the full size, writes with ``pwrite`` in pieces of at most
+        ``chunk_bytes``, then (``durable`` only) fsyncs, renames over ``name`` and (``durable``
+        only) fsyncs the directory. The temp gets the existing destination's mode, else
+        ``0666 & ~umask``. On any error the temp is removed and the destination is unchanged.
+        1 copy, GIL released between blocks.
+        """
+
+    def write_zeroed(self, name: str, nbytes: int, *, durable: bool) -> FileMapping:
+        """Atomically replace ``name`` with ``nbytes`` reserved zero bytes; return an ``r+`` mapping."""
+
+    def copy_range(
+        self,
+        src: str,
+        src_offset: int,
+        dst: str,
+        length: int,
+        *,
+        durable: bool,
+    ) -> FileMapping:
+        """Atomically replace ``dst`` with bytes ``[src_offset, src_offset + length)`` of ``src``.
+
+        Uses a reflink (``FICLONERANGE``) where both ranges are block-aligned, else
+        ``copy_file_range``, else a bounded bounce buffer. Returns an ``r+`` mapping of ``dst``.
+        """
+
+    def read_header(self, name: str) -> NpyHeader:
+        """Decode the ``.npy`` header of ``name`` (one small pread). Malformed → ``ValueError``."""
+
+    def read_into(self, name: str, offset: int, dest: Buffer) -> None:
+        """Fill the writable C-contiguous ``dest`` from ``name`` at ``offset`` (``pread``, GIL released).
+
+        A file too short to fill ``dest`` raises ``ValueError``.
+        """
+
+    def begin_commit(self, *, chunk_bytes: int) -> CommitBatch:
+        """Start a group commit of ``.npy`` + ``.meta.json`` pairs in this directory."""
+
+    def sweep_temps(self) -> tuple[list[str], list[tuple[str, OSError]]]:
+        """Remove ``<key>.npy.tmp``, ``<key>.meta.json.tmp`` and ``<key>.dat.tmp`` left by a crash.
+
+        Never follows a symlink; skips temps a live writer holds locked. Returns the removed
+        names and the names that could not be removed with their errors. A read-only
+        directory yields two empty lists.
+        """
+
+    def unlink_all(self, names: Sequence[str]) -> list[tuple[str, OSError]]:
+        """Unlink each name (never following a symlink); missing names are not errors.
+
+        Returns the names that could not be unlinked with their errors.
+        """
+
+@final
+class CommitBatch:
+    """A group commit: write every pair's temps, then rename them all and fsync the directory once.
+
+    Leaving the ``with`` block without ``commit()`` aborts: every temp written so far is removed.
+    """
+
+    def add_npy(
+        self,
+        key: str,
+        *,
+        descr: str,
+        fortran_order: bool,
+        shape: Sequence[int],
+        nbytes: int,
+        meta: bytes,
+        source: Buffer | Iterable[Buffer] | None = None,
+        source_file: str | None = None,
+        source_offset: int = 0,
+    ) -> None:
+        """Write and fsync ``<key>.npy.tmp`` (payload at byte 4096) and ``<key>.meta.json.tmp``.
+
+        The payload comes from ``source`` (a buffer or C-contiguous blocks totalling ``nbytes``)
+        or from ``nbytes`` bytes of the file ``source_file`` in this directory starting at
+        ``source_offset`` (reflink or ``copy_file_range``; no user-space copy). On failure this
+        key's temps are removed, the error is raised, and the keys added before it remain in the
+        batch, ready for ``commit()``.
+        """
+
+    def commit(self) -> None:
+        """Rename every pair (``.npy`` first, then ``.meta.json``) and fsync the directory once.
+
+        On a rename failure the remaining temps are removed, the directory is fsynced and the
+        error is raised; keys renamed before it are committed.
+        """
+
+    def abort(self) -> None:
+        """Remove every temp written by this batch. Idempotent."""
+
+    @property
+    def keys(self) -> list[str]:
+        """Keys written to temps and not yet committed or aborted."""
+
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+def _inject_fault(op: str, nth: int, errno: int) -> None:
+    """Testing seam: make the ``nth`` (1-based) future call of ``op`` fail with ``errno``.
+
+    ``op`` is one of ``create``, ``reserve``, ``write``, ``fsync``, ``dir_fsync``, ``rename``,
+    ``unlink``, ``map``. Process-global; inert until called.
+    """
+
+def _clear_faults() -> None:
+    """Testing seam: drop every pending fault and reset the operation counters."""
+
+def _op_counts() -> dict[str, int]:
+    """Testing seam: how many times each filesystem operation ran since the last reset."""
