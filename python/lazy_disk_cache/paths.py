@@ -1,0 +1,338 @@
+"""Store keys and the file names derived from them.
+
+A key is one path segment. Everything that turns a key into a path goes through this module, so
+the key rule and the containment check live in exactly one place. Key validation is pure string
+work and never touches the filesystem; the builders and containment helpers resolve symbolic links
+(read-only system calls) and never write.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from types import MappingProxyType
+from typing import TypeAlias
+
+from lazy_disk_cache.errors import StoreContainmentError, StoreKeyError, _NonStrStoreKeyError
+
+__all__ = [
+    "CLAUSE_ABSOLUTE",
+    "CLAUSE_CONTROL",
+    "CLAUSE_ENCODING",
+    "CLAUSE_LENGTH",
+    "CLAUSE_RESERVED",
+    "CLAUSE_SEPARATOR",
+    "CLAUSE_TRAILING",
+    "LEGACY_PICKLE_SUFFIX",
+    "MAX_KEY_UTF8_BYTES",
+    "MEMMAP_SUFFIX",
+    "META_SUFFIX",
+    "NPY_SUFFIX",
+    "STORE_PATH_BUILDERS",
+    "TMP_SUFFIX",
+    "StoreContainmentError",
+    "StoreKeyError",
+    "artefact_suffix",
+    "ensure_contained",
+    "ensure_write_contained",
+    "get_legacy_pickle_path",
+    "get_memmap_path",
+    "get_memmap_tmp_path",
+    "get_meta_path",
+    "get_meta_tmp_path",
+    "get_npy_path",
+    "get_npy_tmp_path",
+    "is_our_temp_name",
+    "is_valid_store_key",
+    "key_from_npy_name",
+    "validate_store_key",
+]
+
+logger = logging.getLogger(__name__)
+
+NPY_SUFFIX = ".npy"
+META_SUFFIX = ".meta.json"
+LEGACY_PICKLE_SUFFIX = ".pkl"
+MEMMAP_SUFFIX = ".dat"
+TMP_SUFFIX = ".tmp"
+
+CLAUSE_RESERVED = "is empty or a reserved path name"
+CLAUSE_CONTROL = "contains a control character"
+CLAUSE_ABSOLUTE = "is an absolute or drive-relative path"
+CLAUSE_SEPARATOR = "contains a path separator"
+CLAUSE_TRAILING = "ends in a space or a dot"
+CLAUSE_ENCODING = "is not encodable as a file name"
+CLAUSE_LENGTH = "is too long for a file name"
+
+# NAME_MAX on Linux and most POSIX file systems: the longest single file name, in bytes.
+_NAME_MAX_BYTES = 255
+# The longest name built from a key is '<key>.meta.json.tmp', so the key gets what the 14 bytes
+# of that suffix leave of NAME_MAX: 255 - 14 = 241 UTF-8 bytes.
+MAX_KEY_UTF8_BYTES = _NAME_MAX_BYTES - len(META_SUFFIX + TMP_SUFFIX)
+
+_DOT_NAMES = frozenset({"", ".", ".."})
+_CONTROL_CHARACTERS = frozenset([*map(chr, range(0x20)), "\x7f"])
+# Characters that can make a string anything but one plain segment under either path flavour.
+_PATH_SYNTAX_CHARACTERS = frozenset("/\\:")
+_DEVICE_NAMES = frozenset(
+    {
+        "CON",
+        "PRN",
+        "AUX",
+        "NUL",
+        "CONIN$",
+        "CONOUT$",
+        *(f"{port}{digit}" for port in ("COM", "LPT") for digit in "0123456789\u00b9\u00b2\u00b3"),
+    }
+)
+
+_ARTEFACT_SUFFIXES = tuple(
+    sorted(
+        (
+            suffix + tmp
+            for suffix in (NPY_SUFFIX, META_SUFFIX, LEGACY_PICKLE_SUFFIX, MEMMAP_SUFFIX)
+            for tmp in ("", TMP_SUFFIX)
+        ),
+        key=len,
+        reverse=True,
+    )
+)
+_OUR_TEMP_SUFFIXES = (NPY_SUFFIX + TMP_SUFFIX, META_SUFFIX + TMP_SUFFIX, MEMMAP_SUFFIX + TMP_SUFFIX)
+
+_StrPath: TypeAlias = str | os.PathLike[str]
+_PathBuilder: TypeAlias = Callable[[_StrPath, str], Path]
+
+
+def _as_plain_str(key: str) -> str:
+    # A str subclass may override rstrip, split, __add__ and friends; the rule and the builders
+    # must see the exact characters, so they work on an exact str copy.
+    return key if type(key) is str else str.__str__(key)
+
+
+def _has_anchor_or_drive(key: str) -> bool:
+    posix, windows = PurePosixPath(key), PureWindowsPath(key)
+    return ":" in key or bool(posix.anchor or windows.anchor or windows.drive)
+
+
+def _has_separator(key: str) -> bool:
+    return "/" in key or "\\" in key or len(PurePosixPath(key).parts) != 1 or len(PureWindowsPath(key).parts) != 1
+
+
+def _device_stem(key: str) -> str:
+    stem = key.split(".", 1)[0]
+    if "." not in key:
+        return stem
+    # Spaces before a dot are dropped from the stem ('CON .txt' is CON), but not the spaces of the
+    # key's own trailing run ('CON .' keeps 'CON ' and is refused as trailing instead).
+    trailing_start = len(key.rstrip(" ."))
+    return stem[:trailing_start].rstrip(" ") + stem[trailing_start:]
+
+
+def _violated_clause(key: str) -> str | None:
+    """Return the first clause of the key rule that ``key`` breaks, or ``None`` if it is legal."""
+    if key in _DOT_NAMES:
+        return CLAUSE_RESERVED
+    if not _CONTROL_CHARACTERS.isdisjoint(key):
+        return CLAUSE_CONTROL
+    # Without '/', '\' or ':' neither flavour can see an anchor, a drive or a second part, so
+    # the (comparatively slow) pure-path parsing runs only for keys that will be refused.
+    if not _PATH_SYNTAX_CHARACTERS.isdisjoint(key):
+        if _has_anchor_or_drive(key):
+            return CLAUSE_ABSOLUTE
+        if _has_separator(key):
+            return CLAUSE_SEPARATOR
+    if _device_stem(key).upper() in _DEVICE_NAMES:
+        return CLAUSE_RESERVED
+    if key.rstrip(" .") != key:
+        return CLAUSE_TRAILING
+    try:
+        encoded = key.encode("utf-8")
+    except UnicodeEncodeError:
+        return CLAUSE_ENCODING
+    if len(encoded) > MAX_KEY_UTF8_BYTES:
+        return CLAUSE_LENGTH
+    return None
+
+
+def validate_store_key(key: object, cache_dir: _StrPath | None = None) -> None:
+    """Check that ``key`` is a legal store key: one file-name segment, usable on any platform.
+
+    The characters are taken exactly as given (no case folding, no Unicode normalisation). The
+    clauses are checked in a fixed order and the first one broken is reported. Pure string work:
+    no filesystem access, whatever ``cache_dir`` is; ``cache_dir`` only names the directory in
+    the message.
+
+    Raises:
+        StoreKeyError: ``key`` is a ``str`` that breaks the rule; the message contains the clause.
+        StoreKeyError: ``key`` is not a ``str``; the error is also a ``TypeError``.
+    """
+    if not isinstance(key, str):
+        raise _NonStrStoreKeyError.for_key(key)
+    plain = _as_plain_str(key)
+    clause = _violated_clause(plain)
+    if clause is not None:
+        raise StoreKeyError.for_clause(plain, cache_dir, clause)
+
+
+def is_valid_store_key(key: object) -> bool:
+    """Return whether ``validate_store_key(key)`` would accept ``key``; ``False`` for any non-``str``."""
+    return isinstance(key, str) and _violated_clause(_as_plain_str(key)) is None
+
+
+def _real(path: Path) -> Path:
+    # os.path.realpath rather than Path.resolve: on Python 3.11 resolve() turns a symlink loop into
+    # RuntimeError, while realpath stops at the loop and reports where it is, which we can judge.
+    return Path(os.path.realpath(path))
+
+
+def _is_strictly_inside(path: Path, root: Path) -> bool:
+    return path != root and path.is_relative_to(root)
+
+
+def _refuse(candidate: Path, cache_dir: Path, key: str, reason: str) -> StoreContainmentError:
+    logger.debug("Refusing store path %s for key %r: %s", candidate, key, reason)
+    return StoreContainmentError.for_path(candidate, key, cache_dir)
+
+
+def ensure_contained(candidate: _StrPath, cache_dir: _StrPath, key: str) -> None:
+    """Check that ``candidate`` names an entry directly or indirectly inside ``cache_dir``.
+
+    The parent of ``candidate`` is fully resolved and joined with its final component, which is
+    deliberately left unresolved: a symbolic link adopted into the directory stays usable, and
+    a cache directory that is itself a link works. Reads the filesystem (``realpath``), writes
+    nothing.
+
+    Raises:
+        StoreContainmentError: the candidate lands outside ``cache_dir`` or is the directory itself.
+    """
+    candidate, cache_dir = Path(candidate), Path(cache_dir)
+    # '..' as the final component would step out after the parent was judged; '' is a root.
+    if candidate.name in _DOT_NAMES:
+        raise _refuse(candidate, cache_dir, key, "its final component is not a file name")
+    if not _is_strictly_inside(_real(candidate.parent) / candidate.name, _real(cache_dir)):
+        raise _refuse(candidate, cache_dir, key, "its parent resolves elsewhere")
+
+
+def ensure_write_contained(candidate: _StrPath, cache_dir: _StrPath, key: str) -> None:
+    """Check containment before writing through ``candidate`` (see ``ensure_contained``).
+
+    In addition, when ``candidate`` is a symbolic link, the link's full resolution must be inside
+    ``cache_dir`` too, so that a write or an unlink never reaches a file elsewhere. Reads the
+    filesystem (``lstat``, ``realpath``), writes nothing.
+
+    Raises:
+        StoreContainmentError: the candidate, or the file its link leads to, is outside ``cache_dir``.
+        OSError: the link status of ``candidate`` cannot be read (other than a missing path).
+    """
+    ensure_contained(candidate, cache_dir, key)
+    candidate, cache_dir = Path(candidate), Path(cache_dir)
+    if candidate.is_symlink() and not _is_strictly_inside(_real(candidate), _real(cache_dir)):
+        raise _refuse(candidate, cache_dir, key, "it is a symbolic link leading elsewhere")
+
+
+def _artefact_name(key: str, suffix: str) -> str:
+    # String concatenation, never with_suffix: 'a.b' must become 'a.b.npy', not 'a.npy'.
+    return key + suffix
+
+
+def _build(cache_dir: _StrPath, key: str, suffix: str) -> Path:
+    validate_store_key(key, cache_dir)
+    directory = Path(cache_dir)
+    plain = _as_plain_str(key)
+    candidate = directory / _artefact_name(plain, suffix)
+    ensure_contained(candidate, directory, plain)
+    return candidate
+
+
+def get_npy_path(cache_dir: _StrPath, key: str) -> Path:
+    """Return ``<cache_dir>/<key>.npy``, the payload of a stored entry.
+
+    Validates ``key`` (``StoreKeyError``, before any filesystem access) and checks containment
+    (``StoreContainmentError``; reads the filesystem, writes nothing).
+    """
+    return _build(cache_dir, key, NPY_SUFFIX)
+
+
+def get_meta_path(cache_dir: _StrPath, key: str) -> Path:
+    """Return ``<cache_dir>/<key>.meta.json``, the sidecar of a stored entry (checks as ``get_npy_path``)."""
+    return _build(cache_dir, key, META_SUFFIX)
+
+
+def get_legacy_pickle_path(cache_dir: _StrPath, key: str) -> Path:
+    """Return ``<cache_dir>/<key>.pkl``, a legacy file that is never read or written (checks as ``get_npy_path``)."""
+    return _build(cache_dir, key, LEGACY_PICKLE_SUFFIX)
+
+
+def get_npy_tmp_path(cache_dir: _StrPath, key: str) -> Path:
+    """Return ``<cache_dir>/<key>.npy.tmp``, the payload's commit temp (checks as ``get_npy_path``)."""
+    return _build(cache_dir, key, NPY_SUFFIX + TMP_SUFFIX)
+
+
+def get_meta_tmp_path(cache_dir: _StrPath, key: str) -> Path:
+    """Return ``<cache_dir>/<key>.meta.json.tmp``, the sidecar's commit temp (checks as ``get_npy_path``)."""
+    return _build(cache_dir, key, META_SUFFIX + TMP_SUFFIX)
+
+
+def get_memmap_path(cache_dir: _StrPath, key: str) -> Path:
+    """Return ``<cache_dir>/<key>.dat``, the live memory-mapped file (checks as ``get_npy_path``)."""
+    return _build(cache_dir, key, MEMMAP_SUFFIX)
+
+
+def get_memmap_tmp_path(cache_dir: _StrPath, key: str) -> Path:
+    """Return ``<cache_dir>/<key>.dat.tmp``, the live file's conversion temp (checks as ``get_npy_path``)."""
+    return _build(cache_dir, key, MEMMAP_SUFFIX + TMP_SUFFIX)
+
+
+STORE_PATH_BUILDERS: Mapping[str, _PathBuilder] = MappingProxyType(
+    {
+        "npy": get_npy_path,
+        "meta": get_meta_path,
+        "legacy_pickle": get_legacy_pickle_path,
+        "npy_tmp": get_npy_tmp_path,
+        "meta_tmp": get_meta_tmp_path,
+        "memmap": get_memmap_path,
+        "memmap_tmp": get_memmap_tmp_path,
+    }
+)
+
+
+def artefact_suffix(name: str) -> str | None:
+    """Return the longest store artefact suffix ``name`` ends with, or ``None``.
+
+    The artefact suffixes are ``.npy``, ``.meta.json``, ``.pkl``, ``.dat`` and their ``.tmp``
+    forms; ``'k.meta.json.tmp'`` gives ``'.meta.json.tmp'``, ``'k.json'`` gives ``None``. Purely
+    lexical and case-sensitive.
+    """
+    return next((suffix for suffix in _ARTEFACT_SUFFIXES if name.endswith(suffix)), None)
+
+
+def key_from_npy_name(name: str) -> str | None:
+    """Return the store key a ``<key>.npy`` file name stands for, or ``None`` if it is not one.
+
+    Only the final ``.npy`` is stripped: ``'a.npy.npy'`` is key ``'a.npy'``. The key must be legal
+    and must rebuild exactly ``name``. Pure string work.
+    """
+    if len(name) <= len(NPY_SUFFIX) or not name.endswith(NPY_SUFFIX):
+        return None
+    key = name[: -len(NPY_SUFFIX)]
+    return key if _is_name_of(key, NPY_SUFFIX, name) else None
+
+
+def is_our_temp_name(name: str) -> bool:
+    """Return whether ``name`` is a temp the store writes: ``<key>.npy.tmp``, ``.meta.json.tmp`` or ``.dat.tmp``.
+
+    ``<key>`` must be a legal key. Used by the temp sweep, which must never touch anything else.
+    Pure string work.
+    """
+    for suffix in _OUR_TEMP_SUFFIXES:
+        if name.endswith(suffix):
+            return _is_name_of(name[: -len(suffix)], suffix, name)
+    return False
+
+
+def _is_name_of(key: str, suffix: str, name: str) -> bool:
+    # The rebuild comparison ties the parsers to the builders: a name is ours only if the builder
+    # would produce it from the parsed key.
+    return is_valid_store_key(key) and _artefact_name(key, suffix) == name
