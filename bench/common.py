@@ -1,0 +1,466 @@
+"""Shared benchmark machinery: interleaved timing, paired ratios, targets, RSS children, environment.
+
+Every case is a list of variants (our operation and its baselines). `measure_interleaved` runs
+them in the same process and the same repetition, rotating the starting variant each repetition
+so that no variant always runs first (after a cold start) or last (under accumulated writeback).
+A shared 2-core machine is noisy, so results are reported as the median over repetitions of the
+per-repetition ratio between two variants: noise that hits one repetition hits both sides of it.
+
+This module must import on the interpreter that runs the original package too (a separate venv),
+so it imports nothing but the standard library and NumPy at module level.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import importlib
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = [
+    "BENCH_DIR",
+    "GIB",
+    "KIB",
+    "MIB",
+    "CaseResult",
+    "Impl",
+    "Role",
+    "Series",
+    "Settings",
+    "Target",
+    "TargetOutcome",
+    "Variant",
+    "collect_garbage",
+    "environment",
+    "evaluate_target",
+    "format_bytes",
+    "format_seconds",
+    "load_impl",
+    "measure_interleaved",
+    "now",
+    "paired_ratio",
+    "read_status_kib",
+    "reset_peak_rss",
+    "run_json_child",
+    "settle",
+    "unlink_quietly",
+]
+
+KIB = 1024
+MIB = 1024**2
+GIB = 1024**3
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+Role = Literal["ours", "limit", "numpy", "joblib", "original", "derived"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one run measures: repetitions, sizes and the working directory (one file system)."""
+
+    quick: bool
+    workdir: Path
+    reps: int
+    small_reps: int
+    warmup: int
+    latency_calls: int
+
+    @classmethod
+    def for_run(cls, *, quick: bool, workdir: Path) -> Settings:
+        """Full runs use 5 repetitions for GiB-sized cases and 7 for cheap ones; quick runs 2 and 3."""
+        if quick:
+            return cls(quick=True, workdir=workdir, reps=2, small_reps=3, warmup=0, latency_calls=10)
+        return cls(quick=False, workdir=workdir, reps=5, small_reps=7, warmup=1, latency_calls=100)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["workdir"] = str(self.workdir)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Settings:
+        return cls(**{**data, "workdir": Path(data["workdir"])})
+
+
+@dataclass
+class Variant:
+    """One contender of a case. `op` performs one measured operation and returns its seconds.
+
+    `op` does its own setup and teardown outside the timed region, so a variant can prepare a
+    fresh file name or drop the page-cache pages of the previous repetition without charging them.
+    `na` is the reason the variant cannot run here (for example, a feature not built yet).
+    """
+
+    name: str
+    role: Role
+    op: Callable[[], float] | None
+    na: str | None = None
+
+
+@dataclass
+class Series:
+    """The measurements of one variant: one value per repetition (NaN when a repetition failed)."""
+
+    name: str
+    role: Role
+    values: list[float] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.values) and not self.note and not all(math.isnan(v) for v in self.values)
+
+    @property
+    def median(self) -> float:
+        finite = [v for v in self.values if not math.isnan(v)]
+        return statistics.median(finite) if finite else math.nan
+
+
+@dataclass
+class CaseResult:
+    """Everything measured for one case, ready for the report and for JSON exchange with children."""
+
+    case_id: str
+    title: str
+    group: str
+    unit: Literal["s", "MiB"]
+    nbytes: int | None
+    series: list[Series]
+    notes: list[str] = field(default_factory=list)
+
+    def get(self, name: str) -> Series | None:
+        return next((s for s in self.series if s.name == name), None)
+
+    @property
+    def ours(self) -> Series | None:
+        return next((s for s in self.series if s.role == "ours"), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CaseResult:
+        series = [Series(**s) for s in data["series"]]
+        return cls(**{**data, "series": series})
+
+
+def collect_garbage() -> None:
+    """Run the collector twice so finalizers (and the unlinks they perform) have run."""
+    gc.collect()
+    gc.collect()
+
+
+def unlink_quietly(*paths: Path) -> None:
+    """Remove files left by a variant; a missing file is fine."""
+    for path in paths:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def measure_interleaved(variants: Sequence[Variant], *, reps: int, warmup: int) -> list[Series]:
+    """Run every available variant once per repetition, rotating the start, and collect the times.
+
+    A variant that raises is reported as an error and not run again; its earlier values are kept
+    out of every ratio (the whole series is marked), so a half-broken variant never looks fast.
+    """
+    series = {v.name: Series(v.name, v.role, note=f"n/a ({v.na})" if v.na else "") for v in variants}
+    live = [v for v in variants if v.na is None and v.op is not None]
+    for rep in range(warmup + reps):
+        shift = rep % len(live) if live else 0
+        for variant in live[shift:] + live[:shift]:
+            result = series[variant.name]
+            if result.note or variant.op is None:
+                continue
+            try:
+                seconds = variant.op()
+            except Exception as exc:
+                result.note = f"error ({type(exc).__name__}: {exc})"
+                print(f"bench: {variant.name} failed:", file=sys.stderr)
+                traceback.print_exc(file=sys.stderr)
+                continue
+            if rep >= warmup:
+                result.values.append(seconds)
+    return [series[v.name] for v in variants]
+
+
+def paired_ratio(numerator: Series, denominator: Series) -> float:
+    """Median over repetitions of numerator/denominator, pairing values from the same repetition."""
+    if not (numerator.ok and denominator.ok):
+        return math.nan
+    ratios = [
+        a / b
+        for a, b in zip(numerator.values, denominator.values, strict=False)
+        if not (math.isnan(a) or math.isnan(b)) and b > 0
+    ]
+    return statistics.median(ratios) if ratios else math.nan
+
+
+@dataclass(frozen=True)
+class Target:
+    """A promise about one case.
+
+    `kind` says how the measured number is formed:
+    * ``speed``: baseline time / our time per repetition (higher is better), must be >= threshold;
+    * ``time``: our time / baseline time per repetition (lower is better), must be <= threshold;
+    * ``absolute``: our median value itself (e.g. MiB), must be <= threshold.
+    """
+
+    case_id: str
+    kind: Literal["speed", "time", "absolute"]
+    threshold: float
+    baseline: str | None
+    text: str
+
+    def measure(self, case: CaseResult, ours: Series | None = None) -> float:
+        """The number this target judges, for our series or for another series of the case."""
+        subject = ours if ours is not None else case.ours
+        if subject is None or not subject.ok:
+            return math.nan
+        if self.kind == "absolute":
+            return subject.median
+        baseline = case.get(self.baseline or "")
+        if baseline is None:
+            return math.nan
+        if self.kind == "speed":
+            return paired_ratio(baseline, subject)
+        return paired_ratio(subject, baseline)
+
+    def passes(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        return value >= self.threshold if self.kind == "speed" else value <= self.threshold
+
+    def headroom(self, value: float) -> float:
+        """>= 1 when the target is met, on a scale where 2 means "twice as good as required"."""
+        if math.isnan(value) or value <= 0:
+            return math.nan
+        return value / self.threshold if self.kind == "speed" else self.threshold / value
+
+    def describe(self, value: float) -> str:
+        if math.isnan(value):
+            return "n/a"
+        if self.kind == "absolute":
+            return f"{value:.1f} MiB"
+        return f"{value:.2f}x"
+
+    def rule(self) -> str:
+        if self.kind == "absolute":
+            return f"<= {self.threshold:g} MiB"
+        sign = ">=" if self.kind == "speed" else "<="
+        return f"{sign} {self.threshold:g}x"
+
+
+@dataclass(frozen=True)
+class TargetOutcome:
+    target: Target
+    value: float
+    verdict: str
+    original_value: float
+
+
+def evaluate_target(target: Target, cases: dict[str, CaseResult], originals: dict[str, CaseResult]) -> TargetOutcome:
+    """Judge a target; the original package, measured in its own process, is judged the same way."""
+    case = cases.get(target.case_id)
+    value = target.measure(case) if case is not None else math.nan
+    if case is None or case.ours is None or not case.ours.ok:
+        note = case.ours.note if case is not None and case.ours is not None else "not measured"
+        verdict = note or "n/a"
+    else:
+        verdict = "PASS" if target.passes(value) else "MISS"
+    original_case = originals.get(target.case_id)
+    original_value = math.nan
+    if original_case is not None:
+        original = next((s for s in original_case.series if s.role == "original"), None)
+        if original is not None:
+            original_value = target.measure(original_case, original)
+    return TargetOutcome(target, value, verdict, original_value)
+
+
+@dataclass(frozen=True)
+class Impl:
+    """One implementation of the public API (ours, or the original package in its own venv)."""
+
+    label: str
+    role: Role
+    array_cls: Any
+    store_cls: Any
+    config_cls: Any
+    array_na: str | None
+    store_na: str | None
+
+
+def _import_attr(module: str, name: str) -> tuple[Any, str | None]:
+    try:
+        return getattr(importlib.import_module(module), name), None
+    except (ImportError, AttributeError) as exc:
+        print(f"bench: {module}.{name} unavailable: {exc}", file=sys.stderr)
+        return None, "not built"
+
+
+def load_impl(which: Literal["ours", "original"]) -> Impl:
+    """Import the classes a case needs; a missing feature becomes an n/a reason, not a crash."""
+    role: Role
+    if which == "ours":
+        package, label, role = "lazy_disk_cache", "lazy_disk_cache", "ours"
+    else:
+        package, label, role = "GSEGUtils.lazy_disk_cache", "GSEGUtils 0.5.2", "original"
+    array_cls, array_na = _import_attr(f"{package}.disk_backed_ndarray", "DiskBackedNDArray")
+    store_cls, store_na = _import_attr(f"{package}.disk_backed_store", "DiskBackedStore")
+    config_cls, config_na = _import_attr(f"{package}.lazy_disk_cache", "LazyDiskCacheConfig")
+    store_na = store_na or array_na or config_na
+    return Impl(label, role, array_cls, store_cls, config_cls, array_na, store_na)
+
+
+def format_seconds(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "n/a"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def format_bytes(nbytes: int) -> str:
+    for unit, size in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
+        if nbytes >= size:
+            value = nbytes / size
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{nbytes} B"
+
+
+def read_status_kib(field_name: str) -> int:
+    """A ``/proc/self/status`` memory field (VmRSS, VmHWM, ...) in KiB."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field_name} line")
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False when the kernel refuses."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def run_json_child(argv: Sequence[str], *, timeout: float) -> dict[str, Any]:
+    """Run a child that prints one JSON object on its last stdout line; raise with its stderr otherwise."""
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-5:]
+        raise RuntimeError(f"child exited with {proc.returncode}: {' | '.join(tail)}")
+    lines = proc.stdout.strip().splitlines()
+    if not lines:
+        raise RuntimeError("child printed no result")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _ram_total() -> str:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return format_bytes(int(line.split()[1]) * KIB)
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _command_output(argv: Sequence[str]) -> str:
+    if shutil.which(argv[0]) is None:
+        return f"({argv[0]} not available)"
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=30, check=False)
+    return " ".join(proc.stdout.split()) if proc.returncode == 0 else f"({argv[0]} failed)"
+
+
+def _version_of(module: str) -> str:
+    try:
+        imported: ModuleType = importlib.import_module(module)
+    except ImportError:
+        return "not installed"
+    return str(getattr(imported, "__version__", "unknown"))
+
+
+def _build_profile() -> str:
+    """Whether the native module was built optimised (release builds carry no debug_info section)."""
+    try:
+        native = importlib.import_module("lazy_disk_cache._rust")
+    except ImportError:
+        return "unknown"
+    path = Path(native.__file__ or "")
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return "unknown"
+    return "debug (dev profile)" if b".debug_info" in data else "release"
+
+
+def environment(workdir: Path) -> list[tuple[str, str]]:
+    """The facts a reader needs to judge the numbers: machine, file system, versions, date."""
+    dirty = []
+    for name in ("dirty_background_ratio", "dirty_ratio"):
+        try:
+            dirty.append(f"{name}={Path('/proc/sys/vm', name).read_text().strip()}")
+        except OSError:
+            dirty.append(f"{name}=?")
+    return [
+        ("date", _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")),
+        ("CPU", f"{_cpu_model()}, {os.cpu_count()} logical cores"),
+        ("RAM", _ram_total()),
+        ("kernel", f"{platform.system()} {platform.release()}"),
+        ("bench dir", str(workdir)),
+        ("file system (findmnt -T)", _command_output(["findmnt", "-n", "-T", str(workdir)])),
+        ("file system (stat -f)", _command_output(["stat", "-f", "-c", "type=%T block=%S", str(workdir)])),
+        ("writeback", ", ".join(dirty)),
+        ("Python", f"{platform.python_implementation()} {platform.python_version()}"),
+        ("numpy", np.__version__),
+        ("lazy_disk_cache", f"{_version_of('lazy_disk_cache')} ({_build_profile()})"),
+        ("joblib", _version_of("joblib")),
+    ]
+
+
+def settle(paths: Iterable[Path] = ()) -> None:
+    """Between variants: drop our garbage and the files a variant left, so nothing carries over."""
+    collect_garbage()
+    unlink_quietly(*paths)
+
+
+def now() -> float:
+    """The clock every variant uses."""
+    return time.perf_counter()

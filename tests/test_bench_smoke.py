@@ -1,0 +1,99 @@
+"""The benchmark suite runs end to end in its quick mode and reports every case and target.
+
+Only the shape of the report is checked: numbers belong to the benchmark, never to a test.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / "bench" / "run.py"
+
+CASE_IDS = [
+    *(f"convert-{kind}-{size}" for kind in ("f32", "rec20", "strided") for size in ("small", "large")),
+    *(f"{group}-f32-{size}" for group in ("load", "read") for size in ("small", "large")),
+    *(f"store-{op}-{name}" for op in ("write", "reload") for name in ("many", "big")),
+    "rss-large",
+    "rss-huge",
+]
+
+TARGET_CASES = [
+    "convert-f32-small",
+    "convert-f32-large",
+    "convert-rec20-small",
+    "convert-rec20-large",
+    "load-f32-small",
+    "load-f32-large",
+    "read-f32-small",
+    "read-f32-large",
+    "store-write-many",
+    "store-reload-big",
+    "rss-large",
+    "rss-huge",
+]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    out_dir = tmp_path_factory.mktemp("bench")
+    report = out_dir / "benchmarks.md"
+    proc = subprocess.run(
+        [sys.executable, str(RUN), "--quick", "--no-original", "--out", str(report), "--workdir", str(out_dir)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+        cwd=ROOT,
+    )
+    return proc, report
+
+
+def test_quick_run_exits_zero(quick_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    proc, _ = quick_run
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_quick_run_reports_every_case(quick_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    _, report = quick_run
+
+    text = report.read_text(encoding="utf-8")
+
+    missing = [case_id for case_id in CASE_IDS if f"`{case_id}`" not in text]
+    assert not missing, f"cases missing from the report: {missing}"
+
+
+def test_quick_run_judges_every_target(quick_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    _, report = quick_run
+
+    text = report.read_text(encoding="utf-8")
+    targets = text.split("## Targets", 1)[1].split("## Method", 1)[0]
+    rows = [line for line in targets.splitlines() if line.startswith("| ") and "target |" not in line]
+
+    assert len(rows) == len(TARGET_CASES), targets
+    verdicts = [re.findall(r"\*\*(.+?)\*\*", row)[-1] for row in rows]
+    assert all(v in {"PASS", "MISS"} or v.startswith("n/a") for v in verdicts), verdicts
+
+
+def test_quick_run_writes_the_chart_next_to_the_report(
+    quick_run: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    _, report = quick_run
+
+    chart = report.with_suffix(".png")
+
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quick_run_leaves_no_work_files(quick_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    _, report = quick_run
+
+    leftovers = sorted(p.name for p in report.parent.iterdir() if p.name.startswith("work-"))
+
+    assert not leftovers, leftovers
