@@ -108,7 +108,8 @@ def filesystem_forbidden() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         for name in ("stat", "lstat", "open", "listdir", "scandir", "readlink", "getcwd", "access"):
             patch.setattr(os, name, touched)
-        patch.setattr(os.path, "realpath", touched)
+        for name in ("realpath", "islink", "exists", "abspath"):
+            patch.setattr(os.path, name, touched)
         patch.setattr(builtins, "open", touched)
         for name in ("resolve", "stat", "lstat", "exists", "is_symlink", "absolute"):
             patch.setattr(Path, name, touched)
@@ -477,6 +478,18 @@ def test_write_containment_refuses_a_final_component_symlink_leading_outside(
 
     assert str(raised.value) == containment_message(link, "k", cache_dir)
     assert outside_file.read_bytes() == b"precious"
+
+
+def test_sibling_directory_sharing_the_name_prefix_is_outside(tmp_path: Path, cache_dir: Path) -> None:
+    sibling = tmp_path / "cache-other"
+    sibling.mkdir()
+    link = cache_dir / "k.dat"
+    link.symlink_to(sibling / "k.dat")
+
+    with pytest.raises(StoreContainmentError, match="resolves outside its cache directory"):
+        ensure_write_contained(link, cache_dir, "k")
+    with pytest.raises(StoreContainmentError, match="resolves outside its cache directory"):
+        ensure_contained(cache_dir / ".." / "cache-other" / "k.npy", cache_dir, "k")
 
 
 def test_write_containment_refuses_a_dangling_symlink_leading_outside(tmp_path: Path, cache_dir: Path) -> None:

@@ -181,14 +181,24 @@ def is_valid_store_key(key: object) -> bool:
     return isinstance(key, str) and _violated_clause(_as_plain_str(key)) is None
 
 
-def _real(path: Path) -> Path:
+def _is_strictly_inside(path: str, root: str) -> bool:
+    # Both come from os.path.realpath (absolute, normalised, no trailing separator except for the
+    # root itself), so a prefix test on whole components is exact and cheaper than PurePath logic.
+    prefix = root if root.endswith(os.sep) else root + os.sep
+    return path.startswith(prefix) and len(path) > len(prefix)
+
+
+def _check_containment(candidate: Path, cache_dir: Path, key: str, *, follow_final_link: bool) -> None:
+    # '..' as the final component would step out after the parent was judged; '' is a root.
+    if candidate.name in _DOT_NAMES:
+        raise _refuse(candidate, cache_dir, key, "its final component is not a file name")
     # os.path.realpath rather than Path.resolve: on Python 3.11 resolve() turns a symlink loop into
     # RuntimeError, while realpath stops at the loop and reports where it is, which we can judge.
-    return Path(os.path.realpath(path))
-
-
-def _is_strictly_inside(path: Path, root: Path) -> bool:
-    return path != root and path.is_relative_to(root)
+    root = os.path.realpath(cache_dir)
+    if not _is_strictly_inside(os.path.join(os.path.realpath(candidate.parent), candidate.name), root):
+        raise _refuse(candidate, cache_dir, key, "its parent resolves elsewhere")
+    if follow_final_link and os.path.islink(candidate) and not _is_strictly_inside(os.path.realpath(candidate), root):
+        raise _refuse(candidate, cache_dir, key, "it is a symbolic link leading elsewhere")
 
 
 def _refuse(candidate: Path, cache_dir: Path, key: str, reason: str) -> StoreContainmentError:
@@ -207,12 +217,7 @@ def ensure_contained(candidate: _StrPath, cache_dir: _StrPath, key: str) -> None
     Raises:
         StoreContainmentError: the candidate lands outside ``cache_dir`` or is the directory itself.
     """
-    candidate, cache_dir = Path(candidate), Path(cache_dir)
-    # '..' as the final component would step out after the parent was judged; '' is a root.
-    if candidate.name in _DOT_NAMES:
-        raise _refuse(candidate, cache_dir, key, "its final component is not a file name")
-    if not _is_strictly_inside(_real(candidate.parent) / candidate.name, _real(cache_dir)):
-        raise _refuse(candidate, cache_dir, key, "its parent resolves elsewhere")
+    _check_containment(Path(candidate), Path(cache_dir), key, follow_final_link=False)
 
 
 def ensure_write_contained(candidate: _StrPath, cache_dir: _StrPath, key: str) -> None:
@@ -224,12 +229,8 @@ def ensure_write_contained(candidate: _StrPath, cache_dir: _StrPath, key: str) -
 
     Raises:
         StoreContainmentError: the candidate, or the file its link leads to, is outside ``cache_dir``.
-        OSError: the link status of ``candidate`` cannot be read (other than a missing path).
     """
-    ensure_contained(candidate, cache_dir, key)
-    candidate, cache_dir = Path(candidate), Path(cache_dir)
-    if candidate.is_symlink() and not _is_strictly_inside(_real(candidate), _real(cache_dir)):
-        raise _refuse(candidate, cache_dir, key, "it is a symbolic link leading elsewhere")
+    _check_containment(Path(candidate), Path(cache_dir), key, follow_final_link=True)
 
 
 def _artefact_name(key: str, suffix: str) -> str:
