@@ -192,7 +192,9 @@ def _convert_case(ds: Dataset, settings: Settings, impl: Impl, baselines: set[st
     if ds.kind == "strided":
         notes.append("the page-cache limits write a contiguous copy of the same bytes; ours gathers the rows")
     title = f"convert + offload: {ds.label}"
-    return CaseResult(f"convert-{ds.kind}-{ds.size}", title, "convert", "s", ds.nbytes, series, notes)
+    return CaseResult(
+        f"convert-{ds.kind}-{ds.size}", title, "convert", "s", ds.nbytes, series, notes, format_bytes(ds.nbytes)
+    )
 
 
 def _write(work: Path, data: np.ndarray[Any, Any], fsync: bool) -> None:
@@ -295,7 +297,9 @@ def _load_case(ds: Dataset, settings: Settings, impl: Impl, baselines: set[str] 
     series = measure_interleaved(variants, reps=settings.small_reps, warmup=settings.warmup)
     fx.close(settings.workdir)
     notes = [f"each value is the median of {calls} opens; the mapping is dropped between opens"]
-    return CaseResult(f"load-f32-{ds.size}", f"load() latency: {ds.label}", "load", "s", None, series, notes)
+    return CaseResult(
+        f"load-f32-{ds.size}", f"load() latency: {ds.label}", "load", "s", None, series, notes, format_bytes(ds.nbytes)
+    )
 
 
 def _drop(obj: object) -> Callable[[], None]:
@@ -334,7 +338,7 @@ def _read_case(ds: Dataset, settings: Settings, impl: Impl, baselines: set[str] 
         f"'{BEST_READ}' is the faster of the raw mmap pass and readinto in each repetition",
     ]
     title = f"first full read after load(): {ds.label}"
-    return CaseResult(f"read-f32-{ds.size}", title, "read", "s", ds.nbytes, series, notes)
+    return CaseResult(f"read-f32-{ds.size}", title, "read", "s", ds.nbytes, series, notes, format_bytes(ds.nbytes))
 
 
 def _ours_read(fx: _LoadFixture, impl: Impl, dest: np.ndarray[Any, Any]) -> Variant:

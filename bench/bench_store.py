@@ -167,7 +167,9 @@ def _write_case(store_set: StoreSet, settings: Settings, impl: Impl, baselines: 
     ]
     title = f"store add_data_to_store + offload(pickle_container=True): {store_set.label}"
     nbytes = store_set.count * store_set.entry_bytes
-    return CaseResult(f"store-write-{store_set.name}", title, "store-write", "s", nbytes, series, notes)
+    return CaseResult(
+        f"store-write-{store_set.name}", title, "store-write", "s", nbytes, series, notes, store_set.label
+    )
 
 
 def _ours_reload(impl: Impl, directory: Path, keys: list[str]) -> Variant:
@@ -244,7 +246,8 @@ def reload_cases(settings: Settings, impl: Impl, *, baselines: set[str] | None =
         ]
         title = f"store reopen + reload: {store_set.label}"
         nbytes = store_set.count * store_set.entry_bytes
-        results.append(CaseResult(f"store-reload-{store_set.name}", title, "store-reload", "s", nbytes, series, notes))
+        case_id = f"store-reload-{store_set.name}"
+        results.append(CaseResult(case_id, title, "store-reload", "s", nbytes, series, notes, store_set.label))
     return results
 
 

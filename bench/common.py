@@ -144,6 +144,7 @@ class CaseResult:
     nbytes: int | None
     series: list[Series]
     notes: list[str] = field(default_factory=list)
+    size_label: str = ""
 
     def get(self, name: str) -> Series | None:
         return next((s for s in self.series if s.name == name), None)
@@ -228,7 +229,7 @@ class Target:
     kind: Literal["speed", "time", "absolute"]
     threshold: float
     baseline: str | None
-    text: str
+    text: str  # may name the case's size as "{size}"
 
     def measure(self, case: CaseResult, ours: Series | None = None) -> float:
         """The number this target judges, for our series or for another series of the case."""
@@ -272,6 +273,7 @@ class Target:
 @dataclass(frozen=True)
 class TargetOutcome:
     target: Target
+    label: str
     value: float
     verdict: str
     original_value: float
@@ -286,13 +288,15 @@ def evaluate_target(target: Target, cases: dict[str, CaseResult], originals: dic
         verdict = note or "n/a"
     else:
         verdict = "PASS" if target.passes(value) else "MISS"
-    original_case = originals.get(target.case_id)
     original_value = math.nan
-    if original_case is not None:
-        original = next((s for s in original_case.series if s.role == "original"), None)
-        if original is not None:
-            original_value = target.measure(original_case, original)
-    return TargetOutcome(target, value, verdict, original_value)
+    # The peak-RSS cases run the original in-case (a child either way); timed cases in its own run.
+    for source in (case, originals.get(target.case_id)):
+        original = next((s for s in source.series if s.role == "original" and s.ok), None) if source else None
+        if source is not None and original is not None:
+            original_value = target.measure(source, original)
+            break
+    label = target.text.format(size=case.size_label if case is not None else "?")
+    return TargetOutcome(target, label, value, verdict, original_value)
 
 
 @dataclass(frozen=True)

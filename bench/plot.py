@@ -26,7 +26,7 @@ def _pyplot() -> Any:
 def plot_targets(outcomes: Sequence[TargetOutcome], path: Path, *, subtitle: str) -> None:
     """Write the chart to ``path``; raises ImportError when matplotlib is missing."""
     plt = _pyplot()
-    labels = [o.target.text for o in outcomes]
+    labels = [o.label for o in outcomes]
     ours = [o.target.headroom(o.value) for o in outcomes]
     theirs = [o.target.headroom(o.original_value) for o in outcomes]
     finite = [v for v in ours + theirs if not math.isnan(v)] or [1.0]

@@ -100,7 +100,7 @@ def render_targets(outcomes: Sequence[TargetOutcome], cases: dict[str, CaseResul
         title = case.title if case is not None else target.case_id
         original = target.describe(outcome.original_value)
         ours = f"{target.describe(outcome.value)} (target {target.rule()})"
-        row = [target.text, title, target.baseline or "absolute", ours, original, f"**{outcome.verdict}**"]
+        row = [outcome.label, title, target.baseline or "absolute", ours, original, f"**{outcome.verdict}**"]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 

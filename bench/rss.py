@@ -76,5 +76,5 @@ def rss_cases(settings: Settings, ours: Impl, original_python: str | None, origi
             "the source array itself is resident before the measurement starts and is not counted",
         ]
         title = f"peak extra RSS while converting float32 (N, 4), {format_bytes(nbytes)}"
-        results.append(CaseResult(f"rss-{size}", title, "rss", "MiB", nbytes, series, notes))
+        results.append(CaseResult(f"rss-{size}", title, "rss", "MiB", nbytes, series, notes, format_bytes(nbytes)))
     return results

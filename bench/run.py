@@ -38,23 +38,23 @@ TARGETS = [
             "speed",
             0.8,
             OS_WRITE,
-            f"convert + offload, {label} {size}: >= 0.8x page-cache write bandwidth",
+            f"convert + offload, {label}, {{size}}: >= 0.8x page-cache write bandwidth",
         )
         for kind, label in (("f32", "float32"), ("rec20", "20-byte records"))
         for size in ("small", "large")
     ),
     *(
-        Target(f"load-f32-{size}", "time", 2.0, RAW_MMAP, f"load() {size}: <= 2x raw mmap open latency")
+        Target(f"load-f32-{size}", "time", 2.0, RAW_MMAP, "load(), {size}: <= 2x raw mmap open latency")
         for size in ("small", "large")
     ),
     *(
-        Target(f"read-f32-{size}", "speed", 0.9, BEST_READ, f"first full read {size}: >= 0.9x best read")
+        Target(f"read-f32-{size}", "speed", 0.9, BEST_READ, "first full read, {size}: >= 0.9x best read")
         for size in ("small", "large")
     ),
-    Target("store-write-many", "time", 1.3, GROUP_COMMIT, "store durable write, many small: <= 1.3x group commit"),
-    Target("store-reload-big", "speed", 10.0, NP_LOAD_RAM, "store reload, big entries: >= 10x faster than np.load"),
-    Target("rss-large", "absolute", 80.0, None, "peak extra RSS converting the large array: <= 80 MiB"),
-    Target("rss-huge", "absolute", 80.0, None, "peak extra RSS converting the huge array: <= 80 MiB"),
+    Target("store-write-many", "time", 1.3, GROUP_COMMIT, "store durable write, {size}: <= 1.3x group commit"),
+    Target("store-reload-big", "speed", 10.0, NP_LOAD_RAM, "store reload, {size}: >= 10x faster than np.load"),
+    Target("rss-large", "absolute", 80.0, None, "peak extra RSS converting {size}: <= 80 MiB"),
+    Target("rss-huge", "absolute", 80.0, None, "peak extra RSS converting {size}: <= 80 MiB"),
 ]
 
 GROUPS = ("convert", "load", "read", "store-write", "store-reload", "rss")
