@@ -1,3 +1,27 @@
 //! File I/O core of `lazy_disk_cache`: atomic commits, space reservation, mappings and `.npy`
 //! headers. Pure Rust; it never sees Python.
+//!
+//! Every filesystem call goes through the [`fs::Fs`] seam. Every artefact operation is
+//! relative to an open [`CacheDir`] and takes a single path segment.
 #![deny(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod atomic;
+pub mod commit;
+pub mod copy;
+pub mod dir;
+pub mod error;
+pub mod fs;
+pub mod mapping;
+pub mod npy;
+pub mod reserve;
+pub mod sweep;
+
+pub use atomic::{CommitGroup, PendingFile, StreamWriter};
+pub use commit::{ArraySpec, NpyWriter, StagedKey, commit_staged};
+pub use copy::ChunkBudget;
+pub use dir::{CacheDir, validate_name};
+pub use error::{Error, Op, Result};
+pub use mapping::{Mapping, MappingMode};
+pub use npy::{NPY_DATA_ALIGN, NpyHeader};
+pub use sweep::SweepReport;

@@ -1,10 +1,73 @@
 //! The `lazy_disk_cache._rust` extension module: thin wrappers over `lazy-disk-cache-core`.
+//!
+//! Methods convert arguments, release the GIL around blocking calls (`detach.rs`) and convert
+//! errors in one place (`errors.rs`); all file logic lives in the core.
+#![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
+
+mod buffer;
+mod cache_dir;
+mod detach;
+mod errors;
+mod mapping;
 
 use pyo3::prelude::*;
 
 #[pymodule]
 mod _rust {
+    use lazy_disk_cache_core as ldc_core;
+    use pyo3::exceptions::PyValueError;
+    use pyo3::prelude::*;
+
     #[pymodule_export]
+    use crate::cache_dir::{PyCacheDir, PyCommitBatch, PyNpyHeader};
+    #[pymodule_export]
+    use crate::mapping::PyFileMapping;
+
+    #[pymodule_export]
+    #[allow(non_upper_case_globals)]
     const __version__: &str = env!("CARGO_PKG_VERSION");
+
+    /// The seam operations tests may fail.
+    const INJECTABLE: [&str; 8] = [
+        "create",
+        "reserve",
+        "write",
+        "fsync",
+        "dir_fsync",
+        "rename",
+        "unlink",
+        "map",
+    ];
+
+    /// Testing seam: make the `nth` (1-based) future call of `op` fail with `errno`.
+    #[pyfunction]
+    fn _inject_fault(op: &str, nth: u64, errno: i32) -> PyResult<()> {
+        let known = ldc_core::Op::from_name(op).filter(|_| INJECTABLE.contains(&op));
+        let Some(op) = known else {
+            return Err(PyValueError::new_err(format!(
+                "unknown operation {op:?}; expected one of {INJECTABLE:?}"
+            )));
+        };
+        if nth == 0 {
+            return Err(PyValueError::new_err("nth is 1-based"));
+        }
+        ldc_core::fs::inject_fault(op, nth, errno);
+        Ok(())
+    }
+
+    /// Testing seam: drop every pending fault and reset the operation counters.
+    #[pyfunction]
+    fn _clear_faults() {
+        ldc_core::fs::clear_faults();
+    }
+
+    /// Testing seam: how many times each filesystem operation ran since the last reset.
+    #[pyfunction]
+    fn _op_counts() -> std::collections::HashMap<&'static str, u64> {
+        ldc_core::fs::op_counts()
+            .into_iter()
+            .map(|(op, count)| (op.name(), count))
+            .collect()
+    }
 }

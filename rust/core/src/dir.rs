@@ -1,0 +1,243 @@
+//! `CacheDir`: an open directory descriptor; every artefact operation is (this directory,
+//! one name).
+//!
+//! Names are single path segments, checked here before any system call. A symlinked root is
+//! resolved once, when the directory is opened; afterwards every call is fd-relative, so a
+//! rename of the root or a planted link cannot redirect our writes.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use rustix::fs::OFlags;
+use rustix::io::Errno;
+
+use crate::copy::{self, ChunkBudget};
+use crate::error::{Error, Op, Result, add, to_u64};
+use crate::fs::{Fs, RealFs};
+
+/// Mode of directories we create (the umask applies).
+const DIR_MODE: u32 = 0o777;
+
+/// Bytes read between two callback invocations in [`CacheDir::read_into`].
+const READ_PIECE_BYTES: u64 = 64 << 20;
+
+/// An open cache directory. Cheap to clone; the descriptor closes with the last clone.
+#[derive(Debug, Clone)]
+pub struct CacheDir {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    fd: OwnedFd,
+    path: PathBuf,
+    fs: Arc<dyn Fs>,
+}
+
+/// Checks that `name` is one path segment: non-empty, no `/`, no NUL, not `.` or `..`.
+///
+/// # Errors
+/// [`Error::InvalidName`].
+pub fn validate_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        "empty name"
+    } else if name.contains('/') {
+        "contains '/'"
+    } else if name.contains('\0') {
+        "contains NUL"
+    } else if name == "." || name == ".." {
+        "is a relative directory reference"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidName {
+        name: name.to_owned(),
+        reason,
+    })
+}
+
+fn utf8<'a>(path: &'a Path, component: &'a std::ffi::OsStr) -> Result<&'a str> {
+    component.to_str().ok_or_else(|| Error::InvalidName {
+        name: path.display().to_string(),
+        reason: "path is not valid UTF-8",
+    })
+}
+
+const DIR_FLAGS: OFlags = OFlags::DIRECTORY.union(OFlags::CLOEXEC).union(OFlags::RDONLY);
+
+impl CacheDir {
+    /// Opens `path` on the real filesystem; see [`CacheDir::open_with`].
+    ///
+    /// # Errors
+    /// As [`CacheDir::open_with`].
+    pub fn open(path: &Path, create: bool) -> Result<Self> {
+        Self::open_with(path, create, Arc::new(RealFs))
+    }
+
+    /// Opens the directory `path` through `fs`. With `create`, missing directories are made
+    /// one by one and each new directory is made durable by fsyncing its parent.
+    ///
+    /// # Errors
+    /// [`Error::Io`] with [`Op::Open`], [`Op::Mkdir`] or [`Op::DirFsync`];
+    /// [`Error::InvalidName`] for a path that is not UTF-8.
+    pub fn open_with(path: &Path, create: bool, fs: Arc<dyn Fs>) -> Result<Self> {
+        let absolute = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            std::env::current_dir()
+                .map_err(|err| Error::io(Op::Open, path, err))?
+                .join(path)
+        };
+        let fd = if create {
+            open_creating(fs.as_ref(), &absolute)?
+        } else {
+            let name = utf8(&absolute, absolute.as_os_str())?;
+            fs.open(rustix::fs::CWD, name, DIR_FLAGS, 0)
+                .map_err(|err| Error::io(Op::Open, &absolute, err))?
+        };
+        let resolved = resolved_path(fd.as_fd()).unwrap_or(absolute);
+        Ok(Self {
+            inner: Arc::new(Inner { fd, path: resolved, fs }),
+        })
+    }
+
+    /// The resolved path of the directory (for messages).
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The path of `name` inside this directory (for messages).
+    pub fn path_of(&self, name: &str) -> PathBuf {
+        self.inner.path.join(name)
+    }
+
+    /// The filesystem seam this directory uses.
+    pub fn fs(&self) -> &dyn Fs {
+        self.inner.fs.as_ref()
+    }
+
+    /// The directory descriptor.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.inner.fd.as_fd()
+    }
+
+    /// `fsync` of the directory itself.
+    ///
+    /// # Errors
+    /// [`Error::Io`] with [`Op::DirFsync`].
+    pub fn sync(&self) -> Result<()> {
+        self.fs()
+            .fsync_dir(self.fd())
+            .map_err(|err| Error::io(Op::DirFsync, self.path(), err))
+    }
+
+    /// Opens `name` for reading (following a symlink: reads of adopted entries are allowed).
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], [`Error::Io`] with [`Op::Open`].
+    pub fn open_read(&self, name: &str) -> Result<OwnedFd> {
+        validate_name(name)?;
+        self.fs()
+            .open(self.fd(), name, OFlags::RDONLY | OFlags::CLOEXEC, 0)
+            .map_err(|err| Error::io(Op::Open, self.path_of(name), err))
+    }
+
+    /// The size of an open file.
+    ///
+    /// # Errors
+    /// [`Error::Io`] with [`Op::Stat`].
+    pub fn file_len(&self, fd: BorrowedFd<'_>, name: &str) -> Result<u64> {
+        self.fs()
+            .fstat(fd)
+            .map(|stat| stat.len)
+            .map_err(|err| Error::io(Op::Stat, self.path_of(name), err))
+    }
+
+    /// Fills `dest` from `name` at `offset` with `pread`, calling `between` between pieces.
+    ///
+    /// # Errors
+    /// [`Error::SizeMismatch`] when the file is shorter than `offset + dest.len()`,
+    /// [`Error::Io`] for failed calls, or whatever `between` returns.
+    pub fn read_into(&self, name: &str, offset: u64, dest: &mut [u8], between: copy::Between<'_>) -> Result<()> {
+        let fd = self.open_read(name)?;
+        let path = self.path_of(name);
+        let needed = add(offset, to_u64(dest.len()))?;
+        let actual = self.file_len(fd.as_fd(), name)?;
+        if actual < needed {
+            return Err(Error::SizeMismatch {
+                path,
+                expected: needed,
+                actual,
+            });
+        }
+        let budget = ChunkBudget::new(READ_PIECE_BYTES);
+        copy::read_chunked(self.fs(), fd.as_fd(), &path, dest, offset, budget, between)
+    }
+
+    /// Unlinks each name (never following a symlink); a missing name is not an error.
+    /// Returns the names that could not be unlinked, with their errors.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`] for any illegal name, before anything is unlinked.
+    pub fn unlink_all<S: AsRef<str>>(&self, names: &[S]) -> Result<Vec<(String, Error)>> {
+        for name in names {
+            validate_name(name.as_ref())?;
+        }
+        let mut failed = Vec::new();
+        for name in names {
+            let name = name.as_ref();
+            match self.fs().unlink(self.fd(), name) {
+                Ok(()) => {}
+                Err(err) if err.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {}
+                Err(err) => failed.push((name.to_owned(), Error::io(Op::Unlink, self.path_of(name), err))),
+            }
+        }
+        Ok(failed)
+    }
+}
+
+/// Opens `absolute` component by component, creating what is missing.
+fn open_creating(fs: &dyn Fs, absolute: &Path) -> Result<OwnedFd> {
+    let mut current = fs
+        .open(rustix::fs::CWD, "/", DIR_FLAGS, 0)
+        .map_err(|err| Error::io(Op::Open, "/", err))?;
+    let mut walked = PathBuf::from("/");
+    for component in absolute.components() {
+        let name = match component {
+            Component::Normal(name) => utf8(absolute, name)?,
+            Component::ParentDir => "..",
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => continue,
+        };
+        walked.push(name);
+        current = match fs.open(current.as_fd(), name, DIR_FLAGS, 0) {
+            Ok(fd) => fd,
+            Err(err) if err.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {
+                create_child(fs, current.as_fd(), name, &walked)?
+            }
+            Err(err) => return Err(Error::io(Op::Open, &walked, err)),
+        };
+    }
+    Ok(current)
+}
+
+/// Makes directory `name` in `parent`, fsyncs `parent` so the new entry is durable, opens it.
+fn create_child(fs: &dyn Fs, parent: BorrowedFd<'_>, name: &str, path: &Path) -> Result<OwnedFd> {
+    match fs.mkdir(parent, name, DIR_MODE) {
+        Ok(()) => {
+            let parent_path = path.parent().unwrap_or(path);
+            fs.fsync_dir(parent)
+                .map_err(|err| Error::io(Op::DirFsync, parent_path, err))?;
+        }
+        Err(err) if err.raw_os_error() == Some(Errno::EXIST.raw_os_error()) => {}
+        Err(err) => return Err(Error::io(Op::Mkdir, path, err)),
+    }
+    fs.open(parent, name, DIR_FLAGS, 0)
+        .map_err(|err| Error::io(Op::Open, path, err))
+}
+
+fn resolved_path(fd: BorrowedFd<'_>) -> io::Result<PathBuf> {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}

@@ -1,0 +1,390 @@
+//! `CacheDir`, `CommitBatch` and `NpyHeader`: argument intake and delegation to the core.
+//!
+//! Blocks of an iterable source are pulled with the GIL held and written with it released;
+//! between chunks of a long write the signal handlers run, so Ctrl-C removes the temp and
+//! raises.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
+
+use lazy_disk_cache_core as ldc_core;
+use ldc_core::copy::Between;
+use ldc_core::{ArraySpec, CacheDir, ChunkBudget, NpyHeader, NpyWriter, StagedKey, StreamWriter};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyIterator, PyTuple};
+
+use crate::buffer::Bytes;
+use crate::detach::{run_detached, signal_check};
+use crate::errors::{PendingPyErr, to_exception, to_py};
+use crate::mapping::PyFileMapping;
+
+/// Piece size for copies whose caller gives no budget: large enough to saturate the disk,
+/// small enough that Ctrl-C is noticed promptly.
+const DEFAULT_CHUNK_BYTES: u64 = 64 << 20;
+
+/// An open cache directory (see `_rust.pyi`).
+#[pyclass(name = "CacheDir", module = "lazy_disk_cache._rust", frozen)]
+pub struct PyCacheDir {
+    pub(crate) inner: CacheDir,
+}
+
+/// A decoded `.npy` header (see `_rust.pyi`).
+#[pyclass(name = "NpyHeader", module = "lazy_disk_cache._rust", frozen)]
+pub struct PyNpyHeader {
+    inner: NpyHeader,
+}
+
+/// A group commit of `.npy` + `.meta.json` pairs (see `_rust.pyi`).
+#[pyclass(name = "CommitBatch", module = "lazy_disk_cache._rust", frozen)]
+pub struct PyCommitBatch {
+    dir: CacheDir,
+    budget: ChunkBudget,
+    staged: Mutex<Vec<StagedKey>>,
+}
+
+fn budget(chunk_bytes: u64) -> PyResult<ChunkBudget> {
+    if chunk_bytes == 0 {
+        return Err(PyValueError::new_err("chunk_bytes must be positive"));
+    }
+    Ok(ChunkBudget::new(chunk_bytes))
+}
+
+/// Where payload bytes come from.
+enum Source<'py> {
+    One(Bytes),
+    Blocks(Bound<'py, PyIterator>),
+}
+
+/// Classifies `src` as one buffer or an iterable of buffers and settles the total size.
+fn source_of<'py>(src: &Bound<'py, PyAny>, nbytes: Option<u64>) -> PyResult<(Source<'py>, u64)> {
+    match Bytes::get(src) {
+        Ok(bytes) => {
+            let len = bytes.len() as u64;
+            match nbytes {
+                Some(expected) if expected != len => Err(PyValueError::new_err(format!(
+                    "source holds {len} bytes but nbytes is {expected}"
+                ))),
+                _ => Ok((Source::One(bytes), len)),
+            }
+        }
+        Err(err) if err.is_instance_of::<PyTypeError>(src.py()) => {
+            let blocks = src.try_iter().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "source must be a bytes-like object or an iterable of them, not {}",
+                    src.get_type()
+                        .name()
+                        .map_or_else(|_| "?".to_owned(), |name| name.to_string())
+                ))
+            })?;
+            let total = nbytes.ok_or_else(|| PyTypeError::new_err("nbytes is required for an iterable source"))?;
+            Ok((Source::Blocks(blocks), total))
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Something payload blocks are appended to.
+trait BlockSink: Send {
+    fn append(&mut self, block: &[u8], between: Between<'_>) -> ldc_core::Result<()>;
+}
+
+impl BlockSink for StreamWriter {
+    fn append(&mut self, block: &[u8], between: Between<'_>) -> ldc_core::Result<()> {
+        self.write_block(block, between)
+    }
+}
+
+impl BlockSink for NpyWriter {
+    fn append(&mut self, block: &[u8], between: Between<'_>) -> ldc_core::Result<()> {
+        self.write_block(block, between)
+    }
+}
+
+/// Writes every block of `source` into `sink`, the GIL released per block.
+fn feed(py: Python<'_>, sink: &mut impl BlockSink, source: Source<'_>, pending: &PendingPyErr) -> PyResult<()> {
+    match source {
+        Source::One(bytes) => pending.to_py(run_detached(py, || {
+            sink.append(bytes.as_slice(), &mut signal_check(pending))
+        })),
+        Source::Blocks(blocks) => {
+            for block in blocks {
+                let bytes = Bytes::get(&block?)?;
+                pending.to_py(run_detached(py, || {
+                    sink.append(bytes.as_slice(), &mut signal_check(pending))
+                }))?;
+                py.check_signals()?;
+            }
+            Ok(())
+        }
+    }
+}
+
+#[pymethods]
+impl PyCacheDir {
+    #[staticmethod]
+    #[pyo3(signature = (path, *, create = false))]
+    fn open(py: Python<'_>, path: PathBuf, create: bool) -> PyResult<Self> {
+        let inner = to_py(run_detached(py, || CacheDir::open(&path, create)))?;
+        Ok(Self { inner })
+    }
+
+    #[getter]
+    fn path(&self) -> String {
+        self.inner.path().to_string_lossy().into_owned()
+    }
+
+    #[pyo3(signature = (name, src, *, nbytes = None, chunk_bytes, durable))]
+    fn write_file(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        src: &Bound<'_, PyAny>,
+        nbytes: Option<u64>,
+        chunk_bytes: u64,
+        durable: bool,
+    ) -> PyResult<PyFileMapping> {
+        let budget = budget(chunk_bytes)?;
+        let (source, total) = source_of(src, nbytes)?;
+        let mut writer = to_py(run_detached(py, || self.inner.begin_write(name, total, budget)))?;
+        let pending = PendingPyErr::default();
+        feed(py, &mut writer, source, &pending)?;
+        let mapping = to_py(run_detached(py, || self.inner.finish_write(writer, durable)))?;
+        Ok(PyFileMapping::new(mapping))
+    }
+
+    #[pyo3(signature = (name, nbytes, *, durable))]
+    fn write_zeroed(&self, py: Python<'_>, name: &str, nbytes: u64, durable: bool) -> PyResult<PyFileMapping> {
+        let mapping = to_py(run_detached(py, || self.inner.write_zeroed(name, nbytes, durable)))?;
+        Ok(PyFileMapping::new(mapping))
+    }
+
+    #[pyo3(signature = (src, src_offset, dst, length, *, durable))]
+    fn copy_range(
+        &self,
+        py: Python<'_>,
+        src: &str,
+        src_offset: u64,
+        dst: &str,
+        length: u64,
+        durable: bool,
+    ) -> PyResult<PyFileMapping> {
+        let pending = PendingPyErr::default();
+        let budget = ChunkBudget::new(DEFAULT_CHUNK_BYTES);
+        let mapping = pending.to_py(run_detached(py, || {
+            self.inner.copy_range(
+                src,
+                src_offset,
+                dst,
+                length,
+                durable,
+                budget,
+                &mut signal_check(&pending),
+            )
+        }))?;
+        Ok(PyFileMapping::new(mapping))
+    }
+
+    fn read_header(&self, py: Python<'_>, name: &str) -> PyResult<PyNpyHeader> {
+        let inner = to_py(run_detached(py, || self.inner.read_header(name)))?;
+        Ok(PyNpyHeader { inner })
+    }
+
+    fn read_into(&self, py: Python<'_>, name: &str, offset: u64, dest: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut dest = Bytes::get_writable(dest)?;
+        let pending = PendingPyErr::default();
+        pending.to_py(run_detached(py, || {
+            self.inner
+                .read_into(name, offset, dest.as_mut_slice(), &mut signal_check(&pending))
+        }))
+    }
+
+    #[pyo3(signature = (*, chunk_bytes))]
+    fn begin_commit(&self, chunk_bytes: u64) -> PyResult<PyCommitBatch> {
+        Ok(PyCommitBatch {
+            dir: self.inner.clone(),
+            budget: budget(chunk_bytes)?,
+            staged: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn sweep_temps(&self, py: Python<'_>) -> PyResult<(Vec<String>, Vec<(String, Py<PyAny>)>)> {
+        let report = to_py(run_detached(py, || self.inner.sweep_temps()))?;
+        let failed = report
+            .failed
+            .into_iter()
+            .filter(|(_, err)| !is_read_only_refusal(err))
+            .map(|(name, err)| (name, to_exception(py, err)))
+            .collect();
+        Ok((report.removed, failed))
+    }
+
+    fn unlink_all(&self, py: Python<'_>, names: Vec<String>) -> PyResult<Vec<(String, Py<PyAny>)>> {
+        let failed = to_py(run_detached(py, || self.inner.unlink_all(&names)))?;
+        Ok(failed
+            .into_iter()
+            .map(|(name, err)| (name, to_exception(py, err)))
+            .collect())
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<CacheDir {:?}>", self.inner.path())
+    }
+}
+
+/// EROFS, EACCES and EPERM on a temp: the directory is read-only to us, which a sweep skips
+/// silently.
+fn is_read_only_refusal(err: &ldc_core::Error) -> bool {
+    const EPERM: i32 = 1;
+    const EACCES: i32 = 13;
+    const EROFS: i32 = 30;
+    matches!(err.raw_os_error(), Some(EPERM | EACCES | EROFS))
+}
+
+#[pymethods]
+impl PyNpyHeader {
+    #[getter]
+    fn descr(&self) -> &str {
+        &self.inner.descr
+    }
+
+    #[getter]
+    fn fortran_order(&self) -> bool {
+        self.inner.fortran_order
+    }
+
+    #[getter]
+    fn shape<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, &self.inner.shape)
+    }
+
+    #[getter]
+    fn data_offset(&self) -> u64 {
+        self.inner.data_offset
+    }
+
+    #[getter]
+    fn file_len(&self) -> u64 {
+        self.inner.file_len
+    }
+
+    #[getter]
+    fn version(&self) -> (u8, u8) {
+        self.inner.version
+    }
+
+    fn __repr__(&self) -> String {
+        let dims: Vec<String> = self.inner.shape.iter().map(u64::to_string).collect();
+        let shape = if dims.len() == 1 {
+            format!("({},)", dims[0])
+        } else {
+            format!("({})", dims.join(", "))
+        };
+        format!(
+            "NpyHeader(descr={}, fortran_order={}, shape={shape}, data_offset={}, file_len={}, version={:?})",
+            self.inner.descr,
+            if self.inner.fortran_order { "True" } else { "False" },
+            self.inner.data_offset,
+            self.inner.file_len,
+            self.inner.version
+        )
+    }
+}
+
+impl PyCommitBatch {
+    fn take_staged(&self) -> Vec<StagedKey> {
+        std::mem::take(&mut *self.staged.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn is_staged(&self, key: &str) -> bool {
+        self.staged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|staged| staged.key() == key)
+    }
+}
+
+#[pymethods]
+impl PyCommitBatch {
+    #[pyo3(signature = (
+        key, *, descr, fortran_order, shape, nbytes, meta, source = None, source_file = None, source_offset = 0
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn add_npy(
+        &self,
+        py: Python<'_>,
+        key: &str,
+        descr: &str,
+        fortran_order: bool,
+        shape: Vec<u64>,
+        nbytes: u64,
+        meta: &[u8],
+        source: Option<&Bound<'_, PyAny>>,
+        source_file: Option<&str>,
+        source_offset: u64,
+    ) -> PyResult<()> {
+        if self.is_staged(key) {
+            return Err(PyValueError::new_err(format!("key {key:?} is already in this batch")));
+        }
+        let source = match (source, source_file) {
+            (Some(source), None) => Some(source_of(source, Some(nbytes))?.0),
+            (None, Some(_)) => None,
+            _ => return Err(PyTypeError::new_err("give exactly one of source and source_file")),
+        };
+        let spec = ArraySpec {
+            descr,
+            fortran_order,
+            shape: &shape,
+        };
+        let mut writer = to_py(run_detached(py, || {
+            NpyWriter::create(&self.dir, key, spec, nbytes, self.budget)
+        }))?;
+        let pending = PendingPyErr::default();
+        match (source, source_file) {
+            (Some(source), _) => feed(py, &mut writer, source, &pending)?,
+            (None, Some(file)) => pending.to_py(run_detached(py, || {
+                writer.copy_from(file, source_offset, &mut signal_check(&pending))
+            }))?,
+            (None, None) => {}
+        }
+        let staged = to_py(run_detached(py, || writer.finish(meta)))?;
+        self.staged.lock().unwrap_or_else(PoisonError::into_inner).push(staged);
+        Ok(())
+    }
+
+    fn commit(&self, py: Python<'_>) -> PyResult<()> {
+        let staged = self.take_staged();
+        to_py(run_detached(py, || ldc_core::commit_staged(&self.dir, staged)))
+    }
+
+    fn abort(&self, py: Python<'_>) {
+        let staged = self.take_staged();
+        run_detached(py, move || drop(staged));
+    }
+
+    #[getter]
+    fn keys(&self) -> Vec<String> {
+        self.staged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|s| s.key().to_owned())
+            .collect()
+    }
+
+    fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    #[pyo3(signature = (_exc_type = None, _exc = None, _tb = None))]
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        _exc_type: Option<&Bound<'_, PyAny>>,
+        _exc: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) {
+        self.abort(py);
+    }
+}

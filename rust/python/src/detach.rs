@@ -1,0 +1,22 @@
+//! The only place the GIL is released. Every blocking call goes through [`run_detached`];
+//! no Rust lock is ever held across it.
+
+use lazy_disk_cache_core as ldc_core;
+use pyo3::prelude::*;
+
+use crate::errors::PendingPyErr;
+
+/// Runs `f` with the GIL released.
+pub fn run_detached<T, F>(py: Python<'_>, f: F) -> T
+where
+    F: Send + FnOnce() -> T,
+    T: Send,
+{
+    py.detach(f)
+}
+
+/// A between-chunks callback for detached copies: re-attaches and runs the signal handlers,
+/// so Ctrl-C stops a long copy (its temp is then removed and the exception re-raised).
+pub fn signal_check(pending: &PendingPyErr) -> impl FnMut() -> ldc_core::Result<()> + '_ {
+    move || Python::attach(|py| py.check_signals()).map_err(|err| pending.stop(err))
+}
