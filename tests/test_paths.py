@@ -6,7 +6,7 @@ import builtins
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import NoReturn, cast
 
 import pytest
@@ -719,6 +719,30 @@ def test_accepted_keys_meet_every_condition_of_the_rule(key: str) -> None:
     assert not any(ord(character) < 0x20 or ord(character) == 0x7F for character in key)
     assert not key.endswith((" ", "."))
     assert len(key.encode("utf-8")) <= 241
+
+
+@given(key=KEYS)
+def test_path_syntax_clauses_follow_the_literal_pure_path_conditions(key: str) -> None:
+    if key in {"", ".", ".."} or any(ord(character) < 0x20 or ord(character) == 0x7F for character in key):
+        return
+    posix, windows = PurePosixPath(key), PureWindowsPath(key)
+    absolute = bool(posix.anchor or windows.anchor or windows.drive) or ":" in key
+    separated = "/" in key or "\\" in key or len(posix.parts) != 1 or len(windows.parts) != 1
+
+    try:
+        validate_store_key(key)
+    except StoreKeyError as error:
+        message = str(error)
+    else:
+        message = ""
+
+    if absolute:
+        assert message == expected_message(key, CLAUSE_ABSOLUTE)
+    elif separated:
+        assert message == expected_message(key, CLAUSE_SEPARATOR)
+    else:
+        assert CLAUSE_ABSOLUTE not in message
+        assert CLAUSE_SEPARATOR not in message
 
 
 @settings(deadline=None)

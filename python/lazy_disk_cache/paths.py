@@ -116,10 +116,6 @@ def _has_anchor_or_drive(key: str) -> bool:
     return ":" in key or bool(posix.anchor or windows.anchor or windows.drive)
 
 
-def _has_separator(key: str) -> bool:
-    return "/" in key or "\\" in key or len(PurePosixPath(key).parts) != 1 or len(PureWindowsPath(key).parts) != 1
-
-
 def _device_stem(key: str) -> str:
     stem = key.split(".", 1)[0]
     if "." not in key:
@@ -136,13 +132,11 @@ def _violated_clause(key: str) -> str | None:
         return CLAUSE_RESERVED
     if not _CONTROL_CHARACTERS.isdisjoint(key):
         return CLAUSE_CONTROL
-    # Without '/', '\' or ':' neither flavour can see an anchor, a drive or a second part, so
-    # the (comparatively slow) pure-path parsing runs only for keys that will be refused.
+    # Without '/', '\' or ':' neither flavour sees an anchor, a drive or a second part (the
+    # one-part rule of the separator clause), so the pure-path parsing runs only for keys that
+    # are refused either way: with no anchor and no ':', a '/' or '\' must be present.
     if not _PATH_SYNTAX_CHARACTERS.isdisjoint(key):
-        if _has_anchor_or_drive(key):
-            return CLAUSE_ABSOLUTE
-        if _has_separator(key):
-            return CLAUSE_SEPARATOR
+        return CLAUSE_ABSOLUTE if _has_anchor_or_drive(key) else CLAUSE_SEPARATOR
     if _device_stem(key).upper() in _DEVICE_NAMES:
         return CLAUSE_RESERVED
     if key.rstrip(" .") != key:
