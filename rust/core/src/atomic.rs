@@ -409,11 +409,10 @@ impl CacheDir {
         dst: &str,
         length: u64,
         durable: bool,
-        budget: ChunkBudget,
         between: Between<'_>,
     ) -> Result<Mapping> {
         validate_name(src)?;
-        let mut writer = self.begin_write(dst, length, budget)?;
+        let mut writer = self.begin_write(dst, length, ChunkBudget::new(copy::DEFAULT_CHUNK_BYTES))?;
         writer.copy_from(src, src_offset, between)?;
         self.finish_write(writer, durable)
     }

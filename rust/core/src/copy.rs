@@ -19,6 +19,10 @@ use crate::fs::Fs;
 /// buffer would only cost RAM.
 pub const MAX_BOUNCE_BYTES: usize = 64 << 20;
 
+/// Piece size for copies whose caller gives no budget: large enough to saturate the disk,
+/// small enough that the between-chunks callback (Ctrl-C) runs promptly.
+pub const DEFAULT_CHUNK_BYTES: u64 = 64 << 20;
+
 /// Fallback block size when `st_blksize` is not reported.
 const DEFAULT_BLOCK: u64 = 4096;
 

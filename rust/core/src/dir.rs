@@ -20,9 +20,6 @@ use crate::fs::{Fs, RealFs};
 /// Mode of directories we create (the umask applies).
 const DIR_MODE: u32 = 0o777;
 
-/// Bytes read between two callback invocations in [`CacheDir::read_into`].
-const READ_PIECE_BYTES: u64 = 64 << 20;
-
 /// An open cache directory. Cheap to clone; the descriptor closes with the last clone.
 #[derive(Debug, Clone)]
 pub struct CacheDir {
@@ -172,7 +169,7 @@ impl CacheDir {
                 actual,
             });
         }
-        let budget = ChunkBudget::new(READ_PIECE_BYTES);
+        let budget = ChunkBudget::new(copy::DEFAULT_CHUNK_BYTES);
         copy::read_chunked(self.fs(), fd.as_fd(), &path, dest, offset, budget, between)
     }
 

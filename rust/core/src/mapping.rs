@@ -31,7 +31,7 @@ pub enum MappingMode {
 }
 
 impl MappingMode {
-    /// The NumPy mode string.
+    /// The `NumPy` mode string.
     pub const fn as_str(self) -> &'static str {
         match self {
             MappingMode::ReadOnly => "r",
@@ -40,7 +40,7 @@ impl MappingMode {
         }
     }
 
-    /// Parses a NumPy mode string (`r`, `r+`, `c`).
+    /// Parses a `NumPy` mode string (`r`, `r+`, `c`).
     pub fn parse(mode: &str) -> Option<Self> {
         match mode {
             "r" => Some(MappingMode::ReadOnly),

@@ -22,7 +22,7 @@ pub const NPY_MAGIC: &[u8; 6] = b"\x93NUMPY";
 /// 10000 bytes by default).
 pub const NPY_DATA_ALIGN: u64 = 4096;
 
-/// The alignment the format itself requires of the header end (`ARRAY_ALIGN` in NumPy).
+/// The alignment the format itself requires of the header end (`ARRAY_ALIGN` in `NumPy`).
 pub const NPY_ARRAY_ALIGN: u64 = 64;
 
 /// The longest header we read: far beyond any real dtype description, small enough to read
@@ -136,7 +136,7 @@ pub fn decode_header(bytes: &[u8], file_len: u64) -> Result<NpyHeader, String> {
     })
 }
 
-/// The dict text NumPy would write for these values.
+/// The dict text `NumPy` would write for these values.
 fn dict_text(descr: &str, fortran_order: bool, shape: &[u64]) -> String {
     let mut shape_text = String::from("(");
     for (index, dim) in shape.iter().enumerate() {
@@ -267,7 +267,7 @@ struct Parser<'a> {
     pos: usize,
 }
 
-impl<'a> Parser<'a> {
+impl Parser<'_> {
     fn peek(&self) -> Option<char> {
         self.text.get(self.pos..).and_then(|rest| rest.chars().next())
     }

@@ -19,9 +19,8 @@ use crate::detach::{run_detached, signal_check};
 use crate::errors::{PendingPyErr, to_exception, to_py};
 use crate::mapping::PyFileMapping;
 
-/// Piece size for copies whose caller gives no budget: large enough to saturate the disk,
-/// small enough that Ctrl-C is noticed promptly.
-const DEFAULT_CHUNK_BYTES: u64 = 64 << 20;
+/// Names that could not be removed, each with its `OSError`.
+type Failures = Vec<(String, Py<PyAny>)>;
 
 /// An open cache directory (see `_rust.pyi`).
 #[pyclass(name = "CacheDir", module = "lazy_disk_cache._rust", frozen)]
@@ -124,6 +123,7 @@ fn feed(py: Python<'_>, sink: &mut impl BlockSink, source: Source<'_>, pending: 
 impl PyCacheDir {
     #[staticmethod]
     #[pyo3(signature = (path, *, create = false))]
+    #[allow(clippy::needless_pass_by_value)] // PyO3 extracts arguments as owned values.
     fn open(py: Python<'_>, path: PathBuf, create: bool) -> PyResult<Self> {
         let inner = to_py(run_detached(py, || CacheDir::open(&path, create)))?;
         Ok(Self { inner })
@@ -170,17 +170,9 @@ impl PyCacheDir {
         durable: bool,
     ) -> PyResult<PyFileMapping> {
         let pending = PendingPyErr::default();
-        let budget = ChunkBudget::new(DEFAULT_CHUNK_BYTES);
         let mapping = pending.to_py(run_detached(py, || {
-            self.inner.copy_range(
-                src,
-                src_offset,
-                dst,
-                length,
-                durable,
-                budget,
-                &mut signal_check(&pending),
-            )
+            self.inner
+                .copy_range(src, src_offset, dst, length, durable, &mut signal_check(&pending))
         }))?;
         Ok(PyFileMapping::new(mapping))
     }
@@ -208,7 +200,7 @@ impl PyCacheDir {
         })
     }
 
-    fn sweep_temps(&self, py: Python<'_>) -> PyResult<(Vec<String>, Vec<(String, Py<PyAny>)>)> {
+    fn sweep_temps(&self, py: Python<'_>) -> PyResult<(Vec<String>, Failures)> {
         let report = to_py(run_detached(py, || self.inner.sweep_temps()))?;
         let failed = report
             .failed
@@ -219,7 +211,8 @@ impl PyCacheDir {
         Ok((report.removed, failed))
     }
 
-    fn unlink_all(&self, py: Python<'_>, names: Vec<String>) -> PyResult<Vec<(String, Py<PyAny>)>> {
+    #[allow(clippy::needless_pass_by_value)] // PyO3 extracts arguments as owned values.
+    fn unlink_all(&self, py: Python<'_>, names: Vec<String>) -> PyResult<Failures> {
         let failed = to_py(run_detached(py, || self.inner.unlink_all(&names)))?;
         Ok(failed
             .into_iter()
@@ -228,7 +221,7 @@ impl PyCacheDir {
     }
 
     fn __repr__(&self) -> String {
-        format!("<CacheDir {:?}>", self.inner.path())
+        format!("<CacheDir '{}'>", self.inner.path().display())
     }
 }
 
@@ -310,7 +303,7 @@ impl PyCommitBatch {
     #[pyo3(signature = (
         key, *, descr, fortran_order, shape, nbytes, meta, source = None, source_file = None, source_offset = 0
     ))]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, clippy::needless_pass_by_value)] // The signature is the .pyi's.
     fn add_npy(
         &self,
         py: Python<'_>,

@@ -18,5 +18,7 @@ where
 /// A between-chunks callback for detached copies: re-attaches and runs the signal handlers,
 /// so Ctrl-C stops a long copy (its temp is then removed and the exception re-raised).
 pub fn signal_check(pending: &PendingPyErr) -> impl FnMut() -> ldc_core::Result<()> + '_ {
+    // A closure, not the method path: `attach` needs a callback generic over the lifetime.
+    #[allow(clippy::redundant_closure_for_method_calls)]
     move || Python::attach(|py| py.check_signals()).map_err(|err| pending.stop(err))
 }

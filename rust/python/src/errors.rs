@@ -1,7 +1,7 @@
 //! The one conversion from core errors to Python exceptions.
 //!
 //! `Io` and `Rename` become `OSError(errno, "<strerror> (during <op>)", filename[, None,
-//! filename2])`; calling the `OSError` type that way makes CPython pick the subclass from the
+//! filename2])`; calling the `OSError` type that way makes `CPython` pick the subclass from the
 //! errno (`FileNotFoundError`, `PermissionError`, ...). Bad names, bad headers and size
 //! mismatches are `ValueError`, overflow is `OverflowError`, and an interrupted copy re-raises
 //! the exception that stopped it (normally `KeyboardInterrupt`).

@@ -1,8 +1,8 @@
 //! `FileMapping`: a core mapping exported through the buffer protocol.
 //!
 //! The mapping is unmapped only when the object is dropped, i.e. when the last Python
-//! reference goes; NumPy arrays built on it keep it alive through `.base`. The export count
-//! is informational (NumPy's `ndarray(buffer=...)` releases its export at once).
+//! reference goes; `NumPy` arrays built on it keep it alive through `.base`. The export count
+//! is informational (`NumPy`'s `ndarray(buffer=...)` releases its export at once).
 #![allow(unsafe_code)]
 
 use std::ffi::c_int;
@@ -88,20 +88,22 @@ impl PyFileMapping {
         to_py(run_detached(py, || self.inner.flush()))
     }
 
+    #[allow(clippy::unused_self)] // Python calls it as a method.
     fn __reduce__(&self) -> PyResult<()> {
         Err(PyTypeError::new_err("cannot pickle 'FileMapping' object"))
     }
 
     fn __repr__(&self) -> String {
         format!(
-            "<FileMapping {:?} mode={:?} offset={} length={}>",
-            self.inner.path(),
+            "<FileMapping '{}' mode={:?} offset={} length={}>",
+            self.inner.path().display(),
             self.inner.mode().as_str(),
             self.inner.offset(),
             self.inner.len()
         )
     }
 
+    #[allow(clippy::needless_pass_by_value)] // The slot signature PyO3 requires.
     unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut ffi::Py_buffer, flags: c_int) -> PyResult<()> {
         let this = slf.get();
         let readonly = this.inner.mode().is_readonly();
