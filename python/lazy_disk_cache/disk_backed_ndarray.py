@@ -1,0 +1,111 @@
+"""``DiskBackedNDArray``: one NumPy array that can live in RAM or in a memory-mapped file.
+
+The entry behaves like an array where it matters (indexing, ``np.asarray``, ufuncs and operators)
+and deliberately nothing more: it has no ``shape``, ``dtype``, ``len`` or item assignment, and
+writes go through ``entry.data[...] = value``.
+"""
+
+import logging
+from contextlib import ExitStack
+from typing import Any
+
+import numpy as np
+from numpy.lib.mixins import NDArrayOperatorsMixin
+from numpy.typing import DTypeLike, NDArray
+from typing_extensions import Unpack
+
+from lazy_disk_cache.lazy_disk_cache import LazyDiskCache, LazyDiskCacheKw
+
+__all__ = ["DiskBackedNDArray"]
+
+logger = logging.getLogger(__name__)
+
+
+class DiskBackedNDArray(LazyDiskCache, NDArrayOperatorsMixin):
+    """A ``numpy.ndarray`` wrapped in the ``LazyDiskCache`` state machine.
+
+    With caching off the caller's array is held as is (aliased, not copied). With caching on it
+    is copied into the entry's ``.dat`` and the caller's array is no longer referenced. Indexing
+    and ``np.asarray`` load the data on demand (and offload again with ``automatic_offloading``);
+    ``data`` and ufuncs load and stay loaded.
+    """
+
+    _data: NDArray[Any]
+    _shape: tuple[int, ...]
+    _dtype: np.dtype[Any]
+
+    def __init__(self, data: NDArray[Any], **settings: Unpack[LazyDiskCacheKw]) -> None:
+        if not isinstance(data, np.ndarray):
+            raise TypeError(f"DiskBackedNDArray data must be a numpy.ndarray; got {type(data).__name__}")
+        self._data = data
+        self._shape = data.shape
+        self._dtype = data.dtype
+        super().__init__(**settings)
+
+    @property
+    def data(self) -> NDArray[Any]:
+        """The live buffer itself (the ``np.memmap`` when mapped), loading it if offloaded.
+
+        Never offloads again, even with ``automatic_offloading``; ``e.data[...] = v`` is the way
+        to write, and with caching on the write persists across offload and load.
+        """
+        with self._lock:
+            if not self._in_memory:
+                self.load(self._reload_mode())
+            return self._data
+
+    @LazyDiskCache.ensure_loaded
+    def __getitem__(self, key: Any) -> Any:
+        return self._data[key]
+
+    @LazyDiskCache.ensure_loaded
+    def __array__(self, dtype: DTypeLike | None = None, copy: bool | None = None) -> NDArray[Any]:
+        """NumPy-2 conversion: a copy unless ``copy=False``, which returns the live buffer itself.
+
+        ``copy=False`` with a dtype that needs conversion raises ``ValueError``.
+        """
+        live = self._data
+        if copy is False:
+            if dtype is None or np.dtype(dtype) == live.dtype:
+                return live
+            raise ValueError(
+                f"cannot convert {type(self).__name__} of dtype {live.dtype} to {np.dtype(dtype)} "
+                "without a copy (copy=False)"
+            )
+        return np.array(live, dtype=dtype, copy=True)
+
+    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        """Apply ``ufunc`` to the live buffers; the result is returned raw and nothing re-offloads.
+
+        Every entry among the inputs and ``out=`` is locked (in ascending ``id()`` order, so two
+        threads combining the same entries cannot deadlock) and loaded if offloaded.
+        """
+        out = kwargs.get("out")
+        outputs = out if isinstance(out, tuple) else (() if out is None else (out,))
+        entries = {id(item): item for item in (*inputs, *outputs) if isinstance(item, DiskBackedNDArray)}
+        with ExitStack() as stack:
+            for key in sorted(entries):
+                stack.enter_context(entries[key]._lock)
+            arrays = tuple(_live(item) for item in inputs)
+            if out is not None:
+                kwargs["out"] = tuple(_live(item) for item in outputs)
+            return getattr(ufunc, method)(*arrays, **kwargs)
+
+    def _describe_buffer(self) -> tuple[tuple[int, ...], DTypeLike, NDArray[Any]]:
+        return self._shape, self._dtype, self._data
+
+    def _describe_shape_dtype(self) -> tuple[tuple[int, ...], DTypeLike]:
+        return self._shape, self._dtype
+
+    def _drop_buffer(self) -> None:
+        self.__dict__.pop("_data", None)
+
+    def _set_buffer(self, buf: NDArray[Any]) -> None:
+        self._data = buf
+
+
+def _live(item: object) -> object:
+    """The live buffer of an entry (loaded if needed; the caller holds its lock), else ``item``."""
+    if isinstance(item, DiskBackedNDArray):
+        return item.data
+    return item

@@ -1,0 +1,803 @@
+"""Configuration and the ``LazyDiskCache`` base class: one value that lives in RAM or on disk.
+
+An entry is in one of three states. RAM: a plain in-memory buffer, nothing on disk. MAPPED: the
+live buffer is a writable ``np.memmap`` of the entry's ``.dat`` file. OFFLOADED: the buffer is
+dropped and the data lives only in the ``.dat``. Every transition and every buffer access holds
+the entry's ``RLock``. All file bytes move through the native core (``lazy_disk_cache._rust``);
+this module decides what to write, where, and when.
+"""
+
+import dataclasses
+import errno
+import functools
+import logging
+import math
+import os
+import stat
+import tempfile
+import threading
+import time
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any, ClassVar, Concatenate, Literal, NamedTuple, ParamSpec, Self, TypeVar
+
+import numpy as np
+from numpy.typing import DTypeLike, NDArray
+from pydantic import ConfigDict, StrictStr, validate_call
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+from typing_extensions import TypedDict, Unpack
+
+from lazy_disk_cache._memmap import as_memmap, mapping_of, open_memmap
+from lazy_disk_cache._rust import CacheDir, FileMapping
+from lazy_disk_cache.paths import (
+    MEMMAP_SUFFIX,
+    NPY_SUFFIX,
+    TMP_SUFFIX,
+    ensure_write_contained,
+    validate_store_key,
+)
+
+psutil: ModuleType | None
+try:
+    import psutil
+except ImportError:  # psutil is optional at import time; the budget then uses the fallback.
+    psutil = None
+
+__all__ = ["LazyDiskCache", "LazyDiskCacheConfig", "LazyDiskCacheKw"]
+
+logger = logging.getLogger(__name__)
+
+_MEMMAP_FALLBACK_CHUNK_BYTES = 64 * 1024**2
+# Share of the currently available memory one conversion may use as its write budget.
+_BUDGET_FRACTION = 0.10
+# psutil reads /proc/meminfo; a figure younger than this is reused for back-to-back conversions.
+_BUDGET_MAX_AGE_SECONDS = 1.0
+# Bounce blocks for non-contiguous sources: pwrite bandwidth saturates at a few MiB, so a larger
+# block only costs RAM.
+_MAX_BOUNCE_BYTES = 64 * 1024**2
+# Directory handles are shared between entries so that thousands of entries in one directory do
+# not hold thousands of descriptors.
+_MAX_DIRECTORY_HANDLES = 64
+
+LoadMode = Literal["r", "r+", "w+", "c"]
+_LOAD_MODES: frozenset[str] = frozenset(("r", "r+", "w+", "c"))
+_WRITING_MODES: frozenset[str] = frozenset(("r+", "w+"))
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_EntryT = TypeVar("_EntryT", bound="LazyDiskCache")
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+
+
+class LazyDiskCacheKw(TypedDict, total=False):
+    """Keyword arguments accepted by ``LazyDiskCache`` constructors (all optional).
+
+    ``enable_caching``: back the live buffer by a memory-mapped ``.dat`` file instead of RAM.
+    ``cache_path``: where the ``.dat`` lives (``None``: a private temporary file, created on first
+    need). ``purge_disk_on_gc``: delete the ``.dat`` when the entry is collected.
+    ``automatic_offloading``: offload again after every access that had to load.
+    """
+
+    enable_caching: bool
+    cache_path: Path | None
+    purge_disk_on_gc: bool
+    automatic_offloading: bool
+
+
+@pydantic_dataclass(frozen=True, config=ConfigDict(arbitrary_types_allowed=True))
+class LazyDiskCacheConfig:
+    """Frozen, validated mirror of ``LazyDiskCacheKw``.
+
+    Values are coerced leniently (``"yes"`` → ``True``, ``"x"`` → ``Path("x")``); unknown
+    keyword arguments are ignored; bad values raise ``pydantic.ValidationError``. Hashable,
+    comparable by value and picklable, so one instance can be threaded through factory chains.
+    """
+
+    enable_caching: bool = False
+    cache_path: Path | None = None
+    purge_disk_on_gc: bool = True
+    automatic_offloading: bool = False
+
+    def as_kwargs(self) -> LazyDiskCacheKw:
+        """Return the four settings as a plain ``dict``."""
+        return LazyDiskCacheKw(
+            enable_caching=self.enable_caching,
+            cache_path=self.cache_path,
+            purge_disk_on_gc=self.purge_disk_on_gc,
+            automatic_offloading=self.automatic_offloading,
+        )
+
+    @classmethod
+    def from_kwargs(cls, settings: LazyDiskCacheKw) -> Self:
+        """Build a configuration from a ``LazyDiskCacheKw``-shaped mapping; extra keys are ignored."""
+        return cls(**settings)
+
+    def updated(self, **overrides: Unpack[LazyDiskCacheKw]) -> Self:
+        """Return a re-validated copy with ``overrides`` applied; unknown names are ignored."""
+        return dataclasses.replace(self, **overrides)
+
+    @validate_call
+    def extend_cache_path(self, new_folder: StrictStr) -> Self:
+        """Return a copy whose ``cache_path`` is ``cache_path / new_folder``. Creates nothing on disk.
+
+        ``new_folder`` must be a ``str`` (``pydantic.ValidationError`` otherwise) and one legal
+        path segment (``StoreKeyError``), even when ``cache_path`` is ``None``, in which case the
+        copy keeps ``cache_path=None``. An existing symlink at the new path that resolves outside
+        ``cache_path`` raises ``StoreContainmentError``.
+        """
+        validate_store_key(new_folder, self.cache_path)
+        if self.cache_path is None:
+            logger.info("Cache path is None; cannot extend.")
+            return dataclasses.replace(self, cache_path=None)
+        extended = self.cache_path / new_folder
+        ensure_write_contained(extended, self.cache_path, new_folder)
+        return dataclasses.replace(self, cache_path=extended)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chunk budget
+
+
+_budget_cache: tuple[object, object, float, int] | None = None
+
+
+def _chunk_budget_bytes() -> int:
+    """Return the write budget of one conversion: 10 % of available memory, or the fallback.
+
+    Reads the module globals ``psutil`` and ``_MEMMAP_FALLBACK_CHUNK_BYTES`` at call time. The
+    psutil figure is reused for up to a second while ``psutil`` (and its ``virtual_memory``) is the
+    same object, so a monkeypatched replacement is queried at once.
+    """
+    global _budget_cache
+    module = psutil
+    if module is None:
+        return _MEMMAP_FALLBACK_CHUNK_BYTES
+    query = getattr(module, "virtual_memory", None)
+    now = time.monotonic()
+    cached = _budget_cache
+    if cached is not None and cached[0] is module and cached[1] is query and now - cached[2] < _BUDGET_MAX_AGE_SECONDS:
+        return cached[3]
+    try:
+        budget = int(module.virtual_memory().available * _BUDGET_FRACTION)
+    except Exception:
+        logger.debug("psutil.virtual_memory() failed; using the fallback chunk budget", exc_info=True)
+        return _MEMMAP_FALLBACK_CHUNK_BYTES
+    _budget_cache = (module, query, now, budget)
+    return budget
+
+
+# ---------------------------------------------------------------------------------------------
+# Purge duty: per-path leases, deletion only by the owner process
+
+
+_leases: dict[str, int] = {}
+_leases_lock = threading.Lock()
+
+
+def _reset_lease_lock_after_fork() -> None:
+    global _leases_lock
+    _leases_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_lease_lock_after_fork)
+
+
+class _PurgeLease:
+    """One armed entry's claim on deleting its ``.dat``; the last lease in the owner pid deletes."""
+
+    __slots__ = ("_released", "owner_pid", "path")
+
+    def __init__(self, path: str, owner_pid: int) -> None:
+        self.path = path
+        self.owner_pid = owner_pid
+        self._released = False
+        with _leases_lock:
+            _leases[path] = _leases.get(path, 0) + 1
+
+    def release(self) -> bool:
+        """Drop this lease (once); return whether it was the last one on its path in this process."""
+        with _leases_lock:
+            if self._released:
+                return False
+            self._released = True
+            remaining = _leases.get(self.path, 1) - 1
+            if remaining > 0:
+                _leases[self.path] = remaining
+            else:
+                _leases.pop(self.path, None)
+            return remaining <= 0
+
+    def expire(self) -> None:
+        """Finalizer body: release, and unlink the file if this was the owner's last lease."""
+        if self.release() and os.getpid() == self.owner_pid:
+            _unlink_backing_file(self.path)
+
+
+def _unlink_backing_file(path: str) -> None:
+    """Remove a ``.dat`` and its stale ``.dat.tmp`` by name; failures are logged, never raised."""
+    target = Path(path)
+    try:
+        directory = CacheDir.open(target.parent)
+        failures = directory.unlink_all([target.name, target.name + TMP_SUFFIX])
+    except (OSError, ValueError):
+        logger.debug("Could not remove cache file %s", path, exc_info=True)
+        return
+    for name, error in failures:
+        logger.debug("Could not remove %s in %s: %s", name, target.parent, error)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers for file locations and byte sources
+
+
+_directory_handles: dict[str, tuple[CacheDir, tuple[int, int]]] = {}
+_directory_handles_lock = threading.Lock()
+
+
+def _open_directory(path: Path, *, create: bool = False) -> CacheDir:
+    """Return a shared ``CacheDir`` for ``path`` (created with its parents when ``create``).
+
+    A cached handle is reused only while ``path`` still names the same directory (device and
+    inode), so a directory removed and recreated under the same name gets a fresh handle.
+    """
+    key = str(path)
+    try:
+        info = os.stat(key)
+    except FileNotFoundError:
+        if not create:
+            raise
+    else:
+        cached = _directory_handles.get(key)
+        if cached is not None and cached[1] == (info.st_dev, info.st_ino):
+            return cached[0]
+    handle = CacheDir.open(key, create=create)
+    info = os.stat(key)
+    with _directory_handles_lock:
+        if len(_directory_handles) >= _MAX_DIRECTORY_HANDLES:
+            _directory_handles.pop(next(iter(_directory_handles)))
+        _directory_handles[key] = (handle, (info.st_dev, info.st_ino))
+    return handle
+
+
+def _is_symlink(path: Path) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _entry_dat_path(given: Path) -> Path:
+    """Turn a configured ``cache_path`` into the absolute ``.dat`` path (no symlink resolution)."""
+    if not given.name:
+        raise ValueError(f"cache_path {given!r} has an empty name; pass a file path")
+    dat = given.absolute().with_suffix(MEMMAP_SUFFIX)
+    if given.is_dir() or dat.is_dir():
+        raise ValueError(
+            f"cache_path {given!r} is an existing directory; pass a file path "
+            "(the entry stores its data in '<name>.dat')"
+        )
+    return dat
+
+
+def _check_cacheable_dtype(dtype: DTypeLike) -> None:
+    resolved = np.dtype(dtype)
+    if resolved.hasobject:
+        raise TypeError(f"cannot cache an array of dtype {resolved!r} on disk: it contains Python objects")
+
+
+def _byte_view(array: NDArray[Any]) -> memoryview:
+    """The bytes of a C-contiguous array as a flat byte buffer (no copy; writable if the array is)."""
+    if array.nbytes == 0:
+        return memoryview(b"")
+    return array.reshape(-1).view(np.uint8).data
+
+
+def _c_order_blocks(array: NDArray[Any], limit: int) -> Iterator[memoryview]:
+    """Yield the bytes of ``array`` in C order as contiguous blocks of at most ``limit`` bytes.
+
+    Only one block is materialised at a time, so a strided or Fortran-ordered source never needs
+    a full temporary copy. Rows larger than ``limit`` are split along their own leading axis.
+    """
+    if array.ndim == 0 or array.nbytes <= limit:
+        yield _byte_view(np.ascontiguousarray(array))
+        return
+    row_bytes = array.nbytes // array.shape[0]
+    if row_bytes <= limit or array.ndim == 1:
+        rows = max(1, limit // max(1, row_bytes))
+        for start in range(0, array.shape[0], rows):
+            yield _byte_view(np.ascontiguousarray(array[start : start + rows]))
+        return
+    for row in array:
+        yield from _c_order_blocks(row, limit)
+
+
+class _AdoptedPayload(NamedTuple):
+    """Where an entry's data lives while its ``.dat`` is not materialised yet (store reload)."""
+
+    offset: int
+    order: Literal["C", "F"]
+    readonly: bool
+
+
+# ---------------------------------------------------------------------------------------------
+# The base class
+
+
+class LazyDiskCache(ABC):
+    """Abstract base of values that can move between RAM and a memory-mapped ``.dat`` file.
+
+    Subclasses supply the live buffer through ``_describe_buffer``, ``_describe_shape_dtype``,
+    ``_drop_buffer`` and ``_set_buffer``; this class runs the RAM / MAPPED / OFFLOADED state
+    machine under ``self._lock``, the purge-on-GC duty and the pickle protocol. Construction
+    validates ``settings`` like ``LazyDiskCacheConfig`` (``pydantic.ValidationError``).
+    """
+
+    _MEMMAP_SUFFIX: ClassVar[str] = MEMMAP_SUFFIX
+
+    _enable_caching: bool
+    _automatic_offloading: bool
+    _purge_disk_on_gc: bool
+    _lock: threading.RLock
+    _in_memory: bool
+    _mmap: np.memmap[Any, np.dtype[Any]] | None
+    _owner_pid: int
+    _cache_path: Path | None
+    _ephemeral: bool
+    _adopted: _AdoptedPayload | None
+    _backing_created: bool
+    _finalizer: "weakref.finalize[Any, Any]"
+    _lease: _PurgeLease
+
+    def __init__(self, **settings: Unpack[LazyDiskCacheKw]) -> None:
+        self._init_from_config(LazyDiskCacheConfig(**settings))
+
+    def _init_from_config(self, config: LazyDiskCacheConfig) -> None:
+        """Set up state from ``config``; convert (caching on), offload (auto) and arm purge duty."""
+        self._enable_caching = config.enable_caching
+        self._automatic_offloading = config.automatic_offloading
+        self._purge_disk_on_gc = config.purge_disk_on_gc
+        self._lock = threading.RLock()
+        self._in_memory = True
+        self._mmap = None
+        self._owner_pid = os.getpid()
+        self._adopted = None
+        self._backing_created = False
+        self._ephemeral = config.cache_path is None
+        self._cache_path = None if config.cache_path is None else _entry_dat_path(config.cache_path)
+        if self._enable_caching:
+            _check_cacheable_dtype(self._describe_shape_dtype()[1])
+            self._convert_to_memmap()
+        if self._automatic_offloading:
+            self.offload()
+        if self._purge_disk_on_gc and self._cache_path is not None:
+            self._arm_purge()
+
+    # -- subclass contract ---------------------------------------------------------------------
+
+    @abstractmethod
+    def _describe_buffer(self) -> tuple[tuple[int, ...], DTypeLike, NDArray[Any]]:
+        """Return ``(shape, dtype, live_array)``; never called while offloaded."""
+
+    @abstractmethod
+    def _describe_shape_dtype(self) -> tuple[tuple[int, ...], DTypeLike]:
+        """Return ``(shape, dtype)`` without materialising any data."""
+
+    @abstractmethod
+    def _drop_buffer(self) -> None:
+        """Forget the live buffer."""
+
+    @abstractmethod
+    def _set_buffer(self, buf: NDArray[Any]) -> None:
+        """Adopt ``buf`` as the live buffer."""
+
+    def on_offload(self) -> None:  # noqa: B027 - an optional hook, deliberately a no-op by default
+        """Run after an offload; subclasses may release extra resources. Errors are logged."""
+
+    def on_load(self) -> None:  # noqa: B027 - an optional hook, deliberately a no-op by default
+        """Run after a load; subclasses may rebuild extra state. Errors are logged."""
+
+    # -- properties ----------------------------------------------------------------------------
+
+    @property
+    def offloaded(self) -> bool:
+        """Whether the data currently lives only on disk."""
+        return not self._in_memory
+
+    @property
+    def cache_enabled(self) -> bool:
+        """Whether the entry is backed by its ``.dat`` file (MAPPED or OFFLOADED)."""
+        return self._enable_caching
+
+    @property
+    def cache_path(self) -> Path | None:
+        """The ``.dat`` path, or ``None`` for an ephemeral entry whose file does not exist yet."""
+        return self._cache_path
+
+    @cache_path.setter
+    def cache_path(self, value: object) -> None:
+        path = self._cache_path
+        entry = type(self).__name__ if path is None else f"{type(self).__name__} entry at {str(path)!r}"
+        raise AttributeError(
+            f"Cannot reassign cache_path on the {entry}: the attempted path was {value!r}; an entry's cache "
+            "path is fixed at construction — create the entry through DiskBackedStore (which derives the "
+            "path from the validated store key), or pass cache_path= to the constructor."
+        )
+
+    @property
+    def purge_disk_on_gc(self) -> bool:
+        """Whether the ``.dat`` is deleted when the entry is collected (read-only)."""
+        return self._purge_disk_on_gc
+
+    @property
+    def ephemeral(self) -> bool:
+        """Whether the entry was built without ``cache_path`` and uses a private temporary file."""
+        return self._ephemeral
+
+    @property
+    def automatic_offloading(self) -> bool:
+        """Whether accesses that had to load offload again afterwards."""
+        return self._automatic_offloading
+
+    @automatic_offloading.setter
+    def automatic_offloading(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"automatic_offloading must be a bool; got {type(value)}")
+        self._automatic_offloading = value
+
+    # -- transitions ---------------------------------------------------------------------------
+
+    def enable_caching(self) -> None:
+        """RAM → MAPPED: write the buffer to a fresh ``.dat`` and map it (then offload if automatic).
+
+        1 copy, GIL released. Object dtypes raise ``TypeError`` before anything is written; an I/O
+        failure raises ``OSError`` and leaves the entry in RAM and any previous ``.dat`` intact.
+        """
+        with self._lock:
+            if self._enable_caching:
+                return
+            _check_cacheable_dtype(self._describe_shape_dtype()[1])
+            self._enable_caching = True
+            try:
+                self._convert_to_memmap()
+            except BaseException:
+                self._enable_caching = False
+                raise
+            if self._automatic_offloading:
+                self.offload()
+
+    def disable_caching(self) -> None:
+        """MAPPED/OFFLOADED → RAM: copy the data into a fresh array (1 copy). The ``.dat`` stays."""
+        with self._lock:
+            if not self._enable_caching:
+                return
+            if not self._in_memory:
+                self.load(self._reload_mode())
+            self._convert_to_ndarray()
+            self._enable_caching = False
+
+    def offload(self) -> None:
+        """MAPPED → OFFLOADED: flush the mapping (msync) and drop the buffer. 0 copies.
+
+        Arrays and views handed out earlier stay valid. A no-op (logged) in RAM or when already
+        offloaded. An entry reloaded from a store first materialises its ``.dat`` (1 copy); if
+        that fails the ``OSError`` propagates and the entry keeps its buffer.
+        """
+        with self._lock:
+            if not self._enable_caching:
+                logger.info("Caching disabled ==> %s.`offload()` ignored for %s.", type(self).__name__, id(self))
+                return
+            if not self._in_memory:
+                logger.info("%s: %s already offloaded to %s.", type(self).__name__, id(self), self._cache_path)
+                return
+            if self._mmap is None or (self._adopted is not None and not self._adopted.readonly):
+                self._convert_to_memmap()
+            mapped = self._mmap
+            _, _, live = self._describe_buffer()
+            if mapped is not None:
+                if live is not mapped:
+                    mapped[...] = live
+                mapping = mapping_of(mapped)
+                if mapping is not None:
+                    mapping.flush()
+            self._drop_buffer()
+            self._mmap = None
+            self._in_memory = False
+            self._run_hook(self.on_offload, "Error in on_offload hook")
+
+    def load(self, mode: LoadMode = "r+") -> None:
+        """OFFLOADED → MAPPED: map the ``.dat`` in ``mode``. O(1), reads no data.
+
+        ``r`` read-only, ``r+`` read-write, ``c`` copy-on-write, ``w+`` zero-filled read-write.
+        A no-op unless offloaded. A missing file raises ``FileNotFoundError``, a short one
+        ``ValueError``, an unknown mode ``ValueError``; ``r+``/``w+`` on a ``.dat`` symlink that
+        resolves outside its directory raise ``StoreContainmentError``.
+        """
+        if mode not in _LOAD_MODES:
+            raise ValueError(f"load mode must be one of 'r', 'r+', 'w+' or 'c'; got {mode!r}")
+        with self._lock:
+            if self._in_memory or self._cache_path is None:
+                return
+            mapped = self._map_backing(mode)
+            self._mmap = mapped
+            self._set_buffer(mapped)
+            self._in_memory = True
+            self._run_hook(self.on_load, "Error in on_load hook")
+
+    @staticmethod
+    def ensure_loaded(func: Callable[Concatenate[_EntryT, _P], _R]) -> Callable[Concatenate[_EntryT, _P], _R]:
+        """Decorate a method so it runs loaded, under the lock.
+
+        If the entry was offloaded on entry and ``automatic_offloading`` is on, it is offloaded
+        again afterwards, also when the call raised.
+        """
+
+        @functools.wraps(func)
+        def wrapper(self: _EntryT, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+            with self._lock:
+                was_offloaded = not self._in_memory
+                if was_offloaded:
+                    self.load(self._reload_mode())
+                try:
+                    return func(self, *args, **kwargs)
+                finally:
+                    if was_offloaded and self._automatic_offloading:
+                        self.offload()
+
+        return wrapper
+
+    # -- purge duty ----------------------------------------------------------------------------
+
+    def disable_purge(self) -> None:
+        """Stop deleting the ``.dat`` at GC: detach the finalizer (nothing is deleted now)."""
+        with self._lock:
+            self._disarm_purge()
+            self._purge_disk_on_gc = False
+
+    def enable_purge(self) -> None:
+        """Delete the ``.dat`` when this entry is collected or the interpreter exits.
+
+        Only the process that created the file deletes it, and only when its last armed entry on
+        that path goes. For an ephemeral entry without a file yet, duty is armed at allocation.
+        """
+        with self._lock:
+            if not self._cache_path:
+                self._purge_disk_on_gc = True
+                return
+            finalizer = self.__dict__.get("_finalizer")
+            if finalizer is None or not finalizer.alive:
+                self._arm_purge()
+            self._purge_disk_on_gc = True
+
+    def _arm_purge(self) -> None:
+        finalizer = self.__dict__.get("_finalizer")
+        if finalizer is not None and finalizer.alive:
+            return
+        self._disarm_purge()
+        lease = _PurgeLease(str(self._cache_path), self._owner_pid)
+        self._lease = lease
+        self._finalizer = weakref.finalize(self, lease.expire)
+
+    def _disarm_purge(self) -> None:
+        finalizer = self.__dict__.pop("_finalizer", None)
+        if finalizer is not None:
+            finalizer.detach()
+        lease = self.__dict__.pop("_lease", None)
+        if lease is not None:
+            lease.release()
+
+    # -- conversion ----------------------------------------------------------------------------
+
+    def _convert_to_memmap(self) -> None:
+        """Write the data to a fresh, atomically committed ``.dat`` and adopt its mapping (→ MAPPED).
+
+        1 copy, GIL released, extra RAM bounded by one chunk. On failure the temp is removed, the
+        entry and any previous ``.dat`` are unchanged and ``OSError`` (errno, filename) propagates.
+        A store-reloaded source mapping this entry's sibling ``.npy`` is adopted without copying.
+        """
+        with self._lock:
+            if self._in_memory:
+                shape, dtype, source = self._describe_buffer()
+            else:
+                shape, dtype = self._describe_shape_dtype()
+                source = self._map_backing("r")
+            shape = tuple(shape)
+            dtype = np.dtype(dtype)
+            _check_cacheable_dtype(dtype)
+            if self._in_memory and self._adopted is None and self._adopt_payload(source, shape, dtype):
+                return
+            if self._cache_path is None:
+                self._allocate_ephemeral()
+            mapping = self._write_backing(np.asarray(source))
+            mapped = as_memmap(mapping, shape, dtype, filename=str(self._cache_path))
+            self._mmap = mapped
+            self._set_buffer(mapped)
+            self._in_memory = True
+            self._adopted = None
+            if not self._backing_created:
+                self._take_ownership()
+            logger.debug("Wrote %s %s to %s (%d bytes)", type(self).__name__, id(self), self._cache_path, mapped.nbytes)
+
+    def _convert_to_ndarray(self) -> None:
+        """Copy the mapped data into a fresh RAM array and adopt it (1 copy, GIL released)."""
+        with self._lock:
+            mapped = self._mmap
+            if mapped is None:
+                return
+            shape, dtype, live = self._describe_buffer()
+            array = self._read_backing(mapped, tuple(shape), np.dtype(dtype)) if live is mapped else None
+            self._set_buffer(np.array(live, copy=True) if array is None else array)
+            self._mmap = None
+            self._adopted = None
+
+    def _read_backing(
+        self, mapped: np.memmap[Any, np.dtype[Any]], shape: tuple[int, ...], dtype: np.dtype[Any]
+    ) -> NDArray[Any] | None:
+        """``pread`` the ``.dat`` behind a shared mapping into a new array; ``None`` if unsuitable."""
+        mapping = mapping_of(mapped)
+        if self._adopted is not None or mapping is None or mapping.mode == "c":
+            return None
+        array = np.empty(shape, dtype=dtype)
+        if array.nbytes == 0:
+            return array
+        try:
+            directory, name = self._backing_location(write=False)
+            directory.read_into(name, 0, _byte_view(array))
+        except FileNotFoundError:
+            return None
+        return array
+
+    def _write_backing(self, source: NDArray[Any]) -> FileMapping:
+        """Atomically replace the ``.dat`` with ``source`` in C order; return its ``r+`` mapping."""
+        directory, name = self._backing_location(write=True, create=True)
+        budget = max(1, _chunk_budget_bytes())
+        durable = not self._purge_disk_on_gc
+        if source.flags.c_contiguous:
+            return directory.write_file(
+                name, _byte_view(source), nbytes=source.nbytes, chunk_bytes=budget, durable=durable
+            )
+        blocks = _c_order_blocks(source, min(budget, _MAX_BOUNCE_BYTES))
+        return directory.write_file(name, blocks, nbytes=source.nbytes, chunk_bytes=budget, durable=durable)
+
+    def _map_backing(self, mode: LoadMode) -> np.memmap[Any, np.dtype[Any]]:
+        """Map the file that currently holds the data in ``mode`` (``w+``: zero-filled first)."""
+        shape, dtype = self._describe_shape_dtype()
+        shape = tuple(shape)
+        path = self._require_cache_path()
+        adopted = self._adopted
+        if adopted is not None and mode in _WRITING_MODES:
+            raise PermissionError(
+                errno.EACCES,
+                "the entry was reloaded from a read-only cache directory; load it with mode 'r' or 'c'",
+                str(path),
+            )
+        if mode == "w+":
+            directory, name = self._backing_location(write=True)
+            nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+            mapping = directory.write_zeroed(name, nbytes, durable=not self._purge_disk_on_gc)
+            return as_memmap(mapping, shape, dtype, filename=str(path))
+        if adopted is not None:
+            npy_name = path.name.removesuffix(MEMMAP_SUFFIX) + NPY_SUFFIX
+            return open_memmap(
+                self._open_parent(path), npy_name, shape, dtype, mode=mode, offset=adopted.offset, order=adopted.order
+            )
+        directory, name = self._backing_location(write=mode == "r+")
+        return open_memmap(directory, name, shape, dtype, mode=mode, filename=str(path))
+
+    def _backing_location(self, *, write: bool, create: bool = False) -> tuple[CacheDir, str]:
+        """Return the directory handle and name to open for the ``.dat``.
+
+        For writing, the ``.dat`` and its temp must not be symlinks leading out of their directory
+        (``StoreContainmentError``); a ``.dat`` symlink resolving inside is followed, so the link
+        itself survives the atomic replacement.
+        """
+        path = self._require_cache_path()
+        linked = _is_symlink(path)
+        if write:
+            stem = path.name.removesuffix(MEMMAP_SUFFIX)
+            if linked:
+                ensure_write_contained(path, path.parent, stem)
+            temp = path.with_name(path.name + TMP_SUFFIX)
+            if _is_symlink(temp):
+                ensure_write_contained(temp, path.parent, stem)
+        if linked:
+            target = Path(os.path.realpath(path))
+            return self._open_parent(target), target.name
+        return self._open_parent(path, create=create), path.name
+
+    def _open_parent(self, path: Path, *, create: bool = False) -> CacheDir:
+        try:
+            return _open_directory(path.parent, create=create)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path)) from exc
+
+    def _adopt_payload(self, source: object, shape: tuple[int, ...], dtype: np.dtype[Any]) -> bool:
+        """Adopt a store-reloaded private/read-only mapping of ``<stem>.npy`` as the MAPPED buffer.
+
+        Returns whether it did. The ``.dat`` is then materialised lazily, at the first offload.
+        """
+        mapping = mapping_of(source)
+        path = self._cache_path
+        if mapping is None or path is None or mapping.mode not in ("c", "r") or not isinstance(source, np.ndarray):
+            return False
+        layout_ok = source.flags.c_contiguous or source.flags.f_contiguous
+        if not layout_ok or source.nbytes != mapping.length or source.shape != shape or source.dtype != dtype:
+            return False
+        mapped_path = Path(mapping.path)
+        if mapped_path.name != path.name.removesuffix(MEMMAP_SUFFIX) + NPY_SUFFIX:
+            return False
+        try:
+            if not os.path.samefile(mapped_path.parent, path.parent):
+                return False
+        except OSError:
+            return False
+        order: Literal["C", "F"] = "C" if source.flags.c_contiguous else "F"
+        buffer = source if isinstance(source, np.memmap) else as_memmap(mapping, shape, dtype, order)
+        self._adopted = _AdoptedPayload(offset=mapping.offset, order=order, readonly=mapping.mode == "r")
+        self._mmap = buffer
+        self._set_buffer(buffer)
+        self._in_memory = True
+        logger.debug("%s %s adopted the payload of %s", type(self).__name__, id(self), mapped_path)
+        return True
+
+    def _allocate_ephemeral(self) -> None:
+        """Create this ephemeral entry's private ``.dat`` (0600) in the temp directory."""
+        descriptor, name = tempfile.mkstemp(suffix=MEMMAP_SUFFIX)
+        os.close(descriptor)
+        self._cache_path = Path(name)
+        self._take_ownership()
+        if self._purge_disk_on_gc:
+            self._arm_purge()
+
+    def _take_ownership(self) -> None:
+        """Record this process as the creator of the backing file (only it may delete the file)."""
+        self._backing_created = True
+        self._owner_pid = os.getpid()
+        lease = self.__dict__.get("_lease")
+        if lease is not None:
+            lease.owner_pid = self._owner_pid
+
+    def _require_cache_path(self) -> Path:
+        path = self._cache_path
+        if path is None:
+            raise RuntimeError(f"{type(self).__name__} has no backing file yet")
+        return path
+
+    def _reload_mode(self) -> LoadMode:
+        """The mode implicit loads use: ``r`` for an entry reloaded from a read-only directory."""
+        adopted = self._adopted
+        return "r" if adopted is not None and adopted.readonly else "r+"
+
+    def _run_hook(self, hook: Callable[[], None], message: str) -> None:
+        try:
+            hook()
+        except Exception:
+            logger.exception(message)
+
+    # -- pickling ------------------------------------------------------------------------------
+
+    _TRANSIENT_STATE: ClassVar[tuple[str, ...]] = ("_lock", "_finalizer", "_lease")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Hand purge duty to the copy and offload (both mutate this entry); data stays on disk."""
+        with self._lock:
+            purge = self._purge_disk_on_gc
+            self.disable_purge()
+            if self._enable_caching:
+                self.offload()
+            state = {key: value for key, value in self.__dict__.items() if key not in self._TRANSIENT_STATE}
+            state["_purge_disk_on_gc"] = purge
+            return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore the state, a new lock and (purge on) purge duty under the pickled owner pid."""
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+        if self._cache_path and self._purge_disk_on_gc:
+            self._purge_disk_on_gc = False
+            self.enable_purge()

@@ -1,0 +1,212 @@
+"""LazyDiskCacheKw and LazyDiskCacheConfig: coercion, immutability, derivation helpers."""
+
+import dataclasses
+import logging
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import pytest
+
+from lazy_disk_cache.errors import StoreContainmentError, StoreKeyError
+from lazy_disk_cache.lazy_disk_cache import LazyDiskCacheConfig, LazyDiskCacheKw
+
+LOGGER = "lazy_disk_cache.lazy_disk_cache"
+
+
+def test_defaults_match_the_documented_table() -> None:
+    config = LazyDiskCacheConfig()
+
+    assert (config.enable_caching, config.cache_path, config.purge_disk_on_gc, config.automatic_offloading) == (
+        False,
+        None,
+        True,
+        False,
+    )
+
+
+def test_fields_are_positional_in_documented_order() -> None:
+    config = LazyDiskCacheConfig(True, "p", False, True)  # type: ignore[arg-type]
+
+    assert config == LazyDiskCacheConfig(
+        enable_caching=True, cache_path=Path("p"), purge_disk_on_gc=False, automatic_offloading=True
+    )
+
+
+def test_string_cache_path_is_coerced_to_path() -> None:
+    assert LazyDiskCacheConfig(cache_path="x").cache_path == Path("x")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", ["yes", "true", 1, "on"])
+def test_truthy_values_are_coerced_leniently(value: Any) -> None:
+    assert LazyDiskCacheConfig(enable_caching=value).enable_caching is True
+
+
+@pytest.mark.parametrize("field", ["enable_caching", "purge_disk_on_gc", "automatic_offloading"])
+@pytest.mark.parametrize("value", ["notabool", None, 2.5])
+def test_bad_bool_values_raise_validation_error(field: str, value: Any) -> None:
+    with pytest.raises(pydantic.ValidationError):
+        LazyDiskCacheConfig(**{field: value})
+
+
+def test_non_path_cache_path_raises_validation_error() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        LazyDiskCacheConfig(cache_path=5)  # type: ignore[arg-type]
+
+
+def test_unknown_keyword_arguments_are_ignored() -> None:
+    config = LazyDiskCacheConfig(enable_caching=True, colour="blue")  # type: ignore[call-arg]
+
+    assert config == LazyDiskCacheConfig(enable_caching=True)
+    assert not hasattr(config, "colour")
+
+
+def test_assignment_raises_frozen_instance_error() -> None:
+    config = LazyDiskCacheConfig()
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.enable_caching = True  # type: ignore[misc]
+
+
+def test_equal_configs_hash_equal_and_work_as_dict_keys() -> None:
+    first = LazyDiskCacheConfig(cache_path=Path("a"))
+    second = LazyDiskCacheConfig(cache_path="a")  # type: ignore[arg-type]
+
+    assert first == second
+    assert {first: 1}[second] == 1
+    assert first != LazyDiskCacheConfig(cache_path=Path("b"))
+
+
+def test_config_survives_a_pickle_round_trip() -> None:
+    config = LazyDiskCacheConfig(True, Path("/some/where"), False, True)
+
+    assert pickle.loads(pickle.dumps(config)) == config
+
+
+def test_as_kwargs_returns_a_plain_dict_with_all_four_keys() -> None:
+    config = LazyDiskCacheConfig(enable_caching=True, cache_path=Path("p"))
+
+    kwargs = config.as_kwargs()
+
+    assert type(kwargs) is dict
+    assert kwargs == {
+        "enable_caching": True,
+        "cache_path": Path("p"),
+        "purge_disk_on_gc": True,
+        "automatic_offloading": False,
+    }
+
+
+def test_from_kwargs_builds_from_a_mapping_and_ignores_extra_keys() -> None:
+    settings: dict[str, Any] = {"automatic_offloading": "yes", "unrelated": 3}
+
+    config = LazyDiskCacheConfig.from_kwargs(settings)  # type: ignore[arg-type]
+
+    assert config == LazyDiskCacheConfig(automatic_offloading=True)
+
+
+def test_as_kwargs_round_trips_through_from_kwargs() -> None:
+    config = LazyDiskCacheConfig(True, Path("q"), False, True)
+
+    assert LazyDiskCacheConfig.from_kwargs(config.as_kwargs()) == config
+
+
+def test_updated_returns_a_revalidated_copy() -> None:
+    config = LazyDiskCacheConfig()
+
+    changed = config.updated(enable_caching="true", cache_path="c")  # type: ignore[arg-type]
+
+    assert changed == LazyDiskCacheConfig(enable_caching=True, cache_path=Path("c"))
+    assert config == LazyDiskCacheConfig()
+
+
+def test_updated_ignores_unknown_names() -> None:
+    config = LazyDiskCacheConfig(enable_caching=True)
+
+    assert config.updated(bogus=1) == config  # type: ignore[call-arg]
+
+
+def test_updated_with_a_bad_value_raises_validation_error() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        LazyDiskCacheConfig().updated(purge_disk_on_gc="notabool")  # type: ignore[arg-type]
+
+
+def test_kw_typed_dict_declares_the_four_optional_keys() -> None:
+    assert set(LazyDiskCacheKw.__annotations__) == {
+        "enable_caching",
+        "cache_path",
+        "purge_disk_on_gc",
+        "automatic_offloading",
+    }
+    assert LazyDiskCacheKw.__total__ is False
+
+
+def test_extend_cache_path_appends_one_segment(tmp_path: Path) -> None:
+    config = LazyDiskCacheConfig(enable_caching=True, cache_path=tmp_path)
+
+    extended = config.extend_cache_path("sub")
+
+    assert extended == LazyDiskCacheConfig(enable_caching=True, cache_path=tmp_path / "sub")
+
+
+def test_extend_cache_path_creates_nothing_on_disk(tmp_path: Path) -> None:
+    LazyDiskCacheConfig(cache_path=tmp_path).extend_cache_path("sub")
+
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_extend_cache_path_chains_for_several_levels(tmp_path: Path) -> None:
+    config = LazyDiskCacheConfig(cache_path=tmp_path)
+
+    assert config.extend_cache_path("b").extend_cache_path("c").cache_path == tmp_path / "b" / "c"
+
+
+def test_extend_cache_path_on_none_logs_and_keeps_none(caplog: pytest.LogCaptureFixture) -> None:
+    config = LazyDiskCacheConfig(enable_caching=True)
+
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        extended = config.extend_cache_path("sub")
+
+    assert extended == config
+    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
+        (LOGGER, logging.INFO, "Cache path is None; cannot extend.")
+    ]
+
+
+@pytest.mark.parametrize("segment", ["b/c", "../x", "..", "", "a\\b", "CON", "bad.", "/abs"])
+def test_extend_cache_path_refuses_illegal_segments(tmp_path: Path, segment: str) -> None:
+    with pytest.raises(StoreKeyError, match="Invalid store key"):
+        LazyDiskCacheConfig(cache_path=tmp_path).extend_cache_path(segment)
+
+
+def test_extend_cache_path_checks_the_key_rule_even_when_cache_path_is_none() -> None:
+    with pytest.raises(StoreKeyError, match="<unset>"):
+        LazyDiskCacheConfig().extend_cache_path("../x")
+
+
+@pytest.mark.parametrize("value", [5, None, b"sub", Path("sub")])
+def test_extend_cache_path_refuses_non_str_with_validation_error(value: Any) -> None:
+    with pytest.raises(pydantic.ValidationError):
+        LazyDiskCacheConfig(cache_path=Path("/x")).extend_cache_path(value)
+
+
+def test_extend_cache_path_refuses_a_symlink_leading_outside(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, root / "escape")
+
+    with pytest.raises(StoreContainmentError, match="resolves outside its cache directory"):
+        LazyDiskCacheConfig(cache_path=root).extend_cache_path("escape")
+
+
+def test_extend_cache_path_accepts_a_symlink_resolving_inside(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "alias")
+
+    extended = LazyDiskCacheConfig(cache_path=tmp_path).extend_cache_path("alias")
+
+    assert extended.cache_path == tmp_path / "alias"
