@@ -27,6 +27,20 @@ def auto(tmp_path: Path) -> DiskBackedNDArray:
 # -- construction ----------------------------------------------------------------------------
 
 
+def test_construction_with_automatic_offloading_ends_offloaded(auto: DiskBackedNDArray) -> None:
+    assert (auto.cache_enabled, auto.offloaded) == (True, True)
+    assert not hasattr(auto, "_data")
+
+
+def test_construction_with_automatic_offloading_but_no_caching_stays_in_ram() -> None:
+    source = _source()
+
+    entry = DiskBackedNDArray(source, automatic_offloading=True)
+
+    assert entry.offloaded is False
+    assert entry.data is source
+
+
 @pytest.mark.parametrize("data", [[1, 2, 3], (1, 2), 5, None, "abc"])
 def test_non_ndarray_data_raises_type_error_naming_the_type(data: Any) -> None:
     with pytest.raises(TypeError, match=type(data).__name__):

@@ -1,0 +1,317 @@
+"""Store-reload adoption: an entry built over a mapping of its sibling ``<key>.npy`` copies nothing.
+
+The store constructs ``cls(memmap, enable_caching=True, cache_path=<dir>/<key>.npy, ...)`` where
+the memmap maps the ``.npy`` payload copy-on-write (``c``), or read-only (``r``) for a read-only
+directory. These tests build entries exactly that way.
+"""
+
+import ast
+import errno
+import gc
+import math
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from lazy_disk_cache import _rust
+from lazy_disk_cache._memmap import mapping_of, open_memmap
+from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
+from lazy_disk_cache.lazy_disk_cache import LoadMode
+
+
+def _stored(directory: Path, key: str, array: NDArray[Any]) -> None:
+    np.save(directory / f"{key}.npy", array)
+
+
+def _reload(directory: Path, key: str, mode: Any = "c", **settings: Any) -> DiskBackedNDArray:
+    handle = _rust.CacheDir.open(directory)
+    header = handle.read_header(f"{key}.npy")
+    dtype = np.lib.format.descr_to_dtype(ast.literal_eval(header.descr))
+    memmap = open_memmap(
+        handle,
+        f"{key}.npy",
+        header.shape,
+        dtype,
+        mode=mode,
+        offset=header.data_offset,
+        order="F" if header.fortran_order else "C",
+    )
+    settings.setdefault("enable_caching", True)
+    return DiskBackedNDArray(memmap, cache_path=directory / f"{key}.npy", **settings)
+
+
+def _source() -> NDArray[np.float64]:
+    return np.arange(20, dtype=np.float64).reshape(4, 5)
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    _stored(tmp_path, "k", _source())
+    return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _no_faults() -> Any:
+    yield
+    _rust._clear_faults()
+
+
+def test_reloaded_entry_adopts_the_payload_mapping_without_creating_a_dat(store_dir: Path) -> None:
+    entry = _reload(store_dir, "k")
+
+    assert entry.cache_path == store_dir / "k.dat"
+    assert (entry.cache_enabled, entry.offloaded) == (True, False)
+    assert not (store_dir / "k.dat").exists()
+    assert isinstance(entry.data, np.memmap)
+    mapping = mapping_of(entry.data)
+    assert mapping is not None and mapping.mode == "c"
+    assert np.array_equal(entry.data, _source())
+
+
+def test_writes_before_materialisation_never_reach_the_committed_npy(store_dir: Path) -> None:
+    entry = _reload(store_dir, "k")
+
+    entry.data[0, 0] = -1.0
+
+    assert np.array_equal(np.load(store_dir / "k.npy"), _source())
+
+
+def test_first_offload_materialises_the_dat_with_the_users_writes(store_dir: Path) -> None:
+    entry = _reload(store_dir, "k")
+    entry.data[1, 2] = 99.0
+
+    entry.offload()
+
+    on_disk = np.fromfile(store_dir / "k.dat", dtype=np.float64).reshape(4, 5)
+    expected = _source()
+    expected[1, 2] = 99.0
+    assert np.array_equal(on_disk, expected)
+    assert np.array_equal(np.load(store_dir / "k.npy"), _source())
+    assert entry.offloaded
+
+
+def test_after_materialisation_load_maps_the_dat_read_write(store_dir: Path) -> None:
+    entry = _reload(store_dir, "k")
+    entry.offload()
+
+    entry.load()
+    entry.data[0, 0] = 5.5
+    entry.offload()
+
+    assert np.fromfile(store_dir / "k.dat", dtype=np.float64)[0] == 5.5
+    assert np.load(store_dir / "k.npy")[0, 0] == 0.0
+
+
+def test_materialisation_failure_keeps_the_buffer_and_a_retry_works(store_dir: Path) -> None:
+    entry = _reload(store_dir, "k")
+    entry.data[3, 4] = 42.0
+    _rust._inject_fault("reserve", 1, errno.ENOSPC)
+
+    with pytest.raises(OSError) as caught:
+        entry.offload()
+
+    assert caught.value.errno == errno.ENOSPC
+    assert caught.value.filename is not None
+    assert entry.offloaded is False
+    assert entry.data[3, 4] == 42.0
+    assert not (store_dir / "k.dat").exists()
+    entry.offload()
+    assert np.fromfile(store_dir / "k.dat", dtype=np.float64)[-1] == 42.0
+
+
+def test_convert_to_memmap_on_an_adopted_entry_materialises(store_dir: Path) -> None:
+    entry = _reload(store_dir, "k")
+
+    entry._convert_to_memmap()
+
+    assert (store_dir / "k.dat").exists()
+    mapping = mapping_of(entry.data)
+    assert mapping is not None and mapping.mode == "r+"
+
+
+def test_disable_caching_on_an_adopted_entry_keeps_writes_and_creates_nothing(store_dir: Path) -> None:
+    entry = _reload(store_dir, "k")
+    entry.data[0, 1] = -7.0
+
+    entry.disable_caching()
+
+    assert type(entry.data) is np.ndarray
+    assert entry.data[0, 1] == -7.0
+    assert not (store_dir / "k.dat").exists()
+
+
+def test_materialisation_makes_this_process_the_owner(store_dir: Path) -> None:
+    entry = _reload(store_dir, "k")
+    entry._owner_pid = -1
+
+    entry.offload()
+
+    assert entry._owner_pid != -1
+    assert entry._lease.owner_pid == entry._owner_pid
+
+
+def test_gc_removes_the_materialised_dat_but_never_the_codec_pair(store_dir: Path) -> None:
+    (store_dir / "k.meta.json").write_text("{}")
+    entry = _reload(store_dir, "k")
+    entry.offload()
+
+    del entry
+    gc.collect()
+
+    assert sorted(p.name for p in store_dir.iterdir()) == ["k.meta.json", "k.npy"]
+
+
+def test_gc_of_an_unmaterialised_entry_leaves_the_directory_unchanged(store_dir: Path) -> None:
+    entry = _reload(store_dir, "k")
+
+    del entry
+    gc.collect()
+
+    assert sorted(p.name for p in store_dir.iterdir()) == ["k.npy"]
+
+
+def test_automatic_offloading_materialises_at_construction(store_dir: Path) -> None:
+    entry = _reload(store_dir, "k", automatic_offloading=True)
+
+    assert entry.offloaded
+    assert (store_dir / "k.dat").exists()
+    assert np.array_equal(entry[2], _source()[2])
+
+
+def test_pickling_an_adopted_entry_materialises_first(store_dir: Path) -> None:
+    entry = _reload(store_dir, "k")
+    entry.data[0, 0] = 8.0
+
+    copy = pickle.loads(pickle.dumps(entry))
+
+    assert (store_dir / "k.dat").exists()
+    assert copy[0, 0] == 8.0
+
+
+def test_fortran_ordered_payload_is_adopted_and_materialised_in_c_order(tmp_path: Path) -> None:
+    source = np.asfortranarray(_source())
+    _stored(tmp_path, "f", source)
+
+    entry = _reload(tmp_path, "f")
+    assert not (tmp_path / "f.dat").exists()
+    entry.offload()
+
+    assert np.array_equal(np.fromfile(tmp_path / "f.dat", dtype=np.float64).reshape(4, 5), source)
+    assert np.array_equal(entry[...], source)
+
+
+def test_zero_size_payload_is_adopted(tmp_path: Path) -> None:
+    _stored(tmp_path, "z", np.zeros((0, 3), dtype=np.int32))
+
+    entry = _reload(tmp_path, "z")
+    entry.offload()
+
+    assert np.asarray(entry).shape == (0, 3)
+
+
+def test_a_mapping_of_another_keys_npy_is_copied_not_adopted(tmp_path: Path) -> None:
+    _stored(tmp_path, "other", _source())
+    handle = _rust.CacheDir.open(tmp_path)
+    header = handle.read_header("other.npy")
+    memmap = open_memmap(handle, "other.npy", (4, 5), np.float64, mode="c", offset=header.data_offset)
+
+    entry = DiskBackedNDArray(memmap, enable_caching=True, cache_path=tmp_path / "k.npy")
+
+    assert (tmp_path / "k.dat").exists()
+    mapping = mapping_of(entry.data)
+    assert mapping is not None and mapping.mode == "r+"
+
+
+def test_a_partial_view_of_the_payload_is_copied_not_adopted(store_dir: Path) -> None:
+    handle = _rust.CacheDir.open(store_dir)
+    header = handle.read_header("k.npy")
+    memmap = open_memmap(handle, "k.npy", (4, 5), np.float64, mode="c", offset=header.data_offset)
+
+    entry = DiskBackedNDArray(memmap[1:], enable_caching=True, cache_path=store_dir / "k.npy")
+
+    assert (store_dir / "k.dat").exists()
+    assert np.array_equal(entry.data, _source()[1:])
+
+
+def test_a_writable_shared_mapping_is_never_adopted(store_dir: Path) -> None:
+    handle = _rust.CacheDir.open(store_dir)
+    header = handle.read_header("k.npy")
+    memmap = open_memmap(handle, "k.npy", (4, 5), np.float64, mode="r+", offset=header.data_offset)
+
+    entry = DiskBackedNDArray(memmap, enable_caching=True, cache_path=store_dir / "k.npy")
+    entry.data[0, 0] = 123.0
+
+    assert (store_dir / "k.dat").exists()
+    assert np.load(store_dir / "k.npy")[0, 0] == 0.0
+
+
+# -- read-only directory (mode r) ------------------------------------------------------------
+
+
+def test_read_only_adoption_is_unwritable_and_creates_nothing(store_dir: Path) -> None:
+    entry = _reload(store_dir, "k", mode="r")
+
+    assert entry.cache_enabled
+    assert entry.cache_path == store_dir / "k.dat"
+    assert not entry.data.flags.writeable
+    assert sorted(p.name for p in store_dir.iterdir()) == ["k.npy"]
+
+
+def test_read_only_offload_just_drops_the_buffer(store_dir: Path) -> None:
+    entry = _reload(store_dir, "k", mode="r")
+
+    entry.offload()
+
+    assert entry.offloaded
+    assert sorted(p.name for p in store_dir.iterdir()) == ["k.npy"]
+
+
+@pytest.mark.parametrize("mode", ["r", "c"])
+def test_read_only_load_remaps_the_payload(store_dir: Path, mode: LoadMode) -> None:
+    entry = _reload(store_dir, "k", mode="r")
+    entry.offload()
+
+    entry.load(mode)
+
+    assert np.array_equal(entry.data, _source())
+    assert entry.data.flags.writeable is (mode == "c")
+    assert sorted(p.name for p in store_dir.iterdir()) == ["k.npy"]
+
+
+@pytest.mark.parametrize("mode", ["r+", "w+"])
+def test_read_only_writable_load_raises_permission_error(store_dir: Path, mode: LoadMode) -> None:
+    entry = _reload(store_dir, "k", mode="r")
+    entry.offload()
+
+    with pytest.raises(PermissionError) as caught:
+        entry.load(mode)
+
+    assert caught.value.errno == errno.EACCES
+    assert entry.offloaded
+    assert sorted(p.name for p in store_dir.iterdir()) == ["k.npy"]
+
+
+def test_read_only_entry_with_auto_offloading_reads_on_access(store_dir: Path) -> None:
+    entry = _reload(store_dir, "k", mode="r", automatic_offloading=True)
+
+    row = entry[1]
+    total = np.asarray(entry).sum()
+
+    assert np.array_equal(row, _source()[1])
+    assert total == _source().sum()
+    assert entry.offloaded
+    assert sorted(p.name for p in store_dir.iterdir()) == ["k.npy"]
+
+
+def test_read_only_entry_data_property_loads_read_only(store_dir: Path) -> None:
+    entry = _reload(store_dir, "k", mode="r")
+    entry.offload()
+
+    data = entry.data
+
+    assert not data.flags.writeable
+    assert math.isclose(float(data.sum()), float(_source().sum()))
