@@ -370,14 +370,15 @@ impl PyCommitBatch {
         slf
     }
 
-    #[pyo3(signature = (_exc_type = None, _exc = None, _tb = None))]
     fn __exit__(
         &self,
         py: Python<'_>,
-        _exc_type: Option<&Bound<'_, PyAny>>,
-        _exc: Option<&Bound<'_, PyAny>>,
-        _tb: Option<&Bound<'_, PyAny>>,
+        exc_type: Option<&Bound<'_, PyAny>>,
+        exc: Option<&Bound<'_, PyAny>>,
+        tb: Option<&Bound<'_, PyAny>>,
     ) {
+        // Leaving the block aborts whether or not it raised; after commit() nothing is left.
+        let _ = (exc_type, exc, tb);
         self.abort(py);
     }
 }
