@@ -1,0 +1,265 @@
+"""The on-disk form of a store entry: ``<key>.npy`` plus its ``<key>.meta.json`` sidecar.
+
+The ``.npy`` header is the single source of truth for shape, dtype and memory order; the sidecar
+names the entry class and carries the entry's flags (and informational copies of shape and
+dtype). This module builds and checks both; the native core moves every byte. Nothing here logs:
+the store reports what these helpers find, on its own logger.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+from numpy.typing import NDArray
+
+from lazy_disk_cache._memmap import as_memmap, open_memmap
+from lazy_disk_cache._rust import CacheDir, CommitBatch, FileMapping
+from lazy_disk_cache.lazy_disk_cache import (
+    LazyDiskCache,
+    LazyDiskCacheConfig,
+    LazyDiskCacheKw,
+    _byte_view,
+    _c_order_blocks,
+    _check_cacheable_dtype,
+    _chunk_budget_bytes,
+    _open_directory,
+)
+from lazy_disk_cache.paths import MEMMAP_SUFFIX, NPY_SUFFIX
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "PayloadLayout",
+    "decode_layout",
+    "encode_sidecar",
+    "map_payload",
+    "parse_sidecar",
+    "read_payload",
+    "read_sidecar_bytes",
+    "sidecar_flags",
+    "sidecar_is_stale",
+    "stage_entry",
+]
+
+SCHEMA_VERSION = 1
+
+# The sidecar's flag fields, in the order they are written.
+_FLAG_FIELDS = ("purge_disk_on_gc", "automatic_offloading", "enable_caching")
+_FLAG_DEFAULTS = LazyDiskCacheConfig()
+# Bounce blocks for strided sources, as for conversions: a few MiB saturate pwrite.
+_MAX_BOUNCE_BYTES = 64 * 1024**2
+
+
+class PayloadLayout(NamedTuple):
+    """Where and how a ``.npy`` payload lies in its file, as its header says."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    order: Literal["C", "F"]
+    offset: int
+    nbytes: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def descr_text(dtype: np.dtype[Any]) -> str:
+    """The ``descr`` literal of ``dtype`` as ``np.save`` writes it in a ``.npy`` header."""
+    return repr(np.lib.format.dtype_to_descr(dtype))
+
+
+def encode_sidecar(entry: LazyDiskCache, shape: tuple[int, ...], dtype: np.dtype[Any]) -> bytes:
+    """The schema-1 sidecar of ``entry``: one line of UTF-8 JSON, keys in the documented order."""
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "lazy_disk_cache_class": type(entry).__name__,
+        "shape": list(shape),
+        "dtype": dtype.str,
+        "purge_disk_on_gc": entry.purge_disk_on_gc,
+        "automatic_offloading": entry.automatic_offloading,
+        "enable_caching": entry.cache_enabled,
+    }
+    return json.dumps(meta, ensure_ascii=False).encode("utf-8")
+
+
+def stage_entry(batch: CommitBatch, cache_dir: Path, key: str, entry: LazyDiskCache) -> None:
+    """Write ``entry`` to the temps of ``key`` in ``batch`` (renamed into place by ``commit()``).
+
+    The payload is the entry's live buffer (1 copy; a strided buffer goes in bounded row blocks,
+    never as a full temporary copy) or, for an offloaded entry, its backing file (copied by the
+    core without a user-space copy when that file lies directly in ``cache_dir``). Object dtypes
+    raise ``TypeError`` before anything is written; I/O failures raise ``OSError``. Blocks on disk.
+    """
+    with entry._lock:
+        if entry.offloaded:
+            shape, dtype = entry._describe_shape_dtype()
+            live = None
+        else:
+            shape, dtype, live = entry._describe_buffer()
+        shape = tuple(int(extent) for extent in shape)
+        dtype = np.dtype(dtype)
+        _check_cacheable_dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        descr, meta = descr_text(dtype), encode_sidecar(entry, shape, dtype)
+        if live is not None:
+            source = _c_order_source(np.asarray(live))
+        else:
+            path, offset, order = _payload_file(entry)
+            if order == "C" and _lies_directly_in(path, cache_dir):
+                batch.add_npy(
+                    key,
+                    descr=descr,
+                    fortran_order=False,
+                    shape=shape,
+                    nbytes=nbytes,
+                    meta=meta,
+                    source_file=path.name,
+                    source_offset=offset,
+                )
+                return
+            mapping = FileMapping.open(_open_directory(path.parent), path.name, mode="r", offset=offset, length=nbytes)
+            source = _c_order_source(as_memmap(mapping, shape, dtype, order))
+        batch.add_npy(key, descr=descr, fortran_order=False, shape=shape, nbytes=nbytes, meta=meta, source=source)
+
+
+def _c_order_source(array: NDArray[Any]) -> memoryview | Iterator[memoryview]:
+    """The bytes of ``array`` in C order: one view if contiguous, else an iterator of row blocks."""
+    if array.flags.c_contiguous:
+        return _byte_view(array)
+    return _c_order_blocks(array, min(max(1, _chunk_budget_bytes()), _MAX_BOUNCE_BYTES))
+
+
+def _payload_file(entry: LazyDiskCache) -> tuple[Path, int, Literal["C", "F"]]:
+    """The file, offset and order holding an offloaded entry's data.
+
+    Normally its ``.dat`` (offset 0, C order). An entry reloaded from a read-only directory never
+    materialised a ``.dat``; its data is still the payload of the sibling ``.npy``.
+    """
+    path = entry._cache_path
+    if path is None:
+        raise RuntimeError(f"{type(entry).__name__} is offloaded but has no backing file")
+    adopted = getattr(entry, "_adopted", None)
+    if adopted is None:
+        return path, 0, "C"
+    return path.with_name(path.name.removesuffix(MEMMAP_SUFFIX) + NPY_SUFFIX), adopted.offset, adopted.order
+
+
+def _lies_directly_in(path: Path, cache_dir: Path) -> bool:
+    """Whether ``path`` is a regular file (not a link) directly inside ``cache_dir``."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode) and os.path.samefile(path.parent, cache_dir)
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_sidecar_bytes(directory: CacheDir, path: Path) -> bytes:
+    """Read the whole sidecar at ``path`` (in ``directory``). Blocks on disk."""
+    size = os.stat(path).st_size
+    buffer = bytearray(size)
+    if size:
+        directory.read_into(path.name, 0, buffer)
+    return bytes(buffer)
+
+
+def parse_sidecar(raw: bytes, key: str) -> tuple[dict[str, Any], str]:
+    """Check a sidecar up to its class name; return the object and the class name.
+
+    Raises ``ValueError`` (``json.JSONDecodeError`` for invalid JSON) for anything but a JSON
+    object with the integer ``schema_version`` 1 and a string ``lazy_disk_cache_class``.
+    """
+    meta = json.loads(raw.decode("utf-8"))
+    if not isinstance(meta, dict):
+        raise ValueError(
+            f"Unsupported lazy_disk_cache sidecar for key {key!r}: expected a JSON object with schema_version 1"
+        )
+    version = meta.get("schema_version")
+    # JSON true and 1.0 compare equal to 1 in Python; only the integer itself is schema 1.
+    if type(version) is not int or version != SCHEMA_VERSION:
+        raise ValueError(f"Unsupported lazy_disk_cache schema_version {version!r}; expected 1")
+    name = meta.get("lazy_disk_cache_class")
+    if not isinstance(name, str):
+        raise ValueError(f"lazy_disk_cache sidecar for key {key!r} has no valid lazy_disk_cache_class")
+    return meta, name
+
+
+def decode_layout(directory: CacheDir, path: Path) -> PayloadLayout:
+    """Decode the ``.npy`` header at ``path`` and check the file holds the whole payload.
+
+    One small read. A corrupt header, an object dtype or a file shorter than the header announces
+    raises ``ValueError`` naming the path; trailing bytes are ignored, as ``np.load`` does.
+    """
+    header = directory.read_header(path.name)
+    try:
+        dtype = np.lib.format.descr_to_dtype(ast.literal_eval(header.descr))
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as exc:
+        raise ValueError(f"{str(path)!r}: the .npy header holds an invalid descr {header.descr}") from exc
+    if dtype.hasobject:
+        raise ValueError(f"{str(path)!r}: object arrays cannot be loaded (allow_pickle=False)")
+    shape = tuple(header.shape)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if header.file_len < header.data_offset + nbytes:
+        raise ValueError(
+            f"{str(path)!r} is shorter than its .npy header announces: {header.file_len} bytes, "
+            f"expected at least {header.data_offset + nbytes}"
+        )
+    order: Literal["C", "F"] = "F" if header.fortran_order else "C"
+    return PayloadLayout(shape, dtype, order, header.data_offset, nbytes)
+
+
+def sidecar_is_stale(meta: dict[str, Any], layout: PayloadLayout) -> bool:
+    """Whether the sidecar's informational shape or dtype disagree with the ``.npy`` header."""
+    shape_differs = "shape" in meta and meta["shape"] != list(layout.shape)
+    dtype_differs = "dtype" in meta and meta["dtype"] != layout.dtype.str
+    return shape_differs or dtype_differs
+
+
+def sidecar_flags(meta: dict[str, Any], key: str) -> LazyDiskCacheKw:
+    """The entry flags a sidecar records; absent ones take the ``LazyDiskCacheConfig`` defaults.
+
+    Raises ``ValueError`` naming the field when a present flag is not a JSON boolean.
+    """
+    flags: dict[str, bool] = {}
+    for field in _FLAG_FIELDS:
+        value = meta.get(field, getattr(_FLAG_DEFAULTS, field))
+        if type(value) is not bool:
+            raise ValueError(
+                f"lazy_disk_cache sidecar for key {key!r} has a non-boolean {field!r}: {value!r}; "
+                "expected true or false"
+            )
+        flags[field] = value
+    return LazyDiskCacheKw(
+        purge_disk_on_gc=flags["purge_disk_on_gc"],
+        automatic_offloading=flags["automatic_offloading"],
+        enable_caching=flags["enable_caching"],
+    )
+
+
+def map_payload(
+    directory: CacheDir, path: Path, layout: PayloadLayout, mode: Literal["r", "c"]
+) -> np.memmap[Any, np.dtype[Any]]:
+    """Map the payload at ``path`` read-only (``r``) or copy-on-write (``c``). O(1), reads no data."""
+    return open_memmap(
+        directory, path.name, layout.shape, layout.dtype, mode=mode, offset=layout.offset, order=layout.order
+    )
+
+
+def read_payload(directory: CacheDir, path: Path, layout: PayloadLayout) -> NDArray[Any]:
+    """Read the payload at ``path`` into a new array (1 copy, GIL released). Blocks on disk."""
+    array = np.empty(layout.shape, dtype=layout.dtype, order=layout.order)
+    if layout.nbytes:
+        # A Fortran-ordered array's transpose is C-contiguous over the same bytes.
+        target = array.T if layout.order == "F" else array
+        directory.read_into(path.name, layout.offset, _byte_view(target))
+    return array

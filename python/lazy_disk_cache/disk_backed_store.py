@@ -1,0 +1,718 @@
+"""``DiskBackedStore``: named ``LazyDiskCache`` entries sharing one cache directory.
+
+A key ``k`` is one legal path segment (see ``paths``). Its entry lives in memory (RAM or mapped on
+``<k>.dat``) while tracked, and can be written to a crash-safe codec pair, ``<k>.npy`` plus the
+JSON sidecar ``<k>.meta.json``, from which any store on the same directory reloads it. Writes of
+several keys are grouped into one commit with a single directory fsync. Opening a store sweeps
+the temps a crash left behind and adopts every ``<k>.npy`` it finds.
+"""
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import weakref
+from collections.abc import Callable, Iterator, MutableMapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeGuard, TypeVar, runtime_checkable
+
+from numpy.typing import NDArray
+from pydantic import ConfigDict, validate_call
+from typing_extensions import Unpack
+
+from lazy_disk_cache._codec import (
+    SCHEMA_VERSION,
+    decode_layout,
+    map_payload,
+    parse_sidecar,
+    read_payload,
+    read_sidecar_bytes,
+    sidecar_flags,
+    sidecar_is_stale,
+    stage_entry,
+)
+from lazy_disk_cache._purge import artefact_names, detach_purge_duty, plan_purge, unlink_in_order
+from lazy_disk_cache._rust import CacheDir, CommitBatch
+from lazy_disk_cache._scan import rescan, sweep_orphan_temps
+from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
+from lazy_disk_cache.errors import (
+    StoreContainmentError,
+    StoreKeyError,
+    StorePurgeAliasedArtefactError,
+    StorePurgeForeignArtefactError,
+    StorePurgeIncompleteError,
+    StorePurgeRefusedError,
+)
+from lazy_disk_cache.lazy_disk_cache import (
+    LazyDiskCache,
+    LazyDiskCacheConfig,
+    LazyDiskCacheKw,
+    _chunk_budget_bytes,
+    _open_directory,
+)
+from lazy_disk_cache.paths import (
+    LEGACY_PICKLE_SUFFIX,
+    META_SUFFIX,
+    NPY_SUFFIX,
+    get_legacy_pickle_path,
+    get_meta_path,
+    get_meta_tmp_path,
+    get_npy_path,
+    get_npy_tmp_path,
+    is_valid_store_key,
+    validate_store_key,
+)
+
+__all__ = [
+    "DiskBackedStore",
+    "Factory",
+    "StorePurgeAliasedArtefactError",
+    "StorePurgeForeignArtefactError",
+    "StorePurgeIncompleteError",
+    "StorePurgeRefusedError",
+    "Validator",
+    "register_lazy_disk_cache_class",
+]
+
+logger = logging.getLogger(__name__)
+
+_SCHEMA_VERSION = SCHEMA_VERSION
+
+T = TypeVar("T", bound=LazyDiskCache)
+_T_co = TypeVar("_T_co", bound=LazyDiskCache, covariant=True)
+_ClassT = TypeVar("_ClassT", bound=type[LazyDiskCache])
+
+
+@runtime_checkable
+class Factory(Protocol[_T_co]):
+    """Wraps raw data into a store entry: ``factory(data, **LazyDiskCacheKw) -> entry``.
+
+    Entry classes themselves qualify (``factory=DiskBackedNDArray``).
+    """
+
+    def __call__(self, data: Any, /, **kwargs: Unpack[LazyDiskCacheKw]) -> _T_co: ...
+
+
+Validator = Callable[[object], TypeGuard[T]]
+"""An extra check run on every value inserted into a store; a falsy result rejects the value."""
+
+# ---------------------------------------------------------------------------------------------
+# Class registry: the closed allow-list of names a sidecar may ask for
+
+
+_LAZY_DISK_CACHE_CLASS_REGISTRY: dict[str, type[LazyDiskCache]] = {"DiskBackedNDArray": DiskBackedNDArray}
+
+
+def register_lazy_disk_cache_class(cls: _ClassT) -> _ClassT:
+    """Allow stores to reload entries of ``cls`` (recorded in sidecars under ``cls.__name__``).
+
+    Idempotent for the same class; returns ``cls``, so it works as a class decorator.
+
+    Raises:
+        TypeError: ``cls`` is not a ``LazyDiskCache`` subclass.
+        ValueError: a different class is already registered under that name.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, LazyDiskCache)):
+        raise TypeError(f"register_lazy_disk_cache_class expects a LazyDiskCache subclass; got {cls!r}")
+    name = cls.__name__
+    existing = _LAZY_DISK_CACHE_CLASS_REGISTRY.get(name)
+    if existing is not None and existing is not cls:
+        raise ValueError(
+            f"Cannot register {cls!r} under {name!r}: a different class ({existing!r}) is already "
+            "registered under that name."
+        )
+    _LAZY_DISK_CACHE_CLASS_REGISTRY[name] = cls
+    return cls
+
+
+def _resolve_lazy_disk_cache_class(name: str) -> type[LazyDiskCache]:
+    """Return the registered class called ``name``; never imports anything.
+
+    Raises:
+        ValueError: no class is registered under ``name``.
+    """
+    try:
+        return _LAZY_DISK_CACHE_CLASS_REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown lazy_disk_cache_class {name!r}; allowed: {sorted(_LAZY_DISK_CACHE_CLASS_REGISTRY)}"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Private cache directories: removed by the owner process when its last store copy goes
+
+
+_directory_leases: dict[str, int] = {}
+_directory_leases_lock = threading.Lock()
+
+
+def _reset_directory_lease_lock_after_fork() -> None:
+    global _directory_leases_lock
+    _directory_leases_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_directory_lease_lock_after_fork)
+
+
+class _DirectoryLease:
+    """One store copy's claim on removing its private directory; the owner's last lease removes it."""
+
+    __slots__ = ("_released", "owner_pid", "path")
+
+    def __init__(self, path: str, owner_pid: int) -> None:
+        self.path = path
+        self.owner_pid = owner_pid
+        self._released = False
+        with _directory_leases_lock:
+            _directory_leases[path] = _directory_leases.get(path, 0) + 1
+
+    def expire(self) -> None:
+        """Finalizer body: drop the lease; the owner process's last lease removes the directory."""
+        with _directory_leases_lock:
+            if self._released:
+                return
+            self._released = True
+            remaining = _directory_leases.get(self.path, 1) - 1
+            if remaining > 0:
+                _directory_leases[self.path] = remaining
+                return
+            _directory_leases.pop(self.path, None)
+        if os.getpid() == self.owner_pid:
+            # rmtree removes links inside the tree, never what they point to.
+            shutil.rmtree(self.path, ignore_errors=True)
+            if os.path.lexists(self.path):
+                logger.debug("Could not fully remove the store's temporary directory %s", self.path)
+
+
+def _choose_cache_dir(configured: Path | None) -> tuple[Path, bool]:
+    """Return the store directory and whether the store created it (and so owns it)."""
+    if configured is None:
+        return Path(tempfile.mkdtemp(prefix="lazy_disk_cache-")), True
+    if configured.is_file():
+        temporary = Path(tempfile.mkdtemp(prefix="lazy_disk_cache-"))
+        logger.warning(
+            "Cache path %r is an existing file; using temporary directory %r instead.", str(configured), str(temporary)
+        )
+        return temporary, True
+    return configured.absolute(), False
+
+
+def _directory_refuses_writes(path: Path) -> bool:
+    """Whether this process may not create files in ``path`` (permissions or a read-only mount)."""
+    if not os.access(path, os.W_OK):
+        return True
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+_NO_DEFAULT: Any = object()
+
+# ---------------------------------------------------------------------------------------------
+# The store
+
+
+class DiskBackedStore(MutableMapping[str, T], Generic[T]):
+    """A mapping of store keys to ``LazyDiskCache`` entries that share one cache directory.
+
+    Keys must be legal store keys (``StoreKeyError`` otherwise, before any filesystem access).
+    ``offload(pickle_container=True)`` writes entries as ``<key>.npy`` + ``<key>.meta.json``
+    pairs and drops them from memory; ``store[key]`` reloads them on demand, mapping the payload
+    copy-on-write instead of reading it. Mutations hold the store's lock (taken before any
+    entry's lock). Construction is keyword-only and validated by pydantic.
+    """
+
+    _DBNDArrayFileExt: ClassVar[str] = NPY_SUFFIX
+    _DBNDArrayMetaExt: ClassVar[str] = META_SUFFIX
+    _LegacyPickleExt: ClassVar[str] = LEGACY_PICKLE_SUFFIX
+
+    # Never pickled: recreated by __setstate__ (the registry starts empty in every copy).
+    _TRANSIENT_STATE: ClassVar[tuple[str, ...]] = ("_lock", "_entry_registry", "_directory_finalizer")
+
+    _store: dict[str, T | None]
+    _entry_registry: dict[str, list[weakref.ref[T]]]
+    _cache_dir: Path
+    _enable_caching: bool
+    _automatic_offloading: bool
+    _purge_disk_on_gc: bool
+    _factory: Factory[T]
+    _value_type: type[T] | tuple[type[T], ...] | None
+    _validator: Validator[T] | None
+    _owner_pid: int
+    _owns_cache_dir: bool
+    _lock: threading.RLock
+
+    @validate_call(config=ConfigDict(arbitrary_types_allowed=True))
+    def __init__(
+        self,
+        *,
+        config: LazyDiskCacheConfig = LazyDiskCacheConfig(),  # noqa: B008 - frozen, so one shared default is safe
+        factory: Factory[T],
+        value_type: type[T] | tuple[type[T], ...] | None = None,
+        validator: Validator[T] | None = None,
+    ) -> None:
+        """Open (or create) the cache directory, sweep orphaned temps and adopt every stored key.
+
+        ``config.cache_path=None`` (or an existing file) gives a private temporary directory,
+        removed when the store goes if ``purge_disk_on_gc``. Blocks on disk (one directory
+        listing, plus a sweep). Bad argument types raise ``pydantic.ValidationError``.
+        """
+        self._lock = threading.RLock()
+        self._store = {}
+        self._entry_registry = {}
+        self._owner_pid = os.getpid()
+        self._enable_caching = config.enable_caching
+        self._automatic_offloading = config.automatic_offloading and config.cache_path is not None
+        self._purge_disk_on_gc = config.purge_disk_on_gc
+        self._factory = factory
+        self._value_type = value_type
+        self._validator = validator
+        self._cache_dir, self._owns_cache_dir = _choose_cache_dir(config.cache_path)
+        self._arm_directory_removal()
+        directory = _open_directory(self._cache_dir, create=True)
+        self._sweep_temps(directory)
+        self._rescan()
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def _arm_directory_removal(self) -> None:
+        if self._owns_cache_dir and self._purge_disk_on_gc:
+            lease = _DirectoryLease(str(self._cache_dir), self._owner_pid)
+            self._directory_finalizer = weakref.finalize(self, lease.expire)
+
+    def _sweep_temps(self, directory: CacheDir) -> None:
+        report = sweep_orphan_temps(directory)
+        for name in report.removed:
+            logger.info("Removed orphaned temp file %r from cache directory %r.", name, str(self._cache_dir))
+        for name in report.foreign:
+            logger.warning(
+                "Removed orphaned temp file %r from cache directory %r although its stem is not a legal store key.",
+                name,
+                str(self._cache_dir),
+            )
+        for name, error in report.failed:
+            logger.debug(
+                "Could not remove orphaned temp file %r in cache directory %r: %s", name, str(self._cache_dir), error
+            )
+
+    def _rescan(self) -> None:
+        report = rescan(self._cache_dir)
+        for name in report.skipped:
+            logger.warning(
+                "Skipping %r in cache directory %r: its name is not a legal store key.", name, str(self._cache_dir)
+            )
+        for key in report.keys:
+            self._store[key] = None
+
+    # -- mapping protocol ----------------------------------------------------------------------
+
+    def __getitem__(self, key: str) -> T:
+        """Return the entry for ``key``, reloading it from its codec pair if it is not in memory.
+
+        Raises ``StoreKeyError`` for an illegal key (before any filesystem access), ``KeyError``
+        on a miss and ``ValueError`` for a defective pair. A reload maps the payload; reads no data.
+        """
+        validate_store_key(key, self._cache_dir)
+        with self._lock:
+            entry = self._store.get(key)
+            if entry is not None:
+                return entry
+            entry = self._load_entry(key)
+            self._store[key] = entry
+            self._register(key, entry)
+            return entry
+
+    def __setitem__(self, key: str, value: T) -> None:
+        """Track ``value`` under ``key`` (overwriting silently). Writes no file."""
+        validate_store_key(key, self._cache_dir)
+        with self._lock:
+            self._store[key] = self._check_T(value)
+            self._register(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        """Stop tracking ``key``; its files stay on disk. ``KeyError`` if it is not tracked."""
+        with self._lock:
+            del self._store[key]
+
+    def __contains__(self, key: object) -> bool:
+        """Whether ``key`` is tracked (no disk access); ``False`` for illegal keys."""
+        return is_valid_store_key(key) and key in self._store
+
+    def __iter__(self) -> Iterator[str]:
+        with self._lock:
+            return iter(list(self._store))
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def keys(self) -> list[str]:  # type: ignore[override]
+        """A list snapshot of the tracked keys, offloaded ones included."""
+        with self._lock:
+            return list(self._store)
+
+    def values(self) -> Iterator[T | None]:  # type: ignore[override]
+        """Iterate over the tracked values; ``None`` for keys not in memory. Never loads."""
+        with self._lock:
+            return iter(list(self._store.values()))
+
+    def items(self) -> Iterator[tuple[str, T | None]]:  # type: ignore[override]
+        """Iterate over ``(key, value)`` pairs; the value is ``None`` for keys not in memory. Never loads."""
+        with self._lock:
+            return iter(list(self._store.items()))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``store[key]``, or ``default`` on a miss or an illegal key.
+
+        ``StoreContainmentError`` and codec ``ValueError``s propagate.
+        """
+        try:
+            return self[key]
+        except StoreContainmentError:
+            raise
+        except (StoreKeyError, KeyError):
+            return default
+
+    def pop(self, key: str, default: Any = _NO_DEFAULT) -> Any:
+        """Return ``store[key]`` (reloading it if needed) and stop tracking it; files stay on disk.
+
+        On a miss or an illegal key, return ``default`` if given, else raise (``KeyError`` /
+        ``StoreKeyError``). ``StoreContainmentError`` always propagates.
+        """
+        with self._lock:
+            try:
+                value = self[key]
+            except StoreContainmentError:
+                raise
+            except (StoreKeyError, KeyError):
+                if default is _NO_DEFAULT:
+                    raise
+                return default
+            self._store.pop(key, None)
+            return value
+
+    def clear(self) -> None:
+        """Stop tracking every key without loading anything; files stay on disk.
+
+        Raises ``RuntimeError`` naming the keys still tracked afterwards.
+        """
+        with self._lock:
+            for key in list(self._store):
+                try:
+                    del self[key]
+                except KeyError:
+                    continue
+            if self._store:
+                raise RuntimeError(f"clear() left these keys in the store: {list(self._store)!r}")
+
+    def __repr__(self) -> str:
+        return f"<DiskBackedStore({list(self._store)})>"
+
+    @property
+    def store(self) -> MappingProxyType[str, T | None]:
+        """A read-only live view of the tracked keys and values (``None`` where not in memory)."""
+        return MappingProxyType(self._store)
+
+    @property
+    def cache_dir(self) -> Path:
+        """The directory holding the codec pairs and the entries' ``.dat`` files."""
+        return self._cache_dir
+
+    # -- inserting -----------------------------------------------------------------------------
+
+    def _check_T(self, value: object) -> T:  # noqa: N802 - the established name
+        """Return ``value`` if it may be stored, else raise ``TypeError`` saying why."""
+        if not isinstance(value, LazyDiskCache):
+            raise TypeError(f"value must be LazyDiskCache; got {type(value)}")
+        if self._value_type is not None and not isinstance(value, self._value_type):
+            raise TypeError(f"value must be {self._value_type}; got {type(value)}")
+        if self._validator is not None and not self._validator(value):
+            raise TypeError(f"value rejected by validator; got {type(value)}")
+        return value  # type: ignore[return-value]
+
+    def add_data_to_store(
+        self,
+        key: str,
+        data: Any,
+        *,
+        enable_caching_override: bool | None = None,
+        automatic_offloading_override: bool | None = None,
+        purge_disk_on_gc_override: bool | None = None,
+    ) -> None:
+        """Wrap ``data`` with the factory as the entry for ``key`` (its ``.dat`` is ``<key>.dat``).
+
+        Each flag is its override when not ``None``, else the store's. ``StoreKeyError`` for an
+        illegal key, ``KeyError`` if ``key`` is already tracked; the factory's own errors and the
+        value checks (``TypeError``) propagate. With caching on, blocks while the data is written.
+        """
+        validate_store_key(key, self._cache_dir)
+        with self._lock:
+            if key in self:
+                raise KeyError(f"Key {key} already exists in store.")
+            caching, offloading, purge = (
+                default if override is None else override
+                for default, override in (
+                    (self._enable_caching, enable_caching_override),
+                    (self._automatic_offloading, automatic_offloading_override),
+                    (self._purge_disk_on_gc, purge_disk_on_gc_override),
+                )
+            )
+            entry = self._factory(
+                data,
+                enable_caching=caching,
+                cache_path=get_npy_path(self._cache_dir, key),
+                automatic_offloading=offloading,
+                purge_disk_on_gc=purge,
+            )
+            self._store[key] = self._check_T(entry)
+            self._register(key, entry)
+
+    def _register(self, key: str, entry: T) -> None:
+        refs = [ref for ref in self._entry_registry.get(key, ()) if ref() is not None]
+        if not any(ref() is entry for ref in refs):
+            refs.append(weakref.ref(entry))
+        self._entry_registry[key] = refs
+
+    def _live_entries(self, key: str | None = None) -> list[T]:
+        """The live registered entries of ``key`` (of every key when ``None``), each once."""
+        lists = self._entry_registry.values() if key is None else [self._entry_registry.get(key, [])]
+        found: dict[int, T] = {}
+        for refs in lists:
+            for ref in refs:
+                entry = ref()
+                if entry is not None:
+                    found[id(entry)] = entry
+        return list(found.values())
+
+    # -- offloading ----------------------------------------------------------------------------
+
+    def offload(self, keys: str | list[str] | None = None, pickle_container: bool = False) -> None:
+        """Offload the entries of ``keys`` (every tracked key when ``None``).
+
+        Every key is validated (``StoreKeyError``) and must be tracked (``KeyError``) before any
+        entry is touched. Entries not in memory are skipped, so are entries with caching off. With
+        ``pickle_container`` each entry is written as its codec pair, all keys in one commit with a
+        single directory fsync, and dropped from memory (it reloads on access); no pickle is
+        involved. Otherwise each entry's own ``offload()`` runs. On an I/O failure the keys before
+        the failing one stay processed and the ``OSError`` propagates. Blocks on disk.
+        """
+        with self._lock:
+            selected = self._select_for_offload(keys)
+            if pickle_container:
+                self._write_entries(selected)
+                return
+            for key in selected:
+                entry = self._offload_candidate(key)
+                if entry is not None:
+                    entry.offload()
+
+    def _select_for_offload(self, keys: object) -> list[str]:
+        if keys is None:
+            chosen: list[Any] = list(self._store)
+        elif isinstance(keys, (list, tuple)):
+            chosen = list(keys)
+        else:
+            chosen = [keys]
+        for key in chosen:
+            validate_store_key(key, self._cache_dir)
+        for key in chosen:
+            if key not in self._store:
+                raise KeyError(key)
+        return list(dict.fromkeys(chosen))
+
+    def _offload_candidate(self, key: str) -> T | None:
+        entry = self._store[key]
+        if entry is None:
+            return None
+        if not entry.cache_enabled:
+            logger.debug("Skipping offload for %s because caching is disabled.", key)
+            return None
+        return entry
+
+    def _write_entries(self, keys: list[str]) -> None:
+        """Write each key's pair in one group commit, then drop the written keys from memory."""
+        written: list[str] = []
+        with self._directory().begin_commit(chunk_bytes=max(1, _chunk_budget_bytes())) as batch:
+            try:
+                for key in keys:
+                    entry = self._offload_candidate(key)
+                    if entry is not None:
+                        self._store_entry(key, entry, batch=batch)
+                        written.append(key)
+            except BaseException:
+                # Keys staged before the failure are complete: commit them, as if offloaded alone.
+                batch.commit()
+                self._forget(written)
+                raise
+            batch.commit()
+            self._forget(written)
+
+    def _forget(self, keys: list[str]) -> None:
+        for key in keys:
+            self._store[key] = None
+
+    def _store_entry(self, key: str, entry: LazyDiskCache, batch: CommitBatch | None = None) -> None:
+        """Write ``entry`` as the ``<key>.npy`` + ``<key>.meta.json`` pair, atomically.
+
+        With ``batch`` the pair is only staged (``batch.commit()`` renames it into place); without,
+        it is committed at once (one directory fsync). Each file goes to an exclusive temp that is
+        fsynced and renamed; on failure the temps are removed and the previous pair is intact.
+        ``TypeError`` for object dtypes, ``OSError`` (errno, filename) for I/O. Blocks on disk.
+        """
+        validate_store_key(key, self._cache_dir)
+        for build in (get_npy_path, get_meta_path, get_npy_tmp_path, get_meta_tmp_path):
+            build(self._cache_dir, key)
+        if batch is not None:
+            stage_entry(batch, self._cache_dir, key, entry)
+            return
+        with self._directory().begin_commit(chunk_bytes=max(1, _chunk_budget_bytes())) as own_batch:
+            stage_entry(own_batch, self._cache_dir, key, entry)
+            own_batch.commit()
+
+    # -- loading -------------------------------------------------------------------------------
+
+    def _get_npy_path(self, feature: str) -> Path:
+        """``<cache_dir>/<feature>.npy`` (validated and contained)."""
+        return get_npy_path(self._cache_dir, feature)
+
+    def _get_meta_path(self, feature: str) -> Path:
+        """``<cache_dir>/<feature>.meta.json`` (validated and contained)."""
+        return get_meta_path(self._cache_dir, feature)
+
+    def _get_legacy_pickle_path(self, feature: str) -> Path:
+        """``<cache_dir>/<feature>.pkl``, a legacy file that is never read (validated and contained)."""
+        return get_legacy_pickle_path(self._cache_dir, feature)
+
+    def _load_entry(self, key: str) -> T:
+        """Build the entry of ``key`` from its ``<key>.npy`` + ``<key>.meta.json`` pair.
+
+        The ``.npy`` header decides shape, dtype and order; the sidecar the class and the flags
+        (which win over the store's). With caching on, the payload is mapped copy-on-write (read-
+        only in a directory this process may not write) and adopted without reading it; otherwise
+        it is read into RAM. ``KeyError`` on a miss or a legacy ``.pkl``; ``ValueError`` for a
+        defective pair. Never reads a temp and creates nothing.
+        """
+        validate_store_key(key, self._cache_dir)
+        npy, meta = self._get_npy_path(key), self._get_meta_path(key)
+        legacy = self._get_legacy_pickle_path(key)
+        complete = npy.exists() and meta.exists()
+        if not complete and legacy.exists():
+            logger.info(
+                "Legacy pre-Phase-2 cache file at %s is not loadable under the new codec; treating as cache miss. "
+                "Re-materialise via the upstream factory.",
+                legacy,
+            )
+            raise KeyError(key)
+        # Temps are never read: a pair is only ever what the last completed rename left.
+        if not complete:
+            raise KeyError(key)
+        directory = self._directory()
+        try:
+            sidecar, class_name = parse_sidecar(read_sidecar_bytes(directory, meta), key)
+            cls = _resolve_lazy_disk_cache_class(class_name)
+            layout = decode_layout(directory, npy)
+        except FileNotFoundError:
+            raise KeyError(key) from None
+        if sidecar_is_stale(sidecar, layout):
+            logger.warning("sidecar for key %r is stale; the .npy header wins", key)
+        flags = sidecar_flags(sidecar, key)
+        array: NDArray[Any]
+        if flags["enable_caching"]:
+            mode: Literal["r", "c"] = "r" if _directory_refuses_writes(self._cache_dir) else "c"
+            array = map_payload(directory, npy, layout, mode)
+        else:
+            array = read_payload(directory, npy, layout)
+        # Entry classes take the data first, then the LazyDiskCacheKw settings (like the factory).
+        construct: Callable[..., T] = cls  # type: ignore[assignment]
+        return construct(array, **flags, cache_path=npy)
+
+    def _directory(self) -> CacheDir:
+        return _open_directory(self._cache_dir)
+
+    # -- purge ---------------------------------------------------------------------------------
+
+    def purge(self, key: str) -> None:
+        """Stop tracking ``key`` and unlink its sidecar, temps, ``.npy`` and ``.dat``.
+
+        Refused (changing nothing) from a process other than the one that built the store
+        (``StorePurgeRefusedError``), when a name or a live entry's ``.dat`` leads outside the
+        directory (``StorePurgeForeignArtefactError``) or a name links to another store artefact
+        (``StorePurgeAliasedArtefactError``). ``KeyError`` if the key is neither tracked nor on
+        disk. Unlink failures raise ``StorePurgeIncompleteError`` naming the survivors; the key is
+        dropped anyway. ``<key>.pkl`` is left alone. Blocks on disk.
+        """
+        with self._lock:
+            validate_store_key(key, self._cache_dir)
+            names = artefact_names(self._cache_dir, key)
+            current_pid = os.getpid()
+            if current_pid != self._owner_pid:
+                raise StorePurgeRefusedError.for_foreign_process(key, self._owner_pid, current_pid)
+            if key not in self._store and not any(os.path.lexists(name) for name in names):
+                raise KeyError(key)
+            plan = plan_purge(self._cache_dir, key, names, self._live_entries(key))
+            detach_purge_duty(self._live_entries(), plan.removal_set)
+            self._store.pop(key, None)
+            self._entry_registry.pop(key, None)
+            if not self._purge_disk_on_gc:
+                logger.info(
+                    "Explicit purge of key %s overrides purge_disk_on_gc=False: that flag governs implicit GC-time "
+                    "deletion, not explicit removal, so this key's artefacts are being unlinked.",
+                    key,
+                )
+            failures = unlink_in_order(plan.unlink_order)
+            if failures:
+                survivors = [path for path, _ in failures]
+                raise StorePurgeIncompleteError.for_survivors(key, survivors) from failures[0][1]
+
+    # -- pickling ------------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Write every cached entry as its codec pair (this drops them from memory), return the state.
+
+        Entries with caching off travel inline. The entry registry, the lock and the directory
+        finalizer stay behind.
+        """
+        with self._lock:
+            if self._enable_caching:
+                self.offload(pickle_container=True)
+            state = {name: value for name, value in self.__dict__.items() if name not in self._TRANSIENT_STATE}
+            state["_store"] = dict(self._store)
+            return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Check, then restore ``state``; with caching on, reload every key not in memory.
+
+        ``StoreKeyError`` (nothing restored) when ``_cache_dir`` is not a ``Path`` or a tracked
+        key is illegal. A key whose pair is gone stays ``None`` with a WARNING. No sweep, no rescan.
+        """
+        cache_dir = state.get("_cache_dir")
+        if not isinstance(cache_dir, Path):
+            raise StoreKeyError(
+                f"Cannot restore a DiskBackedStore whose _cache_dir is {cache_dir!r}: expected a pathlib.Path"
+            )
+        for key in state.get("_store", {}):
+            validate_store_key(key, cache_dir)
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_store", {})
+        self.__dict__.setdefault("_owns_cache_dir", False)
+        self._lock = threading.RLock()
+        self._entry_registry = {}
+        self._arm_directory_removal()
+        for key, entry in self._store.items():
+            if entry is not None:
+                self._register(key, entry)
+        if self._enable_caching:
+            self._reload_offloaded()
+
+    def _reload_offloaded(self) -> None:
+        for key in [key for key, entry in self._store.items() if entry is None]:
+            try:
+                entry = self._load_entry(key)
+            except KeyError:
+                logger.warning("File for key %s not found in cache directory %s.", key, self._cache_dir)
+                continue
+            self._store[key] = entry
+            self._register(key, entry)
