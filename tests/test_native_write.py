@@ -1,6 +1,7 @@
 """Atomic writes through the native layer: replacement, temps, symlinks, modes, GIL release."""
 
 import os
+import signal
 import stat
 import threading
 from collections.abc import Iterator
@@ -251,3 +252,29 @@ def test_write_file_releases_the_gil(cache_dir: _rust.CacheDir) -> None:
         counter.join()
 
     assert ticks_during_write > 0, "the counter never ran while a block was being written"
+
+
+class _AlarmError(Exception):
+    """Raised by the test's signal handler."""
+
+
+def _raise_alarm(signum: int, frame: object) -> None:
+    raise _AlarmError
+
+
+def test_signal_handler_exception_between_chunks_aborts_and_removes_the_temp(
+    tmp_path: Path, cache_dir: _rust.CacheDir
+) -> None:
+    (tmp_path / "x.dat").write_bytes(b"old content")
+    payload = np.ones(256 << 20, dtype=np.uint8)
+    previous = signal.signal(signal.SIGALRM, _raise_alarm)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.001)
+        with pytest.raises(_AlarmError):
+            cache_dir.write_file("x.dat", payload.data, chunk_bytes=64 << 10, durable=False)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+    assert (tmp_path / "x.dat").read_bytes() == b"old content"
+    assert sorted(os.listdir(tmp_path)) == ["x.dat"]
