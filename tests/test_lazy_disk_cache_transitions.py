@@ -3,6 +3,7 @@
 import errno
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -356,6 +357,19 @@ def test_load_with_a_missing_directory_raises_file_not_found_naming_the_file(tmp
         entry.load("r")
 
     assert str(caught.value.filename).endswith("e.dat")
+
+
+def test_load_after_the_directory_was_replaced_reads_the_new_file(tmp_path: Path) -> None:
+    directory = tmp_path / "sub"
+    entry = DiskBackedNDArray(_source(), cache_path=directory / "e", enable_caching=True, purge_disk_on_gc=False)
+    entry.offload()
+    shutil.rmtree(directory)
+    directory.mkdir()
+    np.full((3, 4), 8.0).tofile(directory / "e.dat")
+
+    entry.load()
+
+    assert np.array_equal(entry.data, np.full((3, 4), 8.0))
 
 
 def test_load_of_a_short_file_raises_value_error(offloaded: DiskBackedNDArray) -> None:

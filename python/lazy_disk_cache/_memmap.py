@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = ["as_memmap", "mapping_of", "open_memmap"]
 
+_new_array = np.ndarray.__new__
+
 
 def as_memmap(
     mapping: FileMapping,
@@ -35,13 +37,17 @@ def as_memmap(
     O(1): no data is read and no file is opened. The array is read-only when the mapping is.
     ``filename`` defaults to the mapping's path.
     """
-    # NumPy's stubs list concrete buffer types only; FileMapping exports through the buffer protocol.
-    array: np.memmap[Any, np.dtype[Any]] = np.ndarray.__new__(
+    # Positional arguments: keyword parsing in ndarray.__new__ costs more than the rest of this
+    # function, and this runs on every load(). NumPy's stubs list concrete buffer types only;
+    # FileMapping exports through the buffer protocol.
+    array: np.memmap[Any, np.dtype[Any]] = _new_array(
         np.memmap,
         shape,
-        dtype=dtype,
-        buffer=mapping,  # type: ignore[arg-type]
-        order=order,
+        dtype,
+        mapping,  # type: ignore[arg-type]
+        0,
+        None,
+        order,
     )
     # Without `_mmap`, np.memmap.__array_finalize__ would make every slice decay to ndarray.
     array._mmap = mapping  # type: ignore[attr-defined]

@@ -63,6 +63,7 @@ _MAX_BOUNCE_BYTES = 64 * 1024**2
 _MAX_DIRECTORY_HANDLES = 64
 
 LoadMode = Literal["r", "r+", "w+", "c"]
+_MappingMode = Literal["r", "r+", "c"]
 _LOAD_MODES: frozenset[str] = frozenset(("r", "r+", "w+", "c"))
 _WRITING_MODES: frozenset[str] = frozenset(("r+", "w+"))
 
@@ -351,6 +352,7 @@ class LazyDiskCache(ABC):
     _ephemeral: bool
     _adopted: _AdoptedPayload | None
     _backing_created: bool
+    _dir_handle: CacheDir | None
     _finalizer: "weakref.finalize[Any, Any]"
     _lease: _PurgeLease
 
@@ -368,6 +370,7 @@ class LazyDiskCache(ABC):
         self._owner_pid = os.getpid()
         self._adopted = None
         self._backing_created = False
+        self._dir_handle = None
         self._ephemeral = config.cache_path is None
         self._cache_path = None if config.cache_path is None else _entry_dat_path(config.cache_path)
         if self._enable_caching:
@@ -482,9 +485,9 @@ class LazyDiskCache(ABC):
             self._enable_caching = False
 
     def offload(self) -> None:
-        """MAPPED → OFFLOADED: flush the mapping (msync) and drop the buffer. 0 copies.
+        """MAPPED → OFFLOADED: flush the mapping (msync, durable entries only) and drop the buffer.
 
-        Arrays and views handed out earlier stay valid. A no-op (logged) in RAM or when already
+        0 copies. Arrays and views handed out earlier stay valid. A no-op (logged) in RAM or when already
         offloaded. An entry reloaded from a store first materialises its ``.dat`` (1 copy); if
         that fails the ``OSError`` propagates and the entry keeps its buffer.
         """
@@ -503,7 +506,10 @@ class LazyDiskCache(ABC):
                 if live is not mapped:
                     mapped[...] = live
                 mapping = mapping_of(mapped)
-                if mapping is not None:
+                # msync(MS_SYNC) writes back every dirty page of the file, including all the pages a
+                # fresh conversion just wrote: as costly as an fsync. The shared page cache already
+                # makes the data visible to every later load, so only a durable .dat pays for it.
+                if mapping is not None and not self._purge_disk_on_gc:
                     mapping.flush()
             self._drop_buffer()
             self._mmap = None
@@ -645,16 +651,16 @@ class LazyDiskCache(ABC):
         array = np.empty(shape, dtype=dtype)
         if array.nbytes == 0:
             return array
+        path = self._require_cache_path()
         try:
-            directory, name = self._backing_location(write=False)
-            directory.read_into(name, 0, _byte_view(array))
+            self._directory().read_into(path.name, 0, _byte_view(array))
         except FileNotFoundError:
             return None
         return array
 
     def _write_backing(self, source: NDArray[Any]) -> FileMapping:
         """Atomically replace the ``.dat`` with ``source`` in C order; return its ``r+`` mapping."""
-        directory, name = self._backing_location(write=True, create=True)
+        directory, name = self._write_location(create=True)
         budget = max(1, _chunk_budget_bytes())
         durable = not self._purge_disk_on_gc
         if source.flags.c_contiguous:
@@ -665,11 +671,26 @@ class LazyDiskCache(ABC):
         return directory.write_file(name, blocks, nbytes=source.nbytes, chunk_bytes=budget, durable=durable)
 
     def _map_backing(self, mode: LoadMode) -> np.memmap[Any, np.dtype[Any]]:
-        """Map the file that currently holds the data in ``mode`` (``w+``: zero-filled first)."""
+        """Map the file that currently holds the data in ``mode`` (``w+``: zero-filled first).
+
+        The common case costs one native open: a ``.dat`` symlink is detected by the core refusing
+        to open it ``r+`` (``ELOOP``), and only then checked for write containment and followed.
+        """
         shape, dtype = self._describe_shape_dtype()
-        shape = tuple(shape)
         path = self._require_cache_path()
         adopted = self._adopted
+        handle = self._dir_handle
+        if handle is not None and adopted is None and mode != "w+":
+            # The hot path of every load(): one native open through the remembered directory.
+            # Any OSError (a replaced directory, a symlinked .dat) is sorted out below.
+            dtype = np.dtype(dtype)
+            try:
+                mapping = FileMapping.open(handle, path.name, mode=mode, length=math.prod(shape) * dtype.itemsize)
+            except OSError:
+                pass
+            else:
+                return as_memmap(mapping, shape, dtype, filename=str(path))
+        shape = tuple(shape)
         if adopted is not None and mode in _WRITING_MODES:
             raise PermissionError(
                 errno.EACCES,
@@ -677,44 +698,75 @@ class LazyDiskCache(ABC):
                 str(path),
             )
         if mode == "w+":
-            directory, name = self._backing_location(write=True)
+            directory, name = self._write_location()
             nbytes = math.prod(shape) * np.dtype(dtype).itemsize
             mapping = directory.write_zeroed(name, nbytes, durable=not self._purge_disk_on_gc)
             return as_memmap(mapping, shape, dtype, filename=str(path))
         if adopted is not None:
             npy_name = path.name.removesuffix(MEMMAP_SUFFIX) + NPY_SUFFIX
-            return open_memmap(
-                self._open_parent(path), npy_name, shape, dtype, mode=mode, offset=adopted.offset, order=adopted.order
-            )
-        directory, name = self._backing_location(write=mode == "r+")
-        return open_memmap(directory, name, shape, dtype, mode=mode, filename=str(path))
-
-    def _backing_location(self, *, write: bool, create: bool = False) -> tuple[CacheDir, str]:
-        """Return the directory handle and name to open for the ``.dat``.
-
-        For writing, the ``.dat`` and its temp must not be symlinks leading out of their directory
-        (``StoreContainmentError``); a ``.dat`` symlink resolving inside is followed, so the link
-        itself survives the atomic replacement.
-        """
-        path = self._require_cache_path()
-        linked = _is_symlink(path)
-        if write:
-            stem = path.name.removesuffix(MEMMAP_SUFFIX)
-            if linked:
-                ensure_write_contained(path, path.parent, stem)
-            temp = path.with_name(path.name + TMP_SUFFIX)
-            if _is_symlink(temp):
-                ensure_write_contained(temp, path.parent, stem)
-        if linked:
-            target = Path(os.path.realpath(path))
-            return self._open_parent(target), target.name
-        return self._open_parent(path, create=create), path.name
-
-    def _open_parent(self, path: Path, *, create: bool = False) -> CacheDir:
+            return self._open_mapping(npy_name, shape, dtype, mode, offset=adopted.offset, order=adopted.order)
         try:
-            return _open_directory(path.parent, create=create)
+            return self._open_mapping(path.name, shape, dtype, mode)
+        except OSError as exc:
+            if mode != "r+" or exc.errno != errno.ELOOP:
+                raise
+        directory, name = self._write_location()
+        return open_memmap(directory, name, shape, dtype, mode="r+", filename=str(path))
+
+    def _open_mapping(
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: DTypeLike,
+        mode: _MappingMode,
+        *,
+        offset: int = 0,
+        order: Literal["C", "F"] = "C",
+    ) -> np.memmap[Any, np.dtype[Any]]:
+        """Map ``name`` next to the ``.dat`` through the entry's cached directory handle."""
+        filename = str(self._cache_path)
+        handle = self._dir_handle
+        if handle is not None:
+            try:
+                return open_memmap(handle, name, shape, dtype, mode=mode, offset=offset, order=order, filename=filename)
+            except FileNotFoundError:
+                pass  # The directory may have been replaced since the handle was opened; look again.
+        return open_memmap(
+            self._directory(), name, shape, dtype, mode=mode, offset=offset, order=order, filename=filename
+        )
+
+    def _directory(self, *, create: bool = False) -> CacheDir:
+        """Open (or create) the ``.dat``'s directory, remember the handle and return it."""
+        path = self._require_cache_path()
+        try:
+            handle = _open_directory(path.parent, create=create)
         except FileNotFoundError as exc:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path)) from exc
+        self._dir_handle = handle
+        return handle
+
+    def _write_location(self, *, create: bool = False) -> tuple[CacheDir, str]:
+        """Return the directory handle and name to write the ``.dat`` through.
+
+        The ``.dat`` and its temp must not be symlinks leading out of their directory
+        (``StoreContainmentError``, raised before anything is written); a ``.dat`` symlink
+        resolving inside is followed, so the link itself survives the atomic replacement.
+        """
+        path = self._require_cache_path()
+        stem = path.name.removesuffix(MEMMAP_SUFFIX)
+        linked = _is_symlink(path)
+        if linked:
+            ensure_write_contained(path, path.parent, stem)
+        temp = path.with_name(path.name + TMP_SUFFIX)
+        if _is_symlink(temp):
+            ensure_write_contained(temp, path.parent, stem)
+        if not linked:
+            return self._directory(create=create), path.name
+        target = Path(os.path.realpath(path))
+        try:
+            return _open_directory(target.parent), target.name
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(target)) from exc
 
     def _adopt_payload(self, source: object, shape: tuple[int, ...], dtype: np.dtype[Any]) -> bool:
         """Adopt a store-reloaded private/read-only mapping of ``<stem>.npy`` as the MAPPED buffer.
@@ -781,7 +833,7 @@ class LazyDiskCache(ABC):
 
     # -- pickling ------------------------------------------------------------------------------
 
-    _TRANSIENT_STATE: ClassVar[tuple[str, ...]] = ("_lock", "_finalizer", "_lease")
+    _TRANSIENT_STATE: ClassVar[tuple[str, ...]] = ("_lock", "_finalizer", "_lease", "_dir_handle")
 
     def __getstate__(self) -> dict[str, Any]:
         """Hand purge duty to the copy and offload (both mutate this entry); data stays on disk."""
@@ -798,6 +850,7 @@ class LazyDiskCache(ABC):
         """Restore the state, a new lock and (purge on) purge duty under the pickled owner pid."""
         self.__dict__.update(state)
         self._lock = threading.RLock()
+        self._dir_handle = None
         if self._cache_path and self._purge_disk_on_gc:
             self._purge_disk_on_gc = False
             self.enable_purge()
