@@ -1,0 +1,372 @@
+"""Opening, reopening and pickling stores: temp sweep, rescan, other processes, read-only directories."""
+
+import fcntl
+import gc
+import json
+import logging
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TypeGuard
+
+import numpy as np
+import pytest
+
+from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
+from lazy_disk_cache.disk_backed_store import DiskBackedStore
+from lazy_disk_cache.lazy_disk_cache import LazyDiskCacheConfig
+
+LOGGER = "lazy_disk_cache.disk_backed_store"
+CHILDREN = Path(__file__).parent / "child"
+NOBODY = 65534
+
+Store = DiskBackedStore[DiskBackedNDArray]
+
+
+def make_store(cache_dir: Path | None, **settings: Any) -> Store:
+    config = LazyDiskCacheConfig(cache_path=cache_dir, **settings)
+    return DiskBackedStore[DiskBackedNDArray](config=config, factory=DiskBackedNDArray)
+
+
+def write_keys(cache_dir: Path, arrays: dict[str, Any], **settings: Any) -> None:
+    store = make_store(cache_dir, enable_caching=True, **settings)
+    for key, array in arrays.items():
+        store.add_data_to_store(key, np.asarray(array))
+    store.offload(pickle_container=True)
+
+
+def messages(caplog: pytest.LogCaptureFixture, level: int) -> list[tuple[str, tuple[Any, ...]]]:
+    return [
+        (str(record.msg), tuple(record.args or ()))
+        for record in caplog.records
+        if record.name == LOGGER and record.levelno == level
+    ]
+
+
+@pytest.fixture
+def private_tempdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    directory = tmp_path / "tmp"
+    directory.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(directory))
+    return directory
+
+
+# -- temp sweep ----------------------------------------------------------------------------------
+
+
+def test_opening_a_store_sweeps_only_its_own_orphaned_temps(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cache_dir = tmp_path / "store"
+    cache_dir.mkdir()
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"untouched")
+    for name in ("k.npy.tmp", "k.meta.json.tmp", "k.dat.tmp", "notes.txt", "k.tmp", "k.npy.tmp.bak", ".npy.tmp"):
+        (cache_dir / name).write_bytes(b"x")
+    (cache_dir / "link.npy.tmp").symlink_to(outside)
+    (cache_dir / "sub.dat.tmp").mkdir()
+
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        make_store(cache_dir)
+
+    assert sorted(os.listdir(cache_dir)) == [".npy.tmp", "k.npy.tmp.bak", "k.tmp", "notes.txt", "sub.dat.tmp"]
+    assert outside.read_bytes() == b"untouched"
+    removed = sorted(args[0] for message, args in messages(caplog, logging.INFO) if "orphaned" in message)
+    assert removed == ["k.dat.tmp", "k.meta.json.tmp", "k.npy.tmp", "link.npy.tmp"]
+    assert messages(caplog, logging.INFO)[0] == (
+        "Removed orphaned temp file %r from cache directory %r.",
+        (messages(caplog, logging.INFO)[0][1][0], str(cache_dir)),
+    )
+
+
+def test_the_sweep_skips_a_temp_a_live_writer_holds_locked(tmp_path: Path) -> None:
+    temp = tmp_path / "k.npy.tmp"
+    temp.write_bytes(b"being written")
+
+    with open(temp, "rb") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        make_store(tmp_path)
+        assert temp.exists()
+
+    make_store(tmp_path)
+    assert not temp.exists()
+
+
+def test_a_crash_between_the_two_renames_reads_the_new_payload(tmp_path: Path) -> None:
+    write_keys(tmp_path, {"k": np.arange(3)})
+    new_sidecar = (tmp_path / "k.meta.json").read_bytes()
+    write_keys(tmp_path / "next", {"k": np.arange(5) * 2.0})
+    os.replace(tmp_path / "next" / "k.npy", tmp_path / "k.npy")
+    (tmp_path / "k.meta.json.tmp").write_bytes(new_sidecar)
+
+    store = make_store(tmp_path)
+
+    np.testing.assert_array_equal(np.asarray(store["k"]), np.arange(5) * 2.0)
+    assert not (tmp_path / "k.meta.json.tmp").exists()
+
+
+# -- rescan --------------------------------------------------------------------------------------
+
+
+def test_rescan_adopts_every_npy_by_stripping_only_the_final_suffix(tmp_path: Path) -> None:
+    for name in ("b.npy", "a.npy.npy", "x.y.npy", ".hidden.npy"):
+        np.save(tmp_path / name, np.arange(2))
+    (tmp_path / "linked.npy").symlink_to(tmp_path / "b.npy")
+
+    store = make_store(tmp_path)
+
+    assert store.keys() == [".hidden", "a.npy", "b", "linked", "x.y"]
+    assert all(value is None for value in store.values())
+
+
+def test_rescan_never_adopts_other_files(tmp_path: Path) -> None:
+    for name in ("k.pkl", "orphan.dat", "k.meta.json", ".npy", "k.NPY", "k.npz", "k.npy.bak"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "dir.npy").mkdir()
+    (tmp_path / "dangling.npy").symlink_to(tmp_path / "missing")
+
+    store = make_store(tmp_path)
+
+    assert store.keys() == []
+
+
+def test_rescan_skips_illegal_names_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    for name in ("CON.npy", "a .npy", "b..npy", "ok.npy"):
+        np.save(tmp_path / name, np.arange(2)) if name == "ok.npy" else (tmp_path / name).write_bytes(b"x")
+
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        store = make_store(tmp_path)
+
+    assert store.keys() == ["ok"]
+    assert messages(caplog, logging.WARNING) == [
+        ("Skipping %r in cache directory %r: its name is not a legal store key.", (name, str(tmp_path)))
+        for name in ("CON.npy", "a .npy", "b..npy")
+    ]
+
+
+def test_an_npy_without_sidecar_is_adopted_and_reads_as_a_miss(tmp_path: Path) -> None:
+    np.save(tmp_path / "alone.npy", np.arange(2))
+
+    store = make_store(tmp_path)
+
+    assert store.keys() == ["alone"]
+    with pytest.raises(KeyError):
+        store["alone"]
+
+
+# -- another process ---------------------------------------------------------------------------
+
+
+def test_a_store_reopened_in_a_new_process_holds_identical_data(tmp_path: Path) -> None:
+    arrays = {
+        "floats": np.linspace(0, 1, 12).reshape(3, 4),
+        "ints.v2": np.arange(7, dtype=">i8"),
+        "record": np.array([(1, 2.5)], dtype=[("a", "i2"), ("b", "f4")]),
+        "scalar": np.array(3.5),
+        "\u00e9t\u00e9": np.array(["x", "yz"]),
+    }
+    cache_dir = tmp_path / "store"
+    store = make_store(cache_dir, enable_caching=True)
+    for key, array in arrays.items():
+        store.add_data_to_store(key, array)
+    store.offload(pickle_container=True)
+    del store
+    gc.collect()
+
+    completed = subprocess.run(
+        [sys.executable, str(CHILDREN / "store_reopen.py"), str(cache_dir), str(tmp_path / "out.npz")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+
+    assert sorted(json.loads(completed.stdout)) == sorted(arrays)
+    with np.load(tmp_path / "out.npz") as dumped:
+        for key, array in arrays.items():
+            assert dumped[key].dtype == array.dtype, key
+            np.testing.assert_array_equal(dumped[key], array)
+
+
+def _can_drop_privileges() -> bool:
+    if os.geteuid() != 0:
+        return False
+    probe = subprocess.run(
+        [sys.executable, "-c", f"import os; os.setgid({NOBODY}); os.setuid({NOBODY})"], capture_output=True, timeout=60
+    )
+    return probe.returncode == 0
+
+
+@pytest.fixture
+def readonly_dir() -> Iterator[Path]:
+    """A world-traversable store directory (outside pytest's private root-only tree), removed afterwards."""
+    directory = Path(tempfile.mkdtemp(prefix="store-readonly-"))
+    directory.chmod(0o755)
+    try:
+        yield directory
+    finally:
+        directory.chmod(0o755)
+        shutil.rmtree(directory)
+
+
+def test_a_read_only_store_directory_loads_every_entry_and_creates_nothing(readonly_dir: Path) -> None:
+    if os.geteuid() == 0 and not _can_drop_privileges():
+        pytest.skip("running as root without the ability to switch to an unprivileged user")
+    arrays = {"mapped": np.arange(6.0).reshape(2, 3), "auto": np.arange(4), "ram": np.arange(3) * 7}
+    write_keys(readonly_dir, {"mapped": arrays["mapped"]}, purge_disk_on_gc=False)
+    write_keys(readonly_dir, {"auto": arrays["auto"]}, automatic_offloading=True)
+    store = make_store(readonly_dir)
+    store["ram"] = DiskBackedNDArray(arrays["ram"])
+    store._store_entry("ram", store["ram"])
+    (readonly_dir / "mapped.dat").unlink()
+    (readonly_dir / "orphan.npy.tmp").write_bytes(b"left by a crash")
+    for path in readonly_dir.iterdir():
+        path.chmod(0o644)
+    readonly_dir.chmod(0o555)
+    before = sorted(os.listdir(readonly_dir))
+    drop = [str(NOBODY)] if os.geteuid() == 0 else []
+
+    completed = subprocess.run(
+        [sys.executable, str(CHILDREN / "store_readonly_load.py"), str(readonly_dir), *drop],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads(completed.stdout)
+    assert sorted(os.listdir(readonly_dir)) == before
+    assert "orphan" not in completed.stderr
+    for key in ("mapped", "auto"):
+        assert result[key]["values"] == arrays[key].tolist()
+        assert result[key]["load_r"] == arrays[key].tolist()
+        assert (result[key]["cache_enabled"], result[key]["writeable"]) == (True, False)
+        assert result[key]["cache_path"] == str(readonly_dir / f"{key}.dat")
+        assert (result[key]["offloaded"], result[key]["load_c_writeable"]) == (True, True)
+        assert result[key]["load_r_plus"] == "PermissionError"
+    assert (result["ram"]["values"], result["ram"]["cache_enabled"]) == (arrays["ram"].tolist(), False)
+
+
+# -- pickling ------------------------------------------------------------------------------------
+
+
+def test_pickling_writes_cached_entries_and_the_copy_reloads_them(tmp_path: Path) -> None:
+    store = make_store(tmp_path, enable_caching=True)
+    store.add_data_to_store("a", np.arange(3))
+    store.add_data_to_store("b", np.arange(4.0))
+
+    copy: Store = pickle.loads(pickle.dumps(store))
+
+    assert store._store == {"a": None, "b": None}
+    assert all(value is not None for value in copy.values())
+    np.testing.assert_array_equal(np.asarray(copy["b"]), np.arange(4.0))
+    assert copy.cache_dir == tmp_path
+    assert copy._owner_pid == store._owner_pid
+    assert sorted(copy._entry_registry) == ["a", "b"]
+
+
+def test_an_automatic_offloading_store_pickles(tmp_path: Path) -> None:
+    store = make_store(tmp_path, enable_caching=True, automatic_offloading=True)
+    store.add_data_to_store("a", np.arange(3))
+    assert store["a"].offloaded
+
+    copy: Store = pickle.loads(pickle.dumps(store))
+
+    np.testing.assert_array_equal(copy["a"][:], np.arange(3))
+    assert copy["a"].offloaded
+
+
+def test_a_store_without_caching_pickles_its_entries_inline(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    store.add_data_to_store("a", np.arange(3))
+
+    copy: Store = pickle.loads(pickle.dumps(store))
+
+    assert os.listdir(tmp_path) == []
+    assert store._store["a"] is not None
+    np.testing.assert_array_equal(copy["a"].data, np.arange(3))
+
+
+def test_the_pickled_state_leaves_transient_parts_behind(private_tempdir: Path) -> None:
+    store = make_store(None)
+
+    state = store.__getstate__()
+
+    assert {"_lock", "_entry_registry", "_directory_finalizer"}.isdisjoint(state)
+    assert {"_factory", "_validator", "_owner_pid", "_store", "_cache_dir"} <= set(state)
+    assert state["_store"] is not store._store
+
+
+def test_an_unpicklable_validator_makes_the_store_unpicklable(tmp_path: Path) -> None:
+    def local_validator(value: object) -> TypeGuard[DiskBackedNDArray]:
+        return True
+
+    store = DiskBackedStore[DiskBackedNDArray](
+        config=LazyDiskCacheConfig(cache_path=tmp_path), factory=DiskBackedNDArray, validator=local_validator
+    )
+
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        pickle.dumps(store)
+
+
+def test_unpickling_warns_about_a_pair_that_is_gone_and_keeps_it_offloaded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = make_store(tmp_path, enable_caching=True)
+    store.add_data_to_store("a", np.arange(3))
+    blob = pickle.dumps(store)
+    (tmp_path / "a.npy").unlink()
+
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        copy: Store = pickle.loads(blob)
+
+    assert copy._store == {"a": None}
+    assert messages(caplog, logging.WARNING) == [("File for key %s not found in cache directory %s.", ("a", tmp_path))]
+
+
+def test_unpickling_neither_sweeps_nor_rescans(tmp_path: Path) -> None:
+    store = make_store(tmp_path, enable_caching=True)
+    store.add_data_to_store("a", np.arange(3))
+    blob = pickle.dumps(store)
+    write_keys(tmp_path / "other", {"extra": np.arange(2)})
+    for name in ("extra.npy", "extra.meta.json"):
+        os.replace(tmp_path / "other" / name, tmp_path / name)
+    (tmp_path / "a.npy.tmp").write_bytes(b"x")
+
+    copy: Store = pickle.loads(blob)
+
+    assert copy.keys() == ["a"]
+    assert (tmp_path / "a.npy.tmp").exists()
+
+
+def test_the_private_directory_outlives_the_store_while_a_same_process_copy_lives(private_tempdir: Path) -> None:
+    store = make_store(None, enable_caching=True)
+    store.add_data_to_store("a", np.arange(3))
+    directory = store.cache_dir
+    copy: Store = pickle.loads(pickle.dumps(store))
+
+    del store
+    gc.collect()
+    assert directory.is_dir()
+    np.testing.assert_array_equal(np.asarray(copy["a"]), np.arange(3))
+
+    del copy
+    gc.collect()
+    assert not directory.exists()
+
+
+def test_a_forked_child_never_removes_the_private_directory(private_tempdir: Path) -> None:
+    store = make_store(None)
+    directory = store.cache_dir
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        del store
+        gc.collect()
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+    assert directory.is_dir()
