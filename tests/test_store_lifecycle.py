@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -370,3 +371,58 @@ def test_a_forked_child_never_removes_the_private_directory(private_tempdir: Pat
     os.waitpid(pid, 0)
 
     assert directory.is_dir()
+
+
+@pytest.mark.parametrize(("policy", "survives"), [("purge", False), ("keep", True)])
+def test_the_private_directory_is_removed_at_interpreter_exit_only_with_purge(
+    tmp_path: Path, policy: str, survives: bool
+) -> None:
+    completed = subprocess.run(
+        [sys.executable, str(CHILDREN / "store_exit_tempdir.py"), policy],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env=os.environ | {"TMPDIR": str(tmp_path)},
+    )
+
+    directory = Path(completed.stdout.strip())
+    assert directory.parent == tmp_path
+    assert directory.is_dir() is survives
+
+
+def test_a_symlinked_cache_root_writes_and_reloads(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    write_keys(tmp_path / "link", {"k": np.arange(3)})
+
+    reloaded = make_store(tmp_path / "link")["k"]
+
+    assert reloaded.cache_path == tmp_path / "link" / "k.dat"
+    assert isinstance(reloaded.data, np.memmap)
+    assert not (tmp_path / "real" / "k.dat").exists()
+    np.testing.assert_array_equal(np.asarray(reloaded), np.arange(3))
+    assert sorted(os.listdir(tmp_path / "real")) == ["k.meta.json", "k.npy"]
+
+
+def test_concurrent_writers_on_one_store_commit_every_key(tmp_path: Path) -> None:
+    store = make_store(tmp_path, enable_caching=True)
+    start = threading.Barrier(4)
+
+    def writer(worker: int) -> None:
+        start.wait()
+        for index in range(25):
+            key = f"w{worker}-{index}"
+            store.add_data_to_store(key, np.full(3, index))
+            store.offload(key, pickle_container=True)
+
+    threads = [threading.Thread(target=writer, args=(worker,)) for worker in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    reopened = make_store(tmp_path)
+    assert len(reopened) == 100
+    for key in reopened.keys():
+        np.testing.assert_array_equal(np.asarray(reopened[key]), np.full(3, int(key.split("-")[1])))
