@@ -9,8 +9,6 @@ the temps a crash left behind and adopts every ``<k>.npy`` it finds.
 
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import weakref
 from collections.abc import Callable, Iterator, MutableMapping
@@ -35,7 +33,13 @@ from lazy_disk_cache._codec import (
 )
 from lazy_disk_cache._purge import artefact_names, detach_purge_duty, plan_purge, unlink_in_order
 from lazy_disk_cache._rust import CacheDir, CommitBatch
-from lazy_disk_cache._scan import rescan, sweep_orphan_temps
+from lazy_disk_cache._store_dir import (
+    DirectoryLease,
+    choose_cache_dir,
+    directory_refuses_writes,
+    rescan,
+    sweep_orphan_temps,
+)
 from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.errors import (
     StoreContainmentError,
@@ -141,75 +145,6 @@ def _resolve_lazy_disk_cache_class(name: str) -> type[LazyDiskCache]:
         ) from None
 
 
-# ---------------------------------------------------------------------------------------------
-# Private cache directories: removed by the owner process when its last store copy goes
-
-
-_directory_leases: dict[str, int] = {}
-_directory_leases_lock = threading.Lock()
-
-
-def _reset_directory_lease_lock_after_fork() -> None:
-    global _directory_leases_lock
-    _directory_leases_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reset_directory_lease_lock_after_fork)
-
-
-class _DirectoryLease:
-    """One store copy's claim on removing its private directory; the owner's last lease removes it."""
-
-    __slots__ = ("_released", "owner_pid", "path")
-
-    def __init__(self, path: str, owner_pid: int) -> None:
-        self.path = path
-        self.owner_pid = owner_pid
-        self._released = False
-        with _directory_leases_lock:
-            _directory_leases[path] = _directory_leases.get(path, 0) + 1
-
-    def expire(self) -> None:
-        """Finalizer body: drop the lease; the owner process's last lease removes the directory."""
-        with _directory_leases_lock:
-            if self._released:
-                return
-            self._released = True
-            remaining = _directory_leases.get(self.path, 1) - 1
-            if remaining > 0:
-                _directory_leases[self.path] = remaining
-                return
-            _directory_leases.pop(self.path, None)
-        if os.getpid() == self.owner_pid:
-            # rmtree removes links inside the tree, never what they point to.
-            shutil.rmtree(self.path, ignore_errors=True)
-            if os.path.lexists(self.path):
-                logger.debug("Could not fully remove the store's temporary directory %s", self.path)
-
-
-def _choose_cache_dir(configured: Path | None) -> tuple[Path, bool]:
-    """Return the store directory and whether the store created it (and so owns it)."""
-    if configured is None:
-        return Path(tempfile.mkdtemp(prefix="lazy_disk_cache-")), True
-    if configured.is_file():
-        temporary = Path(tempfile.mkdtemp(prefix="lazy_disk_cache-"))
-        logger.warning(
-            "Cache path %r is an existing file; using temporary directory %r instead.", str(configured), str(temporary)
-        )
-        return temporary, True
-    return configured.absolute(), False
-
-
-def _directory_refuses_writes(path: Path) -> bool:
-    """Whether this process may not create files in ``path`` (permissions or a read-only mount)."""
-    if not os.access(path, os.W_OK):
-        return True
-    try:
-        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-    except OSError:
-        return False
-
-
 _NO_DEFAULT: Any = object()
 
 # ---------------------------------------------------------------------------------------------
@@ -271,7 +206,14 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         self._factory = factory
         self._value_type = value_type
         self._validator = validator
-        self._cache_dir, self._owns_cache_dir = _choose_cache_dir(config.cache_path)
+        choice = choose_cache_dir(config.cache_path)
+        if choice.replaced_file:
+            logger.warning(
+                "Cache path %r is an existing file; using temporary directory %r instead.",
+                str(config.cache_path),
+                str(choice.path),
+            )
+        self._cache_dir, self._owns_cache_dir = choice.path, choice.owned
         self._arm_directory_removal()
         directory = _open_directory(self._cache_dir, create=True)
         self._sweep_temps(directory)
@@ -281,7 +223,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
 
     def _arm_directory_removal(self) -> None:
         if self._owns_cache_dir and self._purge_disk_on_gc:
-            lease = _DirectoryLease(str(self._cache_dir), self._owner_pid)
+            lease = DirectoryLease(str(self._cache_dir), self._owner_pid)
             self._directory_finalizer = weakref.finalize(self, lease.expire)
 
     def _sweep_temps(self, directory: CacheDir) -> None:
@@ -621,7 +563,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         flags = sidecar_flags(sidecar, key)
         array: NDArray[Any]
         if flags["enable_caching"]:
-            mode: Literal["r", "c"] = "r" if _directory_refuses_writes(self._cache_dir) else "c"
+            mode: Literal["r", "c"] = "r" if directory_refuses_writes(self._cache_dir) else "c"
             array = map_payload(directory, npy, layout, mode)
         else:
             array = read_payload(directory, npy, layout)
