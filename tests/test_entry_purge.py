@@ -2,6 +2,7 @@
 
 import gc
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -121,6 +122,44 @@ def test_enable_purge_before_ephemeral_allocation_only_records_the_flag(
     assert not hasattr(entry, "_finalizer")
     entry.enable_caching()
     assert entry._finalizer.alive
+
+
+def test_disarm_purge_releases_duty_but_keeps_the_flag(tmp_path: Path) -> None:
+    entry = DiskBackedNDArray(np.arange(3), cache_path=tmp_path / "e", enable_caching=True)
+
+    entry._disarm_purge()
+
+    assert entry.purge_disk_on_gc is True
+    assert not hasattr(entry, "_finalizer")
+    del entry
+    _collect()
+    assert (tmp_path / "e.dat").exists()
+
+
+def test_a_directly_detached_finalizer_no_longer_holds_the_path(tmp_path: Path) -> None:
+    blob = pickle.dumps(DiskBackedNDArray(np.arange(3), cache_path=tmp_path / "e", enable_caching=True))
+    _collect()
+    first, second = pickle.loads(blob), pickle.loads(blob)
+
+    first._finalizer.detach()
+    del second
+    _collect()
+
+    assert not (tmp_path / "e.dat").exists()
+    del first
+
+
+def test_a_new_entry_on_a_path_purged_before_still_purges(tmp_path: Path) -> None:
+    old = DiskBackedNDArray(np.arange(3), cache_path=tmp_path / "e", enable_caching=True)
+    old._disarm_purge()
+    (tmp_path / "e.dat").unlink()
+
+    new = DiskBackedNDArray(np.arange(4), cache_path=tmp_path / "e", enable_caching=True)
+    del new
+    _collect()
+
+    assert not (tmp_path / "e.dat").exists()
+    del old
 
 
 def test_a_ram_entry_with_a_configured_path_is_armed(tmp_path: Path) -> None:

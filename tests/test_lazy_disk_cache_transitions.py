@@ -152,6 +152,18 @@ def test_conversion_refuses_a_temp_symlink_leading_outside(tmp_path: Path) -> No
     assert (outside / "victim").read_bytes() == b"untouched"
 
 
+def test_source_array_of_a_mapped_entry_is_the_live_buffer(mapped: DiskBackedNDArray) -> None:
+    assert mapped._source_array() is mapped.data
+
+
+def test_source_array_of_an_offloaded_entry_is_read_only_and_keeps_the_state(offloaded: DiskBackedNDArray) -> None:
+    source = offloaded._source_array()
+
+    assert offloaded.offloaded
+    assert not source.flags.writeable
+    assert np.array_equal(source, _source())
+
+
 # -- disable_caching -------------------------------------------------------------------------
 
 

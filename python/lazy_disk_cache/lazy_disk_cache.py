@@ -177,7 +177,7 @@ def _chunk_budget_bytes() -> int:
 # Purge duty: per-path leases, deletion only by the owner process
 
 
-_leases: dict[str, int] = {}
+_leases: dict[str, set["_PurgeLease"]] = {}
 _leases_lock = threading.Lock()
 
 
@@ -190,33 +190,40 @@ os.register_at_fork(after_in_child=_reset_lease_lock_after_fork)
 
 
 class _PurgeLease:
-    """One armed entry's claim on deleting its ``.dat``; the last lease in the owner pid deletes."""
+    """One armed entry's claim on deleting its ``.dat``: its ``weakref.finalize`` plus bookkeeping.
 
-    __slots__ = ("_released", "owner_pid", "path")
+    A lease counts while its finalizer is alive, so a finalizer detached by any route (``release``
+    or a direct ``finalizer.detach()``) stops holding the path. When a finalizer runs, the file is
+    unlinked only if no other live lease in this process holds the same path and this process is
+    the owner recorded in the lease.
+    """
 
-    def __init__(self, path: str, owner_pid: int) -> None:
+    __slots__ = ("finalizer", "owner_pid", "path")
+
+    def __init__(self, entry: object, path: str, owner_pid: int) -> None:
         self.path = path
         self.owner_pid = owner_pid
-        self._released = False
+        self.finalizer = weakref.finalize(entry, self._expire)
         with _leases_lock:
-            _leases[path] = _leases.get(path, 0) + 1
+            _leases.setdefault(path, set()).add(self)
 
-    def release(self) -> bool:
-        """Drop this lease (once); return whether it was the last one on its path in this process."""
+    def release(self) -> None:
+        """Detach the finalizer and give up the claim; nothing is deleted."""
+        self.finalizer.detach()
+        self._leave()
+
+    def _leave(self) -> bool:
+        """Drop this lease; return whether no other live lease holds the path any more."""
         with _leases_lock:
-            if self._released:
-                return False
-            self._released = True
-            remaining = _leases.get(self.path, 1) - 1
-            if remaining > 0:
-                _leases[self.path] = remaining
-            else:
-                _leases.pop(self.path, None)
-            return remaining <= 0
+            holders = _leases.pop(self.path, set())
+            holders.discard(self)
+            alive = {lease for lease in holders if lease.finalizer.alive}
+            if alive:
+                _leases[self.path] = alive
+            return not alive
 
-    def expire(self) -> None:
-        """Finalizer body: release, and unlink the file if this was the owner's last lease."""
-        if self.release() and os.getpid() == self.owner_pid:
+    def _expire(self) -> None:
+        if self._leave() and os.getpid() == self.owner_pid:
             _unlink_backing_file(self.path)
 
 
@@ -581,18 +588,21 @@ class LazyDiskCache(ABC):
             self._purge_disk_on_gc = True
 
     def _arm_purge(self) -> None:
+        """Arm purge duty unless a live finalizer already holds it."""
         finalizer = self.__dict__.get("_finalizer")
         if finalizer is not None and finalizer.alive:
             return
         self._disarm_purge()
-        lease = _PurgeLease(str(self._cache_path), self._owner_pid)
+        lease = _PurgeLease(self, str(self._cache_path), self._owner_pid)
         self._lease = lease
-        self._finalizer = weakref.finalize(self, lease.expire)
+        self._finalizer = lease.finalizer
 
     def _disarm_purge(self) -> None:
-        finalizer = self.__dict__.pop("_finalizer", None)
-        if finalizer is not None:
-            finalizer.detach()
+        """Release purge duty without deleting anything and without touching ``purge_disk_on_gc``.
+
+        This is how a store detaches an entry's finalizer (call it under ``self._lock``).
+        """
+        self.__dict__.pop("_finalizer", None)
         lease = self.__dict__.pop("_lease", None)
         if lease is not None:
             lease.release()
@@ -607,11 +617,8 @@ class LazyDiskCache(ABC):
         A store-reloaded source mapping this entry's sibling ``.npy`` is adopted without copying.
         """
         with self._lock:
-            if self._in_memory:
-                shape, dtype, source = self._describe_buffer()
-            else:
-                shape, dtype = self._describe_shape_dtype()
-                source = self._map_backing("r")
+            shape, dtype = self._describe_shape_dtype()
+            source = self._source_array()
             shape = tuple(shape)
             dtype = np.dtype(dtype)
             _check_cacheable_dtype(dtype)
@@ -628,6 +635,17 @@ class LazyDiskCache(ABC):
             if not self._backing_created:
                 self._take_ownership()
             logger.debug("Wrote %s %s to %s (%d bytes)", type(self).__name__, id(self), self._cache_path, mapped.nbytes)
+
+    def _source_array(self) -> NDArray[Any]:
+        """The entry's current data without changing its state (for writers such as the store).
+
+        The live buffer when loaded; otherwise a read-only mapping of the file that holds the data
+        (the ``.dat``, or the adopted ``.npy`` payload). O(1), reads no data.
+        """
+        with self._lock:
+            if self._in_memory:
+                return self._describe_buffer()[2]
+            return self._map_backing("r")
 
     def _convert_to_ndarray(self) -> None:
         """Copy the mapped data into a fresh RAM array and adopt it (1 copy, GIL released)."""
