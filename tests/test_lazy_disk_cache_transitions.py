@@ -121,6 +121,8 @@ def test_conversion_through_an_inside_symlink_keeps_the_link(tmp_path: Path) -> 
     assert np.array_equal(np.fromfile(tmp_path / "payload.bin").reshape(3, 4), _source())
     entry.offload()
     assert np.array_equal(entry[...], _source())
+    entry.disable_caching()
+    assert np.array_equal(entry.data, _source())
 
 
 def test_conversion_through_an_outside_symlink_is_refused_before_writing(tmp_path: Path) -> None:

@@ -494,9 +494,9 @@ class LazyDiskCache(ABC):
     def offload(self) -> None:
         """MAPPED → OFFLOADED: flush the mapping (msync, durable entries only) and drop the buffer.
 
-        0 copies. Arrays and views handed out earlier stay valid. A no-op (logged) in RAM or when already
-        offloaded. An entry reloaded from a store first materialises its ``.dat`` (1 copy); if
-        that fails the ``OSError`` propagates and the entry keeps its buffer.
+        0 copies. Arrays and views handed out earlier stay valid. A no-op (logged) in RAM or when
+        already offloaded. An entry reloaded from a store first materialises its ``.dat`` (1 copy);
+        if that fails the ``OSError`` propagates and the entry keeps its buffer.
         """
         with self._lock:
             if not self._enable_caching:
