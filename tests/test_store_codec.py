@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from lazy_disk_cache import _codec
+from lazy_disk_cache import _codec, _rust
 from lazy_disk_cache import disk_backed_store as dbs
 from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.disk_backed_store import DiskBackedStore
@@ -525,3 +525,46 @@ def test_a_failed_load_leaves_tracking_unchanged(tmp_path: Path) -> None:
         store["k"]
 
     assert store._store == {"k": None}
+
+
+# -- directories that refuse writes (decided once per reload) -----------------------------------
+
+
+@pytest.fixture
+def refusing_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every reload see a directory it may not write (root passes any permission check)."""
+    monkeypatch.setattr(dbs, "directory_refuses_writes", lambda path: True)
+
+
+@pytest.mark.usefixtures("refusing_writes")
+def test_a_directory_refusing_writes_maps_the_payload_read_only(tmp_path: Path) -> None:
+    write_pair(tmp_path, "k", np.arange(4.0))
+
+    reloaded = make_store(tmp_path)["k"]
+
+    assert isinstance(reloaded.data, np.memmap)
+    assert reloaded.data.flags.writeable is False
+    assert reloaded.cache_path == tmp_path / "k.dat"
+    reloaded.offload()
+    with pytest.raises(PermissionError):
+        reloaded.load("r+")
+    reloaded.load("r")
+    np.testing.assert_array_equal(reloaded.data, np.arange(4.0))
+    assert sorted(os.listdir(tmp_path)) == ["k.meta.json", "k.npy"]
+
+
+@pytest.mark.usefixtures("refusing_writes")
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_an_offloaded_read_only_reload_is_rewritten_from_its_npy_payload(tmp_path: Path, order: str) -> None:
+    array = np.arange(12, dtype=np.int32).reshape(3, 4)
+    write_pair(tmp_path, "k", np.asfortranarray(array) if order == "F" else array)
+    store = make_store(tmp_path)
+    store["k"].offload()
+    _rust._clear_faults()
+
+    store.offload("k", pickle_container=True)
+
+    assert (_rust._op_counts()["copy"] >= 1) is (order == "C")
+    assert npy_header(tmp_path / "k.npy")[1] is False
+    np.testing.assert_array_equal(np.load(tmp_path / "k.npy"), array)
+    assert sorted(os.listdir(tmp_path)) == ["k.meta.json", "k.npy"]

@@ -20,9 +20,10 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from lazy_disk_cache._memmap import as_memmap, open_memmap
-from lazy_disk_cache._rust import CacheDir, CommitBatch, FileMapping
+from lazy_disk_cache._memmap import open_memmap
+from lazy_disk_cache._rust import CacheDir, CommitBatch
 from lazy_disk_cache.lazy_disk_cache import (
+    _MAX_BOUNCE_BYTES,
     LazyDiskCache,
     LazyDiskCacheConfig,
     LazyDiskCacheKw,
@@ -30,7 +31,6 @@ from lazy_disk_cache.lazy_disk_cache import (
     _c_order_blocks,
     _check_cacheable_dtype,
     _chunk_budget_bytes,
-    _open_directory,
 )
 from lazy_disk_cache.paths import MEMMAP_SUFFIX, NPY_SUFFIX
 
@@ -53,8 +53,6 @@ SCHEMA_VERSION = 1
 # The sidecar's flag fields, in the order they are written.
 _FLAG_FIELDS = ("purge_disk_on_gc", "automatic_offloading", "enable_caching")
 _FLAG_DEFAULTS = LazyDiskCacheConfig()
-# Bounce blocks for strided sources, as for conversions: a few MiB saturate pwrite.
-_MAX_BOUNCE_BYTES = 64 * 1024**2
 
 
 class PayloadLayout(NamedTuple):
@@ -95,38 +93,32 @@ def stage_entry(batch: CommitBatch, cache_dir: Path, key: str, entry: LazyDiskCa
 
     The payload is the entry's live buffer (1 copy; a strided buffer goes in bounded row blocks,
     never as a full temporary copy) or, for an offloaded entry, its backing file (copied by the
-    core without a user-space copy when that file lies directly in ``cache_dir``). Object dtypes
-    raise ``TypeError`` before anything is written; I/O failures raise ``OSError``. Blocks on disk.
+    core without a user-space copy when that file lies directly in ``cache_dir``, else read
+    through a read-only mapping). Object dtypes raise ``TypeError`` before anything is written;
+    I/O failures raise ``OSError``. Blocks on disk.
     """
     with entry._lock:
-        if entry.offloaded:
-            shape, dtype = entry._describe_shape_dtype()
-            live = None
-        else:
-            shape, dtype, live = entry._describe_buffer()
-        shape = tuple(int(extent) for extent in shape)
-        dtype = np.dtype(dtype)
+        shape_given, dtype_given = entry._describe_shape_dtype()
+        shape = tuple(int(extent) for extent in shape_given)
+        dtype = np.dtype(dtype_given)
         _check_cacheable_dtype(dtype)
         nbytes = math.prod(shape) * dtype.itemsize
         descr, meta = descr_text(dtype), encode_sidecar(entry, shape, dtype)
-        if live is not None:
-            source = _c_order_source(np.asarray(live))
-        else:
-            path, offset, order = _payload_file(entry)
-            if order == "C" and _lies_directly_in(path, cache_dir):
-                batch.add_npy(
-                    key,
-                    descr=descr,
-                    fortran_order=False,
-                    shape=shape,
-                    nbytes=nbytes,
-                    meta=meta,
-                    source_file=path.name,
-                    source_offset=offset,
-                )
-                return
-            mapping = FileMapping.open(_open_directory(path.parent), path.name, mode="r", offset=offset, length=nbytes)
-            source = _c_order_source(as_memmap(mapping, shape, dtype, order))
+        copyable = _copyable_payload(entry, cache_dir) if entry.offloaded else None
+        if copyable is not None:
+            name, offset = copyable
+            batch.add_npy(
+                key,
+                descr=descr,
+                fortran_order=False,
+                shape=shape,
+                nbytes=nbytes,
+                meta=meta,
+                source_file=name,
+                source_offset=offset,
+            )
+            return
+        source = _c_order_source(np.asarray(entry._source_array()))
         batch.add_npy(key, descr=descr, fortran_order=False, shape=shape, nbytes=nbytes, meta=meta, source=source)
 
 
@@ -134,22 +126,26 @@ def _c_order_source(array: NDArray[Any]) -> memoryview | Iterator[memoryview]:
     """The bytes of ``array`` in C order: one view if contiguous, else an iterator of row blocks."""
     if array.flags.c_contiguous:
         return _byte_view(array)
-    return _c_order_blocks(array, min(max(1, _chunk_budget_bytes()), _MAX_BOUNCE_BYTES))
+    return _c_order_blocks(array, max(1, min(_chunk_budget_bytes(), _MAX_BOUNCE_BYTES)))
 
 
-def _payload_file(entry: LazyDiskCache) -> tuple[Path, int, Literal["C", "F"]]:
-    """The file, offset and order holding an offloaded entry's data.
+def _copyable_payload(entry: LazyDiskCache, cache_dir: Path) -> tuple[str, int] | None:
+    """Name and offset of the file holding an offloaded entry's C-ordered bytes, if the core can copy it.
 
-    Normally its ``.dat`` (offset 0, C order). An entry reloaded from a read-only directory never
-    materialised a ``.dat``; its data is still the payload of the sibling ``.npy``.
+    Normally its ``.dat`` (offset 0). An entry reloaded from a read-only directory never
+    materialised a ``.dat``: its data is still the payload of the sibling ``.npy``. ``None`` when
+    that file is not a plain file directly in ``cache_dir``, or holds Fortran-ordered bytes.
     """
     path = entry._cache_path
     if path is None:
-        raise RuntimeError(f"{type(entry).__name__} is offloaded but has no backing file")
-    adopted = getattr(entry, "_adopted", None)
-    if adopted is None:
-        return path, 0, "C"
-    return path.with_name(path.name.removesuffix(MEMMAP_SUFFIX) + NPY_SUFFIX), adopted.offset, adopted.order
+        return None
+    adopted = entry._adopted
+    offset = 0
+    if adopted is not None:
+        if adopted.order != "C":
+            return None
+        path, offset = path.with_name(path.name.removesuffix(MEMMAP_SUFFIX) + NPY_SUFFIX), adopted.offset
+    return (path.name, offset) if _lies_directly_in(path, cache_dir) else None
 
 
 def _lies_directly_in(path: Path, cache_dir: Path) -> bool:
