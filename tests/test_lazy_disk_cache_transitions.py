@@ -302,6 +302,25 @@ def test_load_in_ram_is_a_no_op() -> None:
     assert entry.data is source
 
 
+def test_load_does_not_check_the_caching_flag(offloaded: DiskBackedNDArray) -> None:
+    offloaded._enable_caching = False
+
+    offloaded.load()
+
+    assert offloaded.offloaded is False
+    assert np.array_equal(offloaded.data, _source())
+
+
+def test_load_without_a_backing_file_is_a_no_op() -> None:
+    entry = DiskBackedNDArray(_source())
+    entry._in_memory = False
+
+    entry.load()
+
+    assert entry.offloaded is True
+    assert entry.cache_path is None
+
+
 def test_load_default_mode_is_read_write_and_persists(offloaded: DiskBackedNDArray) -> None:
     offloaded.load()
     offloaded.data[0, 1] = 42.0
