@@ -26,7 +26,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
@@ -79,15 +79,22 @@ class Settings:
     workdir: Path
     reps: int
     small_reps: int
+    store_reps: int
     warmup: int
     latency_calls: int
 
     @classmethod
     def for_run(cls, *, quick: bool, workdir: Path) -> Settings:
-        """Full runs use 5 repetitions for GiB-sized cases and 7 for cheap ones; quick runs 2 and 3."""
+        """Full runs: 5 repetitions for GiB-sized cases, 7 for cheap ones, 4 for fsync-bound store writes."""
         if quick:
-            return cls(quick=True, workdir=workdir, reps=2, small_reps=3, warmup=0, latency_calls=10)
-        return cls(quick=False, workdir=workdir, reps=5, small_reps=7, warmup=1, latency_calls=100)
+            return cls(quick=True, workdir=workdir, reps=2, small_reps=3, store_reps=2, warmup=0, latency_calls=10)
+        return cls(quick=False, workdir=workdir, reps=5, small_reps=7, store_reps=4, warmup=1, latency_calls=100)
+
+    def for_original(self) -> Settings:
+        """The original's run is context, not a target: fewer repetitions keep the suite short."""
+        if self.quick:
+            return self
+        return replace(self, reps=3, small_reps=3, store_reps=3, warmup=0)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -105,12 +112,14 @@ class Variant:
 
     `op` does its own setup and teardown outside the timed region, so a variant can prepare a
     fresh file name or drop the page-cache pages of the previous repetition without charging them.
-    `na` is the reason the variant cannot run here (for example, a feature not built yet).
+    It may return a dict instead, holding its own time under its name plus the times of named
+    phases of the same operation (reported as extra rows). `na` is the reason the variant
+    cannot run here (for example, a feature not built yet).
     """
 
     name: str
     role: Role
-    op: Callable[[], float] | None
+    op: Callable[[], float | dict[str, float]] | None
     na: str | None = None
 
 
@@ -184,6 +193,7 @@ def measure_interleaved(variants: Sequence[Variant], *, reps: int, warmup: int) 
     out of every ratio (the whole series is marked), so a half-broken variant never looks fast.
     """
     series = {v.name: Series(v.name, v.role, note=f"n/a ({v.na})" if v.na else "") for v in variants}
+    phases: dict[str, list[Series]] = {v.name: [] for v in variants}
     live = [v for v in variants if v.na is None and v.op is not None]
     for rep in range(warmup + reps):
         shift = rep % len(live) if live else 0
@@ -192,15 +202,28 @@ def measure_interleaved(variants: Sequence[Variant], *, reps: int, warmup: int) 
             if result.note or variant.op is None:
                 continue
             try:
-                seconds = variant.op()
+                outcome = variant.op()
             except Exception as exc:
                 result.note = f"error ({type(exc).__name__}: {exc})"
                 print(f"bench: {variant.name} failed:", file=sys.stderr)
                 traceback.print_exc(file=sys.stderr)
                 continue
-            if rep >= warmup:
-                result.values.append(seconds)
-    return [series[v.name] for v in variants]
+            if rep < warmup:
+                continue
+            timings = outcome if isinstance(outcome, dict) else {variant.name: outcome}
+            result.values.append(timings[variant.name])
+            for name, seconds in timings.items():
+                if name != variant.name:
+                    _phase(phases[variant.name], name).values.append(seconds)
+    return [s for v in variants for s in (series[v.name], *phases[v.name])]
+
+
+def _phase(known: list[Series], name: str) -> Series:
+    found = next((s for s in known if s.name == name), None)
+    if found is None:
+        found = Series(name, "derived")
+        known.append(found)
+    return found
 
 
 def paired_ratio(numerator: Series, denominator: Series) -> float:

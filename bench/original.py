@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,7 @@ def run_original(settings: Settings, python: str) -> tuple[dict[str, CaseResult]
     """Run every timed case of the original in its own process; returns cases, environment, problem."""
     with tempfile.TemporaryDirectory(dir=settings.workdir, prefix="original-") as scratch:
         spec, out = Path(scratch) / "settings.json", Path(scratch) / "result.json"
-        child_settings = Settings(**{**settings.__dict__, "workdir": Path(scratch)})
+        child_settings = replace(settings.for_original(), workdir=Path(scratch))
         spec.write_text(json.dumps(child_settings.to_json()))
         try:
             proc = subprocess.run(

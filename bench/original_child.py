@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench_convert import BEST_READ, OS_WRITE, RAW_MMAP, RAW_MMAP_READ, READINTO, convert_cases, load_cases, read_cases
+from bench_convert import BEST_READ, OS_WRITE, RAW_MMAP, RAW_MMAP_READ, READINTO, convert_cases, load_and_read_cases
 from bench_store import GROUP_COMMIT, NP_LOAD_RAM, reload_cases, write_cases
 from common import Settings, environment, load_impl
 
@@ -26,7 +26,7 @@ def main(argv: list[str]) -> int:
         print(f"original package unusable: {impl.array_na or impl.store_na}", file=sys.stderr)
         return 1
     cases = []
-    for run in (convert_cases, load_cases, read_cases, write_cases, reload_cases):
+    for run in (convert_cases, load_and_read_cases, write_cases, reload_cases):
         cases += run(settings, impl, baselines=_BASELINES)
     env = [(k, v) for k, v in environment(settings.workdir) if k in ("Python", "numpy")]
     payload = {"environment": env, "cases": [case.to_json() for case in cases]}

@@ -59,9 +59,9 @@ def rss_cases(settings: Settings, ours: Impl, original_python: str | None, origi
             if ours.array_na is None
             else Variant(ours.label, "ours", None, ours.array_na),
             _child_variant(_LABELS["os.write"], "limit", sys.executable, "os.write", nbytes, work),
-            _child_variant(_LABELS["np.memmap"], "numpy", sys.executable, "np.memmap", nbytes, work),
         ]
         if size == "large":
+            variants.append(_child_variant(_LABELS["np.memmap"], "numpy", sys.executable, "np.memmap", nbytes, work))
             variants.append(_child_variant(_LABELS["np.save"], "numpy", sys.executable, "np.save", nbytes, work))
             variants.append(
                 _child_variant(_LABELS["joblib.dump"], "joblib", sys.executable, "joblib.dump", nbytes, work)

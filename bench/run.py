@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench_convert import BEST_READ, OS_WRITE, RAW_MMAP, convert_cases, load_cases, read_cases
+from bench_convert import BEST_READ, OS_WRITE, RAW_MMAP, convert_cases, load_and_read_cases
 from bench_store import GROUP_COMMIT, NP_LOAD_RAM, reload_cases, write_cases
 from common import BENCH_DIR, CaseResult, Impl, Settings, Target, environment, evaluate_target, load_impl
 from original import ensure_original, run_original
@@ -57,7 +57,7 @@ TARGETS = [
     Target("rss-huge", "absolute", 80.0, None, "peak extra RSS converting {size}: <= 80 MiB"),
 ]
 
-GROUPS = ("convert", "load", "read", "store-write", "store-reload", "rss")
+GROUPS = ("convert", "load", "store-write", "store-reload", "rss")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -75,8 +75,7 @@ def _run_groups(
 ) -> list[CaseResult]:
     runners: dict[str, Callable[[], list[CaseResult]]] = {
         "convert": lambda: convert_cases(settings, impl),
-        "load": lambda: load_cases(settings, impl),
-        "read": lambda: read_cases(settings, impl),
+        "load": lambda: load_and_read_cases(settings, impl),
         "store-write": lambda: write_cases(settings, impl),
         "store-reload": lambda: reload_cases(settings, impl),
         "rss": lambda: rss_cases(settings, impl, original, reason),
