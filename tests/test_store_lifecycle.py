@@ -269,6 +269,28 @@ def test_pickling_writes_cached_entries_and_the_copy_reloads_them(tmp_path: Path
     assert sorted(copy._entry_registry) == ["a", "b"]
 
 
+def test_a_worker_that_unpickles_a_store_never_deletes_the_parents_dat(tmp_path: Path) -> None:
+    store = make_store(tmp_path, enable_caching=True)
+    store.add_data_to_store("k", np.arange(10.0))
+    blob = pickle.dumps(store)
+    store["k"].offload()
+    dat = tmp_path / "k.dat"
+    assert dat.exists()
+
+    worker = subprocess.run(
+        [sys.executable, "-c", "import pickle, sys; s = pickle.loads(sys.stdin.buffer.read()); print(s['k'][3])"],
+        input=blob,
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+
+    assert worker.returncode == 0, worker.stderr.decode()
+    assert worker.stdout.decode().strip() == "3.0"
+    assert dat.exists()
+    np.testing.assert_array_equal(np.asarray(store["k"]), np.arange(10.0))
+
+
 def test_an_automatic_offloading_store_pickles(tmp_path: Path) -> None:
     store = make_store(tmp_path, enable_caching=True, automatic_offloading=True)
     store.add_data_to_store("a", np.arange(3))

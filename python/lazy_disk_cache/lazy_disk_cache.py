@@ -200,7 +200,7 @@ class _PurgeLease:
 
     __slots__ = ("finalizer", "owner_pid", "path")
 
-    def __init__(self, entry: object, path: str, owner_pid: int) -> None:
+    def __init__(self, entry: object, path: str, owner_pid: int | None) -> None:
         self.path = path
         self.owner_pid = owner_pid
         self.finalizer = weakref.finalize(entry, self._expire)
@@ -223,7 +223,7 @@ class _PurgeLease:
             return not alive
 
     def _expire(self) -> None:
-        if self._leave() and os.getpid() == self.owner_pid:
+        if self._leave() and self.owner_pid is not None and os.getpid() == self.owner_pid:
             _unlink_backing_file(self.path)
 
 
@@ -593,7 +593,11 @@ class LazyDiskCache(ABC):
         if finalizer is not None and finalizer.alive:
             return
         self._disarm_purge()
-        lease = _PurgeLease(self, str(self._cache_path), self._owner_pid)
+        # A store-reloaded entry that has not written its ``.dat`` yet did not create whatever file
+        # sits at that path (another process, or an earlier session, did): it holds the lease
+        # without the right to delete until ``_take_ownership`` records it as the creator.
+        owner = None if self._adopted is not None and not self._backing_created else self._owner_pid
+        lease = _PurgeLease(self, str(self._cache_path), owner)
         self._lease = lease
         self._finalizer = lease.finalizer
 
