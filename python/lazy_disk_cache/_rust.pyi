@@ -149,8 +149,9 @@ class CacheDir:
     def sweep_temps(self) -> tuple[list[str], list[tuple[str, OSError]]]:
         """Remove ``<key>.npy.tmp``, ``<key>.meta.json.tmp`` and ``<key>.dat.tmp`` left by a crash.
 
-        Never follows a symlink; skips temps a live writer holds locked. Returns the removed
-        names and the names that could not be removed with their errors. A read-only
+        Never follows a symlink; skips temps a live writer holds locked, and removes nothing
+        while a ``CommitBatch`` (in any process) has keys staged in this directory. Returns the
+        removed names and the names that could not be removed with their errors. A read-only
         directory yields two empty lists.
         """
 
@@ -165,6 +166,8 @@ class CommitBatch:
     """A group commit: write every pair's temps, then rename them all and fsync the directory once.
 
     Leaving the ``with`` block without ``commit()`` aborts: every temp written so far is removed.
+    A batch keeps O(1) descriptors open however many keys it stages: each temp is closed once
+    it is fsynced, and a shared lock on the directory keeps ``sweep_temps`` away from them.
     """
 
     def add_npy(

@@ -5,17 +5,24 @@
 //! symlink is removed, never written through. Its permissions are never wider than the final
 //! ones. It holds `flock(LOCK_EX)` so a concurrent sweep leaves it alone, and it is unlinked
 //! on drop unless committed. A temp whose fsync failed is poisoned: never fsynced again, never
-//! renamed. [`CommitGroup`] renames several finished temps in order and fsyncs the directory
+//! renamed.
+//!
+//! A group commit may stage thousands of temps, more than a process may keep open. Once a temp
+//! is fsynced, [`PendingFile::close_synced`] turns it into a [`ClosedTemp`]: only its name,
+//! no descriptor, protected from the sweep by the directory's shared [`WriterLock`] instead of
+//! its own lock. Only a successful fsync makes one, so a temp whose fsync failed can never be
+//! renamed. [`CommitGroup`] renames several closed temps in order and fsyncs the directory
 //! once.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use rustix::fs::OFlags;
 use rustix::io::Errno;
 
 use crate::copy::{self, Between, ChunkBudget, RangeEnd};
-use crate::dir::{CacheDir, validate_name};
+use crate::dir::{CacheDir, WriterLock, validate_name};
 use crate::error::{Error, Op, Result, add, to_u64};
 use crate::fs::FileKind;
 use crate::mapping::{Mapping, MappingMode};
@@ -34,6 +41,8 @@ enum State {
     Open,
     Poisoned,
     Committed,
+    /// Handed over to a [`ClosedTemp`], which now owns the name.
+    Closed,
 }
 
 /// A temp file that will atomically replace `name` in its directory.
@@ -169,16 +178,27 @@ impl PendingFile {
         if self.state == State::Poisoned {
             return Err(self.poisoned_error());
         }
-        self.dir
-            .fs()
-            .rename(self.dir.fd(), &self.temp, &self.name)
-            .map_err(|source| Error::Rename {
-                from: self.temp_path(),
-                to: self.path(),
-                source,
-            })?;
+        rename_temp(&self.dir, &self.temp, &self.name)?;
         self.state = State::Committed;
         Ok(())
+    }
+
+    /// Fsyncs the temp, then closes its descriptor (and so its `flock`), keeping only its name.
+    /// `guard` must be a writer lock of the temp's directory: from now on it is what keeps a
+    /// sweep away.
+    ///
+    /// # Errors
+    /// [`Error::Io`] with [`Op::Fsync`]; the temp is then unlinked.
+    pub fn close_synced(mut self, guard: Arc<WriterLock>) -> Result<ClosedTemp> {
+        self.sync()?;
+        self.state = State::Closed;
+        Ok(ClosedTemp {
+            dir: self.dir.clone(),
+            name: std::mem::take(&mut self.name),
+            temp: std::mem::take(&mut self.temp),
+            committed: false,
+            _guard: guard,
+        })
     }
 
     /// `[fsync] → rename → [dir fsync]`; the fsyncs run only when `durable`. Afterwards
@@ -201,18 +221,66 @@ impl PendingFile {
 
 impl Drop for PendingFile {
     fn drop(&mut self) {
-        if self.state != State::Committed {
+        if matches!(self.state, State::Open | State::Poisoned) {
             // Best effort: a temp that cannot be unlinked here is removed by the next sweep.
             let _ = self.dir.fs().unlink(self.dir.fd(), &self.temp);
         }
     }
 }
 
-/// Several finished temps renamed in order, then one directory fsync.
+/// `renameat(temp → name)` in `dir`, with both paths in the error.
+fn rename_temp(dir: &CacheDir, temp: &str, name: &str) -> Result<()> {
+    dir.fs().rename(dir.fd(), temp, name).map_err(|source| Error::Rename {
+        from: dir.path_of(temp),
+        to: dir.path_of(name),
+        source,
+    })
+}
+
+/// A fsynced temp whose descriptor is closed: a name waiting to be renamed over its
+/// destination, unlinked on drop unless committed. It keeps the directory's [`WriterLock`]
+/// alive, so no sweep removes it meanwhile.
+#[derive(Debug)]
+pub struct ClosedTemp {
+    dir: CacheDir,
+    name: String,
+    temp: String,
+    committed: bool,
+    // Fields drop after `Drop::drop`, so the lock outlives the unlink of an uncommitted temp.
+    _guard: Arc<WriterLock>,
+}
+
+impl ClosedTemp {
+    /// The destination name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Renames the temp over the destination; no fsync.
+    ///
+    /// # Errors
+    /// [`Error::Rename`].
+    fn rename_into_place(&mut self) -> Result<()> {
+        rename_temp(&self.dir, &self.temp, &self.name)?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for ClosedTemp {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Best effort: a temp that cannot be unlinked here is removed by the next sweep.
+            let _ = self.dir.fs().unlink(self.dir.fd(), &self.temp);
+        }
+    }
+}
+
+/// Several closed temps renamed in order, then one directory fsync.
 #[derive(Debug)]
 pub struct CommitGroup {
     dir: CacheDir,
-    files: Vec<PendingFile>,
+    files: Vec<ClosedTemp>,
 }
 
 impl CommitGroup {
@@ -224,8 +292,8 @@ impl CommitGroup {
         }
     }
 
-    /// Adds a finished (already fsynced) temp; it is renamed after those added before it.
-    pub fn push(&mut self, file: PendingFile) {
+    /// Adds a closed (hence fsynced) temp; it is renamed after those added before it.
+    pub fn push(&mut self, file: ClosedTemp) {
         self.files.push(file);
     }
 

@@ -72,6 +72,8 @@ pub trait Fs: Send + Sync + fmt::Debug {
     fn stat_nofollow(&self, dir: BorrowedFd<'_>, name: &str) -> io::Result<FileStat>;
     /// `flock(fd, LOCK_EX)`, or `LOCK_EX|LOCK_NB` when `nonblocking`.
     fn lock_exclusive(&self, fd: BorrowedFd<'_>, nonblocking: bool) -> io::Result<()>;
+    /// `flock(fd, LOCK_SH)`, blocking.
+    fn lock_shared(&self, fd: BorrowedFd<'_>) -> io::Result<()>;
     /// `fchmod(fd, perm)`.
     fn fchmod(&self, fd: BorrowedFd<'_>, perm: u32) -> io::Result<()>;
     /// `copy_file_range` of up to `len` bytes; returns the bytes copied.
@@ -175,6 +177,11 @@ impl Fs for RealFs {
             FlockOperation::LockExclusive
         };
         Ok(rustix::fs::flock(fd, operation)?)
+    }
+
+    fn lock_shared(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        global_gate(Op::Lock)?;
+        Ok(rustix::fs::flock(fd, FlockOperation::LockShared)?)
     }
 
     fn fchmod(&self, fd: BorrowedFd<'_>, perm: u32) -> io::Result<()> {

@@ -17,10 +17,10 @@ pub mod npy;
 pub mod reserve;
 pub mod sweep;
 
-pub use atomic::{CommitGroup, PendingFile, StreamWriter};
-pub use commit::{ArraySpec, NpyWriter, StagedKey, commit_staged};
+pub use atomic::{ClosedTemp, CommitGroup, PendingFile, StreamWriter};
+pub use commit::{ArraySpec, CommitBatch, NpyWriter, StagedKey};
 pub use copy::ChunkBudget;
-pub use dir::{CacheDir, validate_name};
+pub use dir::{CacheDir, WriterLock, validate_name};
 pub use error::{Error, Op, Result};
 pub use mapping::{Mapping, MappingMode};
 pub use npy::{NPY_DATA_ALIGN, NpyHeader};

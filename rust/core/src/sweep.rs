@@ -3,8 +3,14 @@
 //!
 //! Only that grammar is touched (a non-empty stem without `/` or NUL; the caller applies its
 //! full key rule on top). The scan is not recursive. A symlink is unlinked, never followed.
-//! A regular temp is first locked with `LOCK_EX|LOCK_NB`: a live writer holds that lock, and
-//! its temp is skipped. Directories and other file types are left alone.
+//! Directories and other file types are left alone.
+//!
+//! Live writers are protected twice. A group commit closes each temp once it is fsynced, so
+//! it holds the directory's shared [`crate::dir::WriterLock`] instead; the sweep first takes
+//! the exclusive lock on a fresh descriptor of the directory without waiting and, if any writer
+//! holds it, sweeps nothing at all. A temp that is still open keeps its own `flock(LOCK_EX)`;
+//! each regular temp is locked with `LOCK_EX|LOCK_NB` before it is unlinked, and skipped if
+//! that fails.
 
 use std::os::fd::AsFd;
 
@@ -42,12 +48,18 @@ enum Outcome {
 }
 
 impl CacheDir {
-    /// Removes stale temps of ours from this directory (non-recursive).
+    /// Removes stale temps of ours from this directory (non-recursive). While a writer holds
+    /// the directory's [`crate::dir::WriterLock`], nothing is removed and the report is empty.
     ///
     /// # Errors
-    /// [`Error::Io`] with [`Op::List`] when the directory cannot be listed; failures on single
-    /// names are reported in [`SweepReport::failed`] instead.
+    /// [`Error::Io`] with [`Op::Open`] or [`Op::Lock`] when the directory lock cannot be tried
+    /// (nothing is removed then), or [`Op::List`] when the directory cannot be listed; failures
+    /// on single names are reported in [`SweepReport::failed`] instead.
     pub fn sweep_temps(&self) -> Result<SweepReport> {
+        // Held until every name is handled, so no group commit starts closing temps meanwhile.
+        let Some(_exclusive) = self.try_sweep_lock()? else {
+            return Ok(SweepReport::default());
+        };
         let names = self
             .fs()
             .list(self.fd())

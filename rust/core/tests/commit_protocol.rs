@@ -1,10 +1,17 @@
-//! The exact order of system calls of an atomic write and of a group commit.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The exact order of system calls of an atomic write and of a group commit, and what a group
+//! commit keeps open and locked while its keys are staged.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::case_sensitive_file_extension_comparisons
+)]
 
+use std::path::Path;
 use std::sync::Arc;
 
 use lazy_disk_cache_core::fs::{Fs, RecordingFs};
-use lazy_disk_cache_core::{ArraySpec, CacheDir, ChunkBudget, NpyWriter, Op, commit_staged};
+use lazy_disk_cache_core::{ArraySpec, CacheDir, ChunkBudget, CommitBatch, Op};
 
 fn recorded_dir(root: &std::path::Path) -> (CacheDir, Arc<RecordingFs>) {
     let recording = Arc::new(RecordingFs::new());
@@ -84,30 +91,35 @@ fn stale_temp_is_unlinked_before_the_exclusive_create() {
     assert!(unlink < create);
 }
 
-fn stage_keys(dir: &CacheDir, count: usize) -> Vec<lazy_disk_cache_core::StagedKey> {
-    let shape = [4u64];
-    let spec = ArraySpec {
-        descr: "'<i1'",
-        fortran_order: false,
-        shape: &shape,
-    };
-    (0..count)
-        .map(|index| {
-            let mut writer = NpyWriter::create(dir, &format!("k{index}"), spec, 4, ChunkBudget::new(1 << 20)).unwrap();
-            writer.write_block(&[1, 2, 3, 4], &mut || Ok(())).unwrap();
-            writer.finish(b"{}").unwrap()
-        })
-        .collect()
+const SHAPE: [u64; 1] = [4];
+const SPEC: ArraySpec<'static> = ArraySpec {
+    descr: "'<i1'",
+    fortran_order: false,
+    shape: &SHAPE,
+};
+
+fn stage_one(batch: &CommitBatch, key: &str) {
+    let mut writer = batch.begin_key(key, SPEC, 4).unwrap();
+    writer.write_block(&[1, 2, 3, 4], &mut || Ok(())).unwrap();
+    batch.stage(writer, b"{}").unwrap();
+}
+
+fn stage_keys(dir: &CacheDir, count: usize) -> CommitBatch {
+    let batch = CommitBatch::new(dir, ChunkBudget::new(1 << 20));
+    for index in 0..count {
+        stage_one(&batch, &format!("k{index}"));
+    }
+    batch
 }
 
 #[test]
 fn group_commit_renames_npy_then_sidecar_per_key_then_fsyncs_the_directory_once() {
     let tmp = tempfile::tempdir().unwrap();
     let (dir, recording) = recorded_dir(tmp.path());
-    let staged = stage_keys(&dir, 2);
+    let batch = stage_keys(&dir, 2);
     recording.clear();
 
-    commit_staged(&dir, staged).unwrap();
+    batch.commit().unwrap();
 
     let calls: Vec<(Op, String)> = recording.calls().into_iter().map(|call| (call.op, call.name)).collect();
     assert_eq!(
@@ -127,7 +139,7 @@ fn staging_a_key_fsyncs_both_temps_before_any_rename() {
     let tmp = tempfile::tempdir().unwrap();
     let (dir, recording) = recorded_dir(tmp.path());
 
-    let staged = stage_keys(&dir, 1);
+    let batch = stage_keys(&dir, 1);
 
     let calls = recording.calls();
     assert_eq!(
@@ -145,16 +157,16 @@ fn staging_a_key_fsyncs_both_temps_before_any_rename() {
         1
     );
     assert!(!calls.iter().any(|call| call.op == Op::Rename));
-    drop(staged);
+    drop(batch);
 }
 
 #[test]
 fn thousand_key_group_commit_does_exactly_one_directory_fsync() {
     let tmp = tempfile::tempdir().unwrap();
     let (dir, recording) = recorded_dir(tmp.path());
-    let staged = stage_keys(&dir, 1000);
+    let batch = stage_keys(&dir, 1000);
 
-    commit_staged(&dir, staged).unwrap();
+    batch.commit().unwrap();
 
     let calls = recording.calls();
     assert_eq!(calls.iter().filter(|call| call.op == Op::DirFsync).count(), 1);
@@ -170,4 +182,145 @@ fn dropped_staged_keys_leave_no_temp() {
     drop(stage_keys(&dir, 3));
 
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn batch_takes_the_directory_writer_lock_before_creating_its_first_temp() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, recording) = recorded_dir(tmp.path());
+
+    let batch = stage_keys(&dir, 2);
+
+    let calls: Vec<(Op, String)> = recording
+        .calls()
+        .into_iter()
+        .filter(|call| matches!(call.op, Op::Open | Op::Lock | Op::Create))
+        .map(|call| (call.op, call.name))
+        .collect();
+    assert_eq!(
+        calls[..3],
+        [
+            (Op::Open, ".".to_owned()),
+            (Op::Lock, ".".to_owned()),
+            (Op::Create, "k0.npy.tmp".to_owned()),
+        ]
+    );
+    let directory_locks = calls.iter().filter(|(op, name)| *op == Op::Lock && name == ".").count();
+    assert_eq!(directory_locks, 1, "one writer lock serves every key of the batch");
+    drop(batch);
+}
+
+/// How many of this process's descriptors point into `root` (other tests' files live elsewhere).
+fn open_fds_under(root: &Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.unwrap().path()).ok())
+        .filter(|target| target.starts_with(root))
+        .count()
+}
+
+#[test]
+fn two_thousand_key_batch_keeps_a_bounded_number_of_descriptors_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().canonicalize().unwrap();
+    let dir = CacheDir::open(&root, false).unwrap();
+    let batch = CommitBatch::new(&dir, ChunkBudget::new(1 << 20));
+    let keys = 2000;
+    let mut peak = 0;
+
+    for index in 0..keys {
+        let mut writer = batch.begin_key(&format!("k{index}"), SPEC, 4).unwrap();
+        peak = peak.max(open_fds_under(&root));
+        writer.write_block(&[1, 2, 3, 4], &mut || Ok(())).unwrap();
+        batch.stage(writer, b"{}").unwrap();
+        peak = peak.max(open_fds_under(&root));
+    }
+    batch.commit().unwrap();
+
+    // The directory itself, the batch's writer lock and the temp being written.
+    assert!(
+        peak <= 3,
+        "{peak} descriptors open into the cache directory during the batch"
+    );
+    assert_eq!(
+        open_fds_under(&root),
+        1,
+        "only the directory stays open after the commit"
+    );
+    let names: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2 * keys);
+    assert!(names.iter().all(|name| !name.ends_with(".tmp")));
+}
+
+#[test]
+fn sweep_from_another_handle_skips_while_a_batch_is_alive_and_sweeps_after_it_is_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("crashed.npy.tmp"), b"left by a crash").unwrap();
+    let dir = CacheDir::open(tmp.path(), false).unwrap();
+    let other = CacheDir::open(tmp.path(), false).unwrap();
+    let batch = stage_keys(&dir, 3);
+
+    let during = other.sweep_temps().unwrap();
+    let staged_temps_kept = tmp.path().join("k2.meta.json.tmp").exists() && tmp.path().join("k0.npy.tmp").exists();
+    drop(batch);
+    let after = other.sweep_temps().unwrap();
+
+    assert_eq!((during.removed.len(), during.failed.len()), (0, 0));
+    assert!(staged_temps_kept, "the sweep removed a live batch's closed temp");
+    assert_eq!(after.removed, vec!["crashed.npy.tmp".to_owned()]);
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn skipped_sweep_leaves_the_batch_able_to_commit_and_the_next_sweep_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("crashed.dat.tmp"), b"left by a crash").unwrap();
+    let dir = CacheDir::open(tmp.path(), false).unwrap();
+    let batch = stage_keys(&dir, 2);
+
+    let during = dir.sweep_temps().unwrap();
+    batch.commit().unwrap();
+    let after = dir.sweep_temps().unwrap();
+
+    assert!(during.removed.is_empty());
+    assert_eq!(after.removed, vec!["crashed.dat.tmp".to_owned()]);
+    for key in ["k0", "k1"] {
+        let npy = std::fs::read(tmp.path().join(format!("{key}.npy"))).unwrap();
+        assert_eq!(&npy[npy.len() - 4..], &[1, 2, 3, 4]);
+    }
+}
+
+#[test]
+fn abort_after_the_temps_are_closed_removes_every_temp_and_keeps_old_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("k0.npy"), b"old").unwrap();
+    let (dir, _recording) = recorded_dir(tmp.path());
+    let batch = stage_keys(&dir, 3);
+
+    batch.abort();
+
+    assert!(batch.keys().is_empty());
+    let names: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, vec!["k0.npy".to_owned()]);
+    assert_eq!(std::fs::read(tmp.path().join("k0.npy")).unwrap(), b"old");
+}
+
+#[test]
+fn staging_a_key_twice_in_one_batch_is_refused_before_any_io() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, recording) = recorded_dir(tmp.path());
+    let batch = stage_keys(&dir, 1);
+    recording.clear();
+
+    let err = batch.begin_key("k0", SPEC, 4).unwrap_err();
+
+    assert!(err.to_string().contains("already staged"), "{err}");
+    assert_eq!(recording.calls(), Vec::new());
+    assert_eq!(batch.keys(), vec!["k0".to_owned()]);
 }

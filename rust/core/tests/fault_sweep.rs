@@ -1,6 +1,6 @@
 //! Every step of a `.dat` write and of a group commit fails once, for every N: the injected
-//! errno surfaces, each destination holds its old or its new content, no temp remains, and a
-//! failed fsync is never followed by a rename or a second fsync of that file.
+//! errno surfaces with a path, each destination holds its old or its new content, no temp
+//! remains, and a failed fsync is never followed by a rename or a second fsync of that file.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -9,14 +9,45 @@
 )]
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lazy_disk_cache_core::fs::{Call, FaultyFs, Fs, RecordingFs};
-use lazy_disk_cache_core::{ArraySpec, CacheDir, ChunkBudget, Error, NpyWriter, Op, commit_staged};
+use lazy_disk_cache_core::{ArraySpec, CacheDir, ChunkBudget, CommitBatch, Error, NPY_DATA_ALIGN, Op};
 
 const EIO: i32 = 5;
-const OPS: [Op; 6] = [Op::Create, Op::Reserve, Op::Write, Op::Fsync, Op::Rename, Op::DirFsync];
+
+/// The steps of a `.dat` write. Unlink is left out everywhere: removing a temp after a
+/// failure is best effort, and a temp it cannot remove is the sweep's business.
+const DAT_OPS: &[Op] = &[
+    Op::Create,
+    Op::Stat,
+    Op::Lock,
+    Op::Chmod,
+    Op::Reserve,
+    Op::Write,
+    Op::Fsync,
+    Op::Rename,
+    Op::DirFsync,
+    Op::Map,
+];
+
+/// The steps of a group commit from live buffers (`Open` is the directory's writer lock).
+const BATCH_OPS: &[Op] = &[
+    Op::Open,
+    Op::Create,
+    Op::Stat,
+    Op::Lock,
+    Op::Chmod,
+    Op::Reserve,
+    Op::Write,
+    Op::Fsync,
+    Op::Rename,
+    Op::DirFsync,
+];
+
+/// A budget far below the payload, so copies take many pieces (many N to fail at).
+const SMALL_BUDGET: u64 = 1000;
 
 fn leftover_temps(dir: &Path) -> Vec<String> {
     fs::read_dir(dir)
@@ -48,23 +79,75 @@ fn assert_fsync_is_final(calls: &[Call]) {
     }
 }
 
-fn errno_of(err: &Error) -> Option<i32> {
-    err.raw_os_error()
+/// A fresh directory, its resolved path (the one errors name) and the root to delete it.
+fn fresh_dir() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().canonicalize().unwrap();
+    (tmp, root)
 }
 
-/// Runs `scenario` with the `nth` call of `op` failing; returns (fired, result, calls).
-fn run_faulty<T>(
-    root: &Path,
-    op: Op,
-    nth: u64,
-    scenario: impl FnOnce(&CacheDir) -> Result<T, Error>,
-) -> (bool, Result<T, Error>, Vec<Call>) {
+struct Outcome<T> {
+    fired: bool,
+    result: Result<T, Error>,
+    calls: Vec<Call>,
+}
+
+/// Runs `scenario` with the `nth` call of `op` failing (counted from after the directory is
+/// open).
+fn run_faulty<T>(root: &Path, op: Op, nth: u64, scenario: impl FnOnce(&CacheDir) -> Result<T, Error>) -> Outcome<T> {
     let faulty = Arc::new(FaultyFs::new(op, nth, EIO));
     let recording = Arc::new(RecordingFs::wrapping(faulty.clone()));
+    faulty.set_armed(false);
     let dir = CacheDir::open_with(root, false, recording.clone() as Arc<dyn Fs>).unwrap();
+    faulty.set_armed(true);
     let result = scenario(&dir);
     drop(dir);
-    (faulty.fired(), result, recording.calls())
+    Outcome {
+        fired: faulty.fired(),
+        result,
+        calls: recording.calls(),
+    }
+}
+
+/// Runs `scenario` once per N for each of `ops`, until the N-th call no longer happens.
+/// `check` sees every run; a run without a fault must succeed and the first N must fire.
+fn sweep<T>(
+    label: &str,
+    ops: &[Op],
+    arrange: impl Fn(&Path),
+    scenario: impl Fn(&CacheDir) -> Result<T, Error>,
+    check: impl Fn(&Path, Op, u64, bool),
+) {
+    for &op in ops {
+        for nth in 1.. {
+            let (_tmp, root) = fresh_dir();
+            arrange(&root);
+
+            let outcome = run_faulty(&root, op, nth, &scenario);
+
+            let at = format!("{label}: {op:?} #{nth}");
+            if outcome.fired {
+                let err = outcome
+                    .result
+                    .err()
+                    .unwrap_or_else(|| panic!("{at}: the fault did not surface"));
+                assert_eq!(err.raw_os_error(), Some(EIO), "{at}: {err}");
+                let message = err.to_string();
+                assert!(message.contains(root.to_str().unwrap()), "{at}: no path in {message}");
+            } else {
+                if let Err(err) = outcome.result {
+                    panic!("{at}: failed without a fault: {err}");
+                }
+                assert!(nth > 1, "{at}: the step never ran");
+            }
+            check(&root, op, nth, outcome.fired);
+            assert_eq!(leftover_temps(&root), Vec::<String>::new(), "{at}: temps left");
+            assert_fsync_is_final(&outcome.calls);
+            if !outcome.fired {
+                break;
+            }
+        }
+    }
 }
 
 fn write_dat(dir: &CacheDir, data: &[u8]) -> Result<(), Error> {
@@ -79,100 +162,145 @@ fn write_dat(dir: &CacheDir, data: &[u8]) -> Result<(), Error> {
 fn dat_write_survives_a_failure_at_every_step() {
     let old = vec![1u8; 3000];
     let new = vec![2u8; 7000];
-    for op in OPS {
-        for nth in 1.. {
-            let tmp = tempfile::tempdir().unwrap();
-            fs::write(tmp.path().join("x.dat"), &old).unwrap();
 
-            let (fired, result, calls) = run_faulty(tmp.path(), op, nth, |dir| write_dat(dir, &new));
-
-            if !fired {
-                result.unwrap();
-                assert!(nth > 1, "{op:?} never ran in a .dat write");
-                break;
-            }
-            let err = result.expect_err("an injected fault must surface");
-            assert_eq!(errno_of(&err), Some(EIO), "{op:?} #{nth}: {err}");
-            let named = if op == Op::DirFsync {
-                tmp.path().to_str().unwrap()
-            } else {
-                "x.dat"
-            };
-            assert!(err.to_string().contains(named), "{op:?} #{nth}: no path in {err}");
-            let content = fs::read(tmp.path().join("x.dat")).unwrap();
+    sweep(
+        ".dat write",
+        DAT_OPS,
+        |root| fs::write(root.join("x.dat"), &old).unwrap(),
+        |dir| write_dat(dir, &new),
+        |root, op, nth, fired| {
+            let content = fs::read(root.join("x.dat")).unwrap();
             assert!(content == old || content == new, "{op:?} #{nth}: torn destination");
-            if op == Op::DirFsync {
-                assert_eq!(content, new, "the rename precedes the directory fsync");
+            if !fired || matches!(op, Op::DirFsync | Op::Map) {
+                assert_eq!(content, new, "{op:?} #{nth}: the rename precedes this step");
             }
-            assert_eq!(leftover_temps(tmp.path()), Vec::<String>::new(), "{op:?} #{nth}");
-            assert_fsync_is_final(&calls);
-        }
-    }
+        },
+    );
 }
 
 const KEYS: [&str; 3] = ["a", "b", "c"];
+const OLD_NPY: &[u8] = b"old npy";
+const OLD_META: &[u8] = b"{\"old\": true}";
+const NEW_META: &[u8] = b"{\"new\": true}";
 
-fn group_commit(dir: &CacheDir, payload: &[u8]) -> Result<(), Error> {
-    let shape = [payload.len() as u64];
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Finish {
+    /// As the store does: keys staged before a failure are still committed.
+    Commit,
+    /// The batch is abandoned: every staged temp must go.
+    Abort,
+}
+
+impl Finish {
+    /// `ops` without the steps an aborted batch never reaches.
+    fn reached(self, ops: &[Op]) -> Vec<Op> {
+        ops.iter()
+            .copied()
+            .filter(|op| self == Finish::Commit || !matches!(op, Op::Rename | Op::DirFsync))
+            .collect()
+    }
+}
+
+fn plant_old_pairs(root: &Path) {
+    for key in KEYS {
+        fs::write(root.join(format!("{key}.npy")), OLD_NPY).unwrap();
+        fs::write(root.join(format!("{key}.meta.json")), OLD_META).unwrap();
+    }
+}
+
+/// Stages every key with `fill`, stopping at the first failure, then finishes the batch.
+fn group_commit(
+    dir: &CacheDir,
+    finish: Finish,
+    nbytes: usize,
+    fill: impl Fn(&str, &mut lazy_disk_cache_core::NpyWriter) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let shape = [nbytes as u64];
     let spec = ArraySpec {
         descr: "'|u1'",
         fortran_order: false,
         shape: &shape,
     };
-    let mut staged = Vec::new();
+    let batch = CommitBatch::new(dir, ChunkBudget::new(SMALL_BUDGET));
     let mut first_error = None;
     for key in KEYS {
-        let added = NpyWriter::create(dir, key, spec, payload.len() as u64, ChunkBudget::new(1 << 20))
-            .and_then(|mut writer| writer.write_block(payload, &mut || Ok(())).map(|()| writer))
-            .and_then(|writer| writer.finish(b"{\"new\": true}"));
-        match added {
-            Ok(key) => staged.push(key),
-            Err(err) => {
-                first_error = Some(err);
-                break;
-            }
+        let added = batch
+            .begin_key(key, spec, nbytes as u64)
+            .and_then(|mut writer| fill(key, &mut writer).map(|()| writer))
+            .and_then(|writer| batch.stage(writer, NEW_META));
+        if let Err(err) = added {
+            first_error = Some(err);
+            break;
         }
     }
-    // As the store does: keys added before a failure are still committed.
-    let committed = commit_staged(dir, staged);
+    let finished = match finish {
+        Finish::Commit => batch.commit(),
+        Finish::Abort => {
+            batch.abort();
+            Ok(())
+        }
+    };
     match first_error {
         Some(err) => Err(err),
-        None => committed,
+        None => finished,
     }
+}
+
+/// Checks each key: old pair or new `.npy` (payload `new_payload(key)` at 4096) and sidecar.
+fn assert_pairs_old_or_new(root: &Path, finish: Finish, new_payload: impl Fn(&str) -> Vec<u8>, at: &str) {
+    for key in KEYS {
+        let npy = fs::read(root.join(format!("{key}.npy"))).unwrap();
+        let payload = new_payload(key);
+        let start = NPY_DATA_ALIGN as usize;
+        let is_new = npy.len() == start + payload.len() && npy[start..] == payload[..];
+        assert!(npy == OLD_NPY || is_new, "{at}: torn {key}.npy");
+        if finish == Finish::Abort {
+            assert_eq!(npy, OLD_NPY, "{at}: an aborted batch renamed {key}.npy");
+        }
+        let meta = fs::read(root.join(format!("{key}.meta.json"))).unwrap();
+        assert!(meta == OLD_META || meta == NEW_META, "{at}: torn {key}.meta.json");
+    }
+}
+
+fn assert_all_new(root: &Path, new_payload: impl Fn(&str) -> Vec<u8>, at: &str) {
+    for key in KEYS {
+        let npy = fs::read(root.join(format!("{key}.npy"))).unwrap();
+        assert_eq!(
+            &npy[NPY_DATA_ALIGN as usize..],
+            &new_payload(key)[..],
+            "{at}: {key}.npy"
+        );
+        assert_eq!(
+            fs::read(root.join(format!("{key}.meta.json"))).unwrap(),
+            NEW_META,
+            "{at}"
+        );
+    }
+}
+
+fn live_payload(_key: &str) -> Vec<u8> {
+    vec![9u8; 5000]
 }
 
 #[test]
 fn group_commit_survives_a_failure_at_every_step() {
-    let new_payload = vec![9u8; 5000];
-    for op in OPS {
-        for nth in 1.. {
-            let tmp = tempfile::tempdir().unwrap();
-            for key in KEYS {
-                fs::write(tmp.path().join(format!("{key}.npy")), b"old npy").unwrap();
-                fs::write(tmp.path().join(format!("{key}.meta.json")), b"{\"old\": true}").unwrap();
-            }
-
-            let (fired, result, calls) = run_faulty(tmp.path(), op, nth, |dir| group_commit(dir, &new_payload));
-
-            if !fired {
-                result.unwrap();
-                assert!(nth > 1, "{op:?} never ran in a group commit");
-                break;
-            }
-            let err = result.expect_err("an injected fault must surface");
-            assert_eq!(errno_of(&err), Some(EIO), "{op:?} #{nth}: {err}");
-            for key in KEYS {
-                let npy = fs::read(tmp.path().join(format!("{key}.npy"))).unwrap();
-                let is_new = npy.len() == 4096 + new_payload.len() && npy[4096..] == new_payload[..];
-                assert!(npy == b"old npy" || is_new, "{op:?} #{nth}: torn {key}.npy");
-                let meta = fs::read(tmp.path().join(format!("{key}.meta.json"))).unwrap();
-                assert!(
-                    meta == b"{\"old\": true}" || meta == b"{\"new\": true}",
-                    "{op:?} #{nth}: torn sidecar"
-                );
-            }
-            assert_eq!(leftover_temps(tmp.path()), Vec::<String>::new(), "{op:?} #{nth}");
-            assert_fsync_is_final(&calls);
-        }
+    for finish in [Finish::Commit, Finish::Abort] {
+        sweep(
+            &format!("group commit then {finish:?}"),
+            &finish.reached(BATCH_OPS),
+            plant_old_pairs,
+            |dir| {
+                group_commit(dir, finish, 5000, |key, writer| {
+                    writer.write_block(&live_payload(key), &mut || Ok(()))
+                })
+            },
+            |root, op, nth, fired| {
+                let at = format!("{finish:?} {op:?} #{nth}");
+                assert_pairs_old_or_new(root, finish, live_payload, &at);
+                if !fired && finish == Finish::Commit {
+                    assert_all_new(root, live_payload, &at);
+                }
+            },
+        );
     }
 }

@@ -5,11 +5,10 @@
 //! raises.
 
 use std::path::PathBuf;
-use std::sync::{Mutex, PoisonError};
 
 use lazy_disk_cache_core as ldc_core;
 use ldc_core::copy::Between;
-use ldc_core::{ArraySpec, CacheDir, ChunkBudget, NpyHeader, NpyWriter, StagedKey, StreamWriter};
+use ldc_core::{ArraySpec, CacheDir, ChunkBudget, CommitBatch, NpyHeader, NpyWriter, StreamWriter};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyIterator, PyTuple};
@@ -37,9 +36,7 @@ pub struct PyNpyHeader {
 /// A group commit of `.npy` + `.meta.json` pairs (see `_rust.pyi`).
 #[pyclass(name = "CommitBatch", module = "lazy_disk_cache._rust", frozen)]
 pub struct PyCommitBatch {
-    dir: CacheDir,
-    budget: ChunkBudget,
-    staged: Mutex<Vec<StagedKey>>,
+    inner: CommitBatch,
 }
 
 fn budget(chunk_bytes: u64) -> PyResult<ChunkBudget> {
@@ -194,9 +191,7 @@ impl PyCacheDir {
     #[pyo3(signature = (*, chunk_bytes))]
     fn begin_commit(&self, chunk_bytes: u64) -> PyResult<PyCommitBatch> {
         Ok(PyCommitBatch {
-            dir: self.inner.clone(),
-            budget: budget(chunk_bytes)?,
-            staged: Mutex::new(Vec::new()),
+            inner: CommitBatch::new(&self.inner, budget(chunk_bytes)?),
         })
     }
 
@@ -284,20 +279,6 @@ impl PyNpyHeader {
     }
 }
 
-impl PyCommitBatch {
-    fn take_staged(&self) -> Vec<StagedKey> {
-        std::mem::take(&mut *self.staged.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    fn is_staged(&self, key: &str) -> bool {
-        self.staged
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .any(|staged| staged.key() == key)
-    }
-}
-
 #[pymethods]
 impl PyCommitBatch {
     #[pyo3(signature = (
@@ -317,7 +298,7 @@ impl PyCommitBatch {
         source_file: Option<&str>,
         source_offset: u64,
     ) -> PyResult<()> {
-        if self.is_staged(key) {
+        if self.inner.contains(key) {
             return Err(PyValueError::new_err(format!("key {key:?} is already in this batch")));
         }
         let source = match (source, source_file) {
@@ -330,9 +311,7 @@ impl PyCommitBatch {
             fortran_order,
             shape: &shape,
         };
-        let mut writer = to_py(run_detached(py, || {
-            NpyWriter::create(&self.dir, key, spec, nbytes, self.budget)
-        }))?;
+        let mut writer = to_py(run_detached(py, || self.inner.begin_key(key, spec, nbytes)))?;
         let pending = PendingPyErr::default();
         match (source, source_file) {
             (Some(source), _) => feed(py, &mut writer, source, &pending)?,
@@ -341,29 +320,20 @@ impl PyCommitBatch {
             }))?,
             (None, None) => {}
         }
-        let staged = to_py(run_detached(py, || writer.finish(meta)))?;
-        self.staged.lock().unwrap_or_else(PoisonError::into_inner).push(staged);
-        Ok(())
+        to_py(run_detached(py, || self.inner.stage(writer, meta)))
     }
 
     fn commit(&self, py: Python<'_>) -> PyResult<()> {
-        let staged = self.take_staged();
-        to_py(run_detached(py, || ldc_core::commit_staged(&self.dir, staged)))
+        to_py(run_detached(py, || self.inner.commit()))
     }
 
     fn abort(&self, py: Python<'_>) {
-        let staged = self.take_staged();
-        run_detached(py, move || drop(staged));
+        run_detached(py, || self.inner.abort());
     }
 
     #[getter]
     fn keys(&self) -> Vec<String> {
-        self.staged
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|s| s.key().to_owned())
-            .collect()
+        self.inner.keys()
     }
 
     fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {

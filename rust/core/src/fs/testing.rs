@@ -30,6 +30,7 @@ pub struct FaultyFs {
     errno: i32,
     seen: AtomicU64,
     fired: AtomicBool,
+    armed: AtomicBool,
 }
 
 impl FaultyFs {
@@ -47,7 +48,14 @@ impl FaultyFs {
             errno,
             seen: AtomicU64::new(0),
             fired: AtomicBool::new(false),
+            armed: AtomicBool::new(true),
         }
+    }
+
+    /// Pauses (`false`) or resumes (`true`) the fault; calls made while paused are not
+    /// counted. Armed from construction.
+    pub fn set_armed(&self, armed: bool) {
+        self.armed.store(armed, Ordering::SeqCst);
     }
 
     /// Whether the fault has been triggered.
@@ -61,6 +69,9 @@ impl FaultyFs {
     }
 
     fn check(&self, op: Op) -> io::Result<()> {
+        if !self.armed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         if op == self.op && self.seen.fetch_add(1, Ordering::SeqCst) + 1 == self.nth {
             self.fired.store(true, Ordering::SeqCst);
             return Err(io::Error::from_raw_os_error(self.errno));
@@ -121,6 +132,10 @@ impl Fs for FaultyFs {
     fn lock_exclusive(&self, fd: BorrowedFd<'_>, nonblocking: bool) -> io::Result<()> {
         self.check(Op::Lock)?;
         self.inner.lock_exclusive(fd, nonblocking)
+    }
+    fn lock_shared(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.check(Op::Lock)?;
+        self.inner.lock_shared(fd)
     }
     fn fchmod(&self, fd: BorrowedFd<'_>, perm: u32) -> io::Result<()> {
         self.check(Op::Chmod)?;
@@ -282,6 +297,10 @@ impl Fs for RecordingFs {
     }
     fn lock_exclusive(&self, fd: BorrowedFd<'_>, nonblocking: bool) -> io::Result<()> {
         let result = self.inner.lock_exclusive(fd, nonblocking);
+        self.record(Op::Lock, self.fd_name(fd), None, result)
+    }
+    fn lock_shared(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        let result = self.inner.lock_shared(fd);
         self.record(Op::Lock, self.fd_name(fd), None, result)
     }
     fn fchmod(&self, fd: BorrowedFd<'_>, perm: u32) -> io::Result<()> {
