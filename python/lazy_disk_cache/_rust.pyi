@@ -217,8 +217,9 @@ class CommitBatch:
 def _inject_fault(op: str, nth: int, errno: int) -> None:
     """Testing seam: make the ``nth`` (1-based) future call of ``op`` fail with ``errno``.
 
-    ``op`` is one of ``create``, ``reserve``, ``write``, ``fsync``, ``dir_fsync``, ``rename``,
-    ``unlink``, ``map``. Process-global; inert until called.
+    ``op`` is one of ``create``, ``reserve``, ``write``, ``read``, ``copy`` (a reflink or
+    ``copy_file_range`` call), ``fsync``, ``dir_fsync``, ``rename``, ``unlink``, ``map``.
+    Process-global; inert until called.
     """
 
 def _clear_faults() -> None:

@@ -4,8 +4,8 @@
 //! [`RealFs`] is the production implementation (rustix, fd-relative calls only). It consults
 //! the process-global fault table ([`inject_fault`], [`clear_faults`], [`op_counts`]) that the
 //! Python testing seam drives; while nothing is injected that costs one relaxed atomic load
-//! (plus one relaxed counter increment) per call. Behind the `testing` feature, [`FaultyFs`]
-//! and [`RecordingFs`] wrap another `Fs` for the core's own tests.
+//! (plus one relaxed counter increment) per call. Behind the `testing` feature, [`FaultyFs`],
+//! [`RecordingFs`] and [`CopyPathFs`] wrap another `Fs` for the core's own tests.
 
 use std::fmt;
 use std::io;
@@ -316,4 +316,4 @@ pub fn op_counts() -> Vec<(Op, u64)> {
 #[cfg(feature = "testing")]
 mod testing;
 #[cfg(feature = "testing")]
-pub use testing::{Call, FaultyFs, RecordingFs};
+pub use testing::{Call, CopyPath, CopyPathFs, FaultyFs, RecordingFs};

@@ -1,6 +1,8 @@
-//! Every step of a `.dat` write and of a group commit fails once, for every N: the injected
-//! errno surfaces with a path, each destination holds its old or its new content, no temp
-//! remains, and a failed fsync is never followed by a rename or a second fsync of that file.
+//! Every step of a `.dat` write, a group commit and the two range copies (`copy_range` and a
+//! staged key filled from a file) fails once, for every N: the injected errno surfaces with a
+//! path, each destination holds its old or its new content, no temp remains, and a failed
+//! fsync is never followed by a rename or a second fsync of that file. The range copies run
+//! once per mechanism (reflink, `copy_file_range`, bounce buffer), pinned by [`CopyPathFs`].
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -12,7 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use lazy_disk_cache_core::fs::{Call, FaultyFs, Fs, RecordingFs};
+use lazy_disk_cache_core::fs::{Call, CopyPath, CopyPathFs, FaultyFs, Fs, RecordingFs};
 use lazy_disk_cache_core::{ArraySpec, CacheDir, ChunkBudget, CommitBatch, Error, NPY_DATA_ALIGN, Op};
 
 const EIO: i32 = 5;
@@ -45,6 +47,12 @@ const BATCH_OPS: &[Op] = &[
     Op::Rename,
     Op::DirFsync,
 ];
+
+const PATHS: [CopyPath; 3] = [CopyPath::Reflink, CopyPath::KernelCopy, CopyPath::Bounce];
+
+/// Three blocks plus a tail: a reflink covers the blocks and leaves the tail to the next
+/// mechanism.
+const COPY_LEN: usize = 3 * 4096 + 123;
 
 /// A budget far below the payload, so copies take many pieces (many N to fail at).
 const SMALL_BUDGET: u64 = 1000;
@@ -79,6 +87,12 @@ fn assert_fsync_is_final(calls: &[Call]) {
     }
 }
 
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|index| (index as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
 /// A fresh directory, its resolved path (the one errors name) and the root to delete it.
 fn fresh_dir() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
@@ -93,9 +107,16 @@ struct Outcome<T> {
 }
 
 /// Runs `scenario` with the `nth` call of `op` failing (counted from after the directory is
-/// open).
-fn run_faulty<T>(root: &Path, op: Op, nth: u64, scenario: impl FnOnce(&CacheDir) -> Result<T, Error>) -> Outcome<T> {
-    let faulty = Arc::new(FaultyFs::new(op, nth, EIO));
+/// open) on top of `copy_path`.
+fn run_faulty<T>(
+    root: &Path,
+    copy_path: CopyPath,
+    op: Op,
+    nth: u64,
+    scenario: impl FnOnce(&CacheDir) -> Result<T, Error>,
+) -> Outcome<T> {
+    let pinned = Arc::new(CopyPathFs::new(copy_path));
+    let faulty = Arc::new(FaultyFs::wrapping(pinned, op, nth, EIO));
     let recording = Arc::new(RecordingFs::wrapping(faulty.clone()));
     faulty.set_armed(false);
     let dir = CacheDir::open_with(root, false, recording.clone() as Arc<dyn Fs>).unwrap();
@@ -114,6 +135,7 @@ fn run_faulty<T>(root: &Path, op: Op, nth: u64, scenario: impl FnOnce(&CacheDir)
 fn sweep<T>(
     label: &str,
     ops: &[Op],
+    copy_path: CopyPath,
     arrange: impl Fn(&Path),
     scenario: impl Fn(&CacheDir) -> Result<T, Error>,
     check: impl Fn(&Path, Op, u64, bool),
@@ -123,9 +145,9 @@ fn sweep<T>(
             let (_tmp, root) = fresh_dir();
             arrange(&root);
 
-            let outcome = run_faulty(&root, op, nth, &scenario);
+            let outcome = run_faulty(&root, copy_path, op, nth, &scenario);
 
-            let at = format!("{label}: {op:?} #{nth}");
+            let at = format!("{label} {copy_path:?}: {op:?} #{nth}");
             if outcome.fired {
                 let err = outcome
                     .result
@@ -166,6 +188,7 @@ fn dat_write_survives_a_failure_at_every_step() {
     sweep(
         ".dat write",
         DAT_OPS,
+        CopyPath::KernelCopy,
         |root| fs::write(root.join("x.dat"), &old).unwrap(),
         |dir| write_dat(dir, &new),
         |root, op, nth, fired| {
@@ -288,6 +311,7 @@ fn group_commit_survives_a_failure_at_every_step() {
         sweep(
             &format!("group commit then {finish:?}"),
             &finish.reached(BATCH_OPS),
+            CopyPath::KernelCopy,
             plant_old_pairs,
             |dir| {
                 group_commit(dir, finish, 5000, |key, writer| {
@@ -303,4 +327,191 @@ fn group_commit_survives_a_failure_at_every_step() {
             },
         );
     }
+}
+
+/// The source of the range copies: one page of other bytes, then the payload.
+fn source_file() -> Vec<u8> {
+    let mut bytes = vec![0xAA; NPY_DATA_ALIGN as usize];
+    bytes.extend(pattern(COPY_LEN, 7));
+    bytes
+}
+
+fn copy_ops(copy_path: CopyPath, base: &[Op]) -> Vec<Op> {
+    let mut ops = base.to_vec();
+    ops.push(Op::Copy);
+    if copy_path == CopyPath::Bounce {
+        ops.push(Op::Read);
+        if !ops.contains(&Op::Write) {
+            ops.push(Op::Write);
+        }
+    }
+    ops
+}
+
+#[test]
+fn copy_range_survives_a_failure_at_every_step_on_every_copy_path() {
+    let old = vec![1u8; 3000];
+    let source = source_file();
+    let new = source[NPY_DATA_ALIGN as usize..].to_vec();
+    let base = [
+        Op::Open,
+        Op::Create,
+        Op::Stat,
+        Op::Lock,
+        Op::Chmod,
+        Op::Reserve,
+        Op::Fsync,
+        Op::Rename,
+        Op::DirFsync,
+        Op::Map,
+    ];
+    for copy_path in PATHS {
+        sweep(
+            "copy_range",
+            &copy_ops(copy_path, &base),
+            copy_path,
+            |root| {
+                fs::write(root.join("src.npy"), &source).unwrap();
+                fs::write(root.join("x.dat"), &old).unwrap();
+            },
+            |dir| {
+                dir.copy_range(
+                    "src.npy",
+                    NPY_DATA_ALIGN,
+                    "x.dat",
+                    COPY_LEN as u64,
+                    true,
+                    &mut || Ok(()),
+                )
+                .map(drop)
+            },
+            |root, op, nth, fired| {
+                let content = fs::read(root.join("x.dat")).unwrap();
+                assert!(
+                    content == old || content == new,
+                    "{copy_path:?} {op:?} #{nth}: torn x.dat"
+                );
+                if !fired || matches!(op, Op::DirFsync | Op::Map) {
+                    assert_eq!(content, new, "{copy_path:?} {op:?} #{nth}: not byte-exact");
+                }
+                assert_eq!(fs::read(root.join("src.npy")).unwrap(), source, "the source changed");
+            },
+        );
+    }
+}
+
+fn file_payload(key: &str) -> Vec<u8> {
+    pattern(COPY_LEN, key.as_bytes()[0])
+}
+
+#[test]
+fn staged_key_from_a_file_survives_a_failure_at_every_step_on_every_copy_path() {
+    for copy_path in PATHS {
+        for finish in [Finish::Commit, Finish::Abort] {
+            sweep(
+                &format!("add_npy(source_file) then {finish:?}"),
+                &finish.reached(&copy_ops(copy_path, BATCH_OPS)),
+                copy_path,
+                |root| {
+                    plant_old_pairs(root);
+                    for key in KEYS {
+                        fs::write(root.join(format!("{key}.dat")), file_payload(key)).unwrap();
+                    }
+                },
+                |dir| {
+                    group_commit(dir, finish, COPY_LEN, |key, writer| {
+                        writer.copy_from(&format!("{key}.dat"), 0, &mut || Ok(()))
+                    })
+                },
+                |root, op, nth, fired| {
+                    let at = format!("{copy_path:?} {finish:?} {op:?} #{nth}");
+                    assert_pairs_old_or_new(root, finish, file_payload, &at);
+                    if !fired && finish == Finish::Commit {
+                        assert_all_new(root, file_payload, &at);
+                    }
+                    for key in KEYS {
+                        let source = fs::read(root.join(format!("{key}.dat"))).unwrap();
+                        assert_eq!(source, file_payload(key), "{at}: {key}.dat changed");
+                    }
+                },
+            );
+        }
+    }
+}
+
+/// Runs `copy_range` with `copy_path` pinned; returns the destination and the pinned seam.
+fn copy_range_with(copy_path: CopyPath, src_offset: u64, len: usize) -> (Vec<u8>, Vec<u8>, Arc<CopyPathFs>) {
+    let (_tmp, root) = fresh_dir();
+    let source = pattern(src_offset as usize + len, 3);
+    fs::write(root.join("src.dat"), &source).unwrap();
+    let pinned = Arc::new(CopyPathFs::new(copy_path));
+    let dir = CacheDir::open_with(&root, false, pinned.clone() as Arc<dyn Fs>).unwrap();
+
+    dir.copy_range("src.dat", src_offset, "dst.dat", len as u64, false, &mut || Ok(()))
+        .unwrap();
+
+    let expected = source[src_offset as usize..].to_vec();
+    (fs::read(root.join("dst.dat")).unwrap(), expected, pinned)
+}
+
+#[test]
+fn reflink_path_clones_the_aligned_blocks_and_copies_the_tail_byte_exact() {
+    let (copied, expected, pinned) = copy_range_with(CopyPath::Reflink, NPY_DATA_ALIGN, COPY_LEN);
+
+    assert_eq!(copied, expected);
+    assert_eq!((pinned.clones(), pinned.kernel_copies()), (1, 1));
+}
+
+#[test]
+fn reflink_path_is_skipped_for_an_unaligned_source_offset() {
+    let (copied, expected, pinned) = copy_range_with(CopyPath::Reflink, 100, COPY_LEN);
+
+    assert_eq!(copied, expected);
+    assert_eq!(pinned.clones(), 0);
+    assert!(pinned.kernel_copies() >= 1);
+}
+
+#[test]
+fn kernel_copy_path_is_byte_exact_without_a_reflink() {
+    let (copied, expected, pinned) = copy_range_with(CopyPath::KernelCopy, NPY_DATA_ALIGN, COPY_LEN);
+
+    assert_eq!(copied, expected);
+    assert_eq!(pinned.clones(), 0);
+    assert!(pinned.kernel_copies() >= 1);
+}
+
+#[test]
+fn bounce_path_is_byte_exact_when_the_kernel_cannot_copy() {
+    let (copied, expected, pinned) = copy_range_with(CopyPath::Bounce, NPY_DATA_ALIGN, COPY_LEN);
+
+    assert_eq!(copied, expected);
+    assert_eq!((pinned.clones(), pinned.kernel_copies()), (0, 0));
+}
+
+#[test]
+fn bounce_path_moves_at_most_the_budget_per_piece() {
+    let (_tmp, root) = fresh_dir();
+    plant_old_pairs(&root);
+    for key in KEYS {
+        fs::write(root.join(format!("{key}.dat")), file_payload(key)).unwrap();
+    }
+    let recording = Arc::new(RecordingFs::wrapping(Arc::new(CopyPathFs::new(CopyPath::Bounce))));
+    let dir = CacheDir::open_with(&root, false, recording.clone() as Arc<dyn Fs>).unwrap();
+
+    group_commit(&dir, Finish::Commit, COPY_LEN, |key, writer| {
+        writer.copy_from(&format!("{key}.dat"), 0, &mut || Ok(()))
+    })
+    .unwrap();
+
+    assert_all_new(&root, file_payload, "bounce");
+    let reads = recording
+        .calls()
+        .iter()
+        .filter(|call| call.op == Op::Read && call.name == "a.dat")
+        .count();
+    assert_eq!(
+        reads,
+        COPY_LEN.div_ceil(SMALL_BUDGET as usize),
+        "one read per budget-sized piece"
+    );
 }

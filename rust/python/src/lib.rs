@@ -29,10 +29,12 @@ mod _rust {
     const __version__: &str = env!("CARGO_PKG_VERSION");
 
     /// The seam operations tests may fail.
-    const INJECTABLE: [&str; 8] = [
+    const INJECTABLE: [&str; 10] = [
         "create",
         "reserve",
         "write",
+        "read",
+        "copy",
         "fsync",
         "dir_fsync",
         "rename",

@@ -1,5 +1,7 @@
 //! Test doubles for the seam: [`FaultyFs`] fails the N-th call of one operation,
-//! [`RecordingFs`] records the ordered list of calls with the names they touched.
+//! [`RecordingFs`] records the ordered list of calls with the names they touched, and
+//! [`CopyPathFs`] pins which range-copy mechanism runs (reflink, `copy_file_range` or the
+//! bounce buffer) whatever the filesystem under the test supports.
 
 use std::collections::HashMap;
 use std::io;
@@ -9,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rustix::fs::OFlags;
+use rustix::io::Errno;
 
 use super::{FileStat, Fs, RealFs};
 use crate::error::Op;
@@ -169,6 +172,177 @@ impl Fs for FaultyFs {
     }
     fn map_gate(&self, path: &Path) -> io::Result<()> {
         self.check(Op::Map)?;
+        self.inner.map_gate(path)
+    }
+}
+
+/// The range-copy mechanism [`CopyPathFs`] lets through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyPath {
+    /// `clone_range` succeeds, emulated by copying the bytes through the wrapped seam (as on a
+    /// reflink-capable filesystem); `copy_file_range` passes through.
+    Reflink,
+    /// `clone_range` fails with EOPNOTSUPP (as on ext4); `copy_file_range` passes through.
+    KernelCopy,
+    /// `clone_range` fails with EOPNOTSUPP and `copy_file_range` with EXDEV (as across
+    /// filesystems on older kernels), so only the bounce buffer is left.
+    Bounce,
+}
+
+/// Size of the piece [`CopyPathFs`] moves per read when it emulates a reflink.
+const EMULATED_CLONE_PIECE: usize = 64 << 10;
+
+/// Wraps another [`Fs`] and pins the range-copy mechanism to one [`CopyPath`]; every other
+/// call passes through. Counts the clone and `copy_file_range` calls that succeeded.
+#[derive(Debug)]
+pub struct CopyPathFs {
+    inner: Arc<dyn Fs>,
+    path: CopyPath,
+    clones: AtomicU64,
+    kernel_copies: AtomicU64,
+}
+
+impl CopyPathFs {
+    /// Pins `path` on the real filesystem.
+    pub fn new(path: CopyPath) -> Self {
+        Self::wrapping(Arc::new(RealFs), path)
+    }
+
+    /// Pins `path` on `inner`.
+    pub fn wrapping(inner: Arc<dyn Fs>, path: CopyPath) -> Self {
+        Self {
+            inner,
+            path,
+            clones: AtomicU64::new(0),
+            kernel_copies: AtomicU64::new(0),
+        }
+    }
+
+    /// How many `clone_range` calls succeeded.
+    pub fn clones(&self) -> u64 {
+        self.clones.load(Ordering::SeqCst)
+    }
+
+    /// How many `copy_file_range` calls succeeded.
+    pub fn kernel_copies(&self) -> u64 {
+        self.kernel_copies.load(Ordering::SeqCst)
+    }
+
+    /// FICLONERANGE semantics by plain copying: all `len` bytes or an error (EINVAL when the
+    /// source ends first).
+    fn emulate_clone(
+        &self,
+        src: BorrowedFd<'_>,
+        src_offset: u64,
+        dst: BorrowedFd<'_>,
+        dst_offset: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        let mut buf = vec![0u8; EMULATED_CLONE_PIECE];
+        let mut done = 0u64;
+        while done < len {
+            let want = usize::try_from(len - done).map_or(buf.len(), |rest| rest.min(buf.len()));
+            let piece = &mut buf[..want];
+            let read = self.inner.pread(src, piece, src_offset + done)?;
+            if read == 0 {
+                return Err(io::Error::from(Errno::INVAL));
+            }
+            let mut written = 0;
+            while written < read {
+                let n = self
+                    .inner
+                    .pwrite(dst, &piece[written..read], dst_offset + done + written as u64)?;
+                if n == 0 {
+                    return Err(io::Error::from(Errno::NOSPC));
+                }
+                written += n;
+            }
+            done += read as u64;
+        }
+        Ok(())
+    }
+}
+
+impl Fs for CopyPathFs {
+    fn open(&self, dir: BorrowedFd<'_>, name: &str, flags: OFlags, mode: u32) -> io::Result<OwnedFd> {
+        self.inner.open(dir, name, flags, mode)
+    }
+    fn mkdir(&self, dir: BorrowedFd<'_>, name: &str, mode: u32) -> io::Result<()> {
+        self.inner.mkdir(dir, name, mode)
+    }
+    fn fallocate(&self, fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+        self.inner.fallocate(fd, len)
+    }
+    fn truncate(&self, fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+        self.inner.truncate(fd, len)
+    }
+    fn pwrite(&self, fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<usize> {
+        self.inner.pwrite(fd, buf, offset)
+    }
+    fn pread(&self, fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.inner.pread(fd, buf, offset)
+    }
+    fn fsync(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.inner.fsync(fd)
+    }
+    fn fsync_dir(&self, dir: BorrowedFd<'_>) -> io::Result<()> {
+        self.inner.fsync_dir(dir)
+    }
+    fn rename(&self, dir: BorrowedFd<'_>, from: &str, to: &str) -> io::Result<()> {
+        self.inner.rename(dir, from, to)
+    }
+    fn unlink(&self, dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+        self.inner.unlink(dir, name)
+    }
+    fn fstat(&self, fd: BorrowedFd<'_>) -> io::Result<FileStat> {
+        self.inner.fstat(fd)
+    }
+    fn stat_nofollow(&self, dir: BorrowedFd<'_>, name: &str) -> io::Result<FileStat> {
+        self.inner.stat_nofollow(dir, name)
+    }
+    fn lock_exclusive(&self, fd: BorrowedFd<'_>, nonblocking: bool) -> io::Result<()> {
+        self.inner.lock_exclusive(fd, nonblocking)
+    }
+    fn lock_shared(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.inner.lock_shared(fd)
+    }
+    fn fchmod(&self, fd: BorrowedFd<'_>, perm: u32) -> io::Result<()> {
+        self.inner.fchmod(fd, perm)
+    }
+    fn copy_file_range(
+        &self,
+        src: BorrowedFd<'_>,
+        src_offset: u64,
+        dst: BorrowedFd<'_>,
+        dst_offset: u64,
+        len: usize,
+    ) -> io::Result<usize> {
+        if self.path == CopyPath::Bounce {
+            return Err(io::Error::from(Errno::XDEV));
+        }
+        let copied = self.inner.copy_file_range(src, src_offset, dst, dst_offset, len)?;
+        self.kernel_copies.fetch_add(1, Ordering::SeqCst);
+        Ok(copied)
+    }
+    fn clone_range(
+        &self,
+        src: BorrowedFd<'_>,
+        src_offset: u64,
+        dst: BorrowedFd<'_>,
+        dst_offset: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        if self.path != CopyPath::Reflink {
+            return Err(io::Error::from(Errno::OPNOTSUPP));
+        }
+        self.emulate_clone(src, src_offset, dst, dst_offset, len)?;
+        self.clones.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn list(&self, dir: BorrowedFd<'_>) -> io::Result<Vec<String>> {
+        self.inner.list(dir)
+    }
+    fn map_gate(&self, path: &Path) -> io::Result<()> {
         self.inner.map_gate(path)
     }
 }
