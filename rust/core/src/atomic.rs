@@ -61,7 +61,7 @@ impl PendingFile {
     ///
     /// # Errors
     /// [`Error::InvalidName`]; [`Error::Io`] with [`Op::Stat`], [`Op::Unlink`], [`Op::Create`],
-    /// [`Op::Lock`] or [`Op::Chmod`]. Nothing is left behind on error.
+    /// [`Op::Lock`] (EINTR is retried) or [`Op::Chmod`]. Nothing is left behind on error.
     pub fn create(dir: &CacheDir, name: &str) -> Result<Self> {
         validate_name(name)?;
         let temp = temp_name(name);
@@ -93,8 +93,14 @@ impl PendingFile {
             fd,
             state: State::Open,
         };
-        fs.lock_exclusive(pending.fd(), false)
-            .map_err(|err| Error::io(Op::Lock, pending.temp_path(), err))?;
+        loop {
+            match fs.lock_exclusive(pending.fd(), false) {
+                Ok(()) => break,
+                // A signal while a sweep holds the lock for a moment: wait again, as PEP 475 does.
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(Error::io(Op::Lock, pending.temp_path(), err)),
+            }
+        }
         if let Some(perm) = existing_perm {
             fs.fchmod(pending.fd(), perm)
                 .map_err(|err| Error::io(Op::Chmod, pending.temp_path(), err))?;
@@ -386,6 +392,7 @@ impl StreamWriter {
     /// Fills the rest of the payload from `src_name` (in the same directory) at `src_offset`.
     ///
     /// # Errors
+    /// [`Error::InvalidName`]; [`Error::Io`] with [`Op::Open`] or [`Op::Stat`] for the source;
     /// [`Error::SizeMismatch`] if the source is too short; as [`copy::copy_range`] otherwise.
     pub fn copy_from(&mut self, src_name: &str, src_offset: u64, between: Between<'_>) -> Result<()> {
         let dir = self.file.dir().clone();
@@ -468,8 +475,9 @@ impl CacheDir {
     /// Atomically replaces `dst` with `length` bytes of `src` from `src_offset` and maps it `r+`.
     ///
     /// # Errors
-    /// [`Error::SizeMismatch`] for a short source; as [`copy::copy_range`] and
-    /// [`CacheDir::finish_write`].
+    /// As [`CacheDir::begin_write`], [`StreamWriter::copy_from`] and [`CacheDir::finish_write`].
+    /// On any error the temp is removed and `dst` is unchanged, unless the rename happened
+    /// (a failing directory fsync or mapping leaves the new content in place).
     pub fn copy_range(
         &self,
         src: &str,

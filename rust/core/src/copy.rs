@@ -179,8 +179,10 @@ fn is_unsupported(err: &io::Error) -> bool {
 /// Copies `len` bytes from `src` to `dst`: reflink, then `copy_file_range`, then bounce buffer.
 ///
 /// # Errors
-/// [`Error::Io`] with [`Op::Copy`] (or [`Op::Read`] / [`Op::Write`] on the bounce path),
-/// [`Error::SizeMismatch`] if the source ends early, or whatever `between` returns.
+/// [`Error::Io`] with [`Op::Stat`] (the source's block size), [`Op::Copy`] (or [`Op::Read`] /
+/// [`Op::Write`] on the bounce path), [`Error::SizeMismatch`] if the source ends early, or
+/// whatever `between` returns. EOPNOTSUPP, EXDEV, EINVAL, ENOTTY and ENOSYS from a reflink or
+/// `copy_file_range` are not errors: the next mechanism takes over.
 pub fn copy_range(
     fs: &dyn Fs,
     src: RangeEnd<'_>,

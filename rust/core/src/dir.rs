@@ -285,6 +285,8 @@ fn create_child(fs: &dyn Fs, parent: BorrowedFd<'_>, name: &str, path: &Path) ->
         .map_err(|err| Error::io(Op::Open, path, err))
 }
 
+/// The path the kernel reports for `fd`. Outside the seam on purpose: it only names the
+/// directory in messages, and the caller falls back to the path it was given.
 fn resolved_path(fd: BorrowedFd<'_>) -> io::Result<PathBuf> {
     use std::os::fd::AsRawFd;
     std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))

@@ -1,8 +1,9 @@
 //! File I/O core of `lazy_disk_cache`: atomic commits, space reservation, mappings and `.npy`
 //! headers. Pure Rust; it never sees Python.
 //!
-//! Every filesystem call goes through the [`fs::Fs`] seam. Every artefact operation is
-//! relative to an open [`CacheDir`] and takes a single path segment.
+//! Every system call on an artefact goes through the [`fs::Fs`] seam (a mapping is memmap2's,
+//! behind the seam's `map_gate`). Every artefact operation is relative to an open
+//! [`CacheDir`] and takes a single path segment.
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 

@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::os::fd::AsFd;
 
 use crate::dir::CacheDir;
-use crate::error::{Error, Result, add, to_u64, to_usize};
+use crate::error::{Error, Result, to_u64, to_usize};
 
 /// The `.npy` magic string.
 pub const NPY_MAGIC: &[u8; 6] = b"\x93NUMPY";
@@ -211,7 +211,12 @@ impl CacheDir {
     /// Reads and decodes the `.npy` header of `name` (usually one 4 KiB pread).
     ///
     /// # Errors
-    /// [`Error::Io`] for failed calls, [`Error::InvalidHeader`] for a malformed header.
+    /// [`Error::InvalidName`]; [`Error::Io`] with [`Op::Open`], [`Op::Stat`] or [`Op::Read`];
+    /// [`Error::InvalidHeader`] for a malformed header or one longer than the file.
+    ///
+    /// [`Op::Open`]: crate::Op::Open
+    /// [`Op::Stat`]: crate::Op::Stat
+    /// [`Op::Read`]: crate::Op::Read
     pub fn read_header(&self, name: &str) -> Result<NpyHeader> {
         let fd = self.open_read(name)?;
         let path = self.path_of(name);
@@ -234,7 +239,7 @@ impl CacheDir {
             let already = bytes.len();
             bytes.resize(to_usize(end)?, 0);
             let rest = bytes.get_mut(already..).unwrap_or_default();
-            crate::copy::read_exact_at(self.fs(), fd.as_fd(), &path, rest, add(to_u64(already), 0)?)?;
+            crate::copy::read_exact_at(self.fs(), fd.as_fd(), &path, rest, to_u64(already))?;
         }
         decode_header(&bytes, file_len).map_err(invalid)
     }

@@ -263,10 +263,9 @@ impl PyNpyHeader {
 
     fn __repr__(&self) -> String {
         let dims: Vec<String> = self.inner.shape.iter().map(u64::to_string).collect();
-        let shape = if dims.len() == 1 {
-            format!("({},)", dims[0])
-        } else {
-            format!("({})", dims.join(", "))
+        let shape = match dims.as_slice() {
+            [only] => format!("({only},)"),
+            _ => format!("({})", dims.join(", ")),
         };
         format!(
             "NpyHeader(descr={}, fortran_order={}, shape={shape}, data_offset={}, file_len={}, version={:?})",

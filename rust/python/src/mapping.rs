@@ -103,6 +103,7 @@ impl PyFileMapping {
         )
     }
 
+    // PyO3 declares both buffer slots `unsafe fn`: CPython calls them with a `view` it owns.
     #[allow(clippy::needless_pass_by_value)] // The slot signature PyO3 requires.
     unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut ffi::Py_buffer, flags: c_int) -> PyResult<()> {
         let this = slf.get();
