@@ -11,9 +11,9 @@ import sys
 from collections.abc import Iterable, Sequence
 from os import PathLike
 from types import TracebackType
-from typing import Literal, final
+from typing import Literal, Self, final
 
-from typing_extensions import Buffer, Self
+from typing_extensions import Buffer
 
 __version__: str
 
