@@ -241,7 +241,7 @@ def reload_cases(settings: Settings, impl: Impl, *, baselines: set[str] | None =
             ),
         ]
         variants = [v for v in variants if v.role == impl.role or baselines is None or v.name in baselines]
-        series = measure_interleaved(variants, reps=settings.small_reps, warmup=settings.warmup)
+        series = measure_interleaved(variants, reps=settings.reps, warmup=settings.warmup)
         for directory in (ours_dir, base_dir, joblib_dir):
             shutil.rmtree(directory, ignore_errors=True)
         notes = [

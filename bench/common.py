@@ -78,23 +78,22 @@ class Settings:
     quick: bool
     workdir: Path
     reps: int
-    small_reps: int
     store_reps: int
     warmup: int
     latency_calls: int
 
     @classmethod
     def for_run(cls, *, quick: bool, workdir: Path) -> Settings:
-        """Full runs: 5 repetitions for GiB-sized cases, 7 for cheap ones, 4 for fsync-bound store writes."""
+        """Full runs: 7 repetitions (5 for the fsync-bound store writes) after a warm-up one."""
         if quick:
-            return cls(quick=True, workdir=workdir, reps=2, small_reps=3, store_reps=2, warmup=0, latency_calls=10)
-        return cls(quick=False, workdir=workdir, reps=5, small_reps=7, store_reps=4, warmup=1, latency_calls=100)
+            return cls(quick=True, workdir=workdir, reps=3, store_reps=2, warmup=0, latency_calls=10)
+        return cls(quick=False, workdir=workdir, reps=7, store_reps=5, warmup=1, latency_calls=100)
 
     def for_original(self) -> Settings:
         """The original's run is context, not a target: fewer repetitions keep the suite short."""
         if self.quick:
             return self
-        return replace(self, reps=3, small_reps=3, store_reps=3, warmup=0)
+        return replace(self, reps=3, store_reps=2, warmup=0)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
