@@ -9,7 +9,7 @@ computed by the code under test. Import the constants (``HOSTILE_KEYS``, ``HOSTI
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Final
 
 from lazy_disk_cache.paths import (
@@ -84,6 +84,7 @@ _ABSOLUTE = _table(
     ("unc-share", "\\\\server\\share"),
     ("unc-forward-slashes", "//server/share"),
     ("extended-length-prefix", "\\\\?\\C:\\x"),
+    ("extended-length-unc", "\\\\?\\UNC\\server\\share"),
     ("device-namespace", "\\\\.\\CON"),
     ("colon-inside", "a:b"),
     ("colon-only", ":"),
@@ -183,6 +184,10 @@ _ENCODING = _table(
     ("surrogate-pair-as-code-units", "\ud83d\ude00"),
     ("reversed-surrogates", "\udfff\ud800"),
     ("too-long-with-surrogate", "a" * 300 + "\ud800"),
+    # Over-long UTF-8 encodings of '.' and '/' (C0 AE, C0 AF) decoded with surrogateescape, as
+    # os.fsdecode does for undecodable bytes: they must never become a traversal.
+    ("overlong-utf8-dotdot", b"\xc0\xae\xc0\xae".decode("utf-8", "surrogateescape")),
+    ("overlong-utf8-slash", b"x\xc0\xafy".decode("utf-8", "surrogateescape")),
 )
 
 _LENGTH = _table(
@@ -218,6 +223,8 @@ NON_STR_KEYS: Final[tuple[HostileKey, ...]] = _table(
     ("bytearray", bytearray(b"k")),
     ("path", Path("k")),
     ("pure-posix-path", PurePosixPath("k")),
+    ("pure-windows-path", PureWindowsPath("k")),
+    ("memoryview", memoryview(b"k")),
     ("tuple", ("a",)),
     ("list", ["k"]),
     ("object", object()),
