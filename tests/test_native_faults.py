@@ -169,6 +169,16 @@ def test_sweep_removes_our_temps_and_nothing_else(tmp_path: Path, cache_dir: _ru
     assert sorted(os.listdir(tmp_path)) == [".npy.tmp", "d.npy", "dir.dat.tmp", "e.txt.tmp", "keep.tmp"]
 
 
+def test_sweep_with_names_considers_only_those_names(tmp_path: Path, cache_dir: _rust.CacheDir) -> None:
+    for name in ("a.npy.tmp", "CON.npy.tmp", "b.dat.tmp", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+
+    removed, failed = cache_dir.sweep_temps(["a.npy.tmp", "notes.txt", "gone.meta.json.tmp"])
+
+    assert (removed, failed) == (["a.npy.tmp"], [])
+    assert sorted(os.listdir(tmp_path)) == ["CON.npy.tmp", "b.dat.tmp", "notes.txt"]
+
+
 def test_sweep_unlinks_a_symlinked_temp_without_following_it(tmp_path: Path) -> None:
     cache_root = tmp_path / "cache"
     cache_root.mkdir()

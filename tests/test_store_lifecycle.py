@@ -65,7 +65,17 @@ def test_opening_a_store_sweeps_only_its_own_orphaned_temps(tmp_path: Path, capl
     cache_dir.mkdir()
     outside = tmp_path / "outside.txt"
     outside.write_bytes(b"untouched")
-    for name in ("k.npy.tmp", "k.meta.json.tmp", "k.dat.tmp", "notes.txt", "k.tmp", "k.npy.tmp.bak", ".npy.tmp"):
+    illegal_stems = ("CON.npy.tmp", "a .dat.tmp", "b..meta.json.tmp")
+    for name in (
+        "k.npy.tmp",
+        "k.meta.json.tmp",
+        "k.dat.tmp",
+        "notes.txt",
+        "k.tmp",
+        "k.npy.tmp.bak",
+        ".npy.tmp",
+        *illegal_stems,
+    ):
         (cache_dir / name).write_bytes(b"x")
     (cache_dir / "link.npy.tmp").symlink_to(outside)
     (cache_dir / "sub.dat.tmp").mkdir()
@@ -73,7 +83,9 @@ def test_opening_a_store_sweeps_only_its_own_orphaned_temps(tmp_path: Path, capl
     with caplog.at_level(logging.INFO, logger=LOGGER):
         make_store(cache_dir)
 
-    assert sorted(os.listdir(cache_dir)) == [".npy.tmp", "k.npy.tmp.bak", "k.tmp", "notes.txt", "sub.dat.tmp"]
+    assert sorted(os.listdir(cache_dir)) == sorted(
+        [".npy.tmp", "k.npy.tmp.bak", "k.tmp", "notes.txt", "sub.dat.tmp", *illegal_stems]
+    )
     assert outside.read_bytes() == b"untouched"
     removed = sorted(args[0] for message, args in messages(caplog, logging.INFO) if "orphaned" in message)
     assert removed == ["k.dat.tmp", "k.meta.json.tmp", "k.npy.tmp", "link.npy.tmp"]

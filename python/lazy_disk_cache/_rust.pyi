@@ -146,13 +146,14 @@ class CacheDir:
     def begin_commit(self, *, chunk_bytes: int) -> CommitBatch:
         """Start a group commit of ``.npy`` + ``.meta.json`` pairs in this directory."""
 
-    def sweep_temps(self) -> tuple[list[str], list[tuple[str, OSError]]]:
+    def sweep_temps(self, names: Sequence[str] | None = None) -> tuple[list[str], list[tuple[str, OSError]]]:
         """Remove ``<key>.npy.tmp``, ``<key>.meta.json.tmp`` and ``<key>.dat.tmp`` left by a crash.
 
-        Never follows a symlink; skips temps a live writer holds locked, and removes nothing
-        while a ``CommitBatch`` (in any process) has keys staged in this directory. Returns the
-        removed names and the names that could not be removed with their errors. A read-only
-        directory yields two empty lists.
+        With ``names``, only those names are candidates (the directory is not listed), so a
+        caller applying a stricter key rule decides what may go. Never follows a symlink; skips
+        temps a live writer holds locked, and removes nothing while a ``CommitBatch`` (in any
+        process) has keys staged in this directory. Returns the removed names and the names that
+        could not be removed with their errors. A read-only directory yields two empty lists.
         """
 
     def unlink_all(self, names: Sequence[str]) -> list[tuple[str, OSError]]:

@@ -33,10 +33,9 @@ _TEMP_DIR_PREFIX = "lazy_disk_cache-"
 
 
 class SweepReport(NamedTuple):
-    """Temps removed (ours, and any the core removed outside our key rule) and names that failed."""
+    """Temps removed and names that could not be removed."""
 
     removed: list[str]
-    foreign: list[str]
     failed: list[tuple[str, OSError]]
 
 
@@ -50,17 +49,19 @@ class RescanReport(NamedTuple):
 def sweep_orphan_temps(directory: CacheDir) -> SweepReport:
     """Remove ``<key>.npy.tmp``, ``<key>.meta.json.tmp`` and ``<key>.dat.tmp`` left by a crash.
 
-    The core unlinks names (never a link's target), skips temps a live writer holds locked and
-    stays silent in a read-only directory. A directory that cannot even be listed yields one
-    failure for ``'.'``. Never raises ``OSError``. Blocks on disk.
+    Only names whose stem is a legal store key are candidates; the core unlinks those names
+    (never a link's target), skips temps a live writer holds and stays silent in a read-only
+    directory. A directory that cannot even be listed yields one failure for ``'.'``. Never
+    raises ``OSError``. Blocks on disk.
     """
     try:
-        removed, failed = directory.sweep_temps()
+        candidates = [name for name in os.listdir(directory.path) if is_our_temp_name(name)]
+        if not candidates:
+            return SweepReport([], [])
+        removed, failed = directory.sweep_temps(candidates)
     except OSError as exc:
-        return SweepReport([], [], [(".", exc)])
-    ours = [name for name in removed if is_our_temp_name(name)]
-    foreign = [name for name in removed if not is_our_temp_name(name)]
-    return SweepReport(ours, foreign, failed)
+        return SweepReport([], [(".", exc)])
+    return SweepReport(removed, failed)
 
 
 def rescan(cache_dir: Path) -> RescanReport:

@@ -230,12 +230,6 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         report = sweep_orphan_temps(directory)
         for name in report.removed:
             logger.info("Removed orphaned temp file %r from cache directory %r.", name, str(self._cache_dir))
-        for name in report.foreign:
-            logger.warning(
-                "Removed orphaned temp file %r from cache directory %r although its stem is not a legal store key.",
-                name,
-                str(self._cache_dir),
-            )
         for name, error in report.failed:
             logger.debug(
                 "Could not remove orphaned temp file %r in cache directory %r: %s", name, str(self._cache_dir), error

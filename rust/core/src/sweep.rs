@@ -56,14 +56,31 @@ impl CacheDir {
     /// (nothing is removed then), or [`Op::List`] when the directory cannot be listed; failures
     /// on single names are reported in [`SweepReport::failed`] instead.
     pub fn sweep_temps(&self) -> Result<SweepReport> {
+        self.sweep_candidates(None)
+    }
+
+    /// Like [`CacheDir::sweep_temps`], but only `names` are candidates (each still has to match
+    /// our temp grammar), so a caller with a stricter key rule never loses a name it would keep.
+    /// The directory is not listed.
+    ///
+    /// # Errors
+    /// As [`CacheDir::sweep_temps`].
+    pub fn sweep_named_temps(&self, names: &[String]) -> Result<SweepReport> {
+        self.sweep_candidates(Some(names))
+    }
+
+    fn sweep_candidates(&self, only: Option<&[String]>) -> Result<SweepReport> {
         // Held until every name is handled, so no group commit starts closing temps meanwhile.
         let Some(_exclusive) = self.try_sweep_lock()? else {
             return Ok(SweepReport::default());
         };
-        let names = self
-            .fs()
-            .list(self.fd())
-            .map_err(|err| Error::io(Op::List, self.path(), err))?;
+        let names = match only {
+            Some(names) => names.to_vec(),
+            None => self
+                .fs()
+                .list(self.fd())
+                .map_err(|err| Error::io(Op::List, self.path(), err))?,
+        };
         let mut report = SweepReport::default();
         for name in names.into_iter().filter(|name| is_swept_name(name)) {
             match self.sweep_one(&name) {

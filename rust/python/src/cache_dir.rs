@@ -195,8 +195,13 @@ impl PyCacheDir {
         })
     }
 
-    fn sweep_temps(&self, py: Python<'_>) -> PyResult<(Vec<String>, Failures)> {
-        let report = to_py(run_detached(py, || self.inner.sweep_temps()))?;
+    #[pyo3(signature = (names = None))]
+    #[allow(clippy::needless_pass_by_value)] // PyO3 extracts arguments as owned values.
+    fn sweep_temps(&self, py: Python<'_>, names: Option<Vec<String>>) -> PyResult<(Vec<String>, Failures)> {
+        let report = to_py(run_detached(py, || match &names {
+            Some(names) => self.inner.sweep_named_temps(names),
+            None => self.inner.sweep_temps(),
+        }))?;
         let failed = report
             .failed
             .into_iter()
