@@ -40,12 +40,12 @@ def _step(label: str, out: Callable[[str], object]) -> Iterator[None]:
     start = time.perf_counter()
     yield
     elapsed_ms = (time.perf_counter() - start) * 1000
-    out(f"  {label:<44} {elapsed_ms:>9.1f} ms   RSS {_rss_mib():>7.1f} MiB")
+    out(f"  {label:<54} {elapsed_ms:>9.1f} ms   RSS {_rss_mib():>7.1f} MiB")
 
 
 def _list_files(directory: Path, out: Callable[[str], object]) -> None:
     for path in sorted(directory.iterdir()):
-        out(f"      {path.name:<28} {path.stat().st_size:>12,} bytes")
+        out(f"      {path.name:<38} {path.stat().st_size:>12,} bytes")
 
 
 def run_demo(size_mib: int, out: Callable[[str], object] = print) -> None:
@@ -63,7 +63,7 @@ def run_demo(size_mib: int, out: Callable[[str], object] = print) -> None:
         with _step("convert to a memory-mapped .dat", out):
             entry = DiskBackedNDArray(source, enable_caching=True, cache_path=workdir / "points")
         del source
-        with _step("offload (msync + drop the buffer)", out):
+        with _step("offload (drop the buffer; the data stays in the file)", out):
             entry.offload()
         _list_files(workdir, out)
         with _step("load (map the file, reads no data)", out):
