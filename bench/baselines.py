@@ -32,11 +32,17 @@ __all__ = [
 _MAX_WRITE = 1 << 30
 
 
-def write_fresh(path: Path, data: np.ndarray[Any, Any], *, fsync: bool) -> None:
-    """os.write a C-contiguous array's bytes into a new file (O_EXCL), optionally fsyncing it."""
+def write_fresh(path: Path, data: np.ndarray[Any, Any], *, fsync: bool, reserve: bool = False) -> None:
+    """os.write a C-contiguous array's bytes into a new file (O_EXCL), optionally fsyncing it.
+
+    ``reserve`` first allocates the whole size with ``posix_fallocate``: on ext4 the writes then
+    skip the per-page delayed-allocation bookkeeping, which is measurably faster.
+    """
     view = data.data.cast("B")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
+        if reserve and len(view):
+            os.posix_fallocate(fd, 0, len(view))
         written = 0
         while written < len(view):
             written += os.write(fd, view[written : written + _MAX_WRITE])

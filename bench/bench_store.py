@@ -159,7 +159,7 @@ def _write_case(store_set: StoreSet, settings: Settings, impl: Impl, baselines: 
             JOBLIB_DUMP,
             "joblib",
             _dir_op(work / "store-write-jl", lambda d: _joblib_dump_all(d, items)),
-            _joblib_na(),
+            "shown for the big entries" if store_set.count > 100 else _joblib_na(),
         ),
     ]
     keep = {impl.label} if baselines is None else {impl.label, *baselines}

@@ -78,22 +78,23 @@ class Settings:
     quick: bool
     workdir: Path
     reps: int
+    large_reps: int
     store_reps: int
     warmup: int
     latency_calls: int
 
     @classmethod
     def for_run(cls, *, quick: bool, workdir: Path) -> Settings:
-        """Full runs: 7 repetitions (5 for the fsync-bound store writes) after a warm-up one."""
+        """Full runs: 7 repetitions, 5 for 1 GiB conversions and fsync-bound store writes, plus a warm-up."""
         if quick:
-            return cls(quick=True, workdir=workdir, reps=3, store_reps=2, warmup=0, latency_calls=10)
-        return cls(quick=False, workdir=workdir, reps=7, store_reps=5, warmup=1, latency_calls=100)
+            return cls(quick=True, workdir=workdir, reps=3, large_reps=3, store_reps=2, warmup=0, latency_calls=10)
+        return cls(quick=False, workdir=workdir, reps=7, large_reps=5, store_reps=5, warmup=1, latency_calls=100)
 
     def for_original(self) -> Settings:
         """The original's run is context, not a target: fewer repetitions keep the suite short."""
         if self.quick:
             return self
-        return replace(self, reps=3, store_reps=2, warmup=0)
+        return replace(self, reps=3, large_reps=3, store_reps=2, warmup=0)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
