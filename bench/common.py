@@ -458,6 +458,14 @@ def _build_profile() -> str:
     return "debug (dev profile)" if b".debug_info" in data else "release"
 
 
+def _relative(path: Path) -> str:
+    """The path relative to the repository when inside it: the report names no machine paths."""
+    try:
+        return str(path.resolve().relative_to(BENCH_DIR.parent))
+    except ValueError:
+        return str(path)
+
+
 def environment(workdir: Path) -> list[tuple[str, str]]:
     """The facts a reader needs to judge the numbers: machine, file system, versions, date."""
     dirty = []
@@ -471,7 +479,7 @@ def environment(workdir: Path) -> list[tuple[str, str]]:
         ("CPU", f"{_cpu_model()}, {os.cpu_count()} logical cores"),
         ("RAM", _ram_total()),
         ("kernel", f"{platform.system()} {platform.release()}"),
-        ("bench dir", str(workdir)),
+        ("bench dir", _relative(workdir)),
         ("file system (findmnt -T)", _command_output(["findmnt", "-n", "-T", str(workdir)])),
         ("file system (stat -f)", _command_output(["stat", "-f", "-c", "type=%T block=%S", str(workdir)])),
         ("writeback", ", ".join(dirty)),
