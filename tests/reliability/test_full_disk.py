@@ -54,11 +54,11 @@ def _run_child(directory: Path, mode: str) -> subprocess.CompletedProcess[str]:
         options = f"size={size_kib}k" + (",nr_inodes=64" if mode == "inodes" else "")
         mount = f'mount -t tmpfs -o {options} tmpfs "$1" && shift && exec "$@"'
         command = ["unshare", "-r", "-m", "sh", "-c", mount, "sh", str(directory), *command]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    return subprocess.run(command, capture_output=True, text=True, timeout=max(600, VALUE_BYTES // 256), check=False)
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(max(900, VALUE_BYTES // 256))
 @pytest.mark.parametrize("mode", ["fsize", "tmpfs", "inodes"])
 def test_full_disk_at_every_step_is_a_clean_oserror_and_loses_nothing(tmp_path: Path, mode: str) -> None:
     if mode != "fsize" and (reason := _namespace_refusal()) is not None:
