@@ -498,3 +498,344 @@ impl CacheDir {
 pub fn temp_name(name: &str) -> String {
     format!("{name}{TEMP_SUFFIX}")
 }
+
+#[cfg(test)]
+// Tests state their expectations with unwrap/expect/panic; the workspace denies them elsewhere.
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::fs;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
+    use std::path::Path;
+
+    use super::*;
+    use crate::fs::{FaultyFs, Fs, RecordingFs};
+
+    fn open_dir(root: &Path, fs: Arc<dyn Fs>) -> CacheDir {
+        CacheDir::open_with(root, false, fs).unwrap()
+    }
+
+    fn real_dir() -> (tempfile::TempDir, CacheDir) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = CacheDir::open(tmp.path(), false).unwrap();
+        (tmp, dir)
+    }
+
+    fn perm_of(pending: &PendingFile) -> u32 {
+        pending.dir().fs().fstat(pending.fd()).unwrap().perm
+    }
+
+    fn no_pause() -> impl FnMut() -> Result<()> {
+        || Ok(())
+    }
+
+    #[test]
+    fn temp_name_appends_the_temp_suffix() {
+        assert_eq!(temp_name("k.npy"), "k.npy.tmp");
+        assert_eq!(temp_name("k.meta.json"), "k.meta.json.tmp");
+        assert_eq!(temp_name("θ"), format!("θ{TEMP_SUFFIX}"));
+    }
+
+    #[test]
+    fn pending_file_lives_next_to_its_destination_under_the_temp_name() {
+        let (tmp, dir) = real_dir();
+
+        let pending = PendingFile::create(&dir, "k.dat").unwrap();
+
+        assert_eq!(pending.name(), "k.dat");
+        assert_eq!(pending.path(), dir.path_of("k.dat"));
+        assert_eq!(pending.temp_path(), dir.path_of("k.dat.tmp"));
+        assert!(tmp.path().join("k.dat.tmp").is_file());
+        assert!(!tmp.path().join("k.dat").exists());
+    }
+
+    #[test]
+    fn new_temp_without_a_destination_gets_0666_under_the_umask() {
+        let (tmp, dir) = real_dir();
+        // A file created with 0666 by the standard library shows what the umask leaves.
+        let reference = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o666)
+            .open(tmp.path().join("reference"))
+            .unwrap();
+        let expected = reference.metadata().unwrap().permissions().mode() & 0o7777;
+
+        let pending = PendingFile::create(&dir, "k.dat").unwrap();
+
+        assert_eq!(perm_of(&pending), expected);
+        assert_eq!(perm_of(&pending) & !0o666, 0);
+    }
+
+    #[test]
+    fn new_temp_takes_exactly_the_destination_permission_bits() {
+        let (tmp, dir) = real_dir();
+        for perm in [0o600, 0o640, 0o604, 0o751, 0o777] {
+            let dest = tmp.path().join("k.dat");
+            fs::write(&dest, b"old").unwrap();
+            fs::set_permissions(&dest, fs::Permissions::from_mode(perm)).unwrap();
+
+            let pending = PendingFile::create(&dir, "k.dat").unwrap();
+
+            assert_eq!(perm_of(&pending), perm, "{perm:o}");
+        }
+    }
+
+    #[test]
+    fn a_symlinked_destination_does_not_lend_its_target_permissions() {
+        let (tmp, dir) = real_dir();
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("target");
+        fs::write(&target, b"x").unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o777)).unwrap();
+        symlink(&target, tmp.path().join("k.dat")).unwrap();
+
+        let pending = PendingFile::create(&dir, "k.dat").unwrap();
+
+        assert_eq!(perm_of(&pending) & 0o111, 0, "{:o}", perm_of(&pending));
+    }
+
+    #[test]
+    fn a_planted_temp_symlink_is_removed_never_written_through() {
+        let (tmp, dir) = real_dir();
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("precious");
+        fs::write(&target, b"keep").unwrap();
+        symlink(&target, tmp.path().join("k.dat.tmp")).unwrap();
+
+        let pending = PendingFile::create(&dir, "k.dat").unwrap();
+        pending
+            .write_at(b"new", 0, ChunkBudget::new(16), &mut no_pause())
+            .unwrap();
+
+        assert_eq!(fs::read(&target).unwrap(), b"keep");
+        let meta = fs::symlink_metadata(tmp.path().join("k.dat.tmp")).unwrap();
+        assert!(meta.file_type().is_file());
+    }
+
+    #[test]
+    fn lock_wait_interrupted_by_a_signal_is_retried() {
+        let (tmp, _) = real_dir();
+        let faulty = Arc::new(FaultyFs::new(Op::Lock, 1, Errno::INTR.raw_os_error()));
+        let dir = open_dir(tmp.path(), faulty.clone());
+
+        let pending = PendingFile::create(&dir, "k.dat").unwrap();
+
+        assert!(faulty.fired());
+        assert_eq!(faulty.seen(), 2);
+        assert!(pending.temp_path().exists());
+    }
+
+    #[test]
+    fn failed_create_leaves_no_temp_behind() {
+        let (tmp, _) = real_dir();
+        fs::write(tmp.path().join("k.dat"), b"old").unwrap();
+        let faulty = Arc::new(FaultyFs::new(Op::Chmod, 1, Errno::PERM.raw_os_error()));
+        let dir = open_dir(tmp.path(), faulty);
+
+        let err = PendingFile::create(&dir, "k.dat").unwrap_err();
+
+        match err {
+            Error::Io { op, path, source } => {
+                assert_eq!(op, Op::Chmod);
+                assert_eq!(path, dir.path_of("k.dat.tmp"));
+                assert_eq!(source.raw_os_error(), Some(Errno::PERM.raw_os_error()));
+            }
+            other => panic!("expected Error::Io, got {other:?}"),
+        }
+        assert!(!tmp.path().join("k.dat.tmp").exists());
+        assert_eq!(fs::read(tmp.path().join("k.dat")).unwrap(), b"old");
+    }
+
+    #[test]
+    fn illegal_destination_names_are_refused_before_any_call() {
+        let (tmp, _) = real_dir();
+        let recording = Arc::new(RecordingFs::new());
+        let dir = open_dir(tmp.path(), recording.clone());
+        recording.clear();
+
+        for name in ["", ".", "..", "a/b", "a\0b"] {
+            let err = PendingFile::create(&dir, name).unwrap_err();
+            assert!(matches!(err, Error::InvalidName { .. }), "{name:?}: {err}");
+        }
+
+        assert!(recording.calls().is_empty(), "{:?}", recording.calls());
+    }
+
+    /// A directory whose first file fsync fails with EIO, recorded.
+    fn poisoning_dir(root: &Path) -> (CacheDir, Arc<RecordingFs>) {
+        let faulty = Arc::new(FaultyFs::new(Op::Fsync, 1, Errno::IO.raw_os_error()));
+        let recording = Arc::new(RecordingFs::wrapping(faulty));
+        (open_dir(root, recording.clone()), recording)
+    }
+
+    fn count(recording: &RecordingFs, op: Op) -> usize {
+        recording.calls().iter().filter(|call| call.op == op).count()
+    }
+
+    fn assert_fsync_error(err: &Error, temp: &Path) {
+        match err {
+            Error::Io { op, path, source } => {
+                assert_eq!(*op, Op::Fsync);
+                assert_eq!(path, temp);
+                assert_eq!(source.raw_os_error(), Some(Errno::IO.raw_os_error()));
+            }
+            other => panic!("expected Error::Io, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn poisoned_temp_is_never_fsynced_again() {
+        let (tmp, _) = real_dir();
+        let (dir, recording) = poisoning_dir(tmp.path());
+        let mut pending = PendingFile::create(&dir, "k.dat").unwrap();
+
+        assert_fsync_error(&pending.sync().unwrap_err(), &pending.temp_path());
+        assert_fsync_error(&pending.sync().unwrap_err(), &pending.temp_path());
+        assert_fsync_error(&pending.commit(true).unwrap_err(), &pending.temp_path());
+
+        assert_eq!(count(&recording, Op::Fsync), 1);
+    }
+
+    #[test]
+    fn poisoned_temp_refuses_to_be_renamed() {
+        let (tmp, _) = real_dir();
+        fs::write(tmp.path().join("k.dat"), b"old").unwrap();
+        let (dir, recording) = poisoning_dir(tmp.path());
+        let mut pending = PendingFile::create(&dir, "k.dat").unwrap();
+        pending
+            .write_at(b"new", 0, ChunkBudget::new(16), &mut no_pause())
+            .unwrap();
+        pending.sync().unwrap_err();
+
+        let err = pending.commit(false).unwrap_err();
+
+        assert_fsync_error(&err, &pending.temp_path());
+        assert_eq!(count(&recording, Op::Rename), 0);
+        drop(pending);
+        assert_eq!(fs::read(tmp.path().join("k.dat")).unwrap(), b"old");
+        assert!(!tmp.path().join("k.dat.tmp").exists());
+    }
+
+    #[test]
+    fn poisoned_temp_cannot_become_a_closed_temp() {
+        let (tmp, _) = real_dir();
+        let (dir, _recording) = poisoning_dir(tmp.path());
+        let pending = PendingFile::create(&dir, "k.dat").unwrap();
+        let guard = Arc::new(dir.writer_lock().unwrap());
+
+        let err = pending.close_synced(guard).unwrap_err();
+
+        assert_fsync_error(&err, &dir.path_of("k.dat.tmp"));
+        assert!(!tmp.path().join("k.dat.tmp").exists());
+    }
+
+    #[test]
+    fn dropping_an_uncommitted_temp_removes_it_and_keeps_the_destination() {
+        let (tmp, dir) = real_dir();
+        fs::write(tmp.path().join("k.dat"), b"old").unwrap();
+        let pending = PendingFile::create(&dir, "k.dat").unwrap();
+        pending
+            .write_at(b"new", 0, ChunkBudget::new(16), &mut no_pause())
+            .unwrap();
+        assert!(tmp.path().join("k.dat.tmp").exists());
+
+        drop(pending);
+
+        assert!(!tmp.path().join("k.dat.tmp").exists());
+        assert_eq!(fs::read(tmp.path().join("k.dat")).unwrap(), b"old");
+    }
+
+    #[test]
+    fn dropping_a_committed_file_only_closes_it() {
+        let (tmp, _) = real_dir();
+        let recording = Arc::new(RecordingFs::new());
+        let dir = open_dir(tmp.path(), recording.clone());
+        let mut pending = PendingFile::create(&dir, "k.dat").unwrap();
+        pending
+            .write_at(b"new", 0, ChunkBudget::new(16), &mut no_pause())
+            .unwrap();
+        pending.commit(false).unwrap();
+        recording.clear();
+
+        drop(pending);
+
+        assert!(recording.calls().is_empty(), "{:?}", recording.calls());
+        assert_eq!(fs::read(tmp.path().join("k.dat")).unwrap(), b"new");
+        assert!(!tmp.path().join("k.dat.tmp").exists());
+    }
+
+    #[test]
+    fn dropping_an_uncommitted_closed_temp_removes_it() {
+        let (tmp, dir) = real_dir();
+        let guard = Arc::new(dir.writer_lock().unwrap());
+        let pending = PendingFile::create(&dir, "k.dat").unwrap();
+
+        let closed = pending.close_synced(guard).unwrap();
+        assert_eq!(closed.name(), "k.dat");
+        assert!(tmp.path().join("k.dat.tmp").exists());
+        drop(closed);
+
+        assert!(!tmp.path().join("k.dat.tmp").exists());
+        assert!(!tmp.path().join("k.dat").exists());
+    }
+
+    #[test]
+    fn empty_commit_group_makes_no_call() {
+        let (tmp, _) = real_dir();
+        let recording = Arc::new(RecordingFs::new());
+        let dir = open_dir(tmp.path(), recording.clone());
+        recording.clear();
+        let group = CommitGroup::new(&dir);
+        assert!(group.is_empty());
+
+        group.commit().unwrap();
+
+        assert!(recording.calls().is_empty(), "{:?}", recording.calls());
+    }
+
+    #[test]
+    fn stream_writer_refuses_more_than_the_expected_payload() {
+        let (tmp, dir) = real_dir();
+        let mut writer = dir.begin_write("k.dat", 4, ChunkBudget::new(16)).unwrap();
+        writer.write_block(b"ab", &mut no_pause()).unwrap();
+
+        let err = writer.write_block(b"cde", &mut no_pause()).unwrap_err();
+
+        assert!(
+            matches!(
+                err,
+                Error::SizeMismatch {
+                    expected: 4,
+                    actual: 5,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(writer.written(), 2);
+        assert_eq!(fs::read(tmp.path().join("k.dat.tmp")).unwrap(), b"ab\0\0");
+    }
+
+    #[test]
+    fn stream_writer_refuses_to_finish_short() {
+        let (tmp, dir) = real_dir();
+        let mut writer = dir.begin_write("k.dat", 4, ChunkBudget::new(16)).unwrap();
+        writer.write_block(b"abc", &mut no_pause()).unwrap();
+
+        let err = writer.finish().unwrap_err();
+
+        assert!(
+            matches!(
+                err,
+                Error::SizeMismatch {
+                    expected: 4,
+                    actual: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(!tmp.path().join("k.dat.tmp").exists());
+        assert!(!tmp.path().join("k.dat").exists());
+    }
+}

@@ -291,3 +291,282 @@ fn resolved_path(fd: BorrowedFd<'_>) -> io::Result<PathBuf> {
     use std::os::fd::AsRawFd;
     std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
+
+#[cfg(test)]
+// Tests state their expectations with unwrap/expect/panic; the workspace denies them elsewhere.
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::fs;
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+    use crate::fs::{Call, FaultyFs, RecordingFs};
+
+    fn reason_of(name: &str) -> Option<&'static str> {
+        match validate_name(name) {
+            Ok(()) => None,
+            Err(Error::InvalidName { name: reported, reason }) => {
+                assert_eq!(reported, name);
+                Some(reason)
+            }
+            Err(other) => panic!("{name:?}: expected InvalidName, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn validate_name_refuses_anything_but_one_path_segment() {
+        let cases = [
+            ("", "empty name"),
+            (".", "is a relative directory reference"),
+            ("..", "is a relative directory reference"),
+            ("/", "contains '/'"),
+            ("/abs", "contains '/'"),
+            ("a/b", "contains '/'"),
+            ("trailing/", "contains '/'"),
+            ("../up", "contains '/'"),
+            ("\0", "contains NUL"),
+            ("a\0b", "contains NUL"),
+            ("k.npy\0", "contains NUL"),
+        ];
+        for (name, reason) in cases {
+            assert_eq!(reason_of(name), Some(reason), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn validate_name_accepts_legal_segments_of_any_script_and_length() {
+        let long = "k".repeat(255);
+        let longer = "é".repeat(300);
+        let legal = [
+            "k.npy",
+            "...",
+            ".hidden",
+            "..a",
+            "a..",
+            " ",
+            "key with spaces.meta.json",
+            "θ-ключ-鍵-🔑.npy",
+            "back\\slash",
+            "new\nline",
+            &long,
+            // Length is the filesystem's business (ENAMETOOLONG), not a name rule.
+            &longer,
+        ];
+        for name in legal {
+            assert_eq!(reason_of(name), None, "{name:?}");
+        }
+    }
+
+    fn recorded(calls: &[Call]) -> Vec<(Op, String)> {
+        calls.iter().map(|call| (call.op, call.name.clone())).collect()
+    }
+
+    #[test]
+    fn open_with_create_makes_each_missing_directory_and_fsyncs_its_parent_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let recording = Arc::new(RecordingFs::new());
+        let target = tmp.path().join("a").join("b").join("c");
+
+        let dir = CacheDir::open_with(&target, true, recording.clone()).unwrap();
+
+        assert!(target.is_dir());
+        assert_eq!(dir.path(), fs::canonicalize(&target).unwrap());
+        let calls = recording.calls();
+        let after_root: Vec<(Op, String)> = recorded(&calls)
+            .into_iter()
+            .skip_while(|(op, name)| !(*op == Op::Mkdir && name == "a"))
+            .collect();
+        let expected: Vec<(Op, String)> = ["a", "b", "c"]
+            .into_iter()
+            .flat_map(|name| {
+                [
+                    (Op::Open, name.to_owned()),
+                    (Op::Mkdir, name.to_owned()),
+                    (Op::DirFsync, ".".to_owned()),
+                    (Op::Open, name.to_owned()),
+                ]
+            })
+            .skip(1)
+            .collect();
+        assert_eq!(after_root, expected);
+        let failed: Vec<&Call> = calls.iter().filter(|call| !call.ok).collect();
+        assert_eq!(failed.len(), 3, "one ENOENT open per missing directory: {failed:?}");
+        assert!(failed.iter().all(|call| call.op == Op::Open));
+    }
+
+    #[test]
+    fn open_with_create_on_an_existing_directory_makes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let recording = Arc::new(RecordingFs::new());
+
+        CacheDir::open_with(tmp.path(), true, recording.clone()).unwrap();
+
+        let calls = recording.calls();
+        assert!(calls.iter().all(|call| call.op == Op::Open && call.ok), "{calls:?}");
+    }
+
+    #[test]
+    fn open_without_create_refuses_a_missing_directory_with_its_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("missing");
+
+        let err = CacheDir::open(&missing, false).unwrap_err();
+
+        match err {
+            Error::Io { op, path, source } => {
+                assert_eq!(op, Op::Open);
+                assert_eq!(path, missing);
+                assert_eq!(source.raw_os_error(), Some(Errno::NOENT.raw_os_error()));
+            }
+            other => panic!("expected Error::Io, got {other:?}"),
+        }
+        assert!(!missing.exists());
+    }
+
+    #[test]
+    fn failed_mkdir_names_the_directory_it_could_not_make() {
+        let tmp = tempfile::tempdir().unwrap();
+        let faulty = Arc::new(FaultyFs::new(Op::Mkdir, 2, Errno::ACCESS.raw_os_error()));
+        let target = tmp.path().join("a").join("b").join("c");
+
+        let err = CacheDir::open_with(&target, true, faulty).unwrap_err();
+
+        match err {
+            Error::Io { op, path, source } => {
+                assert_eq!(op, Op::Mkdir);
+                assert_eq!(path, tmp.path().join("a").join("b"));
+                assert_eq!(source.raw_os_error(), Some(Errno::ACCESS.raw_os_error()));
+            }
+            other => panic!("expected Error::Io, got {other:?}"),
+        }
+        assert!(tmp.path().join("a").is_dir());
+        assert!(!tmp.path().join("a").join("b").exists());
+    }
+
+    #[test]
+    fn failed_parent_fsync_after_mkdir_is_reported_on_the_parent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let faulty = Arc::new(FaultyFs::new(Op::DirFsync, 1, Errno::IO.raw_os_error()));
+        let target = tmp.path().join("new");
+
+        let err = CacheDir::open_with(&target, true, faulty).unwrap_err();
+
+        match err {
+            Error::Io { op, path, source } => {
+                assert_eq!(op, Op::DirFsync);
+                assert_eq!(path, tmp.path());
+                assert_eq!(source.raw_os_error(), Some(Errno::IO.raw_os_error()));
+            }
+            other => panic!("expected Error::Io, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_symlinked_root_is_resolved_once_at_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        fs::create_dir(&real).unwrap();
+        let link = tmp.path().join("link");
+        symlink(&real, &link).unwrap();
+
+        let dir = CacheDir::open(&link, false).unwrap();
+
+        assert_eq!(dir.path(), fs::canonicalize(&real).unwrap());
+    }
+
+    #[test]
+    fn path_of_joins_the_name_to_the_resolved_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = CacheDir::open(tmp.path(), false).unwrap();
+        let root = fs::canonicalize(tmp.path()).unwrap();
+
+        assert_eq!(dir.path_of("k.npy"), root.join("k.npy"));
+        assert_eq!(dir.path_of("θ.meta.json.tmp"), root.join("θ.meta.json.tmp"));
+    }
+
+    #[test]
+    fn unlink_all_removes_present_names_and_ignores_missing_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("a.npy"), b"a").unwrap();
+        fs::write(tmp.path().join("b.npy"), b"b").unwrap();
+        let dir = CacheDir::open(tmp.path(), false).unwrap();
+
+        let failed = dir.unlink_all(&["a.npy", "gone.npy", "b.npy", "a.npy"]).unwrap();
+
+        assert!(failed.is_empty(), "{failed:?}");
+        assert!(!tmp.path().join("a.npy").exists());
+        assert!(!tmp.path().join("b.npy").exists());
+    }
+
+    #[test]
+    fn unlink_all_checks_every_name_before_removing_any() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("a.npy"), b"a").unwrap();
+        let dir = CacheDir::open(tmp.path(), false).unwrap();
+
+        let err = dir.unlink_all(&["a.npy", "../escape"]).unwrap_err();
+
+        assert!(matches!(err, Error::InvalidName { .. }), "{err}");
+        assert!(tmp.path().join("a.npy").exists());
+    }
+
+    #[test]
+    fn unlink_all_reports_names_it_cannot_remove_and_goes_on() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::create_dir(tmp.path().join("sub.npy")).unwrap();
+        fs::write(tmp.path().join("b.npy"), b"b").unwrap();
+        let dir = CacheDir::open(tmp.path(), false).unwrap();
+
+        let failed = dir.unlink_all(&["sub.npy", "b.npy"]).unwrap();
+
+        assert_eq!(failed.len(), 1);
+        let (name, err) = &failed[0];
+        assert_eq!(name, "sub.npy");
+        match err {
+            Error::Io { op, path, source } => {
+                assert_eq!(*op, Op::Unlink);
+                assert_eq!(path, &dir.path_of("sub.npy"));
+                assert_eq!(source.raw_os_error(), Some(Errno::ISDIR.raw_os_error()));
+            }
+            other => panic!("expected Error::Io, got {other:?}"),
+        }
+        assert!(tmp.path().join("sub.npy").is_dir());
+        assert!(!tmp.path().join("b.npy").exists());
+    }
+
+    #[test]
+    fn unlink_all_removes_a_symlink_and_not_its_target() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("precious");
+        fs::write(&target, b"keep").unwrap();
+        symlink(&target, tmp.path().join("k.npy")).unwrap();
+        let dir = CacheDir::open(tmp.path(), false).unwrap();
+
+        assert!(dir.unlink_all(&["k.npy"]).unwrap().is_empty());
+
+        assert!(fs::symlink_metadata(tmp.path().join("k.npy")).is_err());
+        assert_eq!(fs::read(&target).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn read_into_refuses_a_window_past_the_end_before_reading() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("k.dat"), b"0123456789").unwrap();
+        let dir = CacheDir::open(tmp.path(), false).unwrap();
+        let mut dest = [0u8; 4];
+
+        let err = dir.read_into("k.dat", 8, &mut dest, &mut || Ok(())).unwrap_err();
+
+        match err {
+            Error::SizeMismatch { path, expected, actual } => {
+                assert_eq!(path, dir.path_of("k.dat"));
+                assert_eq!((expected, actual), (12, 10));
+            }
+            other => panic!("expected SizeMismatch, got {other:?}"),
+        }
+        assert_eq!(dest, [0; 4]);
+        dir.read_into("k.dat", 6, &mut dest, &mut || Ok(())).unwrap();
+        assert_eq!(&dest, b"6789");
+    }
+}

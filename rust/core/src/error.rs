@@ -178,3 +178,141 @@ pub(crate) fn to_usize(n: u64) -> Result<usize> {
 pub(crate) fn to_u64(n: usize) -> u64 {
     n as u64
 }
+
+#[cfg(test)]
+// Tests state their expectations with unwrap/expect/panic; the workspace denies them elsewhere.
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_op_name_round_trips_through_from_name() {
+        for op in Op::ALL {
+            assert_eq!(Op::from_name(op.name()), Some(op), "{op:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_or_display_spelled_names_are_not_ops() {
+        for name in ["", "Open", "dir fsync", "fsync_dir", "write ", "mmap"] {
+            assert_eq!(Op::from_name(name), None, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn op_names_are_distinct() {
+        let mut names: Vec<&str> = Op::ALL.iter().map(|op| op.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Op::ALL.len());
+    }
+
+    #[test]
+    fn op_index_is_its_position_in_all() {
+        for (position, op) in Op::ALL.into_iter().enumerate() {
+            assert_eq!(op.index(), position, "{op:?}");
+        }
+    }
+
+    #[test]
+    fn op_display_spells_dir_fsync_with_a_space_and_the_rest_by_seam_name() {
+        assert_eq!(Op::DirFsync.to_string(), "dir fsync");
+        for op in Op::ALL.into_iter().filter(|op| *op != Op::DirFsync) {
+            assert_eq!(op.to_string(), op.name());
+        }
+    }
+
+    #[test]
+    fn io_error_keeps_the_raw_errno_op_and_path() {
+        let err = Error::io(Op::Reserve, "/cache/k.npy.tmp", io::Error::from_raw_os_error(28));
+
+        assert_eq!(err.raw_os_error(), Some(28));
+        match &err {
+            Error::Io { op, path, .. } => {
+                assert_eq!(*op, Op::Reserve);
+                assert_eq!(path, &PathBuf::from("/cache/k.npy.tmp"));
+            }
+            other => panic!("expected Error::Io, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn io_error_display_names_the_op_the_path_and_the_os_error() {
+        let err = Error::io(Op::DirFsync, "/cache", io::Error::from_raw_os_error(5));
+
+        let text = err.to_string();
+
+        assert!(text.starts_with("dir fsync /cache: "), "{text}");
+        assert!(text.contains("os error 5"), "{text}");
+    }
+
+    #[test]
+    fn rename_error_names_both_paths_and_keeps_the_errno() {
+        let err = Error::Rename {
+            from: PathBuf::from("/c/k.npy.tmp"),
+            to: PathBuf::from("/c/k.npy"),
+            source: io::Error::from_raw_os_error(18),
+        };
+
+        assert_eq!(err.raw_os_error(), Some(18));
+        assert!(
+            err.to_string().starts_with("rename /c/k.npy.tmp -> /c/k.npy: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn errors_without_a_system_call_carry_no_errno() {
+        let errors = [
+            Error::InvalidName {
+                name: "a/b".to_owned(),
+                reason: "contains '/'",
+            },
+            Error::InvalidHeader {
+                path: PathBuf::from("/c/k.npy"),
+                reason: "bad magic".to_owned(),
+            },
+            Error::SizeMismatch {
+                path: PathBuf::from("/c/k.dat"),
+                expected: 10,
+                actual: 3,
+            },
+            Error::SizeOverflow,
+            Error::Interrupted,
+        ];
+        for err in errors {
+            assert_eq!(err.raw_os_error(), None, "{err}");
+        }
+    }
+
+    #[test]
+    fn io_error_without_an_errno_reports_none() {
+        let err = Error::io(Op::Map, "/c/k.dat", io::Error::other("null mapping"));
+
+        assert_eq!(err.raw_os_error(), None);
+    }
+
+    #[test]
+    fn size_mismatch_display_states_expected_and_actual() {
+        let err = Error::SizeMismatch {
+            path: PathBuf::from("/c/k.dat"),
+            expected: 4096,
+            actual: 100,
+        };
+
+        assert_eq!(err.to_string(), "/c/k.dat: expected 4096 bytes, found 100");
+    }
+
+    #[test]
+    fn checked_add_overflows_into_size_overflow() {
+        assert_eq!(add(u64::MAX - 1, 1).unwrap(), u64::MAX);
+        assert!(matches!(add(u64::MAX, 1), Err(Error::SizeOverflow)));
+    }
+
+    #[test]
+    fn to_usize_round_trips_every_address_space_size() {
+        for n in [0, 1, 4096, usize::MAX] {
+            assert_eq!(to_usize(to_u64(n)).unwrap(), n);
+        }
+    }
+}

@@ -238,3 +238,185 @@ impl Mapping {
         }
     }
 }
+
+#[cfg(test)]
+// Tests state their expectations with unwrap/expect/panic; the workspace denies them elsewhere.
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::fs;
+    use std::sync::Arc;
+
+    use rustix::io::Errno;
+
+    use super::*;
+    use crate::error::to_u64;
+    use crate::fs::{FaultyFs, RealFs, RecordingFs};
+
+    const PAGE: usize = 4096;
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|index| (index % 251) as u8).collect()
+    }
+
+    fn cache_with(content: &[u8], fs: Arc<dyn Fs>) -> (tempfile::TempDir, CacheDir) {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("k.dat"), content).unwrap();
+        let dir = CacheDir::open_with(tmp.path(), false, fs).unwrap();
+        (tmp, dir)
+    }
+
+    fn window(mapping: &Mapping) -> Vec<u8> {
+        let mut out = vec![0u8; mapping.len()];
+        // SAFETY: the window is valid for `len` bytes while `mapping` lives, nothing else
+        // writes it during the test, and `out` is a separate allocation of that length.
+        unsafe { std::ptr::copy_nonoverlapping(mapping.as_ptr(), out.as_mut_ptr(), mapping.len()) };
+        out
+    }
+
+    fn map_calls(recording: &RecordingFs) -> usize {
+        recording.calls().iter().filter(|call| call.op == Op::Map).count()
+    }
+
+    #[test]
+    fn mode_strings_round_trip_and_unknown_ones_are_refused() {
+        for mode in [MappingMode::ReadOnly, MappingMode::ReadWrite, MappingMode::CopyOnWrite] {
+            assert_eq!(MappingMode::parse(mode.as_str()), Some(mode));
+        }
+        for text in ["", "w", "w+", "R", "r+ ", "readonly", "c+"] {
+            assert_eq!(MappingMode::parse(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn only_r_exports_a_readonly_buffer() {
+        assert!(MappingMode::ReadOnly.is_readonly());
+        assert!(!MappingMode::ReadWrite.is_readonly());
+        assert!(!MappingMode::CopyOnWrite.is_readonly());
+    }
+
+    #[test]
+    fn zero_length_window_calls_no_mmap() {
+        let recording = Arc::new(RecordingFs::new());
+        let (_tmp, dir) = cache_with(&pattern(100), recording.clone());
+        recording.clear();
+
+        for mode in [MappingMode::ReadOnly, MappingMode::ReadWrite, MappingMode::CopyOnWrite] {
+            let mapping = Mapping::open(&dir, "k.dat", mode, 37, Some(0)).unwrap();
+            assert!(mapping.is_empty());
+            assert_eq!(mapping.offset(), 37);
+            assert!(!mapping.as_ptr().is_null());
+            mapping.flush().unwrap();
+        }
+        let at_end = Mapping::open(&dir, "k.dat", MappingMode::ReadOnly, 100, None).unwrap();
+        assert!(at_end.is_empty());
+
+        assert_eq!(map_calls(&recording), 0);
+    }
+
+    #[test]
+    fn non_empty_window_passes_the_map_gate_once() {
+        let recording = Arc::new(RecordingFs::new());
+        let (_tmp, dir) = cache_with(&pattern(100), recording.clone());
+        recording.clear();
+
+        let mapping = Mapping::open(&dir, "k.dat", MappingMode::ReadOnly, 0, Some(1)).unwrap();
+
+        assert_eq!(mapping.len(), 1);
+        assert_eq!(map_calls(&recording), 1);
+    }
+
+    #[test]
+    fn unaligned_window_crossing_a_page_boundary_sees_exactly_its_bytes() {
+        let content = pattern(3 * PAGE);
+        let (_tmp, dir) = cache_with(&content, Arc::new(RealFs));
+
+        for (offset, len) in [(PAGE - 6, 12), (PAGE + 1, PAGE), (1, 3 * PAGE - 1), (3 * PAGE - 1, 1)] {
+            let mapping =
+                Mapping::open(&dir, "k.dat", MappingMode::ReadOnly, to_u64(offset), Some(to_u64(len))).unwrap();
+
+            assert_eq!(mapping.offset(), to_u64(offset));
+            assert_eq!(window(&mapping), content[offset..offset + len], "{offset}+{len}");
+        }
+    }
+
+    #[test]
+    fn flushing_an_unaligned_read_write_window_persists_only_its_bytes() {
+        let content = pattern(3 * PAGE);
+        let (tmp, dir) = cache_with(&content, Arc::new(RealFs));
+        let (offset, len) = (PAGE + 1, 10);
+        let mapping = Mapping::open(&dir, "k.dat", MappingMode::ReadWrite, to_u64(offset), Some(to_u64(len))).unwrap();
+
+        // SAFETY: the window is writable (`r+`) and valid for `len` bytes while `mapping` lives;
+        // nothing else touches it during the test.
+        unsafe { std::ptr::write_bytes(mapping.as_ptr(), 0xEE, len) };
+        mapping.flush().unwrap();
+
+        let mut expected = content;
+        expected[offset..offset + len].fill(0xEE);
+        assert_eq!(fs::read(tmp.path().join("k.dat")).unwrap(), expected);
+    }
+
+    #[test]
+    fn window_end_past_u64_is_a_size_overflow() {
+        let (_tmp, dir) = cache_with(&pattern(10), Arc::new(RealFs));
+
+        for (offset, len) in [(u64::MAX, 1), (1, u64::MAX)] {
+            let err = Mapping::open(&dir, "k.dat", MappingMode::ReadOnly, offset, Some(len)).unwrap_err();
+            assert!(matches!(err, Error::SizeOverflow), "{offset}+{len}: {err}");
+        }
+    }
+
+    #[test]
+    fn window_one_byte_past_the_end_is_refused_with_both_sizes() {
+        let (_tmp, dir) = cache_with(&pattern(10), Arc::new(RealFs));
+
+        let err = Mapping::open(&dir, "k.dat", MappingMode::ReadOnly, 4, Some(7)).unwrap_err();
+
+        match err {
+            Error::SizeMismatch { path, expected, actual } => {
+                assert_eq!(path, dir.path_of("k.dat"));
+                assert_eq!((expected, actual), (11, 10));
+            }
+            other => panic!("expected SizeMismatch, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refused_map_gate_surfaces_as_a_map_error_with_the_path() {
+        let faulty = Arc::new(FaultyFs::new(Op::Map, 1, Errno::NOMEM.raw_os_error()));
+        let (_tmp, dir) = cache_with(&pattern(10), faulty);
+
+        let err = Mapping::open(&dir, "k.dat", MappingMode::ReadOnly, 0, None).unwrap_err();
+
+        match err {
+            Error::Io { op, path, source } => {
+                assert_eq!(op, Op::Map);
+                assert_eq!(path, dir.path_of("k.dat"));
+                assert_eq!(source.raw_os_error(), Some(Errno::NOMEM.raw_os_error()));
+            }
+            other => panic!("expected Error::Io, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn failed_fstat_surfaces_as_a_stat_error() {
+        let faulty = Arc::new(FaultyFs::new(Op::Stat, 1, Errno::IO.raw_os_error()));
+        let (_tmp, dir) = cache_with(&pattern(10), faulty);
+
+        let err = Mapping::open(&dir, "k.dat", MappingMode::ReadOnly, 0, None).unwrap_err();
+
+        assert!(matches!(err, Error::Io { op: Op::Stat, .. }), "{err}");
+        assert_eq!(err.raw_os_error(), Some(Errno::IO.raw_os_error()));
+    }
+
+    #[test]
+    fn mapping_keeps_the_old_bytes_after_the_file_is_replaced_by_rename() {
+        let (tmp, dir) = cache_with(b"old-bytes", Arc::new(RealFs));
+        let mapping = Mapping::open(&dir, "k.dat", MappingMode::ReadOnly, 0, None).unwrap();
+
+        fs::write(tmp.path().join("new"), b"NEW-BYTES").unwrap();
+        fs::rename(tmp.path().join("new"), tmp.path().join("k.dat")).unwrap();
+
+        assert_eq!(window(&mapping), b"old-bytes");
+    }
+}

@@ -526,3 +526,229 @@ fn shape_of(value: Value) -> Result<Vec<u64>, String> {
         })
         .collect()
 }
+
+#[cfg(test)]
+// Tests state their expectations with unwrap/expect/panic; the workspace denies them elsewhere.
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    /// A `'aaa…'` string descr whose format 1.0 header needs exactly `needed` bytes including
+    /// the newline (shape `(1,)`, C order).
+    fn descr_needing(needed: u64) -> String {
+        let base = to_u64(dict_text("''", false, &[1]).len()) + PREAMBLE_V1 + 1;
+        let filler = to_usize(needed - base).unwrap();
+        format!("'{}'", "a".repeat(filler))
+    }
+
+    fn header_len_v1(encoded: &[u8]) -> u64 {
+        u64::from(u16::from_le_bytes([encoded[8], encoded[9]]))
+    }
+
+    #[test]
+    fn shape_text_spells_0_d_1_tuple_and_n_d_like_python() {
+        let cases: [(&[u64], &str); 4] = [
+            (&[], "()"),
+            (&[7], "(7,)"),
+            (&[2, 3], "(2, 3)"),
+            (&[0, 1, 2], "(0, 1, 2)"),
+        ];
+        for (shape, text) in cases {
+            let dict = dict_text("'<f8'", false, shape);
+            assert_eq!(
+                dict,
+                format!("{{'descr': '<f8', 'fortran_order': False, 'shape': {text}, }}"),
+                "{shape:?}"
+            );
+        }
+        assert!(dict_text("'<f8'", true, &[1]).contains("'fortran_order': True"));
+    }
+
+    #[test]
+    fn zero_d_and_one_tuple_shapes_survive_an_encode_decode_round_trip() {
+        for shape in [&[][..], &[1][..], &[12345][..]] {
+            let encoded = encode_header("'<i2'", false, shape, 2).unwrap();
+            let header = decode_header(&encoded, NPY_DATA_ALIGN + 2).unwrap();
+            assert_eq!(header.shape, shape);
+        }
+    }
+
+    #[test]
+    fn padding_lands_data_at_4096_even_when_the_dict_fills_the_page_exactly() {
+        let descr = descr_needing(NPY_DATA_ALIGN);
+
+        let encoded = encode_header(&descr, false, &[1], 8).unwrap();
+
+        assert_eq!(to_u64(encoded.len()), NPY_DATA_ALIGN);
+        assert_eq!(header_len_v1(&encoded), NPY_DATA_ALIGN - PREAMBLE_V1);
+        assert_eq!(encoded[encoded.len() - 2], b'}', "no room left for padding");
+        assert_eq!(encoded.last(), Some(&b'\n'));
+    }
+
+    #[test]
+    fn padding_is_spaces_between_the_dict_and_the_final_newline() {
+        let encoded = encode_header("'<f8'", false, &[4], 32).unwrap();
+        let dict = dict_text("'<f8'", false, &[4]);
+        let dict_end = 10 + dict.len();
+
+        assert_eq!(&encoded[10..dict_end], dict.as_bytes());
+        assert!(encoded[dict_end..encoded.len() - 1].iter().all(|&byte| byte == b' '));
+        assert_eq!(encoded.last(), Some(&b'\n'));
+    }
+
+    #[test]
+    fn one_byte_past_the_page_falls_back_to_64_byte_alignment() {
+        let descr = descr_needing(NPY_DATA_ALIGN + 1);
+
+        let encoded = encode_header(&descr, false, &[1], 8).unwrap();
+
+        assert_eq!(to_u64(encoded.len()), NPY_DATA_ALIGN + NPY_ARRAY_ALIGN);
+        let header = decode_header(&encoded, to_u64(encoded.len()) + 8).unwrap();
+        assert_eq!(header.descr, descr);
+    }
+
+    #[test]
+    fn zero_byte_payload_gets_64_byte_alignment_instead_of_a_page() {
+        for needed in [11 + 64, 1000, NPY_DATA_ALIGN - 1] {
+            let descr = descr_needing(needed);
+
+            let encoded = encode_header(&descr, false, &[1], 0).unwrap();
+
+            assert_eq!(
+                to_u64(encoded.len()),
+                needed.next_multiple_of(NPY_ARRAY_ALIGN),
+                "{needed}"
+            );
+            let header = decode_header(&encoded, to_u64(encoded.len())).unwrap();
+            assert_eq!(header.data_offset, to_u64(encoded.len()));
+        }
+    }
+
+    #[test]
+    fn non_latin1_header_uses_a_four_byte_length_and_still_lands_data_at_4096() {
+        let encoded = encode_header("[('θ', '<f4')]", false, &[3], 12).unwrap();
+
+        assert_eq!(to_u64(encoded.len()), NPY_DATA_ALIGN);
+        let header_len = u32::from_le_bytes([encoded[8], encoded[9], encoded[10], encoded[11]]);
+        assert_eq!(u64::from(header_len), NPY_DATA_ALIGN - PREAMBLE_V2);
+    }
+
+    #[test]
+    fn latin1_beyond_ascii_stays_format_1_as_latin1_bytes() {
+        let encoded = encode_header("[('é', '<f4')]", false, &[3], 12).unwrap();
+
+        assert_eq!(&encoded[6..8], b"\x01\x00");
+        assert!(encoded.windows(3).any(|window| window == b"'\xe9'"));
+        let header = decode_header(&encoded, NPY_DATA_ALIGN + 12).unwrap();
+        assert_eq!(header.descr, "[('é', '<f4')]");
+    }
+
+    #[test]
+    fn header_too_long_to_read_back_is_refused_when_encoding() {
+        let descr = format!("'{}'", "a".repeat(usize::try_from(MAX_HEADER_LEN).unwrap()));
+
+        let err = encode_header(&descr, false, &[1], 8).unwrap_err();
+
+        assert!(err.contains("exceeds"), "{err}");
+    }
+
+    #[test]
+    fn parenthesised_int_is_not_a_tuple_shape() {
+        let text = "{'descr': '<f8', 'fortran_order': False, 'shape': (5), }";
+
+        let err = parse_dict(text).err().unwrap();
+
+        assert!(err.contains("tuple"), "{err}");
+        assert_eq!(
+            parse_dict("{'descr': '<f8', 'fortran_order': False, 'shape': (5,), }")
+                .unwrap()
+                .shape,
+            [5]
+        );
+    }
+
+    #[test]
+    fn hostile_nesting_is_refused_without_deep_recursion() {
+        let deep = format!("{}'<f8'{}", "[".repeat(10_000), "]".repeat(10_000));
+        let text = format!("{{'descr': {deep}, 'fortran_order': False, 'shape': (1,), }}");
+
+        let err = parse_dict(&text).err().unwrap();
+
+        assert!(err.contains("nested too deeply"), "{err}");
+    }
+
+    #[test]
+    fn descr_text_is_kept_verbatim_for_python_to_evaluate() {
+        let descr = "[('x', '<f8', (2, 3)), ('name', '<U5')]";
+        let text = format!("{{'descr':   {descr}  , 'fortran_order': False, 'shape': (1,), }}");
+
+        assert_eq!(parse_dict(&text).unwrap().descr, descr);
+    }
+
+    #[test]
+    fn duplicate_keys_do_not_count_as_the_missing_ones() {
+        let text = "{'descr': '<f8', 'descr': '<f4', 'shape': (1,), }";
+
+        let err = parse_dict(text).err().unwrap();
+
+        assert!(err.contains("exactly the keys"), "{err}");
+    }
+
+    fn cache_with(name: &str, content: &[u8]) -> (tempfile::TempDir, CacheDir) {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(name), content).unwrap();
+        let dir = CacheDir::open(tmp.path(), false).unwrap();
+        (tmp, dir)
+    }
+
+    #[test]
+    fn read_header_reads_past_the_first_page_for_a_long_header() {
+        let fields: Vec<String> = (0..300).map(|index| format!("('f{index}', '<f8')")).collect();
+        let descr = format!("[{}]", fields.join(", "));
+        let mut file = encode_header(&descr, false, &[2], 2 * 300 * 8).unwrap();
+        assert!(to_u64(file.len()) > NPY_DATA_ALIGN);
+        let data_offset = to_u64(file.len());
+        file.resize(file.len() + 4800, 0);
+        let (_tmp, dir) = cache_with("k.npy", &file);
+
+        let header = dir.read_header("k.npy").unwrap();
+
+        assert_eq!(header.descr, descr);
+        assert_eq!(header.data_offset, data_offset);
+        assert_eq!(header.file_len, to_u64(file.len()));
+    }
+
+    #[test]
+    fn read_header_of_a_file_shorter_than_a_page() {
+        let file = encode_header("'<u1'", false, &[0], 0).unwrap();
+        let (_tmp, dir) = cache_with("k.npy", &file);
+
+        let header = dir.read_header("k.npy").unwrap();
+
+        assert_eq!((header.data_offset, header.file_len), (128, 128));
+        assert_eq!(header.shape, [0]);
+    }
+
+    #[test]
+    fn read_header_refuses_empty_and_truncated_files_as_invalid_headers() {
+        let full = encode_header("'<f8'", false, &[2], 16).unwrap();
+        let cases: [(&[u8], &str); 3] = [
+            (b"", "magic"),
+            (b"\x93NUMPY\x01", "magic"),
+            (&full[..100], "file holds 100"),
+        ];
+        for (content, reason) in cases {
+            let (_tmp, dir) = cache_with("k.npy", content);
+
+            let err = dir.read_header("k.npy").unwrap_err();
+
+            match err {
+                Error::InvalidHeader { path, reason: got } => {
+                    assert_eq!(path, dir.path_of("k.npy"));
+                    assert!(got.contains(reason), "{got}");
+                }
+                other => panic!("expected InvalidHeader, got {other:?}"),
+            }
+        }
+    }
+}

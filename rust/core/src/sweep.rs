@@ -128,3 +128,140 @@ impl CacheDir {
         }
     }
 }
+
+#[cfg(test)]
+// Tests state their expectations with unwrap/expect/panic; the workspace denies them elsewhere.
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::fs;
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+    use crate::atomic::PendingFile;
+
+    #[test]
+    fn is_swept_name_accepts_exactly_our_temp_grammar() {
+        let cases = [
+            ("k.npy.tmp", true),
+            ("k.meta.json.tmp", true),
+            ("k.dat.tmp", true),
+            ("θ-ключ.npy.tmp", true),
+            ("a.npy.npy.tmp", true),
+            // The stem rule is only "non-empty": the caller's key rule is applied on top.
+            ("..npy.tmp", true),
+            (" .dat.tmp", true),
+            (".npy.tmp", false),
+            (".meta.json.tmp", false),
+            (".dat.tmp", false),
+            ("k.npy", false),
+            ("k.meta.json", false),
+            ("k.tmp", false),
+            ("k.json.tmp", false),
+            ("k.npy.tmp.bak", false),
+            ("k.NPY.TMP", false),
+            ("k.npy.tmp ", false),
+            ("sub/k.npy.tmp", false),
+            ("/k.dat.tmp", false),
+            ("k\0.npy.tmp", false),
+            ("", false),
+        ];
+        for (name, swept) in cases {
+            assert_eq!(is_swept_name(name), swept, "{name:?}");
+        }
+    }
+
+    fn open_dir() -> (tempfile::TempDir, CacheDir) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = CacheDir::open(tmp.path(), false).unwrap();
+        (tmp, dir)
+    }
+
+    fn sorted(mut names: Vec<String>) -> Vec<String> {
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn sweep_removes_our_temps_and_leaves_everything_else() {
+        let (tmp, dir) = open_dir();
+        for name in [
+            "a.npy.tmp",
+            "a.meta.json.tmp",
+            "b.dat.tmp",
+            "a.npy",
+            "notes.tmp",
+            ".npy.tmp",
+        ] {
+            fs::write(tmp.path().join(name), b"x").unwrap();
+        }
+        fs::create_dir(tmp.path().join("d.npy.tmp")).unwrap();
+
+        let report = dir.sweep_temps().unwrap();
+
+        assert_eq!(
+            sorted(report.removed),
+            ["a.meta.json.tmp", "a.npy.tmp", "b.dat.tmp"].map(String::from)
+        );
+        assert!(report.failed.is_empty());
+        let left = sorted(dir.fs().list(dir.fd()).unwrap());
+        assert_eq!(left, [".npy.tmp", "a.npy", "d.npy.tmp", "notes.tmp"].map(String::from));
+    }
+
+    #[test]
+    fn sweep_unlinks_a_temp_named_symlink_without_touching_its_target() {
+        let (tmp, dir) = open_dir();
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("precious");
+        fs::write(&target, b"keep").unwrap();
+        symlink(&target, tmp.path().join("k.npy.tmp")).unwrap();
+
+        let report = dir.sweep_temps().unwrap();
+
+        assert_eq!(report.removed, ["k.npy.tmp"]);
+        assert!(fs::symlink_metadata(tmp.path().join("k.npy.tmp")).is_err());
+        assert_eq!(fs::read(&target).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn sweep_skips_a_temp_a_live_writer_holds() {
+        let (tmp, dir) = open_dir();
+        let pending = PendingFile::create(&dir, "k.npy").unwrap();
+
+        let report = dir.sweep_temps().unwrap();
+
+        assert!(report.removed.is_empty(), "{:?}", report.removed);
+        assert!(report.failed.is_empty());
+        assert!(tmp.path().join("k.npy.tmp").exists());
+        drop(pending);
+    }
+
+    #[test]
+    fn named_sweep_only_considers_the_given_names_that_match_the_grammar() {
+        let (tmp, dir) = open_dir();
+        for name in ["a.npy.tmp", "b.npy.tmp", "c.npy"] {
+            fs::write(tmp.path().join(name), b"x").unwrap();
+        }
+
+        let names = ["a.npy.tmp", "c.npy", "missing.dat.tmp"].map(String::from);
+        let report = dir.sweep_named_temps(&names).unwrap();
+
+        assert_eq!(report.removed, ["a.npy.tmp"]);
+        assert!(report.failed.is_empty());
+        assert!(tmp.path().join("b.npy.tmp").exists());
+        assert!(tmp.path().join("c.npy").exists());
+    }
+
+    #[test]
+    fn sweep_does_nothing_while_a_writer_lock_is_held() {
+        let (tmp, dir) = open_dir();
+        fs::write(tmp.path().join("k.dat.tmp"), b"x").unwrap();
+        let lock = dir.writer_lock().unwrap();
+
+        let report = dir.sweep_temps().unwrap();
+
+        assert!(report.removed.is_empty());
+        assert!(tmp.path().join("k.dat.tmp").exists());
+        drop(lock);
+        assert_eq!(dir.sweep_temps().unwrap().removed, ["k.dat.tmp"]);
+    }
+}
