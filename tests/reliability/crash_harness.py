@@ -125,6 +125,7 @@ class CampaignCounts:
     partial_ack_lines: int = 0
     writer_errors: int = 0
     verifier_crashes: int = 0
+    acknowledged_by_op: dict[str, int] = field(default_factory=dict)
     details: list[str] = field(default_factory=list)
 
     def problem(self, text: str) -> None:
@@ -144,19 +145,30 @@ def report_counts(name: str, counts: dict[str, Any]) -> None:
 
 
 class _KeyModel:
-    """What each key may read as, from the acknowledgement log and the last verification."""
+    """What each key may read as, from the acknowledgement log and the last verification.
 
-    def __init__(self) -> None:
+    ``durable_purge=False`` lets an acknowledged purge come undone (the key may read as absent or
+    as what it held before), for interruptions that drop what was never fsynced.
+    """
+
+    def __init__(self, durable_purge: bool) -> None:
+        self.durable_purge = durable_purge
         self.layouts: dict[tuple[str, int], Layout] = {}
         self.possible: dict[str, set[int | None]] = {key: {None} for key in (*STORE_KEYS, *CONVERSION_KEYS)}
-        self.in_flight: dict[str, set[int]] = defaultdict(set)
+        self.in_flight: dict[str, set[int | None]] = defaultdict(set)
 
     def apply(self, record: dict[str, Any]) -> None:
+        """Fold one log record in; a ``None`` generation is a purge (the key becomes absent)."""
         for item in record["items"]:
-            key, generation = item["key"], int(item["gen"])
+            key = item["key"]
+            generation = None if item["gen"] is None else int(item["gen"])
             if record["t"] == "begin":
-                self.layouts[key, generation] = Layout.from_json(item)
+                if generation is not None:
+                    self.layouts[key, generation] = Layout.from_json(item)
                 self.in_flight[key].add(generation)
+            elif generation is None and not self.durable_purge:
+                self.possible[key] |= {None} | self.in_flight[key]
+                self.in_flight[key].clear()
             else:
                 self.possible[key] = {generation}
                 self.in_flight[key].clear()
@@ -173,16 +185,25 @@ class Campaign:
     """Repeated write-interrupt-verify cycles on one directory (see the module docstring)."""
 
     def __init__(
-        self, zygote: Zygote, directory: Path, ack_path: Path, seed: int, aim_at_call: tuple[int, int] = (1, 3)
+        self,
+        zygote: Zygote,
+        directory: Path,
+        ack_path: Path,
+        seed: int,
+        aim_at_call: tuple[int, int] = (1, 3),
+        durable_purge: bool = True,
     ) -> None:
-        """``aim_at_call``: the aimed interruption hits the n-th write call of a run, n drawn in this range."""
+        """``aim_at_call``: the aimed interruption hits the n-th write call of a run, n drawn in this range.
+
+        ``durable_purge``: whether an acknowledged purge must survive the interruption.
+        """
         self.zygote = zygote
         self.aim_at_call = aim_at_call
         self.directory = directory
         self.ack_path = ack_path
         self.rng = random.Random(seed)
         self.counts = CampaignCounts()
-        self.model = _KeyModel()
+        self.model = _KeyModel(durable_purge)
         self._durations: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=25))
         self._ack_offset = 0
         self._run = 0
@@ -254,6 +275,8 @@ class Campaign:
             self.model.apply(record)
             if record["t"] == "ack":
                 self.counts.acknowledged_writes += 1
+                by_op = self.counts.acknowledged_by_op
+                by_op[record["op"]] = by_op.get(record["op"], 0) + 1
         if run_records and run_records[-1]["t"] == "begin":
             self.counts.inside_write += 1
 

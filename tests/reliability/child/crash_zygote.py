@@ -21,6 +21,7 @@ its children never interleave. Run it with ``-X faulthandler`` so a crash of a c
 import functools
 import json
 import os
+import pickle
 import random
 import sys
 import time
@@ -52,8 +53,8 @@ from lazy_disk_cache.lazy_disk_cache import LazyDiskCacheConfig
 
 Store = DiskBackedStore[DiskBackedNDArray]
 
-_OPS = ("single", "group", "rewrite", "convert")
-_OP_WEIGHTS = (4, 3, 2, 3)
+_OPS = ("single", "group", "rewrite", "convert", "purge")
+_OP_WEIGHTS = (4, 3, 2, 3, 1)
 _WRITER_FAILED = 70
 
 
@@ -133,12 +134,30 @@ class Writer:
             layout = make_layout(key, generation)
             planned.append((key, generation, layout, make_value(key, generation, layout)))
 
+        by_pickling = self.rng.random() < 0.3
+
         def call() -> None:
             for key, _, _, value in planned:
                 self.install(key, value)
-            self.store.offload(keys, pickle_container=True)
+            if by_pickling:
+                # Pickling a caching store commits every cached entry in one group commit.
+                pickle.dumps(self.store)
+            else:
+                self.store.offload(keys, pickle_container=True)
 
         self.timed("group", [self.item(key, gen, layout) for key, gen, layout, _ in planned], call)
+
+    def purge(self) -> None:
+        """Purge a key: afterwards it reads as absent; while purging, as its old value or absent."""
+        key = self.rng.choice(STORE_KEYS)
+
+        def call() -> None:
+            try:
+                self.store.purge(key)
+            except KeyError:
+                pass  # Neither tracked nor on disk: already absent.
+
+        self.timed("purge", [{"key": key, "gen": None}], call)
 
     def rewrite(self) -> None:
         """Reload a key (a copy-on-write mapping of its .npy), overwrite it in place, commit it."""
@@ -181,7 +200,13 @@ class Writer:
 
     def loop(self) -> None:
         emit({"t": "ready"})
-        operations = {"single": self.single, "group": self.group, "rewrite": self.rewrite, "convert": self.convert}
+        operations = {
+            "single": self.single,
+            "group": self.group,
+            "rewrite": self.rewrite,
+            "convert": self.convert,
+            "purge": self.purge,
+        }
         while True:
             operations[self.rng.choices(_OPS, _OP_WEIGHTS)[0]]()
 
