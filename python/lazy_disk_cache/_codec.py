@@ -175,11 +175,14 @@ def parse_sidecar(raw: bytes, key: str) -> tuple[dict[str, Any], str]:
     Raises ``ValueError`` (``json.JSONDecodeError`` for invalid JSON) for anything but a JSON
     object with the integer ``schema_version`` 1 and a string ``lazy_disk_cache_class``.
     """
-    meta = json.loads(raw.decode("utf-8"))
+    not_an_object = f"Unsupported lazy_disk_cache sidecar for key {key!r}: expected a JSON object with schema_version 1"
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except RecursionError as exc:
+        # json gives up on deep nesting with RecursionError; such a file is no schema-1 object.
+        raise ValueError(not_an_object) from exc
     if not isinstance(meta, dict):
-        raise ValueError(
-            f"Unsupported lazy_disk_cache sidecar for key {key!r}: expected a JSON object with schema_version 1"
-        )
+        raise ValueError(not_an_object)
     version = meta.get("schema_version")
     # JSON true and 1.0 compare equal to 1 in Python; only the integer itself is schema 1.
     if type(version) is not int or version != SCHEMA_VERSION:

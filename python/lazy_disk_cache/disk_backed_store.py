@@ -7,6 +7,7 @@ several keys are grouped into one commit with a single directory fsync. Opening 
 the temps a crash left behind and adopts every ``<k>.npy`` it finds.
 """
 
+import contextlib
 import logging
 import os
 import threading
@@ -146,6 +147,17 @@ def _resolve_lazy_disk_cache_class(name: str) -> type[LazyDiskCache]:
 
 
 _NO_DEFAULT: Any = object()
+
+
+@contextlib.contextmanager
+def _naming_the_sidecar(path: Path) -> Iterator[None]:
+    """Add a note naming the sidecar to a ``ValueError`` raised inside; the message stays as pinned."""
+    try:
+        yield
+    except ValueError as exc:
+        exc.add_note(f"while reading the sidecar {str(path)!r}")
+        raise
+
 
 # ---------------------------------------------------------------------------------------------
 # The store
@@ -547,14 +559,16 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
             raise KeyError(key)
         directory = self._directory()
         try:
-            sidecar, class_name = parse_sidecar(read_sidecar_bytes(directory, meta), key)
-            cls = _resolve_lazy_disk_cache_class(class_name)
+            with _naming_the_sidecar(meta):
+                sidecar, class_name = parse_sidecar(read_sidecar_bytes(directory, meta), key)
+                cls = _resolve_lazy_disk_cache_class(class_name)
             layout = decode_layout(directory, npy)
         except FileNotFoundError:
             raise KeyError(key) from None
         if sidecar_is_stale(sidecar, layout):
             logger.warning("sidecar for key %r is stale; the .npy header wins", key)
-        flags = sidecar_flags(sidecar, key)
+        with _naming_the_sidecar(meta):
+            flags = sidecar_flags(sidecar, key)
         array: NDArray[Any]
         if flags["enable_caching"]:
             mode: Literal["r", "c"] = "r" if directory_refuses_writes(self._cache_dir) else "c"
