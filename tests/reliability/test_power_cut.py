@@ -129,7 +129,12 @@ def mounted(request: pytest.FixtureRequest, tmp_path: Path, probe_dir: Path) -> 
         assert failure is None, failure
     yield fstype, image, mountpoint
     if os.path.ismount(mountpoint):
-        _umount(mountpoint, image)
+        try:
+            _umount(mountpoint, image)
+        except RuntimeError:
+            # Never leave a mount behind, even when something still holds it open.
+            _run("umount", "-l", str(mountpoint))
+            raise
 
 
 def _cutter(mountpoint: Path, rng: random.Random, flags_used: list[int]) -> Callable[[int], None]:
