@@ -26,7 +26,7 @@ from crash_harness import report_counts
 CHILD = Path(__file__).parent / "child" / "full_disk_steps.py"
 VALUE_BYTES = int(os.environ.get("LDC_FULL_DISK_BYTES", str(64 * 1024)))
 PAGE = 4096
-OPS = ("commit", "group", "convert", "materialise")
+OPS = ("commit", "group", "convert", "materialise", "zero-fill")
 
 
 @functools.cache

@@ -6,7 +6,8 @@ MODE is ``fsize`` (RLIMIT_FSIZE lowered to each step; CPython ignores SIGXFSZ, s
 surfaces as EFBIG), ``tmpfs`` (DIRECTORY is a small tmpfs; a filler file leaves exactly each step
 of free space) or ``inodes`` (DIRECTORY is a tmpfs with few inodes; filler files leave each
 number of free inodes). For every operation (a single-key commit, a group commit, a ``.dat``
-conversion, the materialisation of a reloaded entry's ``.dat``) and every step, the child checks:
+conversion, the materialisation of a reloaded entry's ``.dat``, a zero-filling ``load("w+")``) and
+every step, the child checks:
 the failure is an ``OSError`` with ENOSPC/EFBIG/EDQUOT and a filename naming the operation's
 temp in DIRECTORY; no temp is left; the previous value and every other key are intact; the same
 operation succeeds once the space is freed. A SIGBUS would kill the child, which the test sees.
@@ -229,6 +230,8 @@ class Stepper:
             self.expected.update(prepared)
         elif op == "convert":
             self.expected["conv.dat"] = prepared.tobytes()
+        elif op == "zero-fill":
+            self.expected["zero.dat"] = bytes(self.layout.nbytes)
 
     def commit(self) -> None:
         pair_bytes = PAGE + self.layout.nbytes + PAGE
@@ -245,6 +248,22 @@ class Stepper:
             DiskBackedNDArray(value, cache_path=self.directory / "conv", enable_caching=True, purge_disk_on_gc=False)
 
         self.run("convert", (self.layout.nbytes, 1), lambda: self.value("conv"), attempt, ("conv",))
+
+    def zero_fill(self) -> None:
+        """``load("w+")`` replaces the .dat with a reserved, zeroed file of the same size."""
+
+        def prepare() -> DiskBackedNDArray:
+            value = self.value("zero")
+            entry = DiskBackedNDArray(value, cache_path=self.directory / "zero", enable_caching=True)
+            entry.offload()
+            self.expected["zero.dat"] = value.tobytes()
+            return entry
+
+        def attempt(entry: DiskBackedNDArray) -> None:
+            if entry.offloaded:
+                entry.load("w+")
+
+        self.run("zero-fill", (self.layout.nbytes, 1), prepare, attempt, ("zero",))
 
     def materialise(self) -> None:
         """A reloaded entry maps its .npy copy-on-write; its first offload writes <key>.dat."""
@@ -286,6 +305,7 @@ def main() -> None:
     stepper.commit()
     stepper.convert()
     stepper.materialise()
+    stepper.zero_fill()
     if mode != "fsize":
         stepper.write_through_mappings_when_full()
     report = {
