@@ -94,29 +94,32 @@ def sidecar_bytes(data: np.ndarray[Any, Any]) -> bytes:
     return json.dumps(meta, ensure_ascii=False).encode("utf-8")
 
 
-def _write_synced(path: Path, payload: np.ndarray[Any, Any] | bytes) -> None:
+def _write_synced(path: Path, payload: np.ndarray[Any, Any] | bytes, *, durable: bool = True) -> None:
     with open(path, "xb") as handle:
         if isinstance(payload, bytes):
             handle.write(payload)
         else:
             np.lib.format.write_array(handle, payload, allow_pickle=False)
         handle.flush()
-        os.fsync(handle.fileno())
+        if durable:
+            os.fsync(handle.fileno())
 
 
-def group_commit(directory: Path, items: Sequence[tuple[str, np.ndarray[Any, Any]]]) -> None:
+def group_commit(directory: Path, items: Sequence[tuple[str, np.ndarray[Any, Any]]], *, durable: bool = True) -> None:
     """What the store promises, written by hand: the same artefacts, the same durability.
 
     For each key a ``<key>.npy`` (standard header) and a ``<key>.meta.json``, each written to a
-    temp and fsynced; then every rename; then one directory fsync.
+    temp and fsynced; then every rename; then one directory fsync. ``durable=False`` skips the
+    fsyncs (for fixtures that only need the bytes on disk).
     """
     for key, data in items:
-        _write_synced(directory / f"{key}.npy.tmp", data)
-        _write_synced(directory / f"{key}.meta.json.tmp", sidecar_bytes(data))
+        _write_synced(directory / f"{key}.npy.tmp", data, durable=durable)
+        _write_synced(directory / f"{key}.meta.json.tmp", sidecar_bytes(data), durable=durable)
     for key, _ in items:
         os.rename(directory / f"{key}.npy.tmp", directory / f"{key}.npy")
         os.rename(directory / f"{key}.meta.json.tmp", directory / f"{key}.meta.json")
-    fsync_dir(directory)
+    if durable:
+        fsync_dir(directory)
 
 
 def per_key_durable(directory: Path, items: Sequence[tuple[str, np.ndarray[Any, Any]]]) -> None:

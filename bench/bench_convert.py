@@ -217,7 +217,7 @@ def _convert_case(ds: Dataset, settings: Settings, impl: Impl, baselines: set[st
     ]
     variants = [v for v in variants if v.role == impl.role or baselines is None or v.name in baselines]
     reps = settings.large_reps if ds.size == "large" else settings.reps
-    series = measure_interleaved(variants, reps=reps, warmup=settings.warmup)
+    series = measure_interleaved(variants, reps=reps, warmup=settings.warmup, prewarm_bytes=ds.nbytes + 64 * MIB)
     notes = [
         "page cache warm (sources in RAM; files are fresh names, unlinked after each repetition)",
         "ours reserves the file's size before writing; the target is judged against plain os.write,"
@@ -381,7 +381,7 @@ def _read_case(ds: Dataset, fx: _LoadFixture, settings: Settings, impl: Impl, ba
         Variant(NP_LOAD_RAM, "numpy", lambda: _np_load_ram(fx)),
     ]
     variants = [v for v in variants if v.role == impl.role or baselines is None or v.name in baselines]
-    series = measure_interleaved(variants, reps=settings.reps, warmup=settings.warmup)
+    series = measure_interleaved(variants, reps=settings.reps, warmup=settings.warmup, prewarm_bytes=ds.nbytes)
     series.append(_best_of(series, BEST_READ, (RAW_MMAP_READ, READINTO)))
     notes = [
         "a pass copies every byte into a pre-faulted array; the mapping is fresh, so pages fault in",

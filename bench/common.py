@@ -55,6 +55,7 @@ __all__ = [
     "measure_interleaved",
     "now",
     "paired_ratio",
+    "prewarm_memory",
     "read_status_kib",
     "reset_peak_rss",
     "run_json_child",
@@ -186,9 +187,25 @@ def unlink_quietly(*paths: Path) -> None:
             pass
 
 
-def measure_interleaved(variants: Sequence[Variant], *, reps: int, warmup: int) -> list[Series]:
+def prewarm_memory(nbytes: int) -> None:
+    """Touch and free `nbytes` of anonymous memory right before an operation that allocates.
+
+    On a virtual machine that hands free memory back to its host (free page reporting, as on
+    this one), memory freed a few seconds earlier costs about 2 s/GiB to fault in again. Without
+    this step that cost lands on whichever variant happens to run after a slow one; with it,
+    every variant allocates from memory the guest already holds.
+    """
+    if nbytes > 0:
+        scratch = np.empty(nbytes, dtype=np.uint8)
+        scratch.fill(1)
+        del scratch
+
+
+def measure_interleaved(variants: Sequence[Variant], *, reps: int, warmup: int, prewarm_bytes: int = 0) -> list[Series]:
     """Run every available variant once per repetition, rotating the start, and collect the times.
 
+    `prewarm_bytes` is how much fresh memory (page cache or anonymous) a variant may allocate;
+    that much is touched before each variant, outside its timing (see `prewarm_memory`).
     A variant that raises is reported as an error and not run again; its earlier values are kept
     out of every ratio (the whole series is marked), so a half-broken variant never looks fast.
     """
@@ -201,6 +218,7 @@ def measure_interleaved(variants: Sequence[Variant], *, reps: int, warmup: int) 
             result = series[variant.name]
             if result.note or variant.op is None:
                 continue
+            prewarm_memory(prewarm_bytes)
             try:
                 outcome = variant.op()
             except Exception as exc:

@@ -54,7 +54,7 @@ def _original_row(case: CaseResult, original_case: CaseResult | None, reason: st
     if case.group not in REFERENCE_BASELINE:
         return None
     if original_case is None:
-        return ["GSEGUtils 0.5.2", "original", reason or "n/a", "", ""]
+        return ["GSEGUtils 0.5.2", "original", reason or "not run for this case (no target)", "", ""]
     original = next((s for s in original_case.series if s.role == "original"), None)
     if original is None:
         return None
@@ -117,6 +117,10 @@ _METHOD = """\
   (fsync of each file, then renames, then one directory fsync), and so is their baseline.
 - The page cache is warm for every read and load: files are read right after being written,
   and dropping caches is not possible here. Cold-cache reads are bounded by the disk instead.
+- Before each variant runs, as much memory as it may allocate is touched and freed, outside
+  its timing. This virtual machine returns free memory to its host within seconds, and faulting
+  it back costs about 2 s/GiB, which would otherwise land on whichever variant ran after an idle
+  moment.
 - The original package needs Python 3.12; it runs in `bench/.venv-gsegutils` in a separate
   process with its own baselines, so its ratios are against those and the "ours vs this" cell
   for it goes through the shared baseline (marked "via baseline").

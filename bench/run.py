@@ -4,7 +4,8 @@ Usage::
 
     .venv/bin/python bench/run.py [--quick] [--out docs/benchmarks.md]
 
-``--out`` also writes the chart next to the report (same name, ``.png``). A full run takes a few
+``--out`` also writes the chart next to the report (same name, ``.png``); every run leaves its
+raw per-repetition values in ``last-run.json`` under the work directory's parent. A full run takes a few
 minutes on a 2-core machine and creates ``bench/.venv-gsegutils`` for the original package on
 first use; ``--quick`` uses small sizes and few repetitions and never creates that venv. The
 exit status is 1 when one of our variants raised (the report says which), 0 otherwise: missed
@@ -14,6 +15,7 @@ targets are findings, not failures.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import shutil
 import sys
@@ -115,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             reason = problem or reason
         env = environment(settings.workdir)
         shutil.rmtree(work, ignore_errors=True)
+    raw = {"ours": [c.to_json() for c in cases], "original": [c.to_json() for c in originals.values()]}
+    (parent / "last-run.json").write_text(json.dumps(raw), encoding="utf-8")
     by_id = {case.case_id: case for case in cases}
     outcomes = [evaluate_target(t, by_id, originals) for t in TARGETS if t.case_id in by_id]
     plot_name = None
