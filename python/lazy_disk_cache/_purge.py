@@ -107,9 +107,12 @@ def detach_purge_duty(entries: Iterable[LazyDiskCache], removal_set: frozenset[s
 def unlink_in_order(paths: Iterable[Path]) -> list[tuple[Path, OSError]]:
     """Unlink each path in order, never following a link; return the ones that failed.
 
-    Missing names are not failures. Blocks on disk.
+    Missing names are not failures. Then every directory a name was unlinked from is fsynced, so
+    that a purge that returned is not undone by a power cut. A failed fsync raises its ``OSError``
+    unless an unlink failed too (those failures are then what the purge reports). Blocks on disk.
     """
     failures: list[tuple[Path, OSError]] = []
+    touched: list[Path] = []
     for parent, run in itertools.groupby(paths, key=lambda path: path.parent):
         batch = list(run)
         try:
@@ -121,4 +124,20 @@ def unlink_in_order(paths: Iterable[Path]) -> list[tuple[Path, OSError]]:
             continue
         by_name = {path.name: path for path in batch}
         failures.extend((by_name[name], error) for name, error in directory.unlink_all([p.name for p in batch]))
+        touched.append(parent)
+    for parent in touched:
+        try:
+            _sync_directory(parent)
+        except OSError:
+            if not failures:
+                raise
     return failures
+
+
+def _sync_directory(path: Path) -> None:
+    """fsync the directory ``path`` itself: the native ``unlink_all`` leaves durability to its caller."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

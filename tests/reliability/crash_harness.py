@@ -145,14 +145,9 @@ def report_counts(name: str, counts: dict[str, Any]) -> None:
 
 
 class _KeyModel:
-    """What each key may read as, from the acknowledgement log and the last verification.
+    """What each key may read as, from the acknowledgement log and the last verification."""
 
-    ``durable_purge=False`` lets an acknowledged purge come undone (the key may read as absent or
-    as what it held before), for interruptions that drop what was never fsynced.
-    """
-
-    def __init__(self, durable_purge: bool) -> None:
-        self.durable_purge = durable_purge
+    def __init__(self) -> None:
         self.layouts: dict[tuple[str, int], Layout] = {}
         self.possible: dict[str, set[int | None]] = {key: {None} for key in (*STORE_KEYS, *CONVERSION_KEYS)}
         self.in_flight: dict[str, set[int | None]] = defaultdict(set)
@@ -166,9 +161,6 @@ class _KeyModel:
                 if generation is not None:
                     self.layouts[key, generation] = Layout.from_json(item)
                 self.in_flight[key].add(generation)
-            elif generation is None and not self.durable_purge:
-                self.possible[key] |= {None} | self.in_flight[key]
-                self.in_flight[key].clear()
             else:
                 self.possible[key] = {generation}
                 self.in_flight[key].clear()
@@ -191,19 +183,15 @@ class Campaign:
         ack_path: Path,
         seed: int,
         aim_at_call: tuple[int, int] = (1, 3),
-        durable_purge: bool = True,
     ) -> None:
-        """``aim_at_call``: the aimed interruption hits the n-th write call of a run, n drawn in this range.
-
-        ``durable_purge``: whether an acknowledged purge must survive the interruption.
-        """
+        """``aim_at_call``: the aimed interruption hits the n-th write call of a run, n drawn in this range."""
         self.zygote = zygote
         self.aim_at_call = aim_at_call
         self.directory = directory
         self.ack_path = ack_path
         self.rng = random.Random(seed)
         self.counts = CampaignCounts()
-        self.model = _KeyModel(durable_purge)
+        self.model = _KeyModel()
         self._durations: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=25))
         self._ack_offset = 0
         self._run = 0

@@ -169,11 +169,7 @@ def test_power_cut_at_random_instants_keeps_every_acknowledged_value(
     try:
         # Aim later than the SIGKILL campaign does, so that every run has fsynced acknowledgements
         # that the cut must not take back.
-        # purge() does not make its unlinks durable yet (an xfail below pins it), so a cut may bring
-        # a purged key back with its old value; it must still never be torn.
-        campaign = Campaign(
-            zygote, mountpoint / "store", tmp_path / "acks.jsonl", seed, aim_at_call=(2, 6), durable_purge=False
-        )
+        campaign = Campaign(zygote, mountpoint / "store", tmp_path / "acks.jsonl", seed, aim_at_call=(2, 6))
         for _ in range(CUTS):
             campaign.cycle(_cutter(mountpoint, rng, flags_used), after_interrupt=remount)
     finally:
@@ -188,10 +184,6 @@ def test_power_cut_at_random_instants_keeps_every_acknowledged_value(
     assert counts.acknowledged_writes > 0, context
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="purge() unlinks without fsyncing the directory (finding F2 of the reliability suite)",
-)
 @pytest.mark.parametrize("mounted", ["ext4", "xfs"], indirect=True)
 def test_an_acknowledged_purge_survives_a_power_cut(mounted: tuple[str, Path, Path]) -> None:
     fstype, image, mountpoint = mounted
