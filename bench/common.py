@@ -95,7 +95,7 @@ class Settings:
         """The original's run is context, not a target: fewer repetitions keep the suite short."""
         if self.quick:
             return self
-        return replace(self, reps=3, large_reps=3, store_reps=2, warmup=0)
+        return replace(self, reps=3, large_reps=2, store_reps=2, warmup=0)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

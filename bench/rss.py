@@ -30,7 +30,6 @@ _CHILD = BENCH_DIR / "rss_child.py"
 _LABELS = {
     "os.write": "os.write to a fresh file (page cache)",
     "np.memmap": "np.memmap(mode='w+') assign + flush",
-    "np.save": "np.save temp + fsync + replace + dir fsync",
     "joblib.dump": "joblib.dump (no fsync)",
 }
 
@@ -62,7 +61,6 @@ def rss_cases(settings: Settings, ours: Impl, original_python: str | None, origi
         ]
         if size == "large":
             variants.append(_child_variant(_LABELS["np.memmap"], "numpy", sys.executable, "np.memmap", nbytes, work))
-            variants.append(_child_variant(_LABELS["np.save"], "numpy", sys.executable, "np.save", nbytes, work))
             variants.append(
                 _child_variant(_LABELS["joblib.dump"], "joblib", sys.executable, "joblib.dump", nbytes, work)
             )

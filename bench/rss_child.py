@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from baselines import memmap_assign, np_save_durable, write_fresh
+from baselines import memmap_assign, write_fresh
 from common import MIB, collect_garbage, load_impl, read_status_kib, reset_peak_rss, unlink_quietly
 
 __all__ = ["VARIANTS", "main"]
 
-VARIANTS = ("ours", "original", "os.write", "np.memmap", "np.save", "joblib.dump")
+VARIANTS = ("ours", "original", "os.write", "np.memmap", "joblib.dump")
 
 
 def _operation(variant: str, directory: Path) -> tuple[Callable[[np.ndarray[Any, Any]], None], list[Path]]:
@@ -43,9 +43,6 @@ def _operation(variant: str, directory: Path) -> tuple[Callable[[np.ndarray[Any,
         return (lambda source: write_fresh(target, source, fsync=False)), [target]
     if variant == "np.memmap":
         return (lambda source: memmap_assign(target, source)), [target]
-    if variant == "np.save":
-        npy = target.with_suffix(".npy")
-        return (lambda source: np_save_durable(npy, source)), [npy]
     if variant == "joblib.dump":
         import joblib
 
