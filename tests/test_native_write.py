@@ -1,5 +1,6 @@
 """Atomic writes through the native layer: replacement, temps, symlinks, modes, GIL release."""
 
+import errno
 import os
 import signal
 import stat
@@ -187,6 +188,29 @@ def test_unlink_all_reports_failures_and_ignores_missing(tmp_path: Path, cache_d
     assert [name for name, _ in failed] == ["sub"]
     assert isinstance(failed[0][1], OSError)
     assert failed[0][1].filename == str(tmp_path / "sub")
+
+
+@pytest.mark.usefixtures("clean_faults")
+def test_durable_unlink_all_fsyncs_the_directory_once(tmp_path: Path, cache_dir: _rust.CacheDir) -> None:
+    for name in ("a.dat", "b.dat"):
+        (tmp_path / name).write_bytes(b"x")
+
+    assert cache_dir.unlink_all(["a.dat", "b.dat"], durable=True) == []
+
+    assert _rust._op_counts()["dir_fsync"] == 1
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.usefixtures("clean_faults")
+def test_durable_unlink_all_raises_a_failed_directory_fsync(tmp_path: Path, cache_dir: _rust.CacheDir) -> None:
+    (tmp_path / "a.dat").write_bytes(b"x")
+    _rust._inject_fault("dir_fsync", 1, errno.EIO)
+
+    with pytest.raises(OSError) as failure:
+        cache_dir.unlink_all(["a.dat"], durable=True)
+
+    assert failure.value.errno == errno.EIO
+    assert failure.value.filename == str(tmp_path)
 
 
 def test_unlink_all_unlinks_a_symlink_not_its_target(tmp_path: Path, cache_dir: _rust.CacheDir) -> None:

@@ -107,12 +107,12 @@ def detach_purge_duty(entries: Iterable[LazyDiskCache], removal_set: frozenset[s
 def unlink_in_order(paths: Iterable[Path]) -> list[tuple[Path, OSError]]:
     """Unlink each path in order, never following a link; return the ones that failed.
 
-    Missing names are not failures. Then every directory a name was unlinked from is fsynced, so
-    that a purge that returned is not undone by a power cut. A failed fsync raises its ``OSError``
+    Missing names are not failures. Each directory a name was unlinked from is fsynced, so that
+    a purge that returned is not undone by a power cut. A failed fsync raises its ``OSError``
     unless an unlink failed too (those failures are then what the purge reports). Blocks on disk.
     """
     failures: list[tuple[Path, OSError]] = []
-    touched: list[Path] = []
+    sync_error: OSError | None = None
     for parent, run in itertools.groupby(paths, key=lambda path: path.parent):
         batch = list(run)
         try:
@@ -123,21 +123,12 @@ def unlink_in_order(paths: Iterable[Path]) -> list[tuple[Path, OSError]]:
             failures.extend((path, exc) for path in batch)
             continue
         by_name = {path.name: path for path in batch}
-        failures.extend((by_name[name], error) for name, error in directory.unlink_all([p.name for p in batch]))
-        touched.append(parent)
-    for parent in touched:
         try:
-            _sync_directory(parent)
-        except OSError:
-            if not failures:
-                raise
+            failed = directory.unlink_all([path.name for path in batch], durable=True)
+        except OSError as exc:
+            sync_error = sync_error or exc
+            continue
+        failures.extend((by_name[name], error) for name, error in failed)
+    if sync_error is not None and not failures:
+        raise sync_error
     return failures
-
-
-def _sync_directory(path: Path) -> None:
-    """fsync the directory ``path`` itself: the native ``unlink_all`` leaves durability to its caller."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -156,10 +156,12 @@ class CacheDir:
         could not be removed with their errors. A read-only directory yields two empty lists.
         """
 
-    def unlink_all(self, names: Sequence[str]) -> list[tuple[str, OSError]]:
+    def unlink_all(self, names: Sequence[str], *, durable: bool = False) -> list[tuple[str, OSError]]:
         """Unlink each name (never following a symlink); missing names are not errors.
 
-        Returns the names that could not be unlinked with their errors.
+        Returns the names that could not be unlinked with their errors. With ``durable``, the
+        directory is fsynced once after the unlinks (when something was removed), so a removal
+        survives a power cut; a failed fsync raises ``OSError`` unless an unlink failed too.
         """
 
 @final

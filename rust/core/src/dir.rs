@@ -227,19 +227,31 @@ impl CacheDir {
     /// Unlinks each name (never following a symlink); a missing name is not an error.
     /// Returns the names that could not be unlinked, with their errors.
     ///
+    /// With `durable`, the directory is fsynced once after the unlinks when at least one name
+    /// was removed, so a removal the caller reports as done survives a power cut.
+    ///
     /// # Errors
-    /// [`Error::InvalidName`] for any illegal name, before anything is unlinked.
-    pub fn unlink_all<S: AsRef<str>>(&self, names: &[S]) -> Result<Vec<(String, Error)>> {
+    /// [`Error::InvalidName`] for any illegal name, before anything is unlinked. A failed
+    /// directory fsync is [`Error::Io`] with [`Op::DirFsync`] when every unlink succeeded; when
+    /// some failed, those failures are what the caller acts on and are returned instead.
+    pub fn unlink_all<S: AsRef<str>>(&self, names: &[S], durable: bool) -> Result<Vec<(String, Error)>> {
         for name in names {
             validate_name(name.as_ref())?;
         }
         let mut failed = Vec::new();
+        let mut removed_any = false;
         for name in names {
             let name = name.as_ref();
             match self.fs().unlink(self.fd(), name) {
-                Ok(()) => {}
+                Ok(()) => removed_any = true,
                 Err(err) if err.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {}
                 Err(err) => failed.push((name.to_owned(), Error::io(Op::Unlink, self.path_of(name), err))),
+            }
+        }
+        if durable && removed_any {
+            match self.sync() {
+                Err(err) if failed.is_empty() => return Err(err),
+                Ok(()) | Err(_) => {}
             }
         }
         Ok(failed)
@@ -491,11 +503,69 @@ mod tests {
         fs::write(tmp.path().join("b.npy"), b"b").unwrap();
         let dir = CacheDir::open(tmp.path(), false).unwrap();
 
-        let failed = dir.unlink_all(&["a.npy", "gone.npy", "b.npy", "a.npy"]).unwrap();
+        let failed = dir.unlink_all(&["a.npy", "gone.npy", "b.npy", "a.npy"], false).unwrap();
 
         assert!(failed.is_empty(), "{failed:?}");
         assert!(!tmp.path().join("a.npy").exists());
         assert!(!tmp.path().join("b.npy").exists());
+    }
+
+    #[test]
+    fn durable_unlink_all_fsyncs_the_directory_once_after_the_unlinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("a.npy"), b"a").unwrap();
+        fs::write(tmp.path().join("b.npy"), b"b").unwrap();
+        let recording = Arc::new(RecordingFs::new());
+        let dir = CacheDir::open_with(tmp.path(), false, recording.clone()).unwrap();
+        recording.clear();
+
+        let failed = dir.unlink_all(&["a.npy", "gone.npy", "b.npy"], true).unwrap();
+
+        assert!(failed.is_empty(), "{failed:?}");
+        let ops: Vec<Op> = recording.calls().iter().map(|call| call.op).collect();
+        assert_eq!(ops, [Op::Unlink, Op::Unlink, Op::Unlink, Op::DirFsync]);
+    }
+
+    #[test]
+    fn durable_unlink_all_skips_the_fsync_when_nothing_was_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let recording = Arc::new(RecordingFs::new());
+        let dir = CacheDir::open_with(tmp.path(), false, recording.clone()).unwrap();
+        recording.clear();
+
+        assert!(dir.unlink_all(&["gone.npy"], true).unwrap().is_empty());
+
+        assert!(recording.calls().iter().all(|call| call.op == Op::Unlink));
+    }
+
+    #[test]
+    fn durable_unlink_all_raises_a_failed_directory_fsync_after_unlinking() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("a.npy"), b"a").unwrap();
+        let faulty = Arc::new(FaultyFs::new(Op::DirFsync, 1, Errno::IO.raw_os_error()));
+        let dir = CacheDir::open_with(tmp.path(), false, faulty).unwrap();
+
+        let err = dir.unlink_all(&["a.npy"], true).unwrap_err();
+
+        assert!(matches!(err, Error::Io { op: Op::DirFsync, .. }), "{err}");
+        assert_eq!(err.raw_os_error(), Some(Errno::IO.raw_os_error()));
+        assert!(!tmp.path().join("a.npy").exists());
+    }
+
+    #[test]
+    fn durable_unlink_all_reports_unlink_failures_over_a_failed_fsync() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::create_dir(tmp.path().join("sub.npy")).unwrap();
+        fs::write(tmp.path().join("b.npy"), b"b").unwrap();
+        let faulty = Arc::new(FaultyFs::new(Op::DirFsync, 1, Errno::IO.raw_os_error()));
+        let dir = CacheDir::open_with(tmp.path(), false, faulty).unwrap();
+
+        let failed = dir.unlink_all(&["sub.npy", "b.npy"], true).unwrap();
+
+        assert_eq!(
+            failed.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(),
+            ["sub.npy"]
+        );
     }
 
     #[test]
@@ -504,7 +574,7 @@ mod tests {
         fs::write(tmp.path().join("a.npy"), b"a").unwrap();
         let dir = CacheDir::open(tmp.path(), false).unwrap();
 
-        let err = dir.unlink_all(&["a.npy", "../escape"]).unwrap_err();
+        let err = dir.unlink_all(&["a.npy", "../escape"], false).unwrap_err();
 
         assert!(matches!(err, Error::InvalidName { .. }), "{err}");
         assert!(tmp.path().join("a.npy").exists());
@@ -517,7 +587,7 @@ mod tests {
         fs::write(tmp.path().join("b.npy"), b"b").unwrap();
         let dir = CacheDir::open(tmp.path(), false).unwrap();
 
-        let failed = dir.unlink_all(&["sub.npy", "b.npy"]).unwrap();
+        let failed = dir.unlink_all(&["sub.npy", "b.npy"], false).unwrap();
 
         assert_eq!(failed.len(), 1);
         let (name, err) = &failed[0];
@@ -543,7 +613,7 @@ mod tests {
         symlink(&target, tmp.path().join("k.npy")).unwrap();
         let dir = CacheDir::open(tmp.path(), false).unwrap();
 
-        assert!(dir.unlink_all(&["k.npy"]).unwrap().is_empty());
+        assert!(dir.unlink_all(&["k.npy"], false).unwrap().is_empty());
 
         assert!(fs::symlink_metadata(tmp.path().join("k.npy")).is_err());
         assert_eq!(fs::read(&target).unwrap(), b"keep");

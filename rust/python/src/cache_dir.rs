@@ -212,8 +212,9 @@ impl PyCacheDir {
     }
 
     #[allow(clippy::needless_pass_by_value)] // PyO3 extracts arguments as owned values.
-    fn unlink_all(&self, py: Python<'_>, names: Vec<String>) -> PyResult<Failures> {
-        let failed = to_py(run_detached(py, || self.inner.unlink_all(&names)))?;
+    #[pyo3(signature = (names, *, durable = false))]
+    fn unlink_all(&self, py: Python<'_>, names: Vec<String>, durable: bool) -> PyResult<Failures> {
+        let failed = to_py(run_detached(py, || self.inner.unlink_all(&names, durable)))?;
         Ok(failed
             .into_iter()
             .map(|(name, err)| (name, to_exception(py, err)))
