@@ -133,7 +133,7 @@ def _ours_convert(impl: Impl, source: np.ndarray[Any, Any], path: Path) -> Varia
         entry.offload()
         elapsed = now() - start
         del entry
-        settle([path.with_suffix(".dat")])
+        settle([path.with_suffix(".dat")], collect=True)
         return elapsed
 
     return Variant(impl.label, impl.role, op)
@@ -280,7 +280,7 @@ class _LoadFixture:
 
     def close(self, work: Path) -> None:
         self.entry = None
-        settle([self.raw, self.npy, work / "load-ours.dat", work / "load.joblib"])
+        settle([self.raw, self.npy, work / "load-ours.dat", work / "load.joblib"], collect=True)
 
 
 def unaliased_zeros(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:

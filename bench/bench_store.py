@@ -102,7 +102,7 @@ def _ours_write(impl: Impl, items: Items, directory: Path) -> Variant:
         store.offload(pickle_container=True)
         end = now()
         del store
-        settle()
+        settle(collect=True)
         shutil.rmtree(directory)
         return {impl.label: end - start, adding: added - start, offloading: end - added}
 
@@ -115,7 +115,6 @@ def _dir_op(directory: Path, action: Callable[[Path], object]) -> Callable[[], f
         start = now()
         action(target)
         elapsed = now() - start
-        settle()
         shutil.rmtree(directory)
         return elapsed
 
@@ -192,7 +191,7 @@ def _ours_reload(impl: Impl, directory: Path, keys: list[str]) -> Variant:
         entries = [store[key] for key in keys]
         elapsed = now() - start
         del entries, store
-        settle()
+        settle(collect=True)
         return elapsed
 
     return Variant(f"{impl.label} reopen + store[key] for every key", impl.role, op)
@@ -204,7 +203,6 @@ def _load_all(loader: Callable[[Path], object], paths: list[Path]) -> Callable[[
         loaded = [loader(path) for path in paths]
         elapsed = now() - start
         del loaded
-        settle()
         return elapsed
 
     return op
@@ -216,7 +214,7 @@ def _write_ours_store(impl: Impl, directory: Path, items: Items) -> None:
         store.add_data_to_store(key, data)
     store.offload(pickle_container=True)
     del store
-    settle()
+    settle(collect=True)
 
 
 def reload_cases(

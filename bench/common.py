@@ -173,8 +173,7 @@ class CaseResult:
 
 
 def collect_garbage() -> None:
-    """Run the collector twice so finalizers (and the unlinks they perform) have run."""
-    gc.collect()
+    """Run the collector so finalizers of entries caught in cycles (and their unlinks) have run."""
     gc.collect()
 
 
@@ -185,6 +184,9 @@ def unlink_quietly(*paths: Path) -> None:
             path.unlink()
         except FileNotFoundError:
             pass
+
+
+_PREWARM_AFTER_S = 1.0
 
 
 def prewarm_memory(nbytes: int) -> None:
@@ -212,13 +214,18 @@ def measure_interleaved(variants: Sequence[Variant], *, reps: int, warmup: int, 
     series = {v.name: Series(v.name, v.role, note=f"n/a ({v.na})" if v.na else "") for v in variants}
     phases: dict[str, list[Series]] = {v.name: [] for v in variants}
     live = [v for v in variants if v.na is None and v.op is not None]
+    last_start = -math.inf
     for rep in range(warmup + reps):
         shift = rep % len(live) if live else 0
         for variant in live[shift:] + live[:shift]:
             result = series[variant.name]
             if result.note or variant.op is None:
                 continue
-            prewarm_memory(prewarm_bytes)
+            # Memory only goes cold after sitting free for ~2 s (the kernel's page-reporting delay):
+            # prewarm only when the previous variant ran long enough for that to happen.
+            if now() - last_start > _PREWARM_AFTER_S:
+                prewarm_memory(prewarm_bytes)
+            last_start = now()
             try:
                 outcome = variant.op()
             except Exception as exc:
@@ -508,9 +515,10 @@ def environment(workdir: Path) -> list[tuple[str, str]]:
     ]
 
 
-def settle(paths: Iterable[Path] = ()) -> None:
-    """Between variants: drop our garbage and the files a variant left, so nothing carries over."""
-    collect_garbage()
+def settle(paths: Iterable[Path] = (), *, collect: bool = False) -> None:
+    """Between variants: remove the files a variant left (and, for our entries, run the collector)."""
+    if collect:
+        collect_garbage()
     unlink_quietly(*paths)
 
 
