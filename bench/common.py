@@ -21,6 +21,7 @@ import os
 import platform
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import time
@@ -469,18 +470,32 @@ def _version_of(module: str) -> str:
     return str(getattr(imported, "__version__", "unknown"))
 
 
+def _elf_section_names(data: bytes) -> set[str]:
+    """Section names of a 64-bit little-endian ELF image (empty for anything else)."""
+    if data[:6] != b"\x7fELF\x02\x01":
+        return set()
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    (names_offset,) = struct.unpack_from("<Q", data, shoff + shstrndx * shentsize + 0x18)
+    names = set()
+    for index in range(shnum):
+        (name_at,) = struct.unpack_from("<I", data, shoff + index * shentsize)
+        start = names_offset + name_at
+        names.add(data[start : data.index(b"\0", start)].decode("ascii", "replace"))
+    return names
+
+
 def _build_profile() -> str:
-    """Whether the native module was built optimised (release builds carry no debug_info section)."""
+    """Whether the native module was built optimised: dev builds carry a .debug_info section."""
     try:
         native = importlib.import_module("lazy_disk_cache._rust")
-    except ImportError:
-        return "unknown"
-    path = Path(native.__file__ or "")
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return "unknown"
-    return "debug (dev profile)" if b".debug_info" in data else "release"
+        data = Path(native.__file__ or "").read_bytes()
+        sections = _elf_section_names(data)
+    except (ImportError, OSError, struct.error, ValueError):
+        return "unknown build"
+    if not sections:
+        return "unknown build"
+    return "debug build" if ".debug_info" in sections else "release build"
 
 
 def _relative(path: Path) -> str:
