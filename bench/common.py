@@ -187,9 +187,6 @@ def unlink_quietly(*paths: Path) -> None:
             pass
 
 
-_PREWARM_AFTER_S = 1.0
-
-
 def prewarm_memory(nbytes: int) -> None:
     """Touch and free `nbytes` of anonymous memory right before an operation that allocates.
 
@@ -215,18 +212,13 @@ def measure_interleaved(variants: Sequence[Variant], *, reps: int, warmup: int, 
     series = {v.name: Series(v.name, v.role, note=f"n/a ({v.na})" if v.na else "") for v in variants}
     phases: dict[str, list[Series]] = {v.name: [] for v in variants}
     live = [v for v in variants if v.na is None and v.op is not None]
-    last_start = -math.inf
     for rep in range(warmup + reps):
         shift = rep % len(live) if live else 0
         for variant in live[shift:] + live[:shift]:
             result = series[variant.name]
             if result.note or variant.op is None:
                 continue
-            # Memory only goes cold after sitting free for ~2 s (the kernel's page-reporting delay):
-            # prewarm only when the previous variant ran long enough for that to happen.
-            if now() - last_start > _PREWARM_AFTER_S:
-                prewarm_memory(prewarm_bytes)
-            last_start = now()
+            prewarm_memory(prewarm_bytes)
             try:
                 outcome = variant.op()
             except Exception as exc:

@@ -117,10 +117,10 @@ _METHOD = """\
   (fsync of each file, then renames, then one directory fsync), and so is their baseline.
 - The page cache is warm for every read and load: files are read right after being written,
   and dropping caches is not possible here. Cold-cache reads are bounded by the disk instead.
-- This virtual machine returns memory that stays free for about 2 s to its host, and faulting
-  it back costs about 2 s/GiB. So whenever the previous variant ran for more than a second, as
-  much memory as the next one may allocate is touched and freed first, outside its timing;
-  otherwise that cost would land on whichever variant follows a slow one.
+- This virtual machine returns free memory to its host within seconds, and faulting it back
+  costs about 2 s/GiB. So before each variant, as much memory as it may allocate is touched and
+  freed, outside its timing; otherwise that cost would land on whichever variant follows a slow
+  one. 1 GiB writes still vary between about 0.3 s and 0.8 s from one repetition to the next.
 - The original package needs Python 3.12; it runs in `bench/.venv-gsegutils` in a separate
   process with its own baselines, so its ratios are against those and the "ours vs this" cell
   for it goes through the shared baseline (marked "via baseline").
