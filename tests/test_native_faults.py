@@ -169,6 +169,35 @@ def test_sweep_removes_our_temps_and_nothing_else(tmp_path: Path, cache_dir: _ru
     assert sorted(os.listdir(tmp_path)) == [".npy.tmp", "d.npy", "dir.dat.tmp", "e.txt.tmp", "keep.tmp"]
 
 
+@pytest.mark.usefixtures("clean_faults")
+def test_a_stale_temp_that_cannot_be_unlinked_fails_the_write_and_keeps_the_old_file(
+    tmp_path: Path, cache_dir: _rust.CacheDir
+) -> None:
+    (tmp_path / "x.dat").write_bytes(b"old content")
+    (tmp_path / "x.dat.tmp").write_bytes(b"stale")
+    _rust._inject_fault("unlink", 1, errno.EIO)
+
+    with pytest.raises(OSError) as failure:
+        cache_dir.write_file("x.dat", b"new content", chunk_bytes=4, durable=True)
+
+    assert failure.value.errno == errno.EIO
+    assert failure.value.filename == str(tmp_path / "x.dat.tmp")
+    assert (tmp_path / "x.dat").read_bytes() == b"old content"
+    assert (tmp_path / "x.dat.tmp").read_bytes() == b"stale"
+
+
+def test_a_stale_temp_is_replaced_by_the_next_write(tmp_path: Path, cache_dir: _rust.CacheDir) -> None:
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"keep me")
+    (tmp_path / "x.dat.tmp").symlink_to(outside)
+
+    cache_dir.write_file("x.dat", b"new content", chunk_bytes=4, durable=True)
+
+    assert (tmp_path / "x.dat").read_bytes() == b"new content"
+    assert outside.read_bytes() == b"keep me"
+    assert not (tmp_path / "x.dat.tmp").is_symlink()
+
+
 def test_sweep_with_names_considers_only_those_names(tmp_path: Path, cache_dir: _rust.CacheDir) -> None:
     for name in ("a.npy.tmp", "CON.npy.tmp", "b.dat.tmp", "notes.txt"):
         (tmp_path / name).write_bytes(b"x")

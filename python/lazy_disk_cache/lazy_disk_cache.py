@@ -231,7 +231,7 @@ def _unlink_backing_file(path: str) -> None:
     """Remove a ``.dat`` and its stale ``.dat.tmp`` by name; failures are logged, never raised."""
     target = Path(path)
     try:
-        directory = CacheDir.open(target.parent)
+        directory = _open_directory(target.parent)
         failures = directory.unlink_all([target.name, target.name + TMP_SUFFIX])
     except (OSError, ValueError):
         logger.debug("Could not remove cache file %s", path, exc_info=True)

@@ -188,11 +188,17 @@ def _check_containment(candidate: Path, cache_dir: Path, key: str, *, follow_fin
         raise _refuse(candidate, cache_dir, key, "its final component is not a file name")
     # os.path.realpath rather than Path.resolve: on Python 3.11 resolve() turns a symlink loop into
     # RuntimeError, while realpath stops at the loop and reports where it is, which we can judge.
-    root = os.path.realpath(cache_dir)
-    if not _is_strictly_inside(os.path.join(os.path.realpath(candidate.parent), candidate.name), root):
-        raise _refuse(candidate, cache_dir, key, "its parent resolves elsewhere")
-    if follow_final_link and os.path.islink(candidate) and not _is_strictly_inside(os.path.realpath(candidate), root):
-        raise _refuse(candidate, cache_dir, key, "it is a symbolic link leading elsewhere")
+    # A candidate directly in ``cache_dir`` is inside whatever the directory resolves to, so the
+    # two realpath walks are only needed for a candidate named through another parent.
+    root: str | None = None
+    if candidate.parent != cache_dir:
+        root = os.path.realpath(cache_dir)
+        if not _is_strictly_inside(os.path.join(os.path.realpath(candidate.parent), candidate.name), root):
+            raise _refuse(candidate, cache_dir, key, "its parent resolves elsewhere")
+    if follow_final_link and os.path.islink(candidate):
+        root = root if root is not None else os.path.realpath(cache_dir)
+        if not _is_strictly_inside(os.path.realpath(candidate), root):
+            raise _refuse(candidate, cache_dir, key, "it is a symbolic link leading elsewhere")
 
 
 def _refuse(candidate: Path, cache_dir: Path, key: str, reason: str) -> StoreContainmentError:
@@ -237,7 +243,12 @@ def _build(cache_dir: _StrPath, key: str, suffix: str) -> Path:
     directory = Path(cache_dir)
     plain = _as_plain_str(key)
     candidate = directory / _artefact_name(plain, suffix)
-    ensure_contained(candidate, directory, plain)
+    # The containment rule holds by construction here, with no need to resolve anything: the
+    # candidate's parent is ``directory`` itself and its final component is one validated segment
+    # (never '', '.' or '..'), which containment deliberately leaves unresolved. Checking it
+    # anyway would cost two realpath walks per artefact name on every store operation.
+    if candidate.parent != directory or candidate.name in _DOT_NAMES:
+        ensure_contained(candidate, directory, plain)
     return candidate
 
 

@@ -72,20 +72,27 @@ impl PendingFile {
             Err(err) if err.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => None,
             Err(err) => return Err(Error::io(Op::Stat, dir.path_of(name), err)),
         };
-        match fs.unlink(dir.fd(), &temp) {
-            Ok(()) => {}
-            Err(err) if err.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {}
-            Err(err) => return Err(Error::io(Op::Unlink, dir.path_of(&temp), err)),
-        }
         let flags = OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDWR;
         let mode = if existing_perm.is_some() {
             PRIVATE_MODE
         } else {
             DEFAULT_MODE
         };
-        let fd = fs
-            .open(dir.fd(), &temp, flags, mode)
-            .map_err(|err| Error::io(Op::Create, dir.path_of(&temp), err))?;
+        // A stale temp (a crash's leftover, or a planted link) makes the exclusive create fail
+        // with EEXIST; only then is the name unlinked (the link itself, never its target) and the
+        // create tried once more. Creating first spares the common case a failing unlink.
+        let fd = match fs.open(dir.fd(), &temp, flags, mode) {
+            Err(err) if err.raw_os_error() == Some(Errno::EXIST.raw_os_error()) => {
+                match fs.unlink(dir.fd(), &temp) {
+                    Ok(()) => {}
+                    Err(err) if err.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {}
+                    Err(err) => return Err(Error::io(Op::Unlink, dir.path_of(&temp), err)),
+                }
+                fs.open(dir.fd(), &temp, flags, mode)
+            }
+            other => other,
+        }
+        .map_err(|err| Error::io(Op::Create, dir.path_of(&temp), err))?;
         let pending = Self {
             dir: dir.clone(),
             name: name.to_owned(),

@@ -130,8 +130,9 @@ impl NpyWriter {
         let npy = self.payload.finish()?.close_synced(Arc::clone(&self.guard))?;
         let (_, meta_name) = checked_names(&self.key)?;
         let meta_file = PendingFile::create(&dir, &meta_name)?;
+        // No reservation for the sidecar: it is a few hundred bytes written with pwrite, which
+        // reports ENOSPC itself, and it is never mapped, so there is no SIGBUS to prevent.
         let meta_len = to_u64(meta.len());
-        meta_file.reserve(meta_len)?;
         meta_file.write_at(meta, 0, ChunkBudget::new(meta_len), &mut || Ok(()))?;
         let meta = meta_file.close_synced(self.guard)?;
         Ok(StagedKey {

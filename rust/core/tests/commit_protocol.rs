@@ -78,17 +78,32 @@ fn non_durable_write_never_fsyncs() {
 }
 
 #[test]
-fn stale_temp_is_unlinked_before_the_exclusive_create() {
+fn stale_temp_is_unlinked_and_the_exclusive_create_retried() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("x.dat.tmp"), b"stale").unwrap();
     let (dir, recording) = recorded_dir(tmp.path());
 
     dir.write_zeroed("x.dat", 1, false).unwrap();
 
-    let ops = ops_on(&recording.calls(), "x.dat.tmp");
-    let unlink = ops.iter().position(|op| *op == Op::Unlink).unwrap();
-    let create = ops.iter().position(|op| *op == Op::Create).unwrap();
-    assert!(unlink < create);
+    let calls = recording.calls();
+    let on_temp: Vec<(Op, bool)> = calls
+        .iter()
+        .filter(|call| call.name == "x.dat.tmp")
+        .map(|call| (call.op, call.ok))
+        .take(3)
+        .collect();
+    assert_eq!(on_temp, [(Op::Create, false), (Op::Unlink, true), (Op::Create, true)]);
+    assert_eq!(std::fs::read(tmp.path().join("x.dat")).unwrap(), [0]);
+}
+
+#[test]
+fn a_fresh_temp_is_created_without_a_stale_unlink() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, recording) = recorded_dir(tmp.path());
+
+    dir.write_zeroed("x.dat", 1, false).unwrap();
+
+    assert!(!ops_on(&recording.calls(), "x.dat.tmp").contains(&Op::Unlink));
 }
 
 const SHAPE: [u64; 1] = [4];
