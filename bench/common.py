@@ -271,10 +271,14 @@ class Target:
     threshold: float
     baseline: str | None
     text: str  # may name the case's size as "{size}"
+    # When set, the target judges one timed part of a variant: the series "<variant>: <part>".
+    part: str | None = None
 
     def measure(self, case: CaseResult, ours: Series | None = None) -> float:
         """The number this target judges, for our series or for another series of the case."""
         subject = ours if ours is not None else case.ours
+        if subject is not None and self.part is not None:
+            subject = case.get(f"{subject.name}: {self.part}")
         if subject is None or not subject.ok:
             return math.nan
         if self.kind == "absolute":
