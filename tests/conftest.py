@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from extents import reflink_refusal
 from lazy_disk_cache import _rust
+from loop_mount import loop_mount_refusal, make_filesystem, mount, release
 
 
 @pytest.fixture
@@ -20,3 +22,33 @@ def clean_faults() -> Iterator[None]:
     _rust._clear_faults()
     yield
     _rust._clear_faults()
+
+
+XFS_IMAGE_BYTES = 300 * 1024**2
+
+
+@pytest.fixture
+def reflink_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory on a filesystem that can reflink, or a skip saying why there is none.
+
+    ``tmp_path`` itself when its filesystem reflinks, else a fresh xfs image made with reflink
+    support (sparse, under ``tmp_path``), loop-mounted for the test and always unmounted after.
+    """
+    here = reflink_refusal(tmp_path)
+    if here is None:
+        yield tmp_path
+        return
+    image, mountpoint = tmp_path / "reflink.xfs", tmp_path / "reflink"
+    mountpoint.mkdir()
+    reason = (
+        loop_mount_refusal("xfs")
+        or make_filesystem("xfs", image, XFS_IMAGE_BYTES, ["-q", "-f", "-m", "reflink=1"])
+        or mount("xfs", image, mountpoint)
+    )
+    try:
+        reason = reason or reflink_refusal(mountpoint)
+        if reason is not None:
+            pytest.skip(f"{here}, and no reflink-capable xfs image can be loop-mounted here: {reason}")
+        yield mountpoint
+    finally:
+        release(mountpoint, image)

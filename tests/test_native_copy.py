@@ -2,16 +2,19 @@
 
 ``copy_range`` and ``add_npy(source_file=...)`` try a reflink (``FICLONERANGE``), then
 ``copy_file_range``, then a bounded bounce buffer. The fault seam makes the first two fail with
-the errnos of filesystems that cannot do them, so the fallbacks run on any filesystem.
+the errnos of filesystems that cannot do them, so the fallbacks run on any filesystem. The
+reflink itself runs on a filesystem that can do it (``reflink_dir``: a loop-mounted xfs image
+when the temporary directory cannot reflink), where ``FIEMAP`` shows whether the copy's blocks
+are the source's blocks.
 """
 
 import errno
-import fcntl
 import os
 from pathlib import Path
 
 import pytest
 
+from extents import Block, block_map
 from lazy_disk_cache import _rust
 
 PAGE = 4096
@@ -19,9 +22,6 @@ PAGE = 4096
 PAYLOAD_LEN = 3 * PAGE + 123
 SMALL_CHUNK = 1000
 BIG_CHUNK = 1 << 20
-# _IOW(0x94, 9, int) from linux/fs.h: share a whole file's extents.
-FICLONE = 0x40049409
-REFLINK_REFUSALS = {errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.ENOSYS}
 
 
 def _pattern(length: int, seed: int) -> bytes:
@@ -37,24 +37,6 @@ def _write_source(directory: Path) -> bytes:
 
 def _temps(directory: Path) -> list[str]:
     return sorted(name for name in os.listdir(directory) if name.endswith(".tmp"))
-
-
-def _reflink_refusal(directory: Path) -> str | None:
-    """Why ``directory``'s filesystem cannot reflink, or ``None`` if it can."""
-    source, clone = directory / "reflink-probe.src", directory / "reflink-probe.dst"
-    source.write_bytes(b"\x01" * PAGE)
-    try:
-        with open(source, "rb") as src, open(clone, "wb") as dst:
-            fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
-    except OSError as exc:
-        if exc.errno not in REFLINK_REFUSALS:
-            raise
-        name = errno.errorcode[exc.errno]
-        return f"the filesystem under {directory} cannot reflink (FICLONE: {name}); the core fault sweep emulates it"
-    finally:
-        source.unlink()
-        clone.unlink(missing_ok=True)
-    return None
 
 
 def _add_from_file(batch: _rust.CommitBatch, key: str, source_file: str, offset: int = 0) -> None:
@@ -192,18 +174,79 @@ def test_failed_copy_of_a_staged_key_removes_its_temps_and_keeps_earlier_keys(
     assert _temps(tmp_path) == []
 
 
-@pytest.mark.usefixtures("clean_faults")
-def test_reflink_copy_is_byte_exact_on_a_reflink_capable_filesystem(tmp_path: Path, cache_dir: _rust.CacheDir) -> None:
-    refusal = _reflink_refusal(tmp_path)
-    if refusal is not None:
-        pytest.skip(refusal)
-    payload = _write_source(tmp_path)
+def _copy(directory: Path, src_offset: int, length: int) -> None:
+    """``copy_range`` from ``src.npy`` to ``x.dat``, keeping nothing open: the filesystem is unmounted next."""
+    _rust.CacheDir.open(directory).copy_range("src.npy", src_offset, "x.dat", length, durable=True)
 
-    cache_dir.copy_range("src.npy", PAGE, "x.dat", PAYLOAD_LEN, durable=True)
-    with cache_dir.begin_commit(chunk_bytes=SMALL_CHUNK) as batch:
-        _add_from_file(batch, "k", "x.dat")
+
+def _commit_from_file(directory: Path, source_file: str, offset: int) -> None:
+    """Store key ``k`` from ``source_file``, keeping nothing open: the filesystem is unmounted next."""
+    with _rust.CacheDir.open(directory).begin_commit(chunk_bytes=SMALL_CHUNK) as batch:
+        _add_from_file(batch, "k", source_file, offset)
         batch.commit()
 
-    assert (tmp_path / "x.dat").read_bytes() == payload
-    assert (tmp_path / "k.npy").read_bytes()[PAGE:] == payload
-    assert _rust._op_counts()["read"] == 0, "a reflink-capable filesystem fell back to the bounce buffer"
+
+@pytest.mark.usefixtures("clean_faults")
+@pytest.mark.parametrize(("length", "kernel_copies"), [(2 * PAGE, 0), (PAYLOAD_LEN, 1)])
+def test_block_aligned_copy_range_shares_the_source_blocks(reflink_dir: Path, length: int, kernel_copies: int) -> None:
+    payload = _write_source(reflink_dir)
+
+    _copy(reflink_dir, PAGE, length)
+
+    counts = _rust._op_counts()
+    source, copy = block_map(reflink_dir / "src.npy"), block_map(reflink_dir / "x.dat")
+    assert (reflink_dir / "x.dat").read_bytes() == payload[:length]
+    for index in range(length // PAGE):
+        assert copy[index] == Block(source[1 + index].physical, shared=True), (index, copy, source)
+    # One reflink for the whole blocks; copy_file_range only for a tail; never the bounce buffer.
+    assert (counts["copy"], counts["read"]) == (1 + kernel_copies, 0), counts
+
+
+@pytest.mark.usefixtures("clean_faults")
+def test_store_commit_from_an_offloaded_payload_shares_its_blocks(reflink_dir: Path) -> None:
+    payload = _pattern(PAYLOAD_LEN, 5)
+    (reflink_dir / "k.dat").write_bytes(payload)
+
+    _commit_from_file(reflink_dir, "k.dat", 0)
+
+    counts = _rust._op_counts()
+    backing, stored = block_map(reflink_dir / "k.dat"), block_map(reflink_dir / "k.npy")
+    assert (reflink_dir / "k.npy").read_bytes()[PAGE:] == payload
+    assert stored[0].shared is False, "the header block was not written in place"
+    for index in range(PAYLOAD_LEN // PAGE):
+        assert stored[1 + index] == Block(backing[index].physical, shared=True), (index, stored, backing)
+    assert counts["read"] == 0, counts
+
+
+def _assert_copied_not_shared(copy_path: Path, source_path: Path) -> None:
+    copy, source = block_map(copy_path), block_map(source_path)
+    assert copy, f"{copy_path} has no blocks"
+    assert [index for index, block in copy.items() if block.shared] == [], copy
+    assert [index for index, block in source.items() if block.shared] == [], source
+    assert {block.physical for block in copy.values()}.isdisjoint(block.physical for block in source.values())
+
+
+@pytest.mark.usefixtures("clean_faults")
+@pytest.mark.parametrize("src_offset", [100, PAGE + 1])
+def test_unaligned_copy_range_copies_the_bytes_without_sharing_blocks(reflink_dir: Path, src_offset: int) -> None:
+    source = b"\xaa" * PAGE + _write_source(reflink_dir)
+    length = 3 * PAGE
+
+    _copy(reflink_dir, src_offset, length)
+
+    counts = _rust._op_counts()
+    assert (reflink_dir / "x.dat").read_bytes() == source[src_offset : src_offset + length]
+    _assert_copied_not_shared(reflink_dir / "x.dat", reflink_dir / "src.npy")
+    assert counts["read"] == 0, "copy_file_range did not copy the unaligned range"
+
+
+@pytest.mark.usefixtures("clean_faults")
+def test_store_commit_from_an_unaligned_payload_copies_without_sharing_blocks(reflink_dir: Path) -> None:
+    payload = _pattern(PAYLOAD_LEN, 9)
+    (reflink_dir / "k.dat").write_bytes(b"\xbb" * 100 + payload)
+
+    _commit_from_file(reflink_dir, "k.dat", 100)
+
+    assert (reflink_dir / "k.npy").read_bytes()[PAGE:] == payload
+    _assert_copied_not_shared(reflink_dir / "k.npy", reflink_dir / "k.dat")
+    assert _rust._op_counts()["read"] == 0, "copy_file_range did not copy the unaligned range"

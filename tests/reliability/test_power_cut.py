@@ -14,17 +14,17 @@ import fcntl
 import functools
 import os
 import random
-import shutil
 import signal
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from crash_harness import Campaign, Zygote, report_counts
+
+from loop_mount import loop_mount_refusal, make_filesystem, mount, release, umount
 
 CUTS = int(os.environ.get("LDC_POWER_CUTS", "10"))
 PURGE_CHILD = Path(__file__).parent / "child" / "commit_then_purge.py"
@@ -43,41 +43,8 @@ MKFS_ARGS = {
 }
 
 
-def _run(*command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-
-
 def _make_filesystem(fstype: str, image: Path) -> str | None:
-    """Create the image; return why it failed, or ``None``."""
-    with image.open("wb") as handle:
-        handle.truncate(IMAGE_BYTES[fstype])
-    made = _run(f"mkfs.{fstype}", *MKFS_ARGS[fstype], str(image))
-    return None if made.returncode == 0 else f"mkfs.{fstype} failed: {made.stderr.strip()}"
-
-
-def _mount(fstype: str, image: Path, mountpoint: Path) -> str | None:
-    mounted = _run("mount", "-t", fstype, "-o", "loop", str(image), str(mountpoint))
-    return None if mounted.returncode == 0 else f"mount -o loop failed: {mounted.stderr.strip()}"
-
-
-def _umount(mountpoint: Path, image: Path) -> None:
-    """Unmount and wait until the image's loop device is gone.
-
-    A loop device that outlives the unmount means the filesystem is still mounted elsewhere
-    (another mount namespace holds it); mounting the image again would then return that same,
-    shut-down filesystem instead of replaying the journal, so this is an error.
-    """
-    for _ in range(100):
-        if _run("umount", str(mountpoint)).returncode == 0:
-            break
-        time.sleep(0.05)
-    else:
-        raise RuntimeError(f"could not unmount {mountpoint}: {_run('umount', str(mountpoint)).stderr}")
-    for _ in range(100):
-        if not _run("losetup", "-j", str(image)).stdout.strip():
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"{image} stays attached to a loop device: is it mounted in another mount namespace?")
+    return make_filesystem(fstype, image, IMAGE_BYTES[fstype], MKFS_ARGS[fstype])
 
 
 def _shut_down(mountpoint: Path, flags: int) -> None:
@@ -91,14 +58,9 @@ def _shut_down(mountpoint: Path, flags: int) -> None:
 @functools.cache
 def _unavailable(fstype: str, scratch: Path) -> str | None:
     """Why a power cut cannot be simulated on ``fstype`` here, or ``None`` if it can (probed)."""
-    if os.geteuid() != 0:
-        return "loop-mounting a filesystem image needs root"
-    if shutil.which(f"mkfs.{fstype}") is None:
-        package = "xfsprogs" if fstype == "xfs" else "e2fsprogs"
-        return f"mkfs.{fstype} is not installed (package {package})"
     image, mountpoint = scratch / f"probe.{fstype}", scratch / f"probe-{fstype}"
     mountpoint.mkdir(exist_ok=True)
-    reason = _make_filesystem(fstype, image) or _mount(fstype, image, mountpoint)
+    reason = loop_mount_refusal(fstype) or _make_filesystem(fstype, image) or mount(fstype, image, mountpoint)
     if reason is not None:
         return reason
     try:
@@ -106,7 +68,7 @@ def _unavailable(fstype: str, scratch: Path) -> str | None:
     except OSError as exc:
         return f"the GOINGDOWN ioctl is refused on {fstype}: {exc}"
     finally:
-        _umount(mountpoint, image)
+        umount(mountpoint, image)
         image.unlink()
     return None
 
@@ -125,16 +87,10 @@ def mounted(request: pytest.FixtureRequest, tmp_path: Path, probe_dir: Path) -> 
         pytest.skip(reason)
     image, mountpoint = tmp_path / f"{fstype}.img", tmp_path / "mnt"
     mountpoint.mkdir()
-    for failure in (_make_filesystem(fstype, image), _mount(fstype, image, mountpoint)):
+    for failure in (_make_filesystem(fstype, image), mount(fstype, image, mountpoint)):
         assert failure is None, failure
     yield fstype, image, mountpoint
-    if os.path.ismount(mountpoint):
-        try:
-            _umount(mountpoint, image)
-        except RuntimeError:
-            # Never leave a mount behind, even when something still holds it open.
-            _run("umount", "-l", str(mountpoint))
-            raise
+    release(mountpoint, image)
 
 
 def _cutter(mountpoint: Path, rng: random.Random, flags_used: list[int]) -> Callable[[int], None]:
@@ -161,8 +117,8 @@ def test_power_cut_at_random_instants_keeps_every_acknowledged_value(
     flags_used: list[int] = []
 
     def remount() -> None:
-        _umount(mountpoint, image)
-        failure = _mount(fstype, image, mountpoint)
+        umount(mountpoint, image)
+        failure = mount(fstype, image, mountpoint)
         assert failure is None, failure
 
     zygote = Zygote(tmp_path / "zygote.stderr")
@@ -192,7 +148,7 @@ def test_an_acknowledged_purge_survives_a_power_cut(mounted: tuple[str, Path, Pa
 
     # Drop the journal's uncommitted tail: only what was made durable survives.
     _shut_down(mountpoint, NOLOGFLUSH)
-    _umount(mountpoint, image)
-    assert _mount(fstype, image, mountpoint) is None
+    umount(mountpoint, image)
+    assert mount(fstype, image, mountpoint) is None
 
     assert sorted(name for name in os.listdir(directory) if name.startswith("k.")) == []
