@@ -106,11 +106,7 @@ pub struct RealFs;
 
 impl Fs for RealFs {
     fn open(&self, dir: BorrowedFd<'_>, name: &str, flags: OFlags, mode: u32) -> io::Result<OwnedFd> {
-        global_gate(if flags.contains(OFlags::CREATE) {
-            Op::Create
-        } else {
-            Op::Open
-        })?;
+        global_gate(open_op(flags))?;
         Ok(rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(mode))?)
     }
 
@@ -237,6 +233,15 @@ impl Fs for RealFs {
 
     fn map_gate(&self, _path: &Path) -> io::Result<()> {
         global_gate(Op::Map)
+    }
+}
+
+/// The operation an `open` counts as: `create` when it may make the file.
+fn open_op(flags: OFlags) -> Op {
+    if flags.contains(OFlags::CREATE) {
+        Op::Create
+    } else {
+        Op::Open
     }
 }
 

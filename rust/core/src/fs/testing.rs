@@ -2,10 +2,13 @@
 //! [`RecordingFs`] records the ordered list of calls with the names they touched, and
 //! [`CopyPathFs`] pins which range-copy mechanism runs (reflink, `copy_file_range` or the
 //! bounce buffer) whatever the filesystem under the test supports.
+//!
+//! Each double is a [`Hook`] around an inner [`Fs`]; [`forward_through_hook`] writes the
+//! forwarding once for all of them.
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,15 +16,158 @@ use std::sync::{Arc, Mutex, PoisonError};
 use rustix::fs::OFlags;
 use rustix::io::Errno;
 
-use super::{FileStat, Fs, RealFs};
+use super::{FileStat, Fs, RealFs, open_op};
 use crate::error::Op;
 
-fn open_op(flags: OFlags) -> Op {
-    if flags.contains(OFlags::CREATE) {
-        Op::Create
-    } else {
-        Op::Open
+/// What a forwarded call works on, as a [`Hook`] sees it.
+#[derive(Debug, Clone, Copy)]
+enum Target<'a> {
+    /// A name in the directory.
+    Name(&'a str),
+    /// An open file.
+    File(BorrowedFd<'a>),
+    /// The directory itself.
+    Dir,
+    /// A rename of `from` to `to`.
+    Rename { from: &'a str, to: &'a str },
+    /// A `copy_file_range` from `src` into `dst`.
+    KernelCopy { src: BorrowedFd<'a>, dst: BorrowedFd<'a> },
+    /// A `clone_range` from `src` into `dst`.
+    Clone { src: BorrowedFd<'a>, dst: BorrowedFd<'a> },
+    /// A file about to be mapped.
+    Map(&'a Path),
+}
+
+/// What a double adds around each call it forwards to its inner seam.
+trait Hook {
+    /// Runs before the call; an error fails the call without forwarding it.
+    fn before(&self, _op: Op, _target: Target<'_>) -> io::Result<()> {
+        Ok(())
     }
+
+    /// Runs after a forwarded call, with whether it succeeded.
+    fn after(&self, _op: Op, _target: Target<'_>, _ok: bool) {}
+
+    /// Runs when a forwarded `open` returned `fd` for `name`.
+    fn opened(&self, _fd: BorrowedFd<'_>, _name: &str) {}
+
+    /// Carries out a `clone_range` that passed [`Hook::before`]; a double that emulates
+    /// reflinks does it here instead of forwarding to `inner`.
+    fn clone_on(
+        &self,
+        inner: &dyn Fs,
+        src: BorrowedFd<'_>,
+        src_offset: u64,
+        dst: BorrowedFd<'_>,
+        dst_offset: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        inner.clone_range(src, src_offset, dst, dst_offset, len)
+    }
+
+    /// `call` between [`Hook::before`] and [`Hook::after`].
+    fn around<T>(&self, op: Op, target: Target<'_>, call: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        self.before(op, target)?;
+        let result = call();
+        self.after(op, target, result.is_ok());
+        result
+    }
+}
+
+/// Implements [`Fs`] for a [`Hook`] with an `inner: Arc<dyn Fs>` field: every call goes
+/// through [`Hook::around`] to the same call on `inner`.
+macro_rules! forward_through_hook {
+    ($double:ty) => {
+        impl Fs for $double {
+            fn open(&self, dir: BorrowedFd<'_>, name: &str, flags: OFlags, mode: u32) -> io::Result<OwnedFd> {
+                self.around(open_op(flags), Target::Name(name), || {
+                    let fd = self.inner.open(dir, name, flags, mode)?;
+                    self.opened(fd.as_fd(), name);
+                    Ok(fd)
+                })
+            }
+            fn mkdir(&self, dir: BorrowedFd<'_>, name: &str, mode: u32) -> io::Result<()> {
+                self.around(Op::Mkdir, Target::Name(name), || {
+                    self.inner.mkdir(dir, name, mode)
+                })
+            }
+            fn fallocate(&self, fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+                self.around(Op::Reserve, Target::File(fd), || self.inner.fallocate(fd, len))
+            }
+            fn truncate(&self, fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+                self.around(Op::Reserve, Target::File(fd), || self.inner.truncate(fd, len))
+            }
+            fn pwrite(&self, fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<usize> {
+                self.around(Op::Write, Target::File(fd), || self.inner.pwrite(fd, buf, offset))
+            }
+            fn pread(&self, fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+                self.around(Op::Read, Target::File(fd), || self.inner.pread(fd, buf, offset))
+            }
+            fn fsync(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+                self.around(Op::Fsync, Target::File(fd), || self.inner.fsync(fd))
+            }
+            fn fsync_dir(&self, dir: BorrowedFd<'_>) -> io::Result<()> {
+                self.around(Op::DirFsync, Target::Dir, || self.inner.fsync_dir(dir))
+            }
+            fn rename(&self, dir: BorrowedFd<'_>, from: &str, to: &str) -> io::Result<()> {
+                self.around(Op::Rename, Target::Rename { from, to }, || {
+                    self.inner.rename(dir, from, to)
+                })
+            }
+            fn unlink(&self, dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+                self.around(Op::Unlink, Target::Name(name), || self.inner.unlink(dir, name))
+            }
+            fn fstat(&self, fd: BorrowedFd<'_>) -> io::Result<FileStat> {
+                self.around(Op::Stat, Target::File(fd), || self.inner.fstat(fd))
+            }
+            fn stat_nofollow(&self, dir: BorrowedFd<'_>, name: &str) -> io::Result<FileStat> {
+                self.around(Op::Stat, Target::Name(name), || {
+                    self.inner.stat_nofollow(dir, name)
+                })
+            }
+            fn lock_exclusive(&self, fd: BorrowedFd<'_>, nonblocking: bool) -> io::Result<()> {
+                self.around(Op::Lock, Target::File(fd), || {
+                    self.inner.lock_exclusive(fd, nonblocking)
+                })
+            }
+            fn lock_shared(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+                self.around(Op::Lock, Target::File(fd), || self.inner.lock_shared(fd))
+            }
+            fn fchmod(&self, fd: BorrowedFd<'_>, perm: u32) -> io::Result<()> {
+                self.around(Op::Chmod, Target::File(fd), || self.inner.fchmod(fd, perm))
+            }
+            fn copy_file_range(
+                &self,
+                src: BorrowedFd<'_>,
+                src_offset: u64,
+                dst: BorrowedFd<'_>,
+                dst_offset: u64,
+                len: usize,
+            ) -> io::Result<usize> {
+                self.around(Op::Copy, Target::KernelCopy { src, dst }, || {
+                    self.inner.copy_file_range(src, src_offset, dst, dst_offset, len)
+                })
+            }
+            fn clone_range(
+                &self,
+                src: BorrowedFd<'_>,
+                src_offset: u64,
+                dst: BorrowedFd<'_>,
+                dst_offset: u64,
+                len: u64,
+            ) -> io::Result<()> {
+                self.around(Op::Copy, Target::Clone { src, dst }, || {
+                    self.clone_on(&*self.inner, src, src_offset, dst, dst_offset, len)
+                })
+            }
+            fn list(&self, dir: BorrowedFd<'_>) -> io::Result<Vec<String>> {
+                self.around(Op::List, Target::Dir, || self.inner.list(dir))
+            }
+            fn map_gate(&self, path: &Path) -> io::Result<()> {
+                self.around(Op::Map, Target::Map(path), || self.inner.map_gate(path))
+            }
+        }
+    };
 }
 
 /// Wraps another [`Fs`] and makes the `nth` (1-based) call of `op` fail with `errno`.
@@ -70,8 +216,10 @@ impl FaultyFs {
     pub fn seen(&self) -> u64 {
         self.seen.load(Ordering::SeqCst)
     }
+}
 
-    fn check(&self, op: Op) -> io::Result<()> {
+impl Hook for FaultyFs {
+    fn before(&self, op: Op, _target: Target<'_>) -> io::Result<()> {
         if !self.armed.load(Ordering::SeqCst) {
             return Ok(());
         }
@@ -83,98 +231,7 @@ impl FaultyFs {
     }
 }
 
-impl Fs for FaultyFs {
-    fn open(&self, dir: BorrowedFd<'_>, name: &str, flags: OFlags, mode: u32) -> io::Result<OwnedFd> {
-        self.check(open_op(flags))?;
-        self.inner.open(dir, name, flags, mode)
-    }
-    fn mkdir(&self, dir: BorrowedFd<'_>, name: &str, mode: u32) -> io::Result<()> {
-        self.check(Op::Mkdir)?;
-        self.inner.mkdir(dir, name, mode)
-    }
-    fn fallocate(&self, fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
-        self.check(Op::Reserve)?;
-        self.inner.fallocate(fd, len)
-    }
-    fn truncate(&self, fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
-        self.check(Op::Reserve)?;
-        self.inner.truncate(fd, len)
-    }
-    fn pwrite(&self, fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<usize> {
-        self.check(Op::Write)?;
-        self.inner.pwrite(fd, buf, offset)
-    }
-    fn pread(&self, fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.check(Op::Read)?;
-        self.inner.pread(fd, buf, offset)
-    }
-    fn fsync(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
-        self.check(Op::Fsync)?;
-        self.inner.fsync(fd)
-    }
-    fn fsync_dir(&self, dir: BorrowedFd<'_>) -> io::Result<()> {
-        self.check(Op::DirFsync)?;
-        self.inner.fsync_dir(dir)
-    }
-    fn rename(&self, dir: BorrowedFd<'_>, from: &str, to: &str) -> io::Result<()> {
-        self.check(Op::Rename)?;
-        self.inner.rename(dir, from, to)
-    }
-    fn unlink(&self, dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
-        self.check(Op::Unlink)?;
-        self.inner.unlink(dir, name)
-    }
-    fn fstat(&self, fd: BorrowedFd<'_>) -> io::Result<FileStat> {
-        self.check(Op::Stat)?;
-        self.inner.fstat(fd)
-    }
-    fn stat_nofollow(&self, dir: BorrowedFd<'_>, name: &str) -> io::Result<FileStat> {
-        self.check(Op::Stat)?;
-        self.inner.stat_nofollow(dir, name)
-    }
-    fn lock_exclusive(&self, fd: BorrowedFd<'_>, nonblocking: bool) -> io::Result<()> {
-        self.check(Op::Lock)?;
-        self.inner.lock_exclusive(fd, nonblocking)
-    }
-    fn lock_shared(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
-        self.check(Op::Lock)?;
-        self.inner.lock_shared(fd)
-    }
-    fn fchmod(&self, fd: BorrowedFd<'_>, perm: u32) -> io::Result<()> {
-        self.check(Op::Chmod)?;
-        self.inner.fchmod(fd, perm)
-    }
-    fn copy_file_range(
-        &self,
-        src: BorrowedFd<'_>,
-        src_offset: u64,
-        dst: BorrowedFd<'_>,
-        dst_offset: u64,
-        len: usize,
-    ) -> io::Result<usize> {
-        self.check(Op::Copy)?;
-        self.inner.copy_file_range(src, src_offset, dst, dst_offset, len)
-    }
-    fn clone_range(
-        &self,
-        src: BorrowedFd<'_>,
-        src_offset: u64,
-        dst: BorrowedFd<'_>,
-        dst_offset: u64,
-        len: u64,
-    ) -> io::Result<()> {
-        self.check(Op::Copy)?;
-        self.inner.clone_range(src, src_offset, dst, dst_offset, len)
-    }
-    fn list(&self, dir: BorrowedFd<'_>) -> io::Result<Vec<String>> {
-        self.check(Op::List)?;
-        self.inner.list(dir)
-    }
-    fn map_gate(&self, path: &Path) -> io::Result<()> {
-        self.check(Op::Map)?;
-        self.inner.map_gate(path)
-    }
-}
+forward_through_hook!(FaultyFs);
 
 /// The range-copy mechanism [`CopyPathFs`] lets through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,11 +284,33 @@ impl CopyPathFs {
     pub fn kernel_copies(&self) -> u64 {
         self.kernel_copies.load(Ordering::SeqCst)
     }
+}
+
+impl Hook for CopyPathFs {
+    fn before(&self, _op: Op, target: Target<'_>) -> io::Result<()> {
+        match target {
+            Target::Clone { .. } if self.path != CopyPath::Reflink => Err(io::Error::from(Errno::OPNOTSUPP)),
+            Target::KernelCopy { .. } if self.path == CopyPath::Bounce => Err(io::Error::from(Errno::XDEV)),
+            _ => Ok(()),
+        }
+    }
+
+    fn after(&self, _op: Op, target: Target<'_>, ok: bool) {
+        let counter = match target {
+            Target::Clone { .. } => &self.clones,
+            Target::KernelCopy { .. } => &self.kernel_copies,
+            _ => return,
+        };
+        if ok {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 
     /// FICLONERANGE semantics by plain copying: all `len` bytes or an error (EINVAL when the
     /// source ends first).
-    fn emulate_clone(
+    fn clone_on(
         &self,
+        inner: &dyn Fs,
         src: BorrowedFd<'_>,
         src_offset: u64,
         dst: BorrowedFd<'_>,
@@ -243,15 +322,13 @@ impl CopyPathFs {
         while done < len {
             let want = usize::try_from(len - done).map_or(buf.len(), |rest| rest.min(buf.len()));
             let piece = &mut buf[..want];
-            let read = self.inner.pread(src, piece, src_offset + done)?;
+            let read = inner.pread(src, piece, src_offset + done)?;
             if read == 0 {
                 return Err(io::Error::from(Errno::INVAL));
             }
             let mut written = 0;
             while written < read {
-                let n = self
-                    .inner
-                    .pwrite(dst, &piece[written..read], dst_offset + done + written as u64)?;
+                let n = inner.pwrite(dst, &piece[written..read], dst_offset + done + written as u64)?;
                 if n == 0 {
                     return Err(io::Error::from(Errno::NOSPC));
                 }
@@ -263,89 +340,7 @@ impl CopyPathFs {
     }
 }
 
-impl Fs for CopyPathFs {
-    fn open(&self, dir: BorrowedFd<'_>, name: &str, flags: OFlags, mode: u32) -> io::Result<OwnedFd> {
-        self.inner.open(dir, name, flags, mode)
-    }
-    fn mkdir(&self, dir: BorrowedFd<'_>, name: &str, mode: u32) -> io::Result<()> {
-        self.inner.mkdir(dir, name, mode)
-    }
-    fn fallocate(&self, fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
-        self.inner.fallocate(fd, len)
-    }
-    fn truncate(&self, fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
-        self.inner.truncate(fd, len)
-    }
-    fn pwrite(&self, fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<usize> {
-        self.inner.pwrite(fd, buf, offset)
-    }
-    fn pread(&self, fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.inner.pread(fd, buf, offset)
-    }
-    fn fsync(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
-        self.inner.fsync(fd)
-    }
-    fn fsync_dir(&self, dir: BorrowedFd<'_>) -> io::Result<()> {
-        self.inner.fsync_dir(dir)
-    }
-    fn rename(&self, dir: BorrowedFd<'_>, from: &str, to: &str) -> io::Result<()> {
-        self.inner.rename(dir, from, to)
-    }
-    fn unlink(&self, dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
-        self.inner.unlink(dir, name)
-    }
-    fn fstat(&self, fd: BorrowedFd<'_>) -> io::Result<FileStat> {
-        self.inner.fstat(fd)
-    }
-    fn stat_nofollow(&self, dir: BorrowedFd<'_>, name: &str) -> io::Result<FileStat> {
-        self.inner.stat_nofollow(dir, name)
-    }
-    fn lock_exclusive(&self, fd: BorrowedFd<'_>, nonblocking: bool) -> io::Result<()> {
-        self.inner.lock_exclusive(fd, nonblocking)
-    }
-    fn lock_shared(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
-        self.inner.lock_shared(fd)
-    }
-    fn fchmod(&self, fd: BorrowedFd<'_>, perm: u32) -> io::Result<()> {
-        self.inner.fchmod(fd, perm)
-    }
-    fn copy_file_range(
-        &self,
-        src: BorrowedFd<'_>,
-        src_offset: u64,
-        dst: BorrowedFd<'_>,
-        dst_offset: u64,
-        len: usize,
-    ) -> io::Result<usize> {
-        if self.path == CopyPath::Bounce {
-            return Err(io::Error::from(Errno::XDEV));
-        }
-        let copied = self.inner.copy_file_range(src, src_offset, dst, dst_offset, len)?;
-        self.kernel_copies.fetch_add(1, Ordering::SeqCst);
-        Ok(copied)
-    }
-    fn clone_range(
-        &self,
-        src: BorrowedFd<'_>,
-        src_offset: u64,
-        dst: BorrowedFd<'_>,
-        dst_offset: u64,
-        len: u64,
-    ) -> io::Result<()> {
-        if self.path != CopyPath::Reflink {
-            return Err(io::Error::from(Errno::OPNOTSUPP));
-        }
-        self.emulate_clone(src, src_offset, dst, dst_offset, len)?;
-        self.clones.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-    fn list(&self, dir: BorrowedFd<'_>) -> io::Result<Vec<String>> {
-        self.inner.list(dir)
-    }
-    fn map_gate(&self, path: &Path) -> io::Result<()> {
-        self.inner.map_gate(path)
-    }
-}
+forward_through_hook!(CopyPathFs);
 
 /// One recorded filesystem call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -403,115 +398,33 @@ impl RecordingFs {
         let names = self.fd_names.lock().unwrap_or_else(PoisonError::into_inner);
         names.get(&fd.as_raw_fd()).cloned().unwrap_or_else(|| "?".to_owned())
     }
+}
 
-    fn record<T>(&self, op: Op, name: String, to: Option<String>, result: io::Result<T>) -> io::Result<T> {
-        let call = Call {
-            op,
-            name,
-            to,
-            ok: result.is_ok(),
+impl Hook for RecordingFs {
+    fn opened(&self, fd: BorrowedFd<'_>, name: &str) {
+        let mut names = self.fd_names.lock().unwrap_or_else(PoisonError::into_inner);
+        names.insert(fd.as_raw_fd(), name.to_owned());
+    }
+
+    fn after(&self, op: Op, target: Target<'_>, ok: bool) {
+        let (name, to) = match target {
+            Target::Name(name) => (name.to_owned(), None),
+            Target::File(fd) => (self.fd_name(fd), None),
+            Target::Dir => (".".to_owned(), None),
+            Target::Rename { from, to } => (from.to_owned(), Some(to.to_owned())),
+            Target::KernelCopy { src, dst } | Target::Clone { src, dst } => {
+                (self.fd_name(dst), Some(self.fd_name(src)))
+            }
+            Target::Map(path) => {
+                let name = path
+                    .file_name()
+                    .map_or_else(|| "?".to_owned(), |n| n.to_string_lossy().into_owned());
+                (name, None)
+            }
         };
+        let call = Call { op, name, to, ok };
         self.calls.lock().unwrap_or_else(PoisonError::into_inner).push(call);
-        result
     }
 }
 
-impl Fs for RecordingFs {
-    fn open(&self, dir: BorrowedFd<'_>, name: &str, flags: OFlags, mode: u32) -> io::Result<OwnedFd> {
-        let result = self.inner.open(dir, name, flags, mode);
-        if let Ok(fd) = &result {
-            let mut names = self.fd_names.lock().unwrap_or_else(PoisonError::into_inner);
-            names.insert(fd.as_raw_fd(), name.to_owned());
-        }
-        self.record(open_op(flags), name.to_owned(), None, result)
-    }
-    fn mkdir(&self, dir: BorrowedFd<'_>, name: &str, mode: u32) -> io::Result<()> {
-        let result = self.inner.mkdir(dir, name, mode);
-        self.record(Op::Mkdir, name.to_owned(), None, result)
-    }
-    fn fallocate(&self, fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
-        let result = self.inner.fallocate(fd, len);
-        self.record(Op::Reserve, self.fd_name(fd), None, result)
-    }
-    fn truncate(&self, fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
-        let result = self.inner.truncate(fd, len);
-        self.record(Op::Reserve, self.fd_name(fd), None, result)
-    }
-    fn pwrite(&self, fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<usize> {
-        let result = self.inner.pwrite(fd, buf, offset);
-        self.record(Op::Write, self.fd_name(fd), None, result)
-    }
-    fn pread(&self, fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let result = self.inner.pread(fd, buf, offset);
-        self.record(Op::Read, self.fd_name(fd), None, result)
-    }
-    fn fsync(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
-        let result = self.inner.fsync(fd);
-        self.record(Op::Fsync, self.fd_name(fd), None, result)
-    }
-    fn fsync_dir(&self, dir: BorrowedFd<'_>) -> io::Result<()> {
-        let result = self.inner.fsync_dir(dir);
-        self.record(Op::DirFsync, ".".to_owned(), None, result)
-    }
-    fn rename(&self, dir: BorrowedFd<'_>, from: &str, to: &str) -> io::Result<()> {
-        let result = self.inner.rename(dir, from, to);
-        self.record(Op::Rename, from.to_owned(), Some(to.to_owned()), result)
-    }
-    fn unlink(&self, dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
-        let result = self.inner.unlink(dir, name);
-        self.record(Op::Unlink, name.to_owned(), None, result)
-    }
-    fn fstat(&self, fd: BorrowedFd<'_>) -> io::Result<FileStat> {
-        let result = self.inner.fstat(fd);
-        self.record(Op::Stat, self.fd_name(fd), None, result)
-    }
-    fn stat_nofollow(&self, dir: BorrowedFd<'_>, name: &str) -> io::Result<FileStat> {
-        let result = self.inner.stat_nofollow(dir, name);
-        self.record(Op::Stat, name.to_owned(), None, result)
-    }
-    fn lock_exclusive(&self, fd: BorrowedFd<'_>, nonblocking: bool) -> io::Result<()> {
-        let result = self.inner.lock_exclusive(fd, nonblocking);
-        self.record(Op::Lock, self.fd_name(fd), None, result)
-    }
-    fn lock_shared(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
-        let result = self.inner.lock_shared(fd);
-        self.record(Op::Lock, self.fd_name(fd), None, result)
-    }
-    fn fchmod(&self, fd: BorrowedFd<'_>, perm: u32) -> io::Result<()> {
-        let result = self.inner.fchmod(fd, perm);
-        self.record(Op::Chmod, self.fd_name(fd), None, result)
-    }
-    fn copy_file_range(
-        &self,
-        src: BorrowedFd<'_>,
-        src_offset: u64,
-        dst: BorrowedFd<'_>,
-        dst_offset: u64,
-        len: usize,
-    ) -> io::Result<usize> {
-        let result = self.inner.copy_file_range(src, src_offset, dst, dst_offset, len);
-        self.record(Op::Copy, self.fd_name(dst), Some(self.fd_name(src)), result)
-    }
-    fn clone_range(
-        &self,
-        src: BorrowedFd<'_>,
-        src_offset: u64,
-        dst: BorrowedFd<'_>,
-        dst_offset: u64,
-        len: u64,
-    ) -> io::Result<()> {
-        let result = self.inner.clone_range(src, src_offset, dst, dst_offset, len);
-        self.record(Op::Copy, self.fd_name(dst), Some(self.fd_name(src)), result)
-    }
-    fn list(&self, dir: BorrowedFd<'_>) -> io::Result<Vec<String>> {
-        let result = self.inner.list(dir);
-        self.record(Op::List, ".".to_owned(), None, result)
-    }
-    fn map_gate(&self, path: &Path) -> io::Result<()> {
-        let result = self.inner.map_gate(path);
-        let name = path
-            .file_name()
-            .map_or_else(|| "?".to_owned(), |n| n.to_string_lossy().into_owned());
-        self.record(Op::Map, name, None, result)
-    }
-}
+forward_through_hook!(RecordingFs);
