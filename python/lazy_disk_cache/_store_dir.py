@@ -10,21 +10,21 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import threading
 from pathlib import Path
 from typing import NamedTuple
 
+from lazy_disk_cache._leases import PathLease
 from lazy_disk_cache._rust import CacheDir
 from lazy_disk_cache.errors import StoreKeyError
 from lazy_disk_cache.paths import NPY_SUFFIX, get_npy_path, is_our_temp_name, key_from_npy_name
 
 __all__ = [
     "CacheDirChoice",
-    "DirectoryLease",
     "RescanReport",
     "SweepReport",
     "choose_cache_dir",
     "directory_refuses_writes",
+    "lease_directory",
     "rescan",
     "sweep_orphan_temps",
 ]
@@ -129,44 +129,14 @@ def directory_refuses_writes(path: Path) -> bool:
         return False
 
 
-_directory_leases: dict[str, int] = {}
-_directory_leases_lock = threading.Lock()
+def lease_directory(store: object, path: Path, owner_pid: int) -> PathLease:
+    """Tie removing the store's private directory to ``store``'s life; the owner's last lease removes it.
+
+    Removal is best effort (it runs at GC or interpreter exit, where nobody could handle an error)
+    and never follows a link inside the tree.
+    """
+    return PathLease(store, str(path), owner_pid, _remove_tree)
 
 
-def _reset_directory_lease_lock_after_fork() -> None:
-    global _directory_leases_lock
-    _directory_leases_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reset_directory_lease_lock_after_fork)
-
-
-class DirectoryLease:
-    """One store copy's claim on removing its private directory; the owner's last lease removes it."""
-
-    __slots__ = ("_released", "owner_pid", "path")
-
-    def __init__(self, path: str, owner_pid: int) -> None:
-        self.path = path
-        self.owner_pid = owner_pid
-        self._released = False
-        with _directory_leases_lock:
-            _directory_leases[path] = _directory_leases.get(path, 0) + 1
-
-    def expire(self) -> None:
-        """Finalizer body: drop the lease; the owner process's last lease removes the directory.
-
-        Removal is best effort (it runs at GC or interpreter exit, where nobody could handle an
-        error) and never follows a link inside the tree.
-        """
-        with _directory_leases_lock:
-            if self._released:
-                return
-            self._released = True
-            remaining = _directory_leases.get(self.path, 1) - 1
-            if remaining > 0:
-                _directory_leases[self.path] = remaining
-                return
-            _directory_leases.pop(self.path, None)
-        if os.getpid() == self.owner_pid:
-            shutil.rmtree(self.path, ignore_errors=True)
+def _remove_tree(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -35,9 +35,9 @@ from lazy_disk_cache._codec import (
 from lazy_disk_cache._purge import artefact_names, detach_purge_duty, plan_purge, unlink_in_order
 from lazy_disk_cache._rust import CacheDir, CommitBatch
 from lazy_disk_cache._store_dir import (
-    DirectoryLease,
     choose_cache_dir,
     directory_refuses_writes,
+    lease_directory,
     rescan,
     sweep_orphan_temps,
 )
@@ -235,8 +235,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
 
     def _arm_directory_removal(self) -> None:
         if self._owns_cache_dir and self._purge_disk_on_gc:
-            lease = DirectoryLease(str(self._cache_dir), self._owner_pid)
-            self._directory_finalizer = weakref.finalize(self, lease.expire)
+            self._directory_finalizer = lease_directory(self, self._cache_dir, self._owner_pid).finalizer
 
     def _sweep_temps(self, directory: CacheDir) -> None:
         report = sweep_orphan_temps(directory)

@@ -30,6 +30,7 @@ from pydantic import ConfigDict, StrictStr, validate_call
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from typing_extensions import TypedDict, Unpack
 
+from lazy_disk_cache._leases import PathLease
 from lazy_disk_cache._memmap import as_memmap, mapping_of, open_memmap
 from lazy_disk_cache._rust import CacheDir, FileMapping
 from lazy_disk_cache.paths import (
@@ -174,57 +175,7 @@ def _chunk_budget_bytes() -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Purge duty: per-path leases, deletion only by the owner process
-
-
-_leases: dict[str, set["_PurgeLease"]] = {}
-_leases_lock = threading.Lock()
-
-
-def _reset_lease_lock_after_fork() -> None:
-    global _leases_lock
-    _leases_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reset_lease_lock_after_fork)
-
-
-class _PurgeLease:
-    """One armed entry's claim on deleting its ``.dat``: its ``weakref.finalize`` plus bookkeeping.
-
-    A lease counts while its finalizer is alive, so a finalizer detached by any route (``release``
-    or a direct ``finalizer.detach()``) stops holding the path. When a finalizer runs, the file is
-    unlinked only if no other live lease in this process holds the same path and this process is
-    the owner recorded in the lease.
-    """
-
-    __slots__ = ("finalizer", "owner_pid", "path")
-
-    def __init__(self, entry: object, path: str, owner_pid: int | None) -> None:
-        self.path = path
-        self.owner_pid = owner_pid
-        self.finalizer = weakref.finalize(entry, self._expire)
-        with _leases_lock:
-            _leases.setdefault(path, set()).add(self)
-
-    def release(self) -> None:
-        """Detach the finalizer and give up the claim; nothing is deleted."""
-        self.finalizer.detach()
-        self._leave()
-
-    def _leave(self) -> bool:
-        """Drop this lease; return whether no other live lease holds the path any more."""
-        with _leases_lock:
-            holders = _leases.pop(self.path, set())
-            holders.discard(self)
-            alive = {lease for lease in holders if lease.finalizer.alive}
-            if alive:
-                _leases[self.path] = alive
-            return not alive
-
-    def _expire(self) -> None:
-        if self._leave() and self.owner_pid is not None and os.getpid() == self.owner_pid:
-            _unlink_backing_file(self.path)
+# Purge duty: what the owner process's last lease on a ``.dat`` removes
 
 
 def _unlink_backing_file(path: str) -> None:
@@ -361,7 +312,7 @@ class LazyDiskCache(ABC):
     _backing_created: bool
     _dir_handle: CacheDir | None
     _finalizer: "weakref.finalize[Any, Any]"
-    _lease: _PurgeLease
+    _lease: PathLease
 
     def __init__(self, **settings: Unpack[LazyDiskCacheKw]) -> None:
         self._init_from_config(LazyDiskCacheConfig(**settings))
@@ -597,7 +548,7 @@ class LazyDiskCache(ABC):
         # sits at that path (another process, or an earlier session, did): it holds the lease
         # without the right to delete until ``_take_ownership`` records it as the creator.
         owner = None if self._adopted is not None and not self._backing_created else self._owner_pid
-        lease = _PurgeLease(self, str(self._cache_path), owner)
+        lease = PathLease(self, str(self._cache_path), owner, _unlink_backing_file)
         self._lease = lease
         self._finalizer = lease.finalizer
 
