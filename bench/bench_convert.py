@@ -14,10 +14,8 @@ Run alone: ``.venv/bin/python bench/bench_convert.py [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import statistics
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +33,9 @@ from common import (
     Settings,
     Variant,
     format_bytes,
-    load_impl,
     measure_interleaved,
     now,
+    run_standalone,
     settle,
     unlink_quietly,
 )
@@ -466,17 +464,7 @@ def _best_of(series: list[Series], name: str, members: tuple[str, ...]) -> Serie
 
 def main(argv: list[str] | None = None) -> int:
     """Run only the array cases and print their tables."""
-    from report import render_case
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="small sizes, few repetitions")
-    args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(dir=Path(__file__).parent, prefix="work-") as work:
-        settings = Settings.for_run(quick=args.quick, workdir=Path(work))
-        impl = load_impl("ours")
-        for case in convert_cases(settings, impl) + load_and_read_cases(settings, impl):
-            print(render_case(case, {}))
-    return 0
+    return run_standalone(__doc__, argv, convert_cases, load_and_read_cases)
 
 
 if __name__ == "__main__":

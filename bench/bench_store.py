@@ -13,10 +13,8 @@ Run alone: ``.venv/bin/python bench/bench_store.py [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +31,9 @@ from common import (
     Settings,
     Variant,
     format_bytes,
-    load_impl,
     measure_interleaved,
     now,
+    run_standalone,
     settle,
 )
 
@@ -283,17 +281,7 @@ def reload_cases(
 
 def main(argv: list[str] | None = None) -> int:
     """Run only the store cases and print their tables."""
-    from report import render_case
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="small sizes, few repetitions")
-    args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(dir=Path(__file__).parent, prefix="work-") as work:
-        settings = Settings.for_run(quick=args.quick, workdir=Path(work))
-        impl = load_impl("ours")
-        for case in write_cases(settings, impl) + reload_cases(settings, impl):
-            print(render_case(case, {}))
-    return 0
+    return run_standalone(__doc__, argv, write_cases, reload_cases)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ so it imports nothing but the standard library and NumPy at module level.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import gc
 import importlib
@@ -24,6 +25,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -60,6 +62,7 @@ __all__ = [
     "read_status_kib",
     "reset_peak_rss",
     "run_json_child",
+    "run_standalone",
     "settle",
     "unlink_quietly",
 ]
@@ -536,3 +539,21 @@ def settle(paths: Iterable[Path] = (), *, collect: bool = False) -> None:
 def now() -> float:
     """The clock every variant uses."""
     return time.perf_counter()
+
+
+def run_standalone(
+    doc: str | None, argv: list[str] | None, *case_groups: Callable[[Settings, Impl], list[CaseResult]]
+) -> int:
+    """Run one benchmark module alone: parse ``--quick``, run its case groups on ours, print each table."""
+    from report import render_case  # report imports this module
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("--quick", action="store_true", help="small sizes, few repetitions")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(dir=BENCH_DIR, prefix="work-") as work:
+        settings = Settings.for_run(quick=args.quick, workdir=Path(work))
+        impl = load_impl("ours")
+        results = [case for cases in case_groups for case in cases(settings, impl)]
+    for case in results:
+        print(render_case(case, {}))
+    return 0
