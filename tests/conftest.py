@@ -1,5 +1,6 @@
 """Shared fixtures for the test suite."""
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,15 @@ from loop_mount import loop_mount_refusal, make_filesystem, mount, release
 def cache_dir(tmp_path: Path) -> _rust.CacheDir:
     """An open native cache directory in a fresh temporary directory."""
     return _rust.CacheDir.open(tmp_path)
+
+
+@pytest.fixture
+def private_tempdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point tempfile at an empty directory so ephemeral files and private store directories are observable."""
+    directory = tmp_path / "tmp"
+    directory.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(directory))
+    return directory
 
 
 @pytest.fixture

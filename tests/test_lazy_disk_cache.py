@@ -3,7 +3,6 @@
 import logging
 import os
 import stat
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,15 +18,6 @@ from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.lazy_disk_cache import LazyDiskCache
 
 LOGGER = "lazy_disk_cache.lazy_disk_cache"
-
-
-@pytest.fixture
-def private_tempdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point tempfile at an empty directory so ephemeral files are observable and cleaned up."""
-    directory = tmp_path / "tmp"
-    directory.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(directory))
-    return directory
 
 
 class HookedArray(DiskBackedNDArray):

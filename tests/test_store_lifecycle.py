@@ -49,14 +49,6 @@ def messages(caplog: pytest.LogCaptureFixture, level: int) -> list[tuple[str, tu
     ]
 
 
-@pytest.fixture
-def private_tempdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    directory = tmp_path / "tmp"
-    directory.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(directory))
-    return directory
-
-
 # -- temp sweep ----------------------------------------------------------------------------------
 
 

@@ -4,7 +4,6 @@ import gc
 import logging
 import os
 import stat
-import tempfile
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeGuard
@@ -31,15 +30,6 @@ def make_store(cache_dir: Path | None, **settings: Any) -> DiskBackedStore[DiskB
 
 def entry(values: Any = (1, 2, 3), **settings: Any) -> DiskBackedNDArray:
     return DiskBackedNDArray(np.asarray(values), **settings)
-
-
-@pytest.fixture
-def private_tempdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point tempfile at an empty directory so the store's own temporary directory is observable."""
-    directory = tmp_path / "tmp"
-    directory.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(directory))
-    return directory
 
 
 class OtherEntry(DiskBackedNDArray):
