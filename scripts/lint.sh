@@ -18,5 +18,5 @@ fi
 
 .venv/bin/ruff check python tests bench
 .venv/bin/ruff format --check python tests bench
-.venv/bin/mypy --strict python tests
+.venv/bin/mypy --strict python tests bench
 .venv/bin/python -m mypy.stubtest lazy_disk_cache._rust --allowlist scripts/stubtest-allowlist.txt
