@@ -545,7 +545,7 @@ class LazyDiskCache(ABC):
             return
         self._disarm_purge()
         # A store-reloaded entry that has not written its ``.dat`` yet did not create whatever file
-        # sits at that path (another process, or an earlier session, did): it holds the lease
+        # sits at that path (another process, or an earlier run of this program, did): it holds the lease
         # without the right to delete until ``_take_ownership`` records it as the creator.
         owner = None if self._adopted is not None and not self._backing_created else self._owner_pid
         lease = PathLease(self, str(self._cache_path), owner, _unlink_backing_file)
