@@ -11,6 +11,7 @@ injection, is ``test_syscall_faults.py``.
 
 import errno
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,20 +63,23 @@ def _read_dat(path: Path, key: str) -> str:
 
 
 @dataclass
-class Scenario:
+class Scenario(ABC):
     """One write path: ``prepare`` (unfaulted), ``act`` (under the fault), ``judge`` (after it)."""
 
     directory: Path
     problems: list[str] = field(default_factory=list)
 
+    @abstractmethod
     def prepare(self) -> None:
-        raise NotImplementedError
+        """Set up the new values to write, with no fault armed."""
 
+    @abstractmethod
     def act(self) -> None:
-        raise NotImplementedError
+        """The write under test; the armed fault fires somewhere inside it."""
 
+    @abstractmethod
     def judge(self, failure: OSError | None, op: str) -> None:
-        raise NotImplementedError
+        """Record in ``problems`` every way the files or the entry break the guarantees."""
 
     def check_no_temps(self, context: str) -> None:
         temps = sorted(name for name in os.listdir(self.directory) if name.endswith(".tmp"))
