@@ -4,6 +4,8 @@ import gc
 import multiprocessing
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +108,7 @@ def test_two_copies_of_one_blob_remove_the_file_only_when_both_are_gone(tmp_path
     assert not (tmp_path / "e.dat").exists()
 
 
-def test_disable_purge_on_one_copy_releases_only_its_lease(tmp_path: Path) -> None:
+def test_disable_purge_on_one_copy_drops_only_its_duty(tmp_path: Path) -> None:
     blob = pickle.dumps(_entry(tmp_path))
     gc.collect()
     first, second = pickle.loads(blob), pickle.loads(blob)
@@ -115,8 +117,10 @@ def test_disable_purge_on_one_copy_releases_only_its_lease(tmp_path: Path) -> No
     del second
     gc.collect()
 
-    assert not (tmp_path / "e.dat").exists()
+    assert np.array_equal(first[...], np.arange(6))
     del first
+    gc.collect()
+    assert not (tmp_path / "e.dat").exists()
 
 
 def test_purge_off_copy_arms_nothing(tmp_path: Path) -> None:
@@ -176,3 +180,24 @@ def test_spawned_worker_reads_the_data_and_never_deletes_the_file(tmp_path: Path
     assert (tmp_path / "e.dat").exists()
     entry.load()
     assert np.array_equal(entry.data, np.arange(6))
+
+
+HANDOFF_CHILD = Path(__file__).parent / "child" / "entry_handoff_exit.py"
+
+
+@pytest.mark.parametrize(
+    ("situation", "survives"), [("unrevived", False), ("revived_then_kept", True), ("replaced", True)]
+)
+def test_a_duty_handed_to_a_pickle_ends_at_the_owner_exit_unless_taken_back(
+    tmp_path: Path, situation: str, survives: bool
+) -> None:
+    completed = subprocess.run(
+        [sys.executable, str(HANDOFF_CHILD), str(tmp_path / "e"), situation],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    assert Path(completed.stdout.strip()).exists() is survives

@@ -1,68 +1,163 @@
-"""Per-path leases inside one process: the owner process's last lease on a path removes it.
+"""Per-path leases inside one process: a file goes when the last live object on it goes.
 
-Several live objects in one process (an entry and its unpickled copies, a store and its copies)
-can stand for one file or directory. Each holds a :class:`PathLease` tied to its lifetime by a
-``weakref.finalize``. When one is collected the path is removed only if no other live lease in
-this process holds it and this process is the owner the lease names. A forked child gets a fresh
-lock, since another thread of the parent may have held it at the fork.
+Several live objects in one process can stand for one file or directory: an entry and its copies
+(``copy.copy``, a pickle round trip, dask's tokenising), or a store and its copies. Each holds a
+:class:`PathLease` for as long as it lives. A lease may carry *purge duty* (it is armed). The rule:
+
+* A holder collected (or alive at interpreter exit) while armed leaves its duty behind on the path.
+* When the last live lease on a path in this process goes, the path is removed if a duty was left
+  behind and this process is the owner that duty names. No other process ever removes it.
+* Pickling hands an armed holder's duty to the pickled copy (:meth:`PathLease.hand_off`). A copy
+  revived in the owner process arms its own lease and takes the duty back. A copy revived elsewhere
+  cannot remove the file, so the owner process removes it when it exits, if the path still names
+  the same file it named at the hand-off.
+
+A forked child gets a fresh lock, since another thread of the parent may have held it at the fork;
+its leases name the parent as owner, so it never removes anything.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import weakref
 from collections.abc import Callable
+from typing import NamedTuple
 
 __all__ = ["PathLease"]
 
-_holders: dict[str, set[PathLease]] = {}
-_holders_lock = threading.Lock()
+
+class _PathState:
+    """The live leases on one path and the owner pids of the duties left behind on it."""
+
+    __slots__ = ("duty_owners", "leases")
+
+    def __init__(self) -> None:
+        self.leases: set[PathLease] = set()
+        self.duty_owners: set[int] = set()
+
+
+class _HandedOff(NamedTuple):
+    """A duty that left this process inside a pickle: who owns it and which file it was."""
+
+    owner_pid: int
+    identity: tuple[int, int]
+    remove: Callable[[str], None]
+
+
+_paths: dict[str, _PathState] = {}
+_handed_off: dict[str, _HandedOff] = {}
+# Re-entrant: a finalizer may run from a garbage collection triggered inside a locked section.
+_lock = threading.RLock()
 
 
 def _reset_lock_after_fork() -> None:
-    global _holders_lock
-    _holders_lock = threading.Lock()
+    global _lock
+    _lock = threading.RLock()
 
 
 os.register_at_fork(after_in_child=_reset_lock_after_fork)
 
 
-class PathLease:
-    """One object's claim on removing ``path`` once the object is collected.
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
-    The lease holds the path while its finalizer is alive, so a finalizer detached by any route
-    (:meth:`release` or a direct ``finalizer.detach()``) stops holding it. When the finalizer runs,
-    ``remove(path)`` is called only if no other live lease in this process holds the path and this
-    process is ``owner_pid``; an ``owner_pid`` of ``None`` never removes. ``owner_pid`` may be
-    changed while the lease lives.
+
+class PathLease:
+    """One live object's hold on ``path``, armed with purge duty or not.
+
+    The lease lives exactly as long as its holder (a ``weakref.finalize`` with ``atexit=True``).
+    :meth:`arm` returns the duty finalizer; detaching that finalizer by any route (:meth:`disarm`
+    or a direct ``finalizer.detach()``) drops the duty but keeps the hold. ``owner_pid`` may be
+    changed while the lease lives; ``None`` never removes.
     """
 
-    __slots__ = ("_remove", "finalizer", "owner_pid", "path")
+    __slots__ = ("__weakref__", "_duty", "_holder", "_life", "_remove", "owner_pid", "path")
 
     def __init__(self, holder: object, path: str, owner_pid: int | None, remove: Callable[[str], None]) -> None:
         self.path = path
         self.owner_pid = owner_pid
         self._remove = remove
-        self.finalizer = weakref.finalize(holder, self._expire)
-        with _holders_lock:
-            _holders.setdefault(path, set()).add(self)
+        self._holder = weakref.ref(holder)
+        self._duty: weakref.finalize[[bool], object] | None = None
+        with _lock:
+            _paths.setdefault(path, _PathState()).leases.add(self)
+        self._life = weakref.finalize(holder, self._expire, False)
 
-    def release(self) -> None:
-        """Detach the finalizer and give up the claim; nothing is removed."""
-        self.finalizer.detach()
-        self._leave()
+    @property
+    def armed(self) -> bool:
+        """Whether this lease currently carries purge duty."""
+        return self._duty is not None and self._duty.alive
 
-    def _leave(self) -> bool:
-        """Drop this lease; return whether no other live lease holds the path any more."""
-        with _holders_lock:
-            holders = _holders.pop(self.path, set())
-            holders.discard(self)
-            alive = {lease for lease in holders if lease.finalizer.alive}
-            if alive:
-                _holders[self.path] = alive
-            return not alive
+    def arm(self) -> weakref.finalize[[bool], object]:
+        """Carry purge duty (idempotent); return the duty finalizer.
 
-    def _expire(self) -> None:
-        if self._leave() and self.owner_pid is not None and os.getpid() == self.owner_pid:
+        Arming in the owner process takes back a duty that an earlier pickle handed off.
+        """
+        if self._duty is None or not self._duty.alive:
+            holder = self._holder()
+            if holder is None:
+                raise ReferenceError("the holder of this lease is gone")
+            self._duty = weakref.finalize(holder, self._expire, True)
+        with _lock:
+            handed = _handed_off.get(self.path)
+            if handed is not None and handed.owner_pid == os.getpid():
+                del _handed_off[self.path]
+        return self._duty
+
+    def disarm(self) -> None:
+        """Drop purge duty without removing anything; the hold stays."""
+        if self._duty is not None:
+            self._duty.detach()
+            self._duty = None
+
+    def hand_off(self) -> None:
+        """Give this lease's duty to a pickled copy: disarm, and remember the file for exit.
+
+        If no copy takes the duty back in this process (by arming its own lease), the owner
+        removes the path when the process exits, provided it still names the same file.
+        """
+        if not self.armed or self.owner_pid is None:
+            return
+        identity = _identity(self.path)
+        self.disarm()
+        if identity is not None:
+            with _lock:
+                _handed_off[self.path] = _HandedOff(self.owner_pid, identity, self._remove)
+
+    def _expire(self, armed_now: bool) -> None:
+        """The holder is gone: leave the duty behind if armed; the last lease removes the path."""
+        armed = armed_now or self.armed
+        self._life.detach()
+        self.disarm()
+        with _lock:
+            state = _paths.get(self.path)
+            if state is None or self not in state.leases:
+                return
+            state.leases.discard(self)
+            if armed and self.owner_pid is not None:
+                state.duty_owners.add(self.owner_pid)
+            if state.leases:
+                return
+            del _paths[self.path]
+            remove = os.getpid() in state.duty_owners
+            if remove:
+                _handed_off.pop(self.path, None)
+        if remove:
             self._remove(self.path)
+
+
+@atexit.register
+def _remove_handed_off_files() -> None:
+    """At exit, remove the files whose duty left in a pickle and never came back (owner only)."""
+    with _lock:
+        pending = list(_handed_off.items())
+        _handed_off.clear()
+    for path, handed in pending:
+        if handed.owner_pid == os.getpid() and _identity(path) == handed.identity:
+            handed.remove(path)

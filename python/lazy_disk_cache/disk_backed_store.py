@@ -235,7 +235,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
 
     def _arm_directory_removal(self) -> None:
         if self._owns_cache_dir and self._purge_disk_on_gc:
-            self._directory_finalizer = lease_directory(self, self._cache_dir, self._owner_pid).finalizer
+            self._directory_finalizer = lease_directory(self, self._cache_dir, self._owner_pid).arm()
 
     def _sweep_temps(self, directory: CacheDir) -> None:
         report = sweep_orphan_temps(directory)

@@ -7,6 +7,7 @@ the entry's ``RLock``. All file bytes move through the native core (``lazy_disk_
 this module decides what to write, where, and when.
 """
 
+import copy
 import dataclasses
 import errno
 import functools
@@ -336,8 +337,10 @@ class LazyDiskCache(ABC):
             self._convert_to_memmap()
         if self._automatic_offloading:
             self.offload()
-        if self._purge_disk_on_gc and self._cache_path is not None:
-            self._arm_purge()
+        if self._cache_path is not None:
+            self._hold_path()
+            if self._purge_disk_on_gc:
+                self._arm_purge()
 
     # -- subclass contract ---------------------------------------------------------------------
 
@@ -526,8 +529,9 @@ class LazyDiskCache(ABC):
     def enable_purge(self) -> None:
         """Delete the ``.dat`` when this entry is collected or the interpreter exits.
 
-        Only the process that created the file deletes it, and only when its last armed entry on
-        that path goes. For an ephemeral entry without a file yet, duty is armed at allocation.
+        Only the process that created the file deletes it, and only when the last live object on
+        that path in that process goes (copies hold it too). For an ephemeral entry without a file
+        yet, duty is armed at allocation.
         """
         with self._lock:
             if not self._cache_path:
@@ -538,29 +542,38 @@ class LazyDiskCache(ABC):
                 self._arm_purge()
             self._purge_disk_on_gc = True
 
+    def _hold_path(self) -> PathLease:
+        """Hold this entry's ``.dat`` path for as long as the entry lives (armed or not); return the lease.
+
+        While any live object in this process holds the path, nothing deletes the file.
+        """
+        lease: PathLease | None = self.__dict__.get("_lease")
+        if lease is None:
+            # A store-reloaded entry that has not written its ``.dat`` yet did not create whatever file
+            # sits at that path (another process, or an earlier run of this program, did): it holds the
+            # path without the right to delete until ``_take_ownership`` records it as the creator.
+            owner = None if self._adopted is not None and not self._backing_created else self._owner_pid
+            lease = PathLease(self, str(self._cache_path), owner, _unlink_backing_file)
+            self._lease = lease
+        return lease
+
     def _arm_purge(self) -> None:
         """Arm purge duty unless a live finalizer already holds it."""
         finalizer = self.__dict__.get("_finalizer")
         if finalizer is not None and finalizer.alive:
             return
-        self._disarm_purge()
-        # A store-reloaded entry that has not written its ``.dat`` yet did not create whatever file
-        # sits at that path (another process, or an earlier run of this program, did): it holds the lease
-        # without the right to delete until ``_take_ownership`` records it as the creator.
-        owner = None if self._adopted is not None and not self._backing_created else self._owner_pid
-        lease = PathLease(self, str(self._cache_path), owner, _unlink_backing_file)
-        self._lease = lease
-        self._finalizer = lease.finalizer
+        self._finalizer = self._hold_path().arm()
 
     def _disarm_purge(self) -> None:
         """Release purge duty without deleting anything and without touching ``purge_disk_on_gc``.
 
-        This is how a store detaches an entry's finalizer (call it under ``self._lock``).
+        The entry keeps holding its path. This is how a store detaches an entry's finalizer (call it
+        under ``self._lock``).
         """
         self.__dict__.pop("_finalizer", None)
-        lease = self.__dict__.pop("_lease", None)
+        lease: PathLease | None = self.__dict__.get("_lease")
         if lease is not None:
-            lease.release()
+            lease.disarm()
 
     # -- conversion ----------------------------------------------------------------------------
 
@@ -776,6 +789,7 @@ class LazyDiskCache(ABC):
         os.close(descriptor)
         self._cache_path = Path(name)
         self._take_ownership()
+        self._hold_path()
         if self._purge_disk_on_gc:
             self._arm_purge()
 
@@ -809,9 +823,16 @@ class LazyDiskCache(ABC):
     _TRANSIENT_STATE: ClassVar[tuple[str, ...]] = ("_lock", "_finalizer", "_lease", "_dir_handle")
 
     def __getstate__(self) -> dict[str, Any]:
-        """Hand purge duty to the copy and offload (both mutate this entry); data stays on disk."""
+        """Hand purge duty to the copy and offload (both mutate this entry); data stays on disk.
+
+        This entry keeps holding its file. If no copy takes the duty back in this process, the
+        process that created the file deletes it when it exits.
+        """
         with self._lock:
             purge = self._purge_disk_on_gc
+            lease: PathLease | None = self.__dict__.get("_lease")
+            if lease is not None:
+                lease.hand_off()
             self.disable_purge()
             if self._enable_caching:
                 self.offload()
@@ -819,11 +840,104 @@ class LazyDiskCache(ABC):
             state["_purge_disk_on_gc"] = purge
             return state
 
+    def __copy__(self) -> Self:
+        """A shallow copy: the same file and, while loaded, the same buffer, like a view.
+
+        Nothing is written and this entry is not changed (unlike pickling). The copy holds the file
+        as this entry does, armed with purge duty if this entry is, so the file lives until the last
+        of them is gone.
+        """
+        with self._lock:
+            twin = type(self).__new__(type(self))
+            twin.__dict__.update(
+                (name, value) for name, value in self.__dict__.items() if name not in self._TRANSIENT_STATE
+            )
+            twin._lock = threading.RLock()
+            twin._dir_handle = None
+            if twin._cache_path is not None:
+                twin._hold_path()
+                if "_finalizer" in self.__dict__ and self._finalizer.alive:
+                    twin._arm_purge()
+            return twin
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Self:
+        """An independent entry: writes to either never reach the other.
+
+        The copy is ephemeral whatever this entry's ``cache_path``: with caching on its data goes to
+        a new private file in the temp directory (cloned or copied inside the kernel where the file
+        system can, else streamed through the page cache; never through a full RAM copy), which is
+        deleted when the copy is collected (``purge_disk_on_gc`` is on). With caching off it gets its
+        own RAM array. State (in RAM, mapped, offloaded) and the other flags are this entry's.
+        """
+        with self._lock:
+            live = self._describe_buffer()[2] if self._in_memory else None
+            twin = type(self).__new__(type(self))
+            memo[id(self)] = twin
+            for name, value in self.__dict__.items():
+                if name in self._TRANSIENT_STATE or name == "_mmap" or (live is not None and value is live):
+                    continue
+                twin.__dict__[name] = copy.deepcopy(value, memo)
+            twin._lock = threading.RLock()
+            twin._dir_handle = None
+            twin._mmap = None
+            twin._adopted = None
+            twin._backing_created = False
+            twin._ephemeral = True
+            twin._cache_path = None
+            twin._purge_disk_on_gc = True
+            twin._owner_pid = os.getpid()
+            twin._in_memory = live is not None
+            if live is None:
+                twin._allocate_ephemeral()
+                self._copy_backing_into(twin)
+            elif self._enable_caching:
+                twin._set_buffer(live)
+                twin._convert_to_memmap()
+            else:
+                twin._set_buffer(np.array(live, copy=True))
+            return twin
+
+    def _copy_backing_into(self, twin: "LazyDiskCache") -> None:
+        """Fill ``twin``'s fresh ``.dat`` with this offloaded entry's bytes (no RAM copy)."""
+        source = self._require_cache_path()
+        target = twin._require_cache_path()
+        shape, dtype = self._describe_shape_dtype()
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        if nbytes and self._adopted is None and not _is_symlink(source) and source.parent == target.parent:
+            self._directory().copy_range(source.name, 0, target.name, nbytes, durable=False)
+        else:
+            twin._write_backing(np.asarray(self._source_array()))
+
+    def __dask_tokenize__(self) -> object:
+        """A dask token from metadata, never from the bytes on disk.
+
+        File-backed entries are named by the identity of the file that holds their data (path,
+        device, inode, size, modification time), like dask names an ``np.memmap``; entries in RAM by
+        their array, as dask names any array.
+        """
+        with self._lock:
+            shape, dtype = self._describe_shape_dtype()
+            head = (type(self).__module__, type(self).__qualname__, tuple(shape), np.dtype(dtype).str)
+            path = self._cache_path
+            if not self._enable_caching or path is None:
+                from dask.base import normalize_token  # imported here: only dask calls this hook
+
+                return (*head, normalize_token(self._describe_buffer()[2]))
+            if self._adopted is not None:
+                path = path.with_name(path.name.removesuffix(MEMMAP_SUFFIX) + NPY_SUFFIX)
+            try:
+                info = os.stat(path)
+            except OSError:
+                return (*head, str(path), None)
+            return (*head, str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restore the state, a new lock and (purge on) purge duty under the pickled owner pid."""
         self.__dict__.update(state)
         self._lock = threading.RLock()
         self._dir_handle = None
-        if self._cache_path and self._purge_disk_on_gc:
-            self._purge_disk_on_gc = False
-            self.enable_purge()
+        if self._cache_path:
+            self._hold_path()
+            if self._purge_disk_on_gc:
+                self._purge_disk_on_gc = False
+                self.enable_purge()
