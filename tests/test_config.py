@@ -85,6 +85,36 @@ def test_config_survives_a_pickle_round_trip() -> None:
     assert pickle.loads(pickle.dumps(config)) == config
 
 
+# LazyDiskCacheConfig(True, Path("cache/entry"), False, True) pickled (protocols 2 and 4) while the
+# class was defined in lazy_disk_cache.lazy_disk_cache: the pickles name that module.
+_PICKLES_NAMING_THE_ENTRY_MODULE = (
+    b"\x80\x02clazy_disk_cache.lazy_disk_cache\nLazyDiskCacheConfig\nq\x00)\x81q\x01}q\x02(X\x0e\x00\x00\x00"
+    b"enable_cachingq\x03\x88X\n\x00\x00\x00cache_pathq\x04cpathlib\nPosixPath\nq\x05X\x05\x00\x00\x00cacheq"
+    b"\x06X\x05\x00\x00\x00entryq\x07\x86q\x08Rq\tX\x10\x00\x00\x00purge_disk_on_gcq\n\x89X\x14\x00\x00\x00"
+    b"automatic_offloadingq\x0b\x88ub.",
+    b"\x80\x04\x95\xba\x00\x00\x00\x00\x00\x00\x00\x8c\x1flazy_disk_cache.lazy_disk_cache\x94\x8c\x13"
+    b"LazyDiskCacheConfig\x94\x93\x94)\x81\x94}\x94(\x8c\x0eenable_caching\x94\x88\x8c\ncache_path\x94\x8c"
+    b"\x07pathlib\x94\x8c\tPosixPath\x94\x93\x94\x8c\x05cache\x94\x8c\x05entry\x94\x86\x94R\x94\x8c\x10"
+    b"purge_disk_on_gc\x94\x89\x8c\x14automatic_offloading\x94\x88ub.",
+)
+
+
+@pytest.mark.parametrize("pickled", _PICKLES_NAMING_THE_ENTRY_MODULE, ids=["protocol-2", "protocol-4"])
+def test_a_config_pickled_under_the_entry_module_path_still_loads(pickled: bytes) -> None:
+    config = pickle.loads(pickled)
+
+    assert type(config) is LazyDiskCacheConfig
+    assert config == LazyDiskCacheConfig(True, Path("cache/entry"), False, True)
+
+
+def test_the_config_types_are_one_object_wherever_they_are_imported_from() -> None:
+    import lazy_disk_cache
+    from lazy_disk_cache import config
+
+    assert LazyDiskCacheConfig is config.LazyDiskCacheConfig is lazy_disk_cache.LazyDiskCacheConfig
+    assert LazyDiskCacheKw is config.LazyDiskCacheKw is lazy_disk_cache.LazyDiskCacheKw
+
+
 def test_as_kwargs_returns_a_plain_dict_with_all_four_keys() -> None:
     config = LazyDiskCacheConfig(enable_caching=True, cache_path=Path("p"))
 

@@ -7,6 +7,7 @@ directory as ``<key>.npy`` + ``<key>.meta.json`` pairs. The native module ``_rus
 import logging
 
 from lazy_disk_cache._rust import __version__
+from lazy_disk_cache.config import LazyDiskCacheConfig, LazyDiskCacheKw
 from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.disk_backed_store import DiskBackedStore, register_lazy_disk_cache_class
 from lazy_disk_cache.errors import (
@@ -17,7 +18,7 @@ from lazy_disk_cache.errors import (
     StorePurgeIncompleteError,
     StorePurgeRefusedError,
 )
-from lazy_disk_cache.lazy_disk_cache import LazyDiskCache, LazyDiskCacheConfig, LazyDiskCacheKw
+from lazy_disk_cache.lazy_disk_cache import LazyDiskCache
 from lazy_disk_cache.paths import get_legacy_pickle_path, get_meta_path, get_npy_path, is_valid_store_key
 
 __all__ = [

@@ -1,0 +1,88 @@
+"""The settings of an entry: ``LazyDiskCacheKw`` (keyword arguments) and ``LazyDiskCacheConfig``.
+
+Both are re-exported by ``lazy_disk_cache.lazy_disk_cache``, the module path users import them
+from, and by the package root. A config pickled when the class was defined in that module still
+loads, because the name it records is still importable there.
+"""
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Self
+
+from pydantic import ConfigDict, StrictStr, validate_call
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+from typing_extensions import TypedDict, Unpack
+
+from lazy_disk_cache.paths import ensure_write_contained, validate_store_key
+
+__all__ = ["LazyDiskCacheConfig", "LazyDiskCacheKw"]
+
+# The config belongs to the entry module's public surface, and callers match its log records on
+# that module's logger.
+logger = logging.getLogger("lazy_disk_cache.lazy_disk_cache")
+
+
+class LazyDiskCacheKw(TypedDict, total=False):
+    """Keyword arguments accepted by ``LazyDiskCache`` constructors (all optional).
+
+    ``enable_caching``: back the live buffer by a memory-mapped ``.dat`` file instead of RAM.
+    ``cache_path``: where the ``.dat`` lives (``None``: a private temporary file, created on first
+    need). ``purge_disk_on_gc``: delete the ``.dat`` when the entry is collected.
+    ``automatic_offloading``: offload again after every access that had to load.
+    """
+
+    enable_caching: bool
+    cache_path: Path | None
+    purge_disk_on_gc: bool
+    automatic_offloading: bool
+
+
+@pydantic_dataclass(frozen=True, config=ConfigDict(arbitrary_types_allowed=True))
+class LazyDiskCacheConfig:
+    """Frozen, validated mirror of ``LazyDiskCacheKw``.
+
+    Values are coerced leniently (``"yes"`` → ``True``, ``"x"`` → ``Path("x")``); unknown
+    keyword arguments are ignored; bad values raise ``pydantic.ValidationError``. Hashable,
+    comparable by value and picklable, so one instance can be threaded through factory chains.
+    """
+
+    enable_caching: bool = False
+    cache_path: Path | None = None
+    purge_disk_on_gc: bool = True
+    automatic_offloading: bool = False
+
+    def as_kwargs(self) -> LazyDiskCacheKw:
+        """Return the four settings as a plain ``dict``."""
+        return LazyDiskCacheKw(
+            enable_caching=self.enable_caching,
+            cache_path=self.cache_path,
+            purge_disk_on_gc=self.purge_disk_on_gc,
+            automatic_offloading=self.automatic_offloading,
+        )
+
+    @classmethod
+    def from_kwargs(cls, settings: LazyDiskCacheKw) -> Self:
+        """Build a configuration from a ``LazyDiskCacheKw``-shaped mapping; extra keys are ignored."""
+        return cls(**settings)
+
+    def updated(self, **overrides: Unpack[LazyDiskCacheKw]) -> Self:
+        """Return a re-validated copy with ``overrides`` applied; unknown names are ignored."""
+        return dataclasses.replace(self, **overrides)
+
+    @validate_call
+    def extend_cache_path(self, new_folder: StrictStr) -> Self:
+        """Return a copy whose ``cache_path`` is ``cache_path / new_folder``. Creates nothing on disk.
+
+        ``new_folder`` must be a ``str`` (``pydantic.ValidationError`` otherwise) and one legal
+        path segment (``StoreKeyError``), even when ``cache_path`` is ``None``, in which case the
+        copy keeps ``cache_path=None``. An existing symlink at the new path that resolves outside
+        ``cache_path`` raises ``StoreContainmentError``.
+        """
+        validate_store_key(new_folder, self.cache_path)
+        if self.cache_path is None:
+            logger.info("Cache path is None; cannot extend.")
+            return dataclasses.replace(self, cache_path=None)
+        extended = self.cache_path / new_folder
+        ensure_write_contained(extended, self.cache_path, new_folder)
+        return dataclasses.replace(self, cache_path=extended)
