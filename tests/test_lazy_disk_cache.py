@@ -14,6 +14,7 @@ import pytest
 from numpy.typing import DTypeLike, NDArray
 
 from lazy_disk_cache import lazy_disk_cache as ldc
+from lazy_disk_cache._directories import open_directory
 from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.lazy_disk_cache import LazyDiskCache
 
@@ -388,14 +389,13 @@ class _RecordingDirectory:
 @pytest.fixture
 def recorder(monkeypatch: pytest.MonkeyPatch) -> list[_RecordingDirectory]:
     made: list[_RecordingDirectory] = []
-    real = ldc._open_directory
 
     def wrapped(path: Path, *, create: bool = False) -> Any:
-        directory = _RecordingDirectory(real(path, create=create))
+        directory = _RecordingDirectory(open_directory(path, create=create))
         made.append(directory)
         return directory
 
-    monkeypatch.setattr(ldc, "_open_directory", wrapped)
+    monkeypatch.setattr(ldc, "open_directory", wrapped)
     return made
 
 

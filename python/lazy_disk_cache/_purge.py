@@ -12,12 +12,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+from lazy_disk_cache._directories import open_directory
 from lazy_disk_cache.errors import (
     StoreContainmentError,
     StorePurgeAliasedArtefactError,
     StorePurgeForeignArtefactError,
 )
-from lazy_disk_cache.lazy_disk_cache import LazyDiskCache, _open_directory
+from lazy_disk_cache.lazy_disk_cache import LazyDiskCache
 from lazy_disk_cache.paths import (
     artefact_suffix,
     ensure_write_contained,
@@ -116,7 +117,7 @@ def unlink_in_order(paths: Iterable[Path]) -> list[tuple[Path, OSError]]:
     for parent, run in itertools.groupby(paths, key=lambda path: path.parent):
         batch = list(run)
         try:
-            directory = _open_directory(parent)
+            directory = open_directory(parent)
         except FileNotFoundError:
             continue
         except OSError as exc:

@@ -32,6 +32,7 @@ from lazy_disk_cache._codec import (
     sidecar_is_stale,
     stage_entry,
 )
+from lazy_disk_cache._directories import open_directory
 from lazy_disk_cache._purge import artefact_names, detach_purge_duty, plan_purge, unlink_in_order
 from lazy_disk_cache._rust import CacheDir, CommitBatch
 from lazy_disk_cache._store_dir import (
@@ -55,7 +56,6 @@ from lazy_disk_cache.lazy_disk_cache import (
     LazyDiskCacheConfig,
     LazyDiskCacheKw,
     _chunk_budget_bytes,
-    _open_directory,
 )
 from lazy_disk_cache.paths import (
     LEGACY_PICKLE_SUFFIX,
@@ -227,7 +227,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
             )
         self._cache_dir, self._owns_cache_dir = choice.path, choice.owned
         self._arm_directory_removal()
-        directory = _open_directory(self._cache_dir, create=True)
+        directory = open_directory(self._cache_dir, create=True)
         self._sweep_temps(directory)
         self._rescan()
 
@@ -579,7 +579,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         return construct(array, **flags, cache_path=npy)
 
     def _directory(self) -> CacheDir:
-        return _open_directory(self._cache_dir)
+        return open_directory(self._cache_dir)
 
     # -- purge ---------------------------------------------------------------------------------
 

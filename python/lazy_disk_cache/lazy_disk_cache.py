@@ -28,6 +28,7 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 from typing_extensions import Unpack
 
+from lazy_disk_cache._directories import open_directory
 from lazy_disk_cache._leases import PathLease
 from lazy_disk_cache._memmap import as_memmap, mapping_of, open_memmap
 from lazy_disk_cache._rust import CacheDir, FileMapping
@@ -52,9 +53,6 @@ _BUDGET_MAX_AGE_SECONDS = 1.0
 # Bounce blocks for non-contiguous sources. pwrite bandwidth saturates at a few MiB, and a block
 # that is still in the CPU cache when pwrite copies it out writes faster than a 64 MiB one.
 _MAX_BOUNCE_BYTES = 4 * 1024**2
-# Directory handles are shared between entries so that thousands of entries in one directory do
-# not hold thousands of descriptors.
-_MAX_DIRECTORY_HANDLES = 64
 
 LoadMode = Literal["r", "r+", "w+", "c"]
 _MappingMode = Literal["r", "r+", "c"]
@@ -106,7 +104,7 @@ def _unlink_backing_file(path: str) -> None:
     """Remove a ``.dat`` and its stale ``.dat.tmp`` by name; failures are logged, never raised."""
     target = Path(path)
     try:
-        directory = _open_directory(target.parent)
+        directory = open_directory(target.parent)
         failures = directory.unlink_all([target.name, target.name + TMP_SUFFIX])
     except (OSError, ValueError):
         logger.debug("Could not remove cache file %s", path, exc_info=True)
@@ -117,35 +115,6 @@ def _unlink_backing_file(path: str) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Helpers for file locations and byte sources
-
-
-_directory_handles: dict[str, tuple[CacheDir, tuple[int, int]]] = {}
-_directory_handles_lock = threading.Lock()
-
-
-def _open_directory(path: Path, *, create: bool = False) -> CacheDir:
-    """Return a shared ``CacheDir`` for ``path`` (created with its parents when ``create``).
-
-    A cached handle is reused only while ``path`` still names the same directory (device and
-    inode), so a directory removed and recreated under the same name gets a fresh handle.
-    """
-    key = str(path)
-    try:
-        info = os.stat(key)
-    except FileNotFoundError:
-        if not create:
-            raise
-    else:
-        cached = _directory_handles.get(key)
-        if cached is not None and cached[1] == (info.st_dev, info.st_ino):
-            return cached[0]
-    handle = CacheDir.open(key, create=create)
-    info = os.stat(key)
-    with _directory_handles_lock:
-        if len(_directory_handles) >= _MAX_DIRECTORY_HANDLES:
-            _directory_handles.pop(next(iter(_directory_handles)))
-        _directory_handles[key] = (handle, (info.st_dev, info.st_ino))
-    return handle
 
 
 def _is_symlink(path: Path) -> bool:
@@ -648,7 +617,7 @@ class LazyDiskCache(ABC):
         """Open (or create) the ``.dat``'s directory, remember the handle and return it."""
         path = self._require_cache_path()
         try:
-            handle = _open_directory(path.parent, create=create)
+            handle = open_directory(path.parent, create=create)
         except FileNotFoundError as exc:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path)) from exc
         self._dir_handle = handle
@@ -673,7 +642,7 @@ class LazyDiskCache(ABC):
             return self._directory(create=create), path.name
         target = Path(os.path.realpath(path))
         try:
-            return _open_directory(target.parent), target.name
+            return open_directory(target.parent), target.name
         except FileNotFoundError as exc:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(target)) from exc
 
