@@ -20,15 +20,13 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
+from lazy_disk_cache._buffers import MAX_BOUNCE_BYTES, byte_view, c_order_blocks
 from lazy_disk_cache._memmap import open_memmap
 from lazy_disk_cache._rust import CacheDir, CommitBatch
 from lazy_disk_cache.lazy_disk_cache import (
-    _MAX_BOUNCE_BYTES,
     LazyDiskCache,
     LazyDiskCacheConfig,
     LazyDiskCacheKw,
-    _byte_view,
-    _c_order_blocks,
     _check_cacheable_dtype,
     _chunk_budget_bytes,
 )
@@ -125,8 +123,8 @@ def stage_entry(batch: CommitBatch, cache_dir: Path, key: str, entry: LazyDiskCa
 def _c_order_source(array: NDArray[Any]) -> memoryview | Iterator[memoryview]:
     """The bytes of ``array`` in C order: one view if contiguous, else an iterator of row blocks."""
     if array.flags.c_contiguous:
-        return _byte_view(array)
-    return _c_order_blocks(array, max(1, min(_chunk_budget_bytes(), _MAX_BOUNCE_BYTES)))
+        return byte_view(array)
+    return c_order_blocks(array, max(1, min(_chunk_budget_bytes(), MAX_BOUNCE_BYTES)))
 
 
 def _copyable_payload(entry: LazyDiskCache, cache_dir: Path) -> tuple[str, int] | None:
@@ -260,5 +258,5 @@ def read_payload(directory: CacheDir, path: Path, layout: PayloadLayout) -> NDAr
     if layout.nbytes:
         # A Fortran-ordered array's transpose is C-contiguous over the same bytes.
         target = array.T if layout.order == "F" else array
-        directory.read_into(path.name, layout.offset, _byte_view(target))
+        directory.read_into(path.name, layout.offset, byte_view(target))
     return array

@@ -14,18 +14,29 @@ Several live objects in one process can stand for one file or directory: an entr
 
 A forked child gets a fresh lock, since another thread of the parent may have held it at the fork;
 its leases name the parent as owner, so it never removes anything.
+
+What a lease removes is given by its creator: an entry's ``.dat`` (:func:`lease_backing_file`,
+here) or a store's private directory (``_store_dir.lease_directory``).
 """
 
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["PathLease"]
+from lazy_disk_cache._directories import open_directory
+from lazy_disk_cache.paths import TMP_SUFFIX
+
+__all__ = ["PathLease", "lease_backing_file"]
+
+# Removing an entry's file is the entry's work: its records go to the entry module's logger.
+logger = logging.getLogger("lazy_disk_cache.lazy_disk_cache")
 
 
 class _PathState:
@@ -161,3 +172,28 @@ def _remove_handed_off_files() -> None:
     for path, handed in pending:
         if handed.owner_pid == os.getpid() and _identity(path) == handed.identity:
             handed.remove(path)
+
+
+def lease_backing_file(holder: object, path: str, owner_pid: int | None) -> PathLease:
+    """Hold an entry's ``.dat`` at ``path`` for as long as ``holder`` lives.
+
+    The last lease on the path in the owner process, if a duty was left on it, removes the
+    ``.dat`` and its stale ``.dat.tmp`` by name. ``owner_pid=None`` holds without the right to remove.
+    """
+    return PathLease(holder, path, owner_pid, _unlink_backing_file)
+
+
+def _unlink_backing_file(path: str) -> None:
+    """Remove a ``.dat`` and its stale ``.dat.tmp`` by name; failures are logged, never raised.
+
+    Runs at GC or interpreter exit, where nobody could handle an error. Blocks on disk.
+    """
+    target = Path(path)
+    try:
+        directory = open_directory(target.parent)
+        failures = directory.unlink_all([target.name, target.name + TMP_SUFFIX])
+    except (OSError, ValueError):
+        logger.debug("Could not remove cache file %s", path, exc_info=True)
+        return
+    for name, error in failures:
+        logger.debug("Could not remove %s in %s: %s", name, target.parent, error)

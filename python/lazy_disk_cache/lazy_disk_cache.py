@@ -19,7 +19,7 @@ import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar, Concatenate, Literal, NamedTuple, ParamSpec, Self, TypeVar
@@ -28,8 +28,9 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 from typing_extensions import Unpack
 
+from lazy_disk_cache._buffers import MAX_BOUNCE_BYTES, byte_view, c_order_blocks
 from lazy_disk_cache._directories import open_directory
-from lazy_disk_cache._leases import PathLease
+from lazy_disk_cache._leases import PathLease, lease_backing_file
 from lazy_disk_cache._memmap import as_memmap, mapping_of, open_memmap
 from lazy_disk_cache._rust import CacheDir, FileMapping
 from lazy_disk_cache.config import LazyDiskCacheConfig, LazyDiskCacheKw
@@ -50,9 +51,6 @@ _MEMMAP_FALLBACK_CHUNK_BYTES = 64 * 1024**2
 _BUDGET_FRACTION = 0.10
 # psutil reads /proc/meminfo; a figure younger than this is reused for back-to-back conversions.
 _BUDGET_MAX_AGE_SECONDS = 1.0
-# Bounce blocks for non-contiguous sources. pwrite bandwidth saturates at a few MiB, and a block
-# that is still in the CPU cache when pwrite copies it out writes faster than a 64 MiB one.
-_MAX_BOUNCE_BYTES = 4 * 1024**2
 
 LoadMode = Literal["r", "r+", "w+", "c"]
 _MappingMode = Literal["r", "r+", "c"]
@@ -97,23 +95,6 @@ def _chunk_budget_bytes() -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Purge duty: what the owner process's last lease on a ``.dat`` removes
-
-
-def _unlink_backing_file(path: str) -> None:
-    """Remove a ``.dat`` and its stale ``.dat.tmp`` by name; failures are logged, never raised."""
-    target = Path(path)
-    try:
-        directory = open_directory(target.parent)
-        failures = directory.unlink_all([target.name, target.name + TMP_SUFFIX])
-    except (OSError, ValueError):
-        logger.debug("Could not remove cache file %s", path, exc_info=True)
-        return
-    for name, error in failures:
-        logger.debug("Could not remove %s in %s: %s", name, target.parent, error)
-
-
-# ---------------------------------------------------------------------------------------------
 # Helpers for file locations and byte sources
 
 
@@ -141,32 +122,6 @@ def _check_cacheable_dtype(dtype: DTypeLike) -> None:
     resolved = np.dtype(dtype)
     if resolved.hasobject:
         raise TypeError(f"cannot cache an array of dtype {resolved!r} on disk: it contains Python objects")
-
-
-def _byte_view(array: NDArray[Any]) -> memoryview:
-    """The bytes of a C-contiguous array as a flat byte buffer (no copy; writable if the array is)."""
-    if array.nbytes == 0:
-        return memoryview(b"")
-    return array.reshape(-1).view(np.uint8).data
-
-
-def _c_order_blocks(array: NDArray[Any], limit: int) -> Iterator[memoryview]:
-    """Yield the bytes of ``array`` in C order as contiguous blocks of at most ``limit`` bytes.
-
-    Only one block is materialised at a time, so a strided or Fortran-ordered source never needs
-    a full temporary copy. Rows larger than ``limit`` are split along their own leading axis.
-    """
-    if array.ndim == 0 or array.nbytes <= limit:
-        yield _byte_view(np.ascontiguousarray(array))
-        return
-    row_bytes = array.nbytes // array.shape[0]
-    if row_bytes <= limit or array.ndim == 1:
-        rows = max(1, limit // max(1, row_bytes))
-        for start in range(0, array.shape[0], rows):
-            yield _byte_view(np.ascontiguousarray(array[start : start + rows]))
-        return
-    for row in array:
-        yield from _c_order_blocks(row, limit)
 
 
 class _AdoptedPayload(NamedTuple):
@@ -445,7 +400,7 @@ class LazyDiskCache(ABC):
             # sits at that path (another process, or an earlier run of this program, did): it holds the
             # path without the right to delete until ``_take_ownership`` records it as the creator.
             owner = None if self._adopted is not None and not self._backing_created else self._owner_pid
-            lease = PathLease(self, str(self._cache_path), owner, _unlink_backing_file)
+            lease = lease_backing_file(self, str(self._cache_path), owner)
             self._lease = lease
         return lease
 
@@ -531,7 +486,7 @@ class LazyDiskCache(ABC):
             return array
         path = self._require_cache_path()
         try:
-            self._directory().read_into(path.name, 0, _byte_view(array))
+            self._directory().read_into(path.name, 0, byte_view(array))
         except FileNotFoundError:
             return None
         return array
@@ -543,9 +498,9 @@ class LazyDiskCache(ABC):
         durable = not self._purge_disk_on_gc
         if source.flags.c_contiguous:
             return directory.write_file(
-                name, _byte_view(source), nbytes=source.nbytes, chunk_bytes=budget, durable=durable
+                name, byte_view(source), nbytes=source.nbytes, chunk_bytes=budget, durable=durable
             )
-        blocks = _c_order_blocks(source, min(budget, _MAX_BOUNCE_BYTES))
+        blocks = c_order_blocks(source, min(budget, MAX_BOUNCE_BYTES))
         return directory.write_file(name, blocks, nbytes=source.nbytes, chunk_bytes=budget, durable=durable)
 
     def _map_backing(self, mode: LoadMode) -> np.memmap[Any, np.dtype[Any]]:
