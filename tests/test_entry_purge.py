@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
+from lazy_disk_cache.lazy_disk_cache import release_purge_duty
 
 CHILD = Path(__file__).parent / "child" / "entry_exit_purge.py"
 
@@ -124,10 +125,10 @@ def test_enable_purge_before_ephemeral_allocation_only_records_the_flag(
     assert entry._finalizer.alive
 
 
-def test_disarm_purge_releases_duty_but_keeps_the_flag(tmp_path: Path) -> None:
+def test_release_purge_duty_keeps_the_file_and_the_flag(tmp_path: Path) -> None:
     entry = DiskBackedNDArray(np.arange(3), cache_path=tmp_path / "e", enable_caching=True)
 
-    entry._disarm_purge()
+    release_purge_duty(entry)
 
     assert entry.purge_disk_on_gc is True
     assert not hasattr(entry, "_finalizer")
@@ -153,7 +154,7 @@ def test_a_directly_detached_finalizer_drops_the_duty_but_still_holds_the_path(t
 
 def test_a_new_entry_on_a_path_purged_before_is_removed_when_the_last_holder_goes(tmp_path: Path) -> None:
     old = DiskBackedNDArray(np.arange(3), cache_path=tmp_path / "e", enable_caching=True)
-    old._disarm_purge()
+    release_purge_duty(old)
     (tmp_path / "e.dat").unlink()
 
     new = DiskBackedNDArray(np.arange(4), cache_path=tmp_path / "e", enable_caching=True)

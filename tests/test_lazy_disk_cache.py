@@ -329,22 +329,22 @@ def _fake_psutil(available: int) -> SimpleNamespace:
 def test_budget_is_ten_percent_of_available_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ldc, "psutil", _fake_psutil(1_000_000))
 
-    assert ldc._chunk_budget_bytes() == 100_000
+    assert ldc.chunk_budget_bytes() == 100_000
 
 
 def test_budget_queries_a_replaced_psutil_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ldc, "psutil", _fake_psutil(1_000_000))
-    ldc._chunk_budget_bytes()
+    ldc.chunk_budget_bytes()
     monkeypatch.setattr(ldc, "psutil", _fake_psutil(5_000_000))
 
-    assert ldc._chunk_budget_bytes() == 500_000
+    assert ldc.chunk_budget_bytes() == 500_000
 
 
 def test_budget_without_psutil_uses_the_fallback_global(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ldc, "psutil", None)
     monkeypatch.setattr(ldc, "_MEMMAP_FALLBACK_CHUNK_BYTES", 12345)
 
-    assert ldc._chunk_budget_bytes() == 12345
+    assert ldc.chunk_budget_bytes() == 12345
 
 
 def test_budget_falls_back_when_psutil_raises(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -354,7 +354,7 @@ def test_budget_falls_back_when_psutil_raises(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(ldc, "psutil", SimpleNamespace(virtual_memory=broken))
     monkeypatch.setattr(ldc, "_MEMMAP_FALLBACK_CHUNK_BYTES", 4321)
 
-    assert ldc._chunk_budget_bytes() == 4321
+    assert ldc.chunk_budget_bytes() == 4321
 
 
 def test_fallback_chunk_constant_is_64_mib() -> None:

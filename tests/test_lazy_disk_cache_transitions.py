@@ -13,6 +13,7 @@ from numpy.typing import NDArray
 
 from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.errors import StoreContainmentError
+from lazy_disk_cache.lazy_disk_cache import CopyableFile, array_to_write, copyable_file
 
 LOGGER = "lazy_disk_cache.lazy_disk_cache"
 
@@ -154,16 +155,28 @@ def test_conversion_refuses_a_temp_symlink_leading_outside(tmp_path: Path) -> No
     assert (outside / "victim").read_bytes() == b"untouched"
 
 
-def test_source_array_of_a_mapped_entry_is_the_live_buffer(mapped: DiskBackedNDArray) -> None:
-    assert mapped._source_array() is mapped.data
+def test_array_to_write_of_a_mapped_entry_is_the_live_buffer(mapped: DiskBackedNDArray) -> None:
+    assert array_to_write(mapped) is mapped.data
 
 
-def test_source_array_of_an_offloaded_entry_is_read_only_and_keeps_the_state(offloaded: DiskBackedNDArray) -> None:
-    source = offloaded._source_array()
+def test_array_to_write_of_an_offloaded_entry_is_read_only_and_keeps_the_state(
+    offloaded: DiskBackedNDArray,
+) -> None:
+    source = array_to_write(offloaded)
 
     assert offloaded.offloaded
     assert not source.flags.writeable
     assert np.array_equal(source, _source())
+
+
+def test_an_offloaded_entry_offers_its_dat_to_copy(offloaded: DiskBackedNDArray) -> None:
+    assert offloaded.cache_path is not None
+
+    assert copyable_file(offloaded) == CopyableFile(offloaded.cache_path, 0)
+
+
+def test_a_loaded_entry_offers_no_file_to_copy(mapped: DiskBackedNDArray) -> None:
+    assert copyable_file(mapped) is None
 
 
 # -- disable_caching -------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from lazy_disk_cache import _codec, _rust
 from lazy_disk_cache import disk_backed_store as dbs
 from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.disk_backed_store import DiskBackedStore
-from lazy_disk_cache.lazy_disk_cache import LazyDiskCacheConfig
+from lazy_disk_cache.lazy_disk_cache import CopyableFile, LazyDiskCacheConfig, copyable_file
 
 LOGGER = "lazy_disk_cache.disk_backed_store"
 # The store writes payloads page-aligned (DESIGN.md §4.6); np.save aligns to 64 bytes.
@@ -51,9 +51,20 @@ def write_sidecar(cache_dir: Path, key: str, meta: object) -> None:
 def npy_header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
     """Shape, Fortran flag and dtype of a .npy file, as NumPy reads them."""
     with open(path, "rb") as handle:
-        major, _ = np.lib.format.read_magic(handle)
-        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        return read(handle)
+        return npy_header_of(handle)
+
+
+def npy_data_offset(path: Path) -> int:
+    """Where the payload of a .npy file starts, as NumPy reads the header."""
+    with open(path, "rb") as handle:
+        npy_header_of(handle)
+        return handle.tell()
+
+
+def npy_header_of(handle: Any) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    major, _ = np.lib.format.read_magic(handle)
+    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    return read(handle)
 
 
 def store_and_offload(cache_dir: Path, key: str, array: NDArray[Any], **settings: Any) -> None:
@@ -167,7 +178,7 @@ def test_a_fortran_ordered_source_is_written_in_c_order(tmp_path: Path) -> None:
 
 
 def test_a_strided_source_is_fed_in_bounded_row_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_codec, "_chunk_budget_bytes", lambda: 64)
+    monkeypatch.setattr(_codec, "chunk_budget_bytes", lambda: 64)
     source = np.arange(400, dtype=np.int64).reshape(20, 20)[:, ::2]
 
     blocks = _codec._c_order_source(source)
@@ -551,6 +562,26 @@ def test_a_directory_refusing_writes_maps_the_payload_read_only(tmp_path: Path) 
     reloaded.load("r")
     np.testing.assert_array_equal(reloaded.data, np.arange(4.0))
     assert sorted(os.listdir(tmp_path)) == ["k.meta.json", "k.npy"]
+
+
+@pytest.mark.usefixtures("refusing_writes")
+def test_an_offloaded_read_only_reload_offers_its_c_ordered_npy_payload_to_copy(tmp_path: Path) -> None:
+    write_pair(tmp_path, "k", np.arange(4.0))
+    reloaded = make_store(tmp_path)["k"]
+
+    reloaded.offload()
+
+    assert copyable_file(reloaded) == CopyableFile(tmp_path / "k.npy", npy_data_offset(tmp_path / "k.npy"))
+
+
+@pytest.mark.usefixtures("refusing_writes")
+def test_an_offloaded_read_only_reload_of_fortran_data_offers_no_file_to_copy(tmp_path: Path) -> None:
+    write_pair(tmp_path, "k", np.asfortranarray(np.arange(12.0).reshape(3, 4)))
+    reloaded = make_store(tmp_path)["k"]
+
+    reloaded.offload()
+
+    assert copyable_file(reloaded) is None
 
 
 @pytest.mark.usefixtures("refusing_writes")

@@ -27,10 +27,13 @@ from lazy_disk_cache.lazy_disk_cache import (
     LazyDiskCache,
     LazyDiskCacheConfig,
     LazyDiskCacheKw,
-    _check_cacheable_dtype,
-    _chunk_budget_bytes,
+    array_to_write,
+    check_cacheable_dtype,
+    chunk_budget_bytes,
+    copyable_file,
+    entry_lock,
+    shape_and_dtype,
 )
-from lazy_disk_cache.paths import MEMMAP_SUFFIX, NPY_SUFFIX
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -95,16 +98,13 @@ def stage_entry(batch: CommitBatch, cache_dir: Path, key: str, entry: LazyDiskCa
     through a read-only mapping). Object dtypes raise ``TypeError`` before anything is written;
     I/O failures raise ``OSError``. Blocks on disk.
     """
-    with entry._lock:
-        shape_given, dtype_given = entry._describe_shape_dtype()
-        shape = tuple(int(extent) for extent in shape_given)
-        dtype = np.dtype(dtype_given)
-        _check_cacheable_dtype(dtype)
+    with entry_lock(entry):
+        shape, dtype = shape_and_dtype(entry)
+        check_cacheable_dtype(dtype)
         nbytes = math.prod(shape) * dtype.itemsize
         descr, meta = descr_text(dtype), encode_sidecar(entry, shape, dtype)
-        copyable = _copyable_payload(entry, cache_dir) if entry.offloaded else None
-        if copyable is not None:
-            name, offset = copyable
+        copyable = copyable_file(entry)
+        if copyable is not None and _lies_directly_in(copyable.path, cache_dir):
             batch.add_npy(
                 key,
                 descr=descr,
@@ -112,11 +112,11 @@ def stage_entry(batch: CommitBatch, cache_dir: Path, key: str, entry: LazyDiskCa
                 shape=shape,
                 nbytes=nbytes,
                 meta=meta,
-                source_file=name,
-                source_offset=offset,
+                source_file=copyable.path.name,
+                source_offset=copyable.offset,
             )
             return
-        source = _c_order_source(np.asarray(entry._source_array()))
+        source = _c_order_source(np.asarray(array_to_write(entry)))
         batch.add_npy(key, descr=descr, fortran_order=False, shape=shape, nbytes=nbytes, meta=meta, source=source)
 
 
@@ -124,26 +124,7 @@ def _c_order_source(array: NDArray[Any]) -> memoryview | Iterator[memoryview]:
     """The bytes of ``array`` in C order: one view if contiguous, else an iterator of row blocks."""
     if array.flags.c_contiguous:
         return byte_view(array)
-    return c_order_blocks(array, max(1, min(_chunk_budget_bytes(), MAX_BOUNCE_BYTES)))
-
-
-def _copyable_payload(entry: LazyDiskCache, cache_dir: Path) -> tuple[str, int] | None:
-    """Name and offset of the file holding an offloaded entry's C-ordered bytes, if the core can copy it.
-
-    Normally its ``.dat`` (offset 0). An entry reloaded from a read-only directory never
-    materialised a ``.dat``: its data is still the payload of the sibling ``.npy``. ``None`` when
-    that file is not a plain file directly in ``cache_dir``, or holds Fortran-ordered bytes.
-    """
-    path = entry._cache_path
-    if path is None:
-        return None
-    adopted = entry._adopted
-    offset = 0
-    if adopted is not None:
-        if adopted.order != "C":
-            return None
-        path, offset = path.with_name(path.name.removesuffix(MEMMAP_SUFFIX) + NPY_SUFFIX), adopted.offset
-    return (path.name, offset) if _lies_directly_in(path, cache_dir) else None
+    return c_order_blocks(array, max(1, min(chunk_budget_bytes(), MAX_BOUNCE_BYTES)))
 
 
 def _lies_directly_in(path: Path, cache_dir: Path) -> bool:

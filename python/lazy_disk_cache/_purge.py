@@ -18,7 +18,7 @@ from lazy_disk_cache.errors import (
     StorePurgeAliasedArtefactError,
     StorePurgeForeignArtefactError,
 )
-from lazy_disk_cache.lazy_disk_cache import LazyDiskCache
+from lazy_disk_cache.lazy_disk_cache import LazyDiskCache, release_purge_duty
 from lazy_disk_cache.paths import (
     artefact_suffix,
     ensure_write_contained,
@@ -79,8 +79,8 @@ def plan_purge(cache_dir: Path, key: str, names: Iterable[Path], entries: Iterab
         else:
             order.append(path)
     for entry in entries:
-        if not entry.ephemeral and entry._cache_path is not None:
-            _require_write_contained(entry._cache_path, cache_dir, key)
+        if not entry.ephemeral and entry.cache_path is not None:
+            _require_write_contained(entry.cache_path, cache_dir, key)
     return PurgePlan(tuple(order), frozenset(os.path.realpath(path) for path in order))
 
 
@@ -98,11 +98,10 @@ def detach_purge_duty(entries: Iterable[LazyDiskCache], removal_set: frozenset[s
     a later file at the same name is never deleted by an old entry's collection.
     """
     for entry in entries:
-        path = entry._cache_path
+        path = entry.cache_path
         if entry.ephemeral or path is None or os.path.realpath(path) not in removal_set:
             continue
-        with entry._lock:
-            entry._disarm_purge()
+        release_purge_duty(entry)
 
 
 def unlink_in_order(paths: Iterable[Path]) -> list[tuple[Path, OSError]]:

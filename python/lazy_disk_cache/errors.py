@@ -2,7 +2,8 @@
 
 Each class is defined here once; ``paths``, ``disk_backed_store`` and the package root re-export
 the same class objects. The ``for_*`` constructors build the exact messages, so the code that
-detects a problem raises it in one line and the wording lives in a single place.
+detects a problem raises it in one line and the wording lives in a single place;
+``non_str_key_error`` builds the private error for a key that is not a ``str``.
 """
 
 from __future__ import annotations
@@ -64,6 +65,11 @@ class _NonStrStoreKeyError(StoreKeyError, TypeError):
             f"Invalid store key {_repr_of(key)}: a store key must be a str, but got {type(key).__name__}. "
             "Convert it explicitly (for example with str()) before using it as a key."
         )
+
+
+def non_str_key_error(key: object) -> StoreKeyError:
+    """Build the error for a key that is not a ``str``: a ``StoreKeyError`` that is also a ``TypeError``."""
+    return _NonStrStoreKeyError.for_key(key)
 
 
 class StoreContainmentError(StoreKeyError):

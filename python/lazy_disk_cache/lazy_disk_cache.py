@@ -4,7 +4,12 @@ An entry is in one of three states. RAM: a plain in-memory buffer, nothing on di
 live buffer is a writable ``np.memmap`` of the entry's ``.dat`` file. OFFLOADED: the buffer is
 dropped and the data lives only in the ``.dat``. Every transition and every buffer access holds
 the entry's ``RLock``. All file bytes move through the native core (``lazy_disk_cache._rust``);
-this module decides what to write, where, and when.
+this module decides what to write, where, and when, and how large a piece one write may hold
+(``chunk_budget_bytes``).
+
+Besides the public API (``__all__``), the package's own modules use a few functions defined at the
+end of this module (``entry_lock``, ``array_to_write``, ``copyable_file``, ...): they are the only
+way code outside this module reaches an entry's private state.
 """
 
 import copy
@@ -69,9 +74,10 @@ _EntryT = TypeVar("_EntryT", bound="LazyDiskCache")
 _budget_cache: tuple[object, object, float, int] | None = None
 
 
-def _chunk_budget_bytes() -> int:
-    """Return the write budget of one conversion: 10 % of available memory, or the fallback.
+def chunk_budget_bytes() -> int:
+    """Return the write budget of one operation: 10 % of available memory, or the fallback.
 
+    The one place the number is decided; conversions, store commits and reads pass it to the core.
     Reads the module globals ``psutil`` and ``_MEMMAP_FALLBACK_CHUNK_BYTES`` at call time. The
     psutil figure is reused for up to a second while ``psutil`` (and its ``virtual_memory``) is the
     same object, so a monkeypatched replacement is queried at once.
@@ -118,10 +124,16 @@ def _entry_dat_path(given: Path) -> Path:
     return dat
 
 
-def _check_cacheable_dtype(dtype: DTypeLike) -> None:
+def check_cacheable_dtype(dtype: DTypeLike) -> None:
+    """Refuse (``TypeError``) a dtype that is or contains Python objects: pointers cannot go to disk."""
     resolved = np.dtype(dtype)
     if resolved.hasobject:
         raise TypeError(f"cannot cache an array of dtype {resolved!r} on disk: it contains Python objects")
+
+
+def _npy_beside(dat: Path) -> Path:
+    """The store payload ``<stem>.npy`` next to the ``.dat`` ``<stem>.dat`` (a reloaded entry's data)."""
+    return dat.with_name(dat.name.removesuffix(MEMMAP_SUFFIX) + NPY_SUFFIX)
 
 
 class _AdoptedPayload(NamedTuple):
@@ -180,7 +192,7 @@ class LazyDiskCache(ABC):
         self._ephemeral = config.cache_path is None
         self._cache_path = None if config.cache_path is None else _entry_dat_path(config.cache_path)
         if self._enable_caching:
-            _check_cacheable_dtype(self._describe_shape_dtype()[1])
+            check_cacheable_dtype(self._describe_shape_dtype()[1])
             self._convert_to_memmap()
         if self._automatic_offloading:
             self.offload()
@@ -272,7 +284,7 @@ class LazyDiskCache(ABC):
         with self._lock:
             if self._enable_caching:
                 return
-            _check_cacheable_dtype(self._describe_shape_dtype()[1])
+            check_cacheable_dtype(self._describe_shape_dtype()[1])
             self._enable_caching = True
             try:
                 self._convert_to_memmap()
@@ -436,7 +448,7 @@ class LazyDiskCache(ABC):
             source = self._source_array()
             shape = tuple(shape)
             dtype = np.dtype(dtype)
-            _check_cacheable_dtype(dtype)
+            check_cacheable_dtype(dtype)
             if self._in_memory and self._adopted is None and self._adopt_payload(source, shape, dtype):
                 return
             if self._cache_path is None:
@@ -494,7 +506,7 @@ class LazyDiskCache(ABC):
     def _write_backing(self, source: NDArray[Any]) -> FileMapping:
         """Atomically replace the ``.dat`` with ``source`` in C order; return its ``r+`` mapping."""
         directory, name = self._write_location(create=True)
-        budget = max(1, _chunk_budget_bytes())
+        budget = max(1, chunk_budget_bytes())
         durable = not self._purge_disk_on_gc
         if source.flags.c_contiguous:
             return directory.write_file(
@@ -536,7 +548,7 @@ class LazyDiskCache(ABC):
             mapping = directory.write_zeroed(name, nbytes, durable=not self._purge_disk_on_gc)
             return as_memmap(mapping, shape, dtype, filename=str(path))
         if adopted is not None:
-            npy_name = path.name.removesuffix(MEMMAP_SUFFIX) + NPY_SUFFIX
+            npy_name = _npy_beside(path).name
             return self._open_mapping(npy_name, shape, dtype, mode, offset=adopted.offset, order=adopted.order)
         try:
             return self._open_mapping(path.name, shape, dtype, mode)
@@ -614,7 +626,7 @@ class LazyDiskCache(ABC):
         if not layout_ok or source.nbytes != mapping.length or source.shape != shape or source.dtype != dtype:
             return False
         mapped_path = Path(mapping.path)
-        if mapped_path.name != path.name.removesuffix(MEMMAP_SUFFIX) + NPY_SUFFIX:
+        if mapped_path.name != _npy_beside(path).name:
             return False
         try:
             if not os.path.samefile(mapped_path.parent, path.parent):
@@ -771,7 +783,7 @@ class LazyDiskCache(ABC):
 
                 return (*head, normalize_token(self._describe_buffer()[2]))
             if self._adopted is not None:
-                path = path.with_name(path.name.removesuffix(MEMMAP_SUFFIX) + NPY_SUFFIX)
+                path = _npy_beside(path)
             try:
                 info = os.stat(path)
             except OSError:
@@ -788,3 +800,67 @@ class LazyDiskCache(ABC):
             if self._purge_disk_on_gc:
                 self._purge_disk_on_gc = False
                 self.enable_purge()
+
+
+# ---------------------------------------------------------------------------------------------
+# What the package's own modules (store, codec, purge) may ask of an entry. Defined beside the
+# class, so that no other module touches an entry's private state.
+
+
+class CopyableFile(NamedTuple):
+    """A file that holds an offloaded entry's bytes in C order, starting at ``offset``."""
+
+    path: Path
+    offset: int
+
+
+def entry_lock(entry: LazyDiskCache) -> threading.RLock:
+    """The lock every transition of ``entry`` holds; hold it to see the entry in one state.
+
+    Lock order: a store's lock before any entry's.
+    """
+    return entry._lock
+
+
+def shape_and_dtype(entry: LazyDiskCache) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    """The shape (plain ints) and dtype of ``entry``'s data. O(1), reads no data."""
+    shape, dtype = entry._describe_shape_dtype()
+    return tuple(int(extent) for extent in shape), np.dtype(dtype)
+
+
+def array_to_write(entry: LazyDiskCache) -> NDArray[Any]:
+    """``entry``'s data for a writer, without changing its state.
+
+    The live buffer when loaded; otherwise a read-only mapping of the file that holds the data.
+    O(1), reads no data.
+    """
+    return entry._source_array()
+
+
+def copyable_file(entry: LazyDiskCache) -> CopyableFile | None:
+    """The file a writer may copy instead of reading an offloaded ``entry``'s array, or ``None``.
+
+    Normally the ``.dat`` (offset 0). An entry reloaded from a read-only directory never wrote a
+    ``.dat``: its data is still the payload of the sibling ``.npy``, which only C-ordered data can
+    be copied from. ``None`` while the entry is loaded or has no file. O(1), no I/O.
+    """
+    with entry._lock:
+        path = entry._cache_path
+        if entry._in_memory or path is None:
+            return None
+        adopted = entry._adopted
+        if adopted is None:
+            return CopyableFile(path, 0)
+        if adopted.order != "C":
+            return None
+        return CopyableFile(_npy_beside(path), adopted.offset)
+
+
+def release_purge_duty(entry: LazyDiskCache) -> None:
+    """Drop ``entry``'s purge duty: nothing is deleted, now or when it is collected.
+
+    Unlike ``disable_purge()``, the ``purge_disk_on_gc`` flag is kept, and the entry keeps holding
+    its path. Takes the entry's lock.
+    """
+    with entry._lock:
+        entry._disarm_purge()

@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from types import MappingProxyType
 from typing import TypeAlias
 
-from lazy_disk_cache.errors import StoreContainmentError, StoreKeyError, _NonStrStoreKeyError
+from lazy_disk_cache.errors import StoreContainmentError, StoreKeyError, non_str_key_error
 
 __all__ = [
     "CLAUSE_ABSOLUTE",
@@ -163,7 +163,7 @@ def validate_store_key(key: object, cache_dir: _StrPath | None = None) -> None:
         StoreKeyError: ``key`` is not a ``str``; the error is also a ``TypeError``.
     """
     if not isinstance(key, str):
-        raise _NonStrStoreKeyError.for_key(key)
+        raise non_str_key_error(key)
     plain = _as_plain_str(key)
     clause = _violated_clause(plain)
     if clause is not None:
