@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import os
+import pickle
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -33,8 +34,10 @@ from lazy_disk_cache.paths import (
     CLAUSE_TRAILING,
     STORE_PATH_BUILDERS,
     StoreContainmentError,
+    StoreKey,
     StoreKeyError,
     artefact_suffix,
+    checked_store_key,
     ensure_contained,
     ensure_write_contained,
     get_legacy_pickle_path,
@@ -759,3 +762,57 @@ def test_every_valid_key_builds_paths_directly_inside_the_cache_directory(shared
 def test_paths_reexports_the_exception_classes_of_errors() -> None:
     assert paths.StoreKeyError is errors.StoreKeyError
     assert paths.StoreContainmentError is errors.StoreContainmentError
+
+
+# -- checked keys --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hostile", HOSTILE_KEYS, ids=lambda hostile: key_id(hostile.key))
+def test_checked_store_key_refuses_what_validate_store_key_refuses(hostile: HostileKey) -> None:
+    with pytest.raises(StoreKeyError) as expected:
+        validate_store_key(hostile.key, Path("/srv/cache"))
+
+    with pytest.raises(type(expected.value)) as raised:
+        checked_store_key(hostile.key, Path("/srv/cache"))
+
+    assert str(raised.value) == str(expected.value)
+
+
+def test_checked_store_key_keeps_the_exact_characters_of_a_str_subclass() -> None:
+    class Lying(str):
+        def __str__(self) -> str:
+            return "../elsewhere"
+
+    checked = checked_store_key(Lying("fine"))
+
+    assert type(checked) is StoreKey
+    assert str.__str__(checked) == "fine"
+    assert checked + ".npy" == "fine.npy"
+
+
+def test_a_checked_key_is_taken_as_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    checked = checked_store_key("k")
+    judged: list[str] = []
+    real = paths._violated_clause
+
+    def counting(key: str) -> str | None:
+        judged.append(key)
+        return real(key)
+
+    monkeypatch.setattr(paths, "_violated_clause", counting)
+
+    assert checked_store_key(checked) is checked
+    assert get_npy_path(Path("/srv/cache"), checked) == Path("/srv/cache/k.npy")
+    assert judged == []
+
+
+def test_a_store_key_built_around_the_rule_still_cannot_leave_the_directory(tmp_path: Path) -> None:
+    with pytest.raises(StoreContainmentError):
+        get_npy_path(tmp_path, StoreKey("../escaped"))
+
+
+def test_a_store_key_pickles_as_a_plain_str() -> None:
+    revived = pickle.loads(pickle.dumps(checked_store_key("k")))
+
+    assert type(revived) is str
+    assert revived == "k"

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from hostile_keys import HOSTILE_KEYS, LEGAL_KEYS, NOT_A_STR, HostileKey, key_id
+from lazy_disk_cache import paths
 from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.disk_backed_store import DiskBackedStore
 from lazy_disk_cache.errors import StoreKeyError
@@ -175,3 +176,58 @@ def test_a_planted_symlink_at_an_artefact_name_is_never_written_through(tmp_path
     assert not (tmp_path / "store" / "k.npy").is_symlink()
     assert not (tmp_path / "store" / "k.meta.json").is_symlink()
     np.testing.assert_array_equal(np.load(tmp_path / "store" / "k.npy"), np.arange(3))
+
+
+# -- a key is checked once per operation, where it enters ----------------------------------------
+
+
+@pytest.fixture
+def judged_keys(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every key the key rule judges from now on, in order."""
+    judged: list[str] = []
+    real = paths._violated_clause
+
+    def counting(key: str) -> str | None:
+        judged.append(key)
+        return real(key)
+
+    monkeypatch.setattr(paths, "_violated_clause", counting)
+    return judged
+
+
+def _store_with_a_stored_key(cache_dir: Path) -> Store:
+    writer = make_store(cache_dir, enable_caching=True)
+    writer.add_data_to_store("k", np.arange(4))
+    writer.offload("k", pickle_container=True)
+    return make_store(cache_dir, enable_caching=True)
+
+
+def test_reloading_a_key_checks_it_once(tmp_path: Path, judged_keys: list[str]) -> None:
+    store = _store_with_a_stored_key(tmp_path)
+    judged_keys.clear()
+
+    store["k"]
+
+    assert judged_keys == ["k"]
+
+
+def test_writing_a_key_to_its_pair_checks_it_once(tmp_path: Path, judged_keys: list[str]) -> None:
+    store = make_store(tmp_path, enable_caching=True)
+    store.add_data_to_store("k", np.arange(4))
+    judged_keys.clear()
+
+    store.offload("k", pickle_container=True)
+
+    assert judged_keys == ["k"]
+    assert {"k.npy", "k.meta.json"} <= set(os.listdir(tmp_path))
+
+
+def test_adding_and_purging_a_key_check_it_once_each(tmp_path: Path, judged_keys: list[str]) -> None:
+    store = make_store(tmp_path, enable_caching=True)
+
+    store.add_data_to_store("k", np.arange(4))
+    added = list(judged_keys)
+    judged_keys.clear()
+    store.purge("k")
+
+    assert (added, judged_keys) == (["k"], ["k"])

@@ -34,6 +34,7 @@ from lazy_disk_cache.lazy_disk_cache import (
     entry_lock,
     shape_and_dtype,
 )
+from lazy_disk_cache.paths import StoreKey
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -89,7 +90,7 @@ def encode_sidecar(entry: LazyDiskCache, shape: tuple[int, ...], dtype: np.dtype
     return json.dumps(meta, ensure_ascii=False).encode("utf-8")
 
 
-def stage_entry(batch: CommitBatch, cache_dir: Path, key: str, entry: LazyDiskCache) -> None:
+def stage_entry(batch: CommitBatch, cache_dir: Path, key: StoreKey, entry: LazyDiskCache) -> None:
     """Write ``entry`` to the temps of ``key`` in ``batch`` (renamed into place by ``commit()``).
 
     The payload is the entry's live buffer (1 copy; a strided buffer goes in bounded row blocks,

@@ -20,6 +20,7 @@ from lazy_disk_cache.errors import (
 )
 from lazy_disk_cache.lazy_disk_cache import LazyDiskCache, release_purge_duty
 from lazy_disk_cache.paths import (
+    StoreKey,
     artefact_suffix,
     ensure_write_contained,
     get_memmap_path,
@@ -51,8 +52,8 @@ class PurgePlan(NamedTuple):
     removal_set: frozenset[str]
 
 
-def artefact_names(cache_dir: Path, key: str) -> tuple[Path, ...]:
-    """The six names ``purge`` removes for ``key``, in unlink order (validated and contained)."""
+def artefact_names(cache_dir: Path, key: StoreKey) -> tuple[Path, ...]:
+    """The six names ``purge`` removes for the checked ``key``, in unlink order (contained)."""
     return tuple(build(cache_dir, key) for build in _BUILDERS_IN_UNLINK_ORDER)
 
 

@@ -61,11 +61,11 @@ from lazy_disk_cache.paths import (
     LEGACY_PICKLE_SUFFIX,
     META_SUFFIX,
     NPY_SUFFIX,
+    StoreKey,
+    checked_store_key,
     get_legacy_pickle_path,
     get_meta_path,
-    get_meta_tmp_path,
     get_npy_path,
-    get_npy_tmp_path,
     is_valid_store_key,
     validate_store_key,
 )
@@ -263,12 +263,12 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         Raises ``StoreKeyError`` for an illegal key (before any filesystem access), ``KeyError``
         on a miss and ``ValueError`` for a defective pair. A reload maps the payload; reads no data.
         """
-        validate_store_key(key, self._cache_dir)
+        checked = checked_store_key(key, self._cache_dir)
         with self._lock:
             entry = self._store.get(key)
             if entry is not None:
                 return entry
-            entry = self._load_entry(key)
+            entry = self._load_entry(checked)
             self._store[key] = entry
             self._register(key, entry)
             return entry
@@ -395,9 +395,9 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         illegal key, ``KeyError`` if ``key`` is already tracked; the factory's own errors and the
         value checks (``TypeError``) propagate. With caching on, blocks while the data is written.
         """
-        validate_store_key(key, self._cache_dir)
+        checked = checked_store_key(key, self._cache_dir)
         with self._lock:
-            if key in self:
+            if key in self._store:
                 raise KeyError(f"Key {key} already exists in store.")
             caching, offloading, purge = (
                 default if override is None else override
@@ -410,7 +410,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
             entry = self._factory(
                 data,
                 enable_caching=caching,
-                cache_path=get_npy_path(self._cache_dir, key),
+                cache_path=get_npy_path(self._cache_dir, checked),
                 automatic_offloading=offloading,
                 purge_disk_on_gc=purge,
             )
@@ -456,19 +456,18 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
                 if entry is not None:
                     entry.offload()
 
-    def _select_for_offload(self, keys: object) -> list[str]:
+    def _select_for_offload(self, keys: object) -> list[StoreKey]:
         if keys is None:
             chosen: list[Any] = list(self._store)
         elif isinstance(keys, (list, tuple)):
             chosen = list(keys)
         else:
             chosen = [keys]
-        for key in chosen:
-            validate_store_key(key, self._cache_dir)
-        for key in chosen:
+        checked = [checked_store_key(key, self._cache_dir) for key in chosen]
+        for key in checked:
             if key not in self._store:
                 raise KeyError(key)
-        return list(dict.fromkeys(chosen))
+        return list(dict.fromkeys(checked))
 
     def _offload_candidate(self, key: str) -> T | None:
         entry = self._store[key]
@@ -479,7 +478,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
             return None
         return entry
 
-    def _write_entries(self, keys: list[str]) -> None:
+    def _write_entries(self, keys: list[StoreKey]) -> None:
         """Write each key's pair in one group commit, then drop the written keys from memory."""
         written: list[str] = []
         with self._directory().begin_commit(chunk_bytes=max(1, chunk_budget_bytes())) as batch:
@@ -509,14 +508,12 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         fsynced and renamed; on failure the temps are removed and the previous pair is intact.
         ``TypeError`` for object dtypes, ``OSError`` (errno, filename) for I/O. Blocks on disk.
         """
-        validate_store_key(key, self._cache_dir)
-        for build in (get_npy_path, get_meta_path, get_npy_tmp_path, get_meta_tmp_path):
-            build(self._cache_dir, key)
+        checked = checked_store_key(key, self._cache_dir)
         if batch is not None:
-            stage_entry(batch, self._cache_dir, key, entry)
+            stage_entry(batch, self._cache_dir, checked, entry)
             return
         with self._directory().begin_commit(chunk_bytes=max(1, chunk_budget_bytes())) as own_batch:
-            stage_entry(own_batch, self._cache_dir, key, entry)
+            stage_entry(own_batch, self._cache_dir, checked, entry)
             own_batch.commit()
 
     # -- loading -------------------------------------------------------------------------------
@@ -542,9 +539,9 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         it is read into RAM. ``KeyError`` on a miss or a legacy ``.pkl``; ``ValueError`` for a
         defective pair. Never reads a temp and creates nothing.
         """
-        validate_store_key(key, self._cache_dir)
-        npy, meta = self._get_npy_path(key), self._get_meta_path(key)
-        legacy = self._get_legacy_pickle_path(key)
+        checked = checked_store_key(key, self._cache_dir)
+        npy, meta = self._get_npy_path(checked), self._get_meta_path(checked)
+        legacy = self._get_legacy_pickle_path(checked)
         complete = npy.exists() and meta.exists()
         if not complete and legacy.exists():
             logger.info(
@@ -594,8 +591,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         dropped anyway. ``<key>.pkl`` is left alone. Blocks on disk.
         """
         with self._lock:
-            validate_store_key(key, self._cache_dir)
-            names = artefact_names(self._cache_dir, key)
+            names = artefact_names(self._cache_dir, checked_store_key(key, self._cache_dir))
             current_pid = os.getpid()
             if current_pid != self._owner_pid:
                 raise StorePurgeRefusedError.for_foreign_process(key, self._owner_pid, current_pid)
@@ -642,8 +638,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
             raise StoreKeyError(
                 f"Cannot restore a DiskBackedStore whose _cache_dir is {cache_dir!r}: expected a pathlib.Path"
             )
-        for key in state.get("_store", {}):
-            validate_store_key(key, cache_dir)
+        tracked = [checked_store_key(key, cache_dir) for key in state.get("_store", {})]
         self.__dict__.update(state)
         self.__dict__.setdefault("_store", {})
         self.__dict__.setdefault("_owns_cache_dir", False)
@@ -654,10 +649,10 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
             if entry is not None:
                 self._register(key, entry)
         if self._enable_caching:
-            self._reload_offloaded()
+            self._reload_offloaded(tracked)
 
-    def _reload_offloaded(self) -> None:
-        for key in [key for key, entry in self._store.items() if entry is None]:
+    def _reload_offloaded(self, keys: list[StoreKey]) -> None:
+        for key in [key for key in keys if self._store[key] is None]:
             try:
                 entry = self._load_entry(key)
             except KeyError:

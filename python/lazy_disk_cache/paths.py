@@ -4,6 +4,10 @@ A key is one path segment. Everything that turns a key into a path goes through 
 the key rule and the containment check live in exactly one place. Key validation is pure string
 work and never touches the filesystem; the builders and containment helpers resolve symbolic links
 (read-only system calls) and never write.
+
+A key is checked once, where it enters the package (``checked_store_key``), and travels inward as a
+``StoreKey``; the builders and the store's private entry points take a ``StoreKey`` as checked and
+check anything else.
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ __all__ = [
     "STORE_PATH_BUILDERS",
     "TMP_SUFFIX",
     "StoreContainmentError",
+    "StoreKey",
     "StoreKeyError",
     "artefact_suffix",
+    "checked_store_key",
     "ensure_contained",
     "ensure_write_contained",
     "get_legacy_pickle_path",
@@ -150,6 +156,30 @@ def _violated_clause(key: str) -> str | None:
     return None
 
 
+class StoreKey(str):
+    """A store key that passed the key rule: exactly the characters that were checked.
+
+    Only ``checked_store_key`` makes one (a ``StoreKey`` built by hand is not checked by anyone).
+    It behaves as the plain ``str`` it holds and pickles as one.
+    """
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[type[str], tuple[str]]:
+        return (str, (str.__str__(self),))
+
+
+def _legal_characters(key: object, cache_dir: _StrPath | None) -> str:
+    """The exact characters of ``key`` as a plain ``str`` if it is a legal key; raise otherwise."""
+    if not isinstance(key, str):
+        raise non_str_key_error(key)
+    plain = _as_plain_str(key)
+    clause = _violated_clause(plain)
+    if clause is not None:
+        raise StoreKeyError.for_clause(plain, cache_dir, clause)
+    return plain
+
+
 def validate_store_key(key: object, cache_dir: _StrPath | None = None) -> None:
     """Check that ``key`` is a legal store key: one file-name segment, usable on any platform.
 
@@ -162,12 +192,19 @@ def validate_store_key(key: object, cache_dir: _StrPath | None = None) -> None:
         StoreKeyError: ``key`` is a ``str`` that breaks the rule; the message contains the clause.
         StoreKeyError: ``key`` is not a ``str``; the error is also a ``TypeError``.
     """
-    if not isinstance(key, str):
-        raise non_str_key_error(key)
-    plain = _as_plain_str(key)
-    clause = _violated_clause(plain)
-    if clause is not None:
-        raise StoreKeyError.for_clause(plain, cache_dir, clause)
+    _legal_characters(key, cache_dir)
+
+
+def checked_store_key(key: object, cache_dir: _StrPath | None = None) -> StoreKey:
+    """Return ``key`` as a ``StoreKey`` after checking it like ``validate_store_key`` (same errors).
+
+    A ``StoreKey`` is returned as it is, unchecked: it was checked when it was made. A ``str``
+    subclass is reduced to its exact characters, so its overrides never reach a path. Pure string
+    work.
+    """
+    if type(key) is StoreKey:
+        return key
+    return StoreKey(_legal_characters(key, cache_dir))
 
 
 def is_valid_store_key(key: object) -> bool:
@@ -239,24 +276,25 @@ def _artefact_name(key: str, suffix: str) -> str:
 
 
 def _build(cache_dir: _StrPath, key: str, suffix: str) -> Path:
-    validate_store_key(key, cache_dir)
+    checked = checked_store_key(key, cache_dir)
     directory = Path(cache_dir)
-    plain = _as_plain_str(key)
-    candidate = directory / _artefact_name(plain, suffix)
+    candidate = directory / _artefact_name(checked, suffix)
     # The containment rule holds by construction here, with no need to resolve anything: the
-    # candidate's parent is ``directory`` itself and its final component is one validated segment
+    # candidate's parent is ``directory`` itself and its final component is one checked segment
     # (never '', '.' or '..'), which containment deliberately leaves unresolved. Checking it
-    # anyway would cost two realpath walks per artefact name on every store operation.
+    # anyway would cost two realpath walks per artefact name on every store operation. A
+    # ``StoreKey`` built by hand around the rule still cannot leave the directory.
     if candidate.parent != directory or candidate.name in _DOT_NAMES:
-        ensure_contained(candidate, directory, plain)
+        ensure_contained(candidate, directory, checked)
     return candidate
 
 
 def get_npy_path(cache_dir: _StrPath, key: str) -> Path:
     """Return ``<cache_dir>/<key>.npy``, the payload of a stored entry.
 
-    Validates ``key`` (``StoreKeyError``, before any filesystem access) and checks containment
-    (``StoreContainmentError``; reads the filesystem, writes nothing).
+    Validates ``key`` (``StoreKeyError``, before any filesystem access; a ``StoreKey`` is already
+    checked) and checks containment (``StoreContainmentError``; reads the filesystem, writes
+    nothing).
     """
     return _build(cache_dir, key, NPY_SUFFIX)
 
