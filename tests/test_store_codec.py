@@ -367,8 +367,9 @@ def test_a_legacy_pickle_without_a_pair_is_a_logged_miss_and_never_opened(
     assert [(r.levelno, r.args) for r in caplog.records] == [(logging.INFO, (legacy,))]
     assert "Legacy pre-Phase-2 cache file" in caplog.records[0].getMessage()
     assert caplog.records[0].getMessage() == (
-        f"Legacy pre-Phase-2 cache file at {legacy} is not loadable under the new codec; treating as cache miss. "
-        "Re-materialise via the upstream factory."
+        f"Legacy pre-Phase-2 cache file at {legacy} is a pickle, which this package never reads; with no "
+        "complete .npy + .meta.json pair beside it, the key counts as missing. To keep its value, add it to a "
+        "store again and offload it with pickle_container=True."
     )
 
 

@@ -545,8 +545,9 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         complete = npy.exists() and meta.exists()
         if not complete and legacy.exists():
             logger.info(
-                "Legacy pre-Phase-2 cache file at %s is not loadable under the new codec; treating as cache miss. "
-                "Re-materialise via the upstream factory.",
+                "Legacy pre-Phase-2 cache file at %s is a pickle, which this package never reads; with no "
+                "complete .npy + .meta.json pair beside it, the key counts as missing. To keep its value, add "
+                "it to a store again and offload it with pickle_container=True.",
                 legacy,
             )
             raise KeyError(key)
