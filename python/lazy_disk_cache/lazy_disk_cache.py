@@ -51,6 +51,8 @@ __all__ = ["LazyDiskCache", "LazyDiskCacheConfig", "LazyDiskCacheKw"]
 
 logger = logging.getLogger(__name__)
 
+# The budget when psutil is missing or its query fails. Callers monkeypatch this name (and
+# ``psutil``), so both are read at call time.
 _MEMMAP_FALLBACK_CHUNK_BYTES = 64 * 1024**2
 # Share of the currently available memory one conversion may use as its write budget.
 _BUDGET_FRACTION = 0.10
@@ -77,7 +79,7 @@ _budget_cache: tuple[object, object, float, int] | None = None
 def chunk_budget_bytes() -> int:
     """Return the write budget of one operation: 10 % of available memory, or the fallback.
 
-    The one place the number is decided; conversions, store commits and reads pass it to the core.
+    The one place the number is decided; conversions and store commits hand it to the core.
     Reads the module globals ``psutil`` and ``_MEMMAP_FALLBACK_CHUNK_BYTES`` at call time. The
     psutil figure is reused for up to a second while ``psutil`` (and its ``virtual_memory``) is the
     same object, so a monkeypatched replacement is queried at once.
@@ -101,7 +103,7 @@ def chunk_budget_bytes() -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Helpers for file locations and byte sources
+# Helpers: the entry's file location, its sibling payload, the dtype rule
 
 
 def _is_symlink(path: Path) -> bool:
