@@ -859,10 +859,11 @@ def copyable_file(entry: LazyDiskCache) -> CopyableFile | None:
 
 
 def release_purge_duty(entry: LazyDiskCache) -> None:
-    """Drop ``entry``'s purge duty: nothing is deleted, now or when it is collected.
+    """Drop ``entry``'s purge duty: nothing is deleted now, and its collection deletes nothing.
 
-    Unlike ``disable_purge()``, the ``purge_disk_on_gc`` flag is kept, and the entry keeps holding
-    its path. Takes the entry's lock.
+    Another holder of the same path that still carries a duty may still delete the file. Unlike
+    ``disable_purge()``, the ``purge_disk_on_gc`` flag is kept, and the entry keeps holding its
+    path. Takes the entry's lock.
     """
     with entry._lock:
         entry._disarm_purge()
