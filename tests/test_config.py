@@ -240,3 +240,11 @@ def test_extend_cache_path_accepts_a_symlink_resolving_inside(tmp_path: Path) ->
     extended = LazyDiskCacheConfig(cache_path=tmp_path).extend_cache_path("alias")
 
     assert extended.cache_path == tmp_path / "alias"
+
+
+def test_a_pickled_config_names_the_entry_module_path() -> None:
+    pickled = pickle.dumps(LazyDiskCacheConfig(cache_path=Path("x")), protocol=4)
+
+    assert b"lazy_disk_cache.lazy_disk_cache" in pickled
+    assert b"lazy_disk_cache.config" not in pickled
+    assert pickle.loads(pickled) == LazyDiskCacheConfig(cache_path=Path("x"))

@@ -86,3 +86,8 @@ class LazyDiskCacheConfig:
         extended = self.cache_path / new_folder
         ensure_write_contained(extended, self.cache_path, new_folder)
         return dataclasses.replace(self, cache_path=extended)
+
+
+# Pickles name a class by its module: keep naming the module path the original package exposes (which
+# re-exports this class), so configs pickled by any version load in any other.
+LazyDiskCacheConfig.__module__ = "lazy_disk_cache.lazy_disk_cache"
