@@ -6,6 +6,7 @@ directory as ``<key>.npy`` + ``<key>.meta.json`` pairs. The native module ``_rus
 
 import logging
 
+from lazy_disk_cache._budget import MemoryStats, memory_budget, memory_stats
 from lazy_disk_cache._rust import __version__
 from lazy_disk_cache.config import LazyDiskCacheConfig, LazyDiskCacheKw
 from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
@@ -27,6 +28,7 @@ __all__ = [
     "LazyDiskCache",
     "LazyDiskCacheConfig",
     "LazyDiskCacheKw",
+    "MemoryStats",
     "StoreContainmentError",
     "StoreKeyError",
     "StorePurgeAliasedArtefactError",
@@ -38,6 +40,8 @@ __all__ = [
     "get_meta_path",
     "get_npy_path",
     "is_valid_store_key",
+    "memory_budget",
+    "memory_stats",
     "register_lazy_disk_cache_class",
 ]
 
