@@ -58,7 +58,5 @@ def test_a_child_inside_the_cgroup_detects_its_limit() -> None:
     nbytes, _, source = run.stdout.strip().partition(" ")
     assert run.returncode == 0, run.stderr[-2000:]
     assert int(nbytes) == LIMIT, run.stdout
-    assert (
-        source
-        == f"cgroup v{cgroup.version} {cgroup.path / ('memory.max' if cgroup.version == 2 else 'memory.limit_in_bytes')}"
-    )
+    limit_file = "memory.max" if cgroup.version == 2 else "memory.limit_in_bytes"
+    assert source == f"cgroup v{cgroup.version} {cgroup.path / limit_file}"
