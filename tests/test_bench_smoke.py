@@ -97,3 +97,18 @@ def test_quick_run_leaves_no_work_files(quick_run: tuple[subprocess.CompletedPro
     leftovers = sorted(p.name for p in report.parent.iterdir() if p.name.startswith("work-"))
 
     assert not leftovers, leftovers
+
+
+def test_the_budget_benchmark_runs_quick_and_reports_each_call() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_budget.py"), "--quick", "--entries", "100"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=ROOT,
+    )
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for call in ("touch()", "check()", "touch() + check()", "with pinned(entry):"):
+        assert re.search(rf"{re.escape(call)}\s+[\d.]+ ns/call\s+[\d.]+x no-op", proc.stdout), proc.stdout
