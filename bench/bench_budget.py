@@ -2,8 +2,9 @@
 
 Run alone: ``.venv/bin/python bench/bench_budget.py [--quick] [--entries N]``.
 
-Entries call ``ledger.touch(entry)`` on every access and ``ledger.check()`` whenever they take
-RAM, and pin themselves around ufuncs and ``__getitem__``. This measures those calls on a ledger
+Entries mark themselves used on every access (``ledger.touch(entry)``, or ``record.touch()`` on
+the record ``track()`` returned), call ``ledger.check()`` whenever they take RAM, and pin
+themselves around uses that outlive their lock. This measures those calls on a ledger
 holding ``--entries`` tracked entries, far below its spill threshold (the common case), against
 a no-op method call with the same arguments: that ratio is the budget's own cost. A 1-element
 ``ndarray.__getitem__`` is printed beside it for scale, since that is the cheapest access an entry
@@ -86,13 +87,20 @@ def _variants(ledger: MemoryLedger, entries: list[_Entry]) -> dict[str, Callable
         "touch()": touch,
         "check()": check,
         "touch() + check()": touch_and_check,
-        **_pin_variants(ledger, entry, noop),
+        **_handle_variants(ledger, entry, noop),
         "ndarray[i] (for scale)": getitem,
     }
 
 
-def _pin_variants(ledger: MemoryLedger, entry: _Entry, noop: _NoOpLedger) -> dict[str, Callable[[int], None]]:
+def _handle_variants(ledger: MemoryLedger, entry: _Entry, noop: _NoOpLedger) -> dict[str, Callable[[int], None]]:
+    """The calls an entry can make through handles it keeps: its ledger record and a pin guard."""
+    record = ledger.track(entry, KIB)
     guard = ledger.pinned(entry)
+
+    def record_touch(calls: int) -> None:
+        for _ in range(calls):
+            record.touch()
+            noop.check()
 
     def pinned(calls: int) -> None:
         for _ in range(calls):
@@ -104,7 +112,11 @@ def _pin_variants(ledger: MemoryLedger, entry: _Entry, noop: _NoOpLedger) -> dic
             with guard:
                 noop.check()
 
-    return {"with pinned(entry):": pinned, "with guard: (a kept PinGuard)": kept_guard}
+    return {
+        "record.touch() (a kept record)": record_touch,
+        "with pinned(entry):": pinned,
+        "with guard: (a kept PinGuard)": kept_guard,
+    }
 
 
 def measure(*, entries: int, calls: int, reps: int) -> dict[str, tuple[float, float]]:

@@ -87,6 +87,32 @@ def test_touch_makes_an_entry_most_recently_used(new_ledger: LedgerFactory) -> N
     assert _spilled(entries) == ["e1", "e3"]
 
 
+def test_the_record_track_returns_marks_the_entry_used_when_touched(new_ledger: LedgerFactory) -> None:
+    ledger, memory = new_ledger()
+    first = FakeEntry(ledger, memory, "e0", 100)
+    record = ledger.track(first, 100)
+    entries = [first, *(FakeEntry(ledger, memory, f"e{index}", 100) for index in range(1, 8))]
+
+    record.touch()
+    ledger.check()
+
+    assert _spilled(entries) == ["e1", "e2"]
+
+
+def test_touching_a_record_after_untrack_changes_nothing(new_ledger: LedgerFactory) -> None:
+    ledger, memory = new_ledger()
+    entry = FakeEntry(ledger, memory, "gone", 100)
+    record = ledger.track(entry, 100)
+    ledger.untrack(entry)
+
+    record.touch()
+    fresh = ledger.track(entry, 100)
+
+    assert fresh is not record
+    stats = ledger.stats()
+    assert (stats.tracked_entries, stats.managed_bytes) == (1, 100)
+
+
 def test_spilling_stops_at_the_target_not_at_the_spill_threshold(new_ledger: LedgerFactory) -> None:
     ledger, memory = new_ledger()
     entries = _entries(ledger, memory, [50] * 16)  # 800 bytes
