@@ -5,16 +5,15 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export PYO3_BUILD_EXTENSION_MODULE=1
-if cargo fmt --version >/dev/null 2>&1; then
-    cargo fmt --all --check
-else
-    echo "lint.sh: WARNING: rustfmt is not installed; skipping cargo fmt --check" >&2
-fi
-if cargo clippy --version >/dev/null 2>&1; then
-    cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
-else
-    echo "lint.sh: WARNING: clippy is not installed; skipping cargo clippy" >&2
-fi
+# A green lint must mean rustfmt and clippy ran: a missing tool is a failure, never a skip.
+for tool in fmt clippy; do
+    if ! cargo "$tool" --version >/dev/null 2>&1; then
+        echo "lint.sh: cargo $tool is not installed (rustup component add ${tool/fmt/rustfmt})" >&2
+        exit 1
+    fi
+done
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 .venv/bin/ruff check python tests bench
 .venv/bin/ruff format --check python tests bench
