@@ -68,7 +68,7 @@ def test_copy_range_is_byte_exact_for_aligned_and_unaligned_ranges(
     payload = _write_source(tmp_path)
     source = b"\xaa" * PAGE + payload
 
-    mapping = cache_dir.copy_range("src.npy", src_offset, "x.dat", length, durable=True)
+    mapping = cache_dir.copy_range("src.npy", src_offset, "x.dat", length, chunk_bytes=SMALL_CHUNK, durable=True)
 
     assert mapping.length == length
     assert (tmp_path / "x.dat").read_bytes() == source[src_offset : src_offset + length]
@@ -87,7 +87,7 @@ def test_copy_range_falls_back_to_the_bounce_buffer_byte_exact(
     (tmp_path / "x.dat").write_bytes(b"old")
     _force_bounce(clone_errno, kernel_copy_errno)
 
-    cache_dir.copy_range("src.npy", PAGE, "x.dat", PAYLOAD_LEN, durable=True)
+    cache_dir.copy_range("src.npy", PAGE, "x.dat", PAYLOAD_LEN, chunk_bytes=SMALL_CHUNK, durable=True)
 
     counts = _rust._op_counts()
     assert (tmp_path / "x.dat").read_bytes() == payload
@@ -124,7 +124,7 @@ def test_failed_kernel_copy_keeps_the_destination_and_names_the_temp(
     _rust._inject_fault("copy", nth, errno.EIO)
 
     with pytest.raises(OSError, match="during copy") as raised:
-        cache_dir.copy_range("src.npy", PAGE, "x.dat", PAYLOAD_LEN, durable=True)
+        cache_dir.copy_range("src.npy", PAGE, "x.dat", PAYLOAD_LEN, chunk_bytes=SMALL_CHUNK, durable=True)
 
     assert raised.value.errno == errno.EIO
     assert raised.value.filename == str(tmp_path / "x.dat.tmp")
@@ -142,7 +142,7 @@ def test_failed_bounce_read_keeps_the_destination_and_names_the_source(
     _rust._inject_fault("read", 1, errno.EIO)
 
     with pytest.raises(OSError, match="during read") as raised:
-        cache_dir.copy_range("src.npy", PAGE, "x.dat", PAYLOAD_LEN, durable=True)
+        cache_dir.copy_range("src.npy", PAGE, "x.dat", PAYLOAD_LEN, chunk_bytes=SMALL_CHUNK, durable=True)
 
     assert raised.value.errno == errno.EIO
     assert raised.value.filename == str(tmp_path / "src.npy")
@@ -176,7 +176,9 @@ def test_failed_copy_of_a_staged_key_removes_its_temps_and_keeps_earlier_keys(
 
 def _copy(directory: Path, src_offset: int, length: int) -> None:
     """``copy_range`` from ``src.npy`` to ``x.dat``, keeping nothing open: the filesystem is unmounted next."""
-    _rust.CacheDir.open(directory).copy_range("src.npy", src_offset, "x.dat", length, durable=True)
+    _rust.CacheDir.open(directory).copy_range(
+        "src.npy", src_offset, "x.dat", length, chunk_bytes=SMALL_CHUNK, durable=True
+    )
 
 
 def _commit_from_file(directory: Path, source_file: str, offset: int) -> None:

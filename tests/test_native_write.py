@@ -117,13 +117,35 @@ def test_exception_from_the_source_iterator_removes_the_temp(tmp_path: Path, cac
     assert os.listdir(tmp_path) == []
 
 
-def test_non_contiguous_source_is_rejected(tmp_path: Path, cache_dir: _rust.CacheDir) -> None:
-    strided = np.arange(20, dtype=np.int32)[::2]
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: np.arange(20, dtype=np.int32)[::2],
+        lambda: np.asfortranarray(np.arange(300, dtype=np.float64).reshape(12, 25)),
+        lambda: np.arange(60, dtype=np.int16).reshape(3, 4, 5)[::-1, :, ::-2].transpose(2, 0, 1),
+        lambda: np.zeros((6, 4), dtype=[("x", "<f4"), ("c", "u1")])[:, ::3],
+        lambda: np.broadcast_to(np.arange(7, dtype=np.uint8), (5, 7)),
+    ],
+    ids=["step", "fortran", "reversed-transposed", "structured", "broadcast"],
+)
+def test_non_contiguous_source_is_written_in_c_order(tmp_path: Path, cache_dir: _rust.CacheDir, make: Any) -> None:
+    source = make()
+    assert not source.flags.c_contiguous
+
+    mapping = cache_dir.write_file("x.dat", source, chunk_bytes=7, durable=False)
+
+    assert (tmp_path / "x.dat").read_bytes() == np.ascontiguousarray(source).tobytes()
+    assert mapping.length == source.nbytes
+
+
+def test_non_contiguous_destination_is_rejected(tmp_path: Path, cache_dir: _rust.CacheDir) -> None:
+    (tmp_path / "x.dat").write_bytes(bytes(80))
+    strided = np.zeros(20, dtype=np.int32)[::2]
 
     with pytest.raises(ValueError, match="C-contiguous"):
-        cache_dir.write_file("x.dat", strided, chunk_bytes=CHUNK, durable=False)
+        cache_dir.read_into("x.dat", 0, strided.data, chunk_bytes=CHUNK)
 
-    assert os.listdir(tmp_path) == []
+    assert not strided.any()
 
 
 def test_write_zeroed_creates_zero_filled_file(tmp_path: Path, cache_dir: _rust.CacheDir) -> None:
@@ -139,7 +161,7 @@ def test_copy_range_replaces_destination_with_source_range(tmp_path: Path, cache
     source = np.arange(4096, dtype=np.uint8).tobytes() * 4
     (tmp_path / "src.dat").write_bytes(source)
 
-    mapping = cache_dir.copy_range("src.dat", 4096, "dst.dat", 8192 + 100, durable=True)
+    mapping = cache_dir.copy_range("src.dat", 4096, "dst.dat", 8192 + 100, chunk_bytes=CHUNK, durable=True)
 
     assert _bytes_of(mapping) == source[4096 : 4096 + 8192 + 100]
     assert (tmp_path / "dst.dat").read_bytes() == source[4096 : 4096 + 8192 + 100]
@@ -149,7 +171,7 @@ def test_copy_range_from_short_source_is_a_value_error(tmp_path: Path, cache_dir
     (tmp_path / "src.dat").write_bytes(b"short")
 
     with pytest.raises(ValueError, match=r"src\.dat"):
-        cache_dir.copy_range("src.dat", 0, "dst.dat", 100, durable=False)
+        cache_dir.copy_range("src.dat", 0, "dst.dat", 100, chunk_bytes=CHUNK, durable=False)
 
     assert sorted(os.listdir(tmp_path)) == ["src.dat"]
 
@@ -159,7 +181,7 @@ def test_read_into_fills_destination_from_offset(tmp_path: Path, cache_dir: _rus
     (tmp_path / "x.dat").write_bytes(values.tobytes())
     dest = np.empty(10, dtype=np.int64)
 
-    cache_dir.read_into("x.dat", 8 * 50, dest.data)
+    cache_dir.read_into("x.dat", 8 * 50, dest.data, chunk_bytes=CHUNK)
 
     np.testing.assert_array_equal(dest, values[50:60])
 
@@ -168,14 +190,14 @@ def test_read_into_past_end_of_file_is_a_value_error(tmp_path: Path, cache_dir: 
     (tmp_path / "x.dat").write_bytes(bytes(16))
 
     with pytest.raises(ValueError, match=r"x\.dat"):
-        cache_dir.read_into("x.dat", 8, np.empty(4, dtype=np.int64).data)
+        cache_dir.read_into("x.dat", 8, np.empty(4, dtype=np.int64).data, chunk_bytes=CHUNK)
 
 
 def test_read_into_read_only_destination_is_rejected(tmp_path: Path, cache_dir: _rust.CacheDir) -> None:
     (tmp_path / "x.dat").write_bytes(bytes(16))
 
     with pytest.raises(ValueError, match="read-only"):
-        cache_dir.read_into("x.dat", 0, b"0123456789abcdef")
+        cache_dir.read_into("x.dat", 0, b"0123456789abcdef", chunk_bytes=CHUNK)
 
 
 def test_unlink_all_reports_failures_and_ignores_missing(tmp_path: Path, cache_dir: _rust.CacheDir) -> None:

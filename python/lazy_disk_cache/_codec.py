@@ -13,14 +13,13 @@ import json
 import math
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
-from lazy_disk_cache._buffers import MAX_BOUNCE_BYTES, byte_view, c_order_blocks
+from lazy_disk_cache._buffers import byte_view
 from lazy_disk_cache._memmap import open_memmap
 from lazy_disk_cache._rust import CacheDir, CommitBatch
 from lazy_disk_cache.lazy_disk_cache import (
@@ -93,9 +92,9 @@ def encode_sidecar(entry: LazyDiskCache, shape: tuple[int, ...], dtype: np.dtype
 def stage_entry(batch: CommitBatch, cache_dir: Path, key: StoreKey, entry: LazyDiskCache) -> None:
     """Write ``entry`` to the temps of ``key`` in ``batch`` (renamed into place by ``commit()``).
 
-    The payload is the entry's live buffer (1 copy; a strided buffer goes in bounded row blocks,
-    never as a full temporary copy) or, for an offloaded entry, its backing file (copied by the
-    core without a user-space copy when that file lies directly in ``cache_dir``, else read
+    The payload is the entry's live buffer (1 copy; the core gathers a strided buffer into C order
+    through a bounce buffer within the chunk budget, never a full temporary copy) or, for an
+    offloaded entry, its backing file (copied by the core without a user-space copy when that file lies directly in ``cache_dir``, else read
     through a read-only mapping). Object dtypes raise ``TypeError`` before anything is written;
     I/O failures raise ``OSError``. Blocks on disk.
     """
@@ -117,15 +116,8 @@ def stage_entry(batch: CommitBatch, cache_dir: Path, key: StoreKey, entry: LazyD
                 source_offset=copyable.offset,
             )
             return
-        source = _c_order_source(np.asarray(array_to_write(entry)))
+        source = byte_view(np.asarray(array_to_write(entry)))
         batch.add_npy(key, descr=descr, fortran_order=False, shape=shape, nbytes=nbytes, meta=meta, source=source)
-
-
-def _c_order_source(array: NDArray[Any]) -> memoryview | Iterator[memoryview]:
-    """The bytes of ``array`` in C order: one view if contiguous, else an iterator of row blocks."""
-    if array.flags.c_contiguous:
-        return byte_view(array)
-    return c_order_blocks(array, max(1, min(chunk_budget_bytes(), MAX_BOUNCE_BYTES)))
 
 
 def _lies_directly_in(path: Path, cache_dir: Path) -> bool:
@@ -145,7 +137,7 @@ def read_sidecar_bytes(directory: CacheDir, path: Path) -> bytes:
     size = os.stat(path).st_size
     buffer = bytearray(size)
     if size:
-        directory.read_into(path.name, 0, buffer)
+        directory.read_into(path.name, 0, buffer, chunk_bytes=chunk_budget_bytes())
     return bytes(buffer)
 
 
@@ -240,5 +232,5 @@ def read_payload(directory: CacheDir, path: Path, layout: PayloadLayout) -> NDAr
     if layout.nbytes:
         # A Fortran-ordered array's transpose is C-contiguous over the same bytes.
         target = array.T if layout.order == "F" else array
-        directory.read_into(path.name, layout.offset, byte_view(target))
+        directory.read_into(path.name, layout.offset, byte_view(target), chunk_bytes=chunk_budget_bytes())
     return array

@@ -17,6 +17,13 @@ from typing_extensions import Buffer
 
 __version__: str
 
+# The artefact suffixes; ``lazy_disk_cache.paths`` re-exports them.
+NPY_SUFFIX: str
+META_SUFFIX: str
+MEMMAP_SUFFIX: str
+TMP_SUFFIX: str
+LEGACY_PICKLE_SUFFIX: str
+
 MappingMode = Literal["r", "r+", "c"]
 
 @final
@@ -107,8 +114,10 @@ class CacheDir:
     ) -> FileMapping:
         """Atomically replace ``name`` with the bytes of ``src`` and return an ``r+`` mapping of it.
 
-        ``src`` is one C-contiguous buffer, or an iterable of C-contiguous blocks whose total
-        must equal ``nbytes``. Creates ``<name>.tmp`` with ``O_EXCL|O_NOFOLLOW`` (a stale temp is
+        ``src`` is one buffer, or an iterable of buffers whose total must equal ``nbytes``. A
+        buffer in any layout is written in C order: a strided or Fortran-ordered one is gathered
+        through one bounce buffer of at most ``chunk_bytes`` (and at most 4 MiB), never copied
+        whole. Creates ``<name>.tmp`` with ``O_EXCL|O_NOFOLLOW`` (a stale temp is
         unlinked first), reserves the full size, writes with ``pwrite`` in pieces of at most
         ``chunk_bytes``, then (``durable`` only) fsyncs, renames over ``name`` and (``durable``
         only) fsyncs the directory. The temp gets the existing destination's mode, else
@@ -126,25 +135,32 @@ class CacheDir:
         dst: str,
         length: int,
         *,
+        chunk_bytes: int,
         durable: bool,
     ) -> FileMapping:
         """Atomically replace ``dst`` with bytes ``[src_offset, src_offset + length)`` of ``src``.
 
         Uses a reflink (``FICLONERANGE``) where both ranges are block-aligned, else
-        ``copy_file_range``, else a bounded bounce buffer. Returns an ``r+`` mapping of ``dst``.
+        ``copy_file_range`` in pieces of ``chunk_bytes``, else a bounce buffer of at most
+        ``chunk_bytes`` (and at most 4 MiB). Returns an ``r+`` mapping of ``dst``.
         """
 
     def read_header(self, name: str) -> NpyHeader:
         """Decode the ``.npy`` header of ``name`` (one small pread). Malformed → ``ValueError``."""
 
-    def read_into(self, name: str, offset: int, dest: Buffer) -> None:
-        """Fill the writable C-contiguous ``dest`` from ``name`` at ``offset`` (``pread``, GIL released).
+    def read_into(self, name: str, offset: int, dest: Buffer, *, chunk_bytes: int) -> None:
+        """Fill the writable C-contiguous ``dest`` from ``name`` at ``offset``.
+
+        ``pread`` in pieces of ``chunk_bytes``, GIL released.
 
         A file too short to fill ``dest`` raises ``ValueError``.
         """
 
     def begin_commit(self, *, chunk_bytes: int) -> CommitBatch:
-        """Start a group commit of ``.npy`` + ``.meta.json`` pairs in this directory."""
+        """Start a group commit of ``.npy`` + ``.meta.json`` pairs in this directory.
+
+        ``chunk_bytes`` is the budget of every payload the batch writes (as for ``write_file``).
+        """
 
     def sweep_temps(self, names: Sequence[str] | None = None) -> tuple[list[str], list[tuple[str, OSError]]]:
         """Remove ``<key>.npy.tmp``, ``<key>.meta.json.tmp`` and ``<key>.dat.tmp`` left by a crash.
@@ -188,7 +204,8 @@ class CommitBatch:
     ) -> None:
         """Write and fsync ``<key>.npy.tmp`` (payload at byte 4096) and ``<key>.meta.json.tmp``.
 
-        The payload comes from ``source`` (a buffer or C-contiguous blocks totalling ``nbytes``)
+        The payload comes from ``source`` (a buffer in any layout, written in C order, or
+        buffers totalling ``nbytes``)
         or from ``nbytes`` bytes of the file ``source_file`` in this directory starting at
         ``source_offset`` (reflink or ``copy_file_range``; no user-space copy). On failure this
         key's temps are removed, the error is raised, and the keys added before it remain in the

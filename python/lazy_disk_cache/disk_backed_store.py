@@ -481,7 +481,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
     def _write_entries(self, keys: list[StoreKey]) -> None:
         """Write each key's pair in one group commit, then drop the written keys from memory."""
         written: list[str] = []
-        with self._directory().begin_commit(chunk_bytes=max(1, chunk_budget_bytes())) as batch:
+        with self._directory().begin_commit(chunk_bytes=chunk_budget_bytes()) as batch:
             try:
                 for key in keys:
                     entry = self._offload_candidate(key)
@@ -512,7 +512,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         if batch is not None:
             stage_entry(batch, self._cache_dir, checked, entry)
             return
-        with self._directory().begin_commit(chunk_bytes=max(1, chunk_budget_bytes())) as own_batch:
+        with self._directory().begin_commit(chunk_bytes=chunk_budget_bytes()) as own_batch:
             stage_entry(own_batch, self._cache_dir, checked, entry)
             own_batch.commit()
 

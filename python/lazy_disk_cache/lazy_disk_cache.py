@@ -33,7 +33,7 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 from typing_extensions import Unpack
 
-from lazy_disk_cache._buffers import MAX_BOUNCE_BYTES, byte_view, c_order_blocks
+from lazy_disk_cache._buffers import byte_view
 from lazy_disk_cache._directories import open_directory
 from lazy_disk_cache._leases import PathLease, lease_backing_file
 from lazy_disk_cache._memmap import as_memmap, mapping_of, open_memmap
@@ -500,7 +500,7 @@ class LazyDiskCache(ABC):
             return array
         path = self._require_cache_path()
         try:
-            self._directory().read_into(path.name, 0, byte_view(array))
+            self._directory().read_into(path.name, 0, byte_view(array), chunk_bytes=chunk_budget_bytes())
         except FileNotFoundError:
             return None
         return array
@@ -508,14 +508,9 @@ class LazyDiskCache(ABC):
     def _write_backing(self, source: NDArray[Any]) -> FileMapping:
         """Atomically replace the ``.dat`` with ``source`` in C order; return its ``r+`` mapping."""
         directory, name = self._write_location(create=True)
-        budget = max(1, chunk_budget_bytes())
-        durable = not self._purge_disk_on_gc
-        if source.flags.c_contiguous:
-            return directory.write_file(
-                name, byte_view(source), nbytes=source.nbytes, chunk_bytes=budget, durable=durable
-            )
-        blocks = c_order_blocks(source, min(budget, MAX_BOUNCE_BYTES))
-        return directory.write_file(name, blocks, nbytes=source.nbytes, chunk_bytes=budget, durable=durable)
+        return directory.write_file(
+            name, byte_view(source), chunk_bytes=chunk_budget_bytes(), durable=not self._purge_disk_on_gc
+        )
 
     def _map_backing(self, mode: LoadMode) -> np.memmap[Any, np.dtype[Any]]:
         """Map the file that currently holds the data in ``mode`` (``w+``: zero-filled first).

@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from types import MappingProxyType
 from typing import TypeAlias
 
+from lazy_disk_cache._rust import LEGACY_PICKLE_SUFFIX, MEMMAP_SUFFIX, META_SUFFIX, NPY_SUFFIX, TMP_SUFFIX
 from lazy_disk_cache.errors import StoreContainmentError, StoreKeyError, non_str_key_error
 
 __all__ = [
@@ -58,11 +59,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-NPY_SUFFIX = ".npy"
-META_SUFFIX = ".meta.json"
-LEGACY_PICKLE_SUFFIX = ".pkl"
-MEMMAP_SUFFIX = ".dat"
-TMP_SUFFIX = ".tmp"
 
 CLAUSE_RESERVED = "is empty or a reserved path name"
 CLAUSE_CONTROL = "contains a control character"

@@ -56,7 +56,7 @@ def mismatched_keys(directory: Path, keys: int) -> list[str]:
         name = f"k{index}.npy"
         header = cache.read_header(name)
         values = np.empty(VALUES_PER_KEY, dtype=np.int64)
-        cache.read_into(name, header.data_offset, values.data)
+        cache.read_into(name, header.data_offset, values.data, chunk_bytes=CHUNK_BYTES)
         if header.shape != (VALUES_PER_KEY,) or not np.array_equal(values, values_of(index)):
             wrong.append(name)
     return wrong

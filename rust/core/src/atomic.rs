@@ -11,7 +11,7 @@
 //! is fsynced, [`PendingFile::close_synced`] turns it into a [`ClosedTemp`]: only its name,
 //! no descriptor, protected from the sweep by the directory's shared [`WriterLock`] instead of
 //! its own lock. Only a successful fsync makes one, so a temp whose fsync failed can never be
-//! renamed. [`CommitGroup`] renames several closed temps in order and fsyncs the directory
+//! renamed. [`RenameGroup`] renames several closed temps in order and fsyncs the directory
 //! once.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -21,15 +21,12 @@ use std::sync::Arc;
 use rustix::fs::OFlags;
 use rustix::io::Errno;
 
-use crate::copy::{self, Between, ChunkBudget, RangeEnd};
-use crate::dir::{CacheDir, WriterLock, validate_name};
-use crate::error::{Error, Op, Result, add, to_u64};
+use crate::copy::{self, Between, ChunkBudget};
+use crate::dir::{CacheDir, WriterLock};
+use crate::error::{Error, Op, Result};
 use crate::fs::FileKind;
-use crate::mapping::{Mapping, MappingMode};
+use crate::names::{temp_name, validate_name};
 use crate::reserve;
-
-/// Suffix of every temp file.
-pub const TEMP_SUFFIX: &str = ".tmp";
 
 /// Mode of a temp while it may not be made wider yet.
 const PRIVATE_MODE: u32 = 0o600;
@@ -164,6 +161,14 @@ impl PendingFile {
         )
     }
 
+    /// Writes all of a small `data` (a header, a sidecar) at `offset` in one piece.
+    ///
+    /// # Errors
+    /// As [`copy::write_all_at`].
+    pub fn write_all_at(&self, data: &[u8], offset: u64) -> Result<()> {
+        copy::write_all_at(self.dir.fs(), self.fd(), &self.temp_path(), data, offset)
+    }
+
     /// `fsync` of the temp. A failure poisons the temp: it is then never fsynced again and
     /// never renamed.
     ///
@@ -291,12 +296,12 @@ impl Drop for ClosedTemp {
 
 /// Several closed temps renamed in order, then one directory fsync.
 #[derive(Debug)]
-pub struct CommitGroup {
+pub struct RenameGroup {
     dir: CacheDir,
     files: Vec<ClosedTemp>,
 }
 
-impl CommitGroup {
+impl RenameGroup {
     /// An empty group in `dir`.
     pub fn new(dir: &CacheDir) -> Self {
         Self {
@@ -339,173 +344,6 @@ impl CommitGroup {
     }
 }
 
-/// Streams a known number of bytes into a [`PendingFile`] starting at `base`.
-#[derive(Debug)]
-pub struct StreamWriter {
-    file: PendingFile,
-    base: u64,
-    expected: u64,
-    written: u64,
-    budget: ChunkBudget,
-}
-
-impl StreamWriter {
-    /// A writer of `expected` payload bytes at `base` in `file`.
-    pub fn new(file: PendingFile, base: u64, expected: u64, budget: ChunkBudget) -> Self {
-        Self {
-            file,
-            base,
-            expected,
-            written: 0,
-            budget,
-        }
-    }
-
-    /// The temp being written.
-    pub fn file(&self) -> &PendingFile {
-        &self.file
-    }
-
-    /// Payload bytes written so far.
-    pub fn written(&self) -> u64 {
-        self.written
-    }
-
-    fn overflow(&self, extra: u64) -> Error {
-        Error::SizeMismatch {
-            path: self.file.path(),
-            expected: self.expected,
-            actual: self.written.saturating_add(extra),
-        }
-    }
-
-    /// Appends `block` to the payload.
-    ///
-    /// # Errors
-    /// [`Error::SizeMismatch`] if the payload would exceed the expected size; as
-    /// [`copy::write_chunked`] otherwise.
-    pub fn write_block(&mut self, block: &[u8], between: Between<'_>) -> Result<()> {
-        let len = to_u64(block.len());
-        let end = add(self.written, len)?;
-        if end > self.expected {
-            return Err(self.overflow(len));
-        }
-        let at = add(self.base, self.written)?;
-        self.file.write_at(block, at, self.budget, between)?;
-        self.written = end;
-        Ok(())
-    }
-
-    /// Fills the rest of the payload from `src_name` (in the same directory) at `src_offset`.
-    ///
-    /// # Errors
-    /// [`Error::InvalidName`]; [`Error::Io`] with [`Op::Open`] or [`Op::Stat`] for the source;
-    /// [`Error::SizeMismatch`] if the source is too short; as [`copy::copy_range`] otherwise.
-    pub fn copy_from(&mut self, src_name: &str, src_offset: u64, between: Between<'_>) -> Result<()> {
-        let dir = self.file.dir().clone();
-        let src = dir.open_read(src_name)?;
-        let src_path = dir.path_of(src_name);
-        let remaining = self.expected - self.written;
-        let needed = add(src_offset, remaining)?;
-        let actual = dir.file_len(src.as_fd(), src_name)?;
-        if actual < needed {
-            return Err(Error::SizeMismatch {
-                path: src_path,
-                expected: needed,
-                actual,
-            });
-        }
-        let temp_path = self.file.temp_path();
-        let from = RangeEnd {
-            fd: src.as_fd(),
-            path: &src_path,
-            offset: src_offset,
-        };
-        let to = RangeEnd {
-            fd: self.file.fd(),
-            path: &temp_path,
-            offset: add(self.base, self.written)?,
-        };
-        copy::copy_range(dir.fs(), from, to, remaining, self.budget, between)?;
-        self.written = self.expected;
-        Ok(())
-    }
-
-    /// The finished temp, after checking that the whole payload arrived.
-    ///
-    /// # Errors
-    /// [`Error::SizeMismatch`] when fewer bytes were written than expected.
-    pub fn finish(self) -> Result<PendingFile> {
-        if self.written != self.expected {
-            return Err(Error::SizeMismatch {
-                path: self.file.path(),
-                expected: self.expected,
-                actual: self.written,
-            });
-        }
-        Ok(self.file)
-    }
-}
-
-impl CacheDir {
-    /// Starts an atomic replacement of `name` with `nbytes` bytes: creates and reserves the temp.
-    ///
-    /// # Errors
-    /// As [`PendingFile::create`] and [`PendingFile::reserve`].
-    pub fn begin_write(&self, name: &str, nbytes: u64, budget: ChunkBudget) -> Result<StreamWriter> {
-        let file = PendingFile::create(self, name)?;
-        file.reserve(nbytes)?;
-        Ok(StreamWriter::new(file, 0, nbytes, budget))
-    }
-
-    /// Commits a finished [`StreamWriter`] and maps the new file `r+`.
-    ///
-    /// # Errors
-    /// As [`StreamWriter::finish`], [`PendingFile::commit`] and [`Mapping::from_fd`].
-    pub fn finish_write(&self, writer: StreamWriter, durable: bool) -> Result<Mapping> {
-        let len = writer.expected;
-        let mut file = writer.finish()?;
-        file.commit(durable)?;
-        Mapping::from_fd(self.fs(), file.fd(), &file.path(), MappingMode::ReadWrite, 0, Some(len))
-    }
-
-    /// Atomically replaces `name` with `nbytes` reserved zero bytes and maps it `r+`.
-    ///
-    /// # Errors
-    /// As [`CacheDir::begin_write`] and [`CacheDir::finish_write`].
-    pub fn write_zeroed(&self, name: &str, nbytes: u64, durable: bool) -> Result<Mapping> {
-        let mut writer = self.begin_write(name, nbytes, ChunkBudget::new(nbytes))?;
-        writer.written = nbytes;
-        self.finish_write(writer, durable)
-    }
-
-    /// Atomically replaces `dst` with `length` bytes of `src` from `src_offset` and maps it `r+`.
-    ///
-    /// # Errors
-    /// As [`CacheDir::begin_write`], [`StreamWriter::copy_from`] and [`CacheDir::finish_write`].
-    /// On any error the temp is removed and `dst` is unchanged, unless the rename happened
-    /// (a failing directory fsync or mapping leaves the new content in place).
-    pub fn copy_range(
-        &self,
-        src: &str,
-        src_offset: u64,
-        dst: &str,
-        length: u64,
-        durable: bool,
-        between: Between<'_>,
-    ) -> Result<Mapping> {
-        validate_name(src)?;
-        let mut writer = self.begin_write(dst, length, ChunkBudget::new(copy::DEFAULT_CHUNK_BYTES))?;
-        writer.copy_from(src, src_offset, between)?;
-        self.finish_write(writer, durable)
-    }
-}
-
-/// The temp name of `name`.
-pub fn temp_name(name: &str) -> String {
-    format!("{name}{TEMP_SUFFIX}")
-}
-
 #[cfg(test)]
 // Tests state their expectations with unwrap/expect/panic; the workspace denies them elsewhere.
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -533,13 +371,6 @@ mod tests {
 
     fn no_pause() -> impl FnMut() -> Result<()> {
         || Ok(())
-    }
-
-    #[test]
-    fn temp_name_appends_the_temp_suffix() {
-        assert_eq!(temp_name("k.npy"), "k.npy.tmp");
-        assert_eq!(temp_name("k.meta.json"), "k.meta.json.tmp");
-        assert_eq!(temp_name("θ"), format!("θ{TEMP_SUFFIX}"));
     }
 
     #[test]
@@ -787,62 +618,16 @@ mod tests {
     }
 
     #[test]
-    fn empty_commit_group_makes_no_call() {
+    fn empty_rename_group_makes_no_call() {
         let (tmp, _) = real_dir();
         let recording = Arc::new(RecordingFs::new());
         let dir = open_dir(tmp.path(), recording.clone());
         recording.clear();
-        let group = CommitGroup::new(&dir);
+        let group = RenameGroup::new(&dir);
         assert!(group.is_empty());
 
         group.commit().unwrap();
 
         assert!(recording.calls().is_empty(), "{:?}", recording.calls());
-    }
-
-    #[test]
-    fn stream_writer_refuses_more_than_the_expected_payload() {
-        let (tmp, dir) = real_dir();
-        let mut writer = dir.begin_write("k.dat", 4, ChunkBudget::new(16)).unwrap();
-        writer.write_block(b"ab", &mut no_pause()).unwrap();
-
-        let err = writer.write_block(b"cde", &mut no_pause()).unwrap_err();
-
-        assert!(
-            matches!(
-                err,
-                Error::SizeMismatch {
-                    expected: 4,
-                    actual: 5,
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        assert_eq!(writer.written(), 2);
-        assert_eq!(fs::read(tmp.path().join("k.dat.tmp")).unwrap(), b"ab\0\0");
-    }
-
-    #[test]
-    fn stream_writer_refuses_to_finish_short() {
-        let (tmp, dir) = real_dir();
-        let mut writer = dir.begin_write("k.dat", 4, ChunkBudget::new(16)).unwrap();
-        writer.write_block(b"abc", &mut no_pause()).unwrap();
-
-        let err = writer.finish().unwrap_err();
-
-        assert!(
-            matches!(
-                err,
-                Error::SizeMismatch {
-                    expected: 4,
-                    actual: 3,
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        assert!(!tmp.path().join("k.dat.tmp").exists());
-        assert!(!tmp.path().join("k.dat").exists());
     }
 }

@@ -13,16 +13,14 @@
 
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-use crate::atomic::{ClosedTemp, CommitGroup, PendingFile, StreamWriter, temp_name};
-use crate::copy::{Between, ChunkBudget};
-use crate::dir::{CacheDir, WriterLock, validate_name};
-use crate::error::{Error, Result, add, to_u64};
+use crate::atomic::{ClosedTemp, PendingFile, RenameGroup};
+use crate::checked::{add, to_u64};
+use crate::copy::ChunkBudget;
+use crate::dir::{CacheDir, WriterLock};
+use crate::error::{Error, Result};
+use crate::names::PairNames;
 use crate::npy;
-
-/// Suffix of a stored payload.
-pub const NPY_SUFFIX: &str = ".npy";
-/// Suffix of a stored sidecar.
-pub const META_SUFFIX: &str = ".meta.json";
+use crate::write::PayloadWriter;
 
 /// What the header of a staged `.npy` says.
 #[derive(Debug, Clone, Copy)]
@@ -35,11 +33,13 @@ pub struct ArraySpec<'a> {
     pub shape: &'a [u64],
 }
 
-/// A key whose `.npy` temp is being written (open, with its own lock).
+/// A key whose `.npy` temp is being written (open, with its own lock): its header is in
+/// place, the payload goes through [`KeyWriter::payload`].
 #[derive(Debug)]
-pub struct NpyWriter {
+pub struct KeyWriter {
     key: String,
-    payload: StreamWriter,
+    names: PairNames,
+    payload: PayloadWriter,
     guard: Arc<WriterLock>,
 }
 
@@ -59,15 +59,7 @@ impl StagedKey {
     }
 }
 
-fn checked_names(key: &str) -> Result<(String, String)> {
-    let npy = format!("{key}{NPY_SUFFIX}");
-    let meta = format!("{key}{META_SUFFIX}");
-    validate_name(key)?;
-    validate_name(&temp_name(&meta))?;
-    Ok((npy, meta))
-}
-
-impl NpyWriter {
+impl KeyWriter {
     /// Creates `<key>.npy.tmp`, reserves header + `nbytes` and writes the header. `guard` is
     /// the directory's writer lock, which will protect the temps once they are closed.
     fn create(
@@ -78,20 +70,21 @@ impl NpyWriter {
         budget: ChunkBudget,
         guard: Arc<WriterLock>,
     ) -> Result<Self> {
-        let (npy_name, _) = checked_names(key)?;
+        let names = PairNames::of(key)?;
         let header = npy::encode_header(spec.descr, spec.fortran_order, spec.shape, nbytes).map_err(|reason| {
             Error::InvalidHeader {
-                path: dir.path_of(&npy_name),
+                path: dir.path_of(&names.npy),
                 reason,
             }
         })?;
         let header_len = to_u64(header.len());
-        let file = PendingFile::create(dir, &npy_name)?;
+        let file = PendingFile::create(dir, &names.npy)?;
         file.reserve(add(header_len, nbytes)?)?;
-        file.write_at(&header, 0, ChunkBudget::new(header_len), &mut || Ok(()))?;
+        file.write_all_at(&header, 0)?;
         Ok(Self {
             key: key.to_owned(),
-            payload: StreamWriter::new(file, header_len, nbytes, budget),
+            names,
+            payload: PayloadWriter::new(file, header_len, nbytes, budget),
             guard,
         })
     }
@@ -101,22 +94,9 @@ impl NpyWriter {
         &self.key
     }
 
-    /// Appends a payload block.
-    ///
-    /// # Errors
-    /// As [`StreamWriter::write_block`].
-    pub fn write_block(&mut self, block: &[u8], between: Between<'_>) -> Result<()> {
-        self.payload.write_block(block, between)
-    }
-
-    /// Fills the payload from `src_name` at `src_offset`: reflink where the filesystem can,
-    /// else `copy_file_range`, else a bounded bounce buffer.
-    ///
-    /// # Errors
-    /// [`Error::InvalidName`]; as [`StreamWriter::copy_from`].
-    pub fn copy_from(&mut self, src_name: &str, src_offset: u64, between: Between<'_>) -> Result<()> {
-        validate_name(src_name)?;
-        self.payload.copy_from(src_name, src_offset, between)
+    /// The writer of the payload, which starts right after the header.
+    pub fn payload(&mut self) -> &mut PayloadWriter {
+        &mut self.payload
     }
 
     /// Checks the payload size, fsyncs and closes the `.npy` temp, then writes, fsyncs and
@@ -128,12 +108,10 @@ impl NpyWriter {
     fn finish(self, meta: &[u8]) -> Result<StagedKey> {
         let dir = self.payload.file().dir().clone();
         let npy = self.payload.finish()?.close_synced(Arc::clone(&self.guard))?;
-        let (_, meta_name) = checked_names(&self.key)?;
-        let meta_file = PendingFile::create(&dir, &meta_name)?;
+        let meta_file = PendingFile::create(&dir, &self.names.meta)?;
         // No reservation for the sidecar: it is a few hundred bytes written with pwrite, which
         // reports ENOSPC itself, and it is never mapped, so there is no SIGBUS to prevent.
-        let meta_len = to_u64(meta.len());
-        meta_file.write_at(meta, 0, ChunkBudget::new(meta_len), &mut || Ok(()))?;
+        meta_file.write_all_at(meta, 0)?;
         let meta = meta_file.close_synced(self.guard)?;
         Ok(StagedKey {
             key: self.key,
@@ -186,22 +164,17 @@ impl CommitBatch {
     /// payload to the returned writer, then hand it to [`CommitBatch::stage`].
     ///
     /// # Errors
-    /// [`Error::InvalidName`] for an illegal key or one already staged in this batch,
-    /// [`Error::InvalidHeader`] for a descr we cannot encode, [`Error::Io`] with [`Op::Open`]
+    /// [`Error::InvalidName`] for an illegal key, [`Error::AlreadyStaged`] for one already
+    /// staged in this batch, [`Error::InvalidHeader`] for a descr we cannot encode, [`Error::Io`] with [`Op::Open`]
     /// or [`Op::Lock`] for the directory lock, and the errors of [`PendingFile::create`] /
     /// [`PendingFile::reserve`] / writing. Nothing is left behind on error.
     ///
     /// [`Op::Open`]: crate::Op::Open
     /// [`Op::Lock`]: crate::Op::Lock
-    pub fn begin_key(&self, key: &str, spec: ArraySpec<'_>, nbytes: u64) -> Result<NpyWriter> {
-        if self.contains(key) {
-            return Err(Error::InvalidName {
-                name: key.to_owned(),
-                reason: "is already staged in this batch",
-            });
-        }
+    pub fn begin_key(&self, key: &str, spec: ArraySpec<'_>, nbytes: u64) -> Result<KeyWriter> {
+        self.refuse_staged(key)?;
         let guard = self.writer_lock()?;
-        NpyWriter::create(&self.dir, key, spec, nbytes, self.budget, guard)
+        KeyWriter::create(&self.dir, key, spec, nbytes, self.budget, guard)
     }
 
     /// Finishes `writer` (payload size check, fsync and close of the `.npy` temp, sidecar temp
@@ -210,9 +183,20 @@ impl CommitBatch {
     /// # Errors
     /// [`Error::SizeMismatch`] for a short payload; I/O errors of either temp. On error both
     /// temps of this key are removed; keys staged earlier stay staged.
-    pub fn stage(&self, writer: NpyWriter, meta: &[u8]) -> Result<()> {
+    pub fn stage(&self, writer: KeyWriter, meta: &[u8]) -> Result<()> {
         let staged = writer.finish(meta)?;
         self.staged.lock().unwrap_or_else(PoisonError::into_inner).push(staged);
+        Ok(())
+    }
+
+    /// The one check that a key is not staged twice in a batch.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyStaged`].
+    pub fn refuse_staged(&self, key: &str) -> Result<()> {
+        if self.contains(key) {
+            return Err(Error::AlreadyStaged { key: key.to_owned() });
+        }
         Ok(())
     }
 
@@ -244,10 +228,10 @@ impl CommitBatch {
     /// may stage again.
     ///
     /// # Errors
-    /// As [`CommitGroup::commit`]: keys renamed before a failure stay committed, the remaining
+    /// As [`RenameGroup::commit`]: keys renamed before a failure stay committed, the remaining
     /// temps are removed.
     pub fn commit(&self) -> Result<()> {
-        let mut group = CommitGroup::new(&self.dir);
+        let mut group = RenameGroup::new(&self.dir);
         for key in self.take_staged() {
             group.push(key.npy);
             group.push(key.meta);

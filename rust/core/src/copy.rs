@@ -1,10 +1,12 @@
-//! Moving bytes into a temp file: chunked `pwrite` of a contiguous source, chunked `pread`
-//! into a destination buffer, and file-to-file range copies.
+//! Moving bytes: the chunk budget, chunked `pwrite` of a contiguous source, chunked `pread`
+//! into a destination buffer, and copies between two open files.
 //!
-//! A range copy reflinks (`FICLONERANGE`) the block-aligned part when both offsets are
-//! block-aligned, then uses `copy_file_range`, then a bounded bounce buffer (at most the chunk
-//! budget and at most [`MAX_BOUNCE_BYTES`]). Nothing here ever holds a full extra copy of the
-//! data. Between chunks a caller-supplied callback runs; it may stop the copy.
+//! [`ChunkBudget`] turns the one number the caller decides (the byte budget of an operation)
+//! into every size derived from it: the piece moved per system call and the size of any bounce
+//! buffer. A copy between files reflinks (`FICLONERANGE`) the block-aligned part when both
+//! offsets are block-aligned, then uses `copy_file_range`, then a bounce buffer. Nothing here
+//! ever holds a full extra copy of the data. Between pieces a caller-supplied callback runs; it
+//! may stop the copy.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -12,26 +14,27 @@ use std::path::Path;
 
 use rustix::io::Errno;
 
-use crate::error::{Error, Op, Result, to_u64, to_usize};
+use crate::checked::{add, to_u64, to_usize};
+use crate::error::{Error, Op, Result};
 use crate::fs::Fs;
 
-/// Upper bound of a bounce buffer: bandwidth saturates at a few MiB per call, so a larger
-/// buffer would only cost RAM.
-pub const MAX_BOUNCE_BYTES: usize = 64 << 20;
-
-/// Piece size for copies whose caller gives no budget: large enough to saturate the disk,
-/// small enough that the between-chunks callback (Ctrl-C) runs promptly.
-pub const DEFAULT_CHUNK_BYTES: u64 = 64 << 20;
+/// Upper bound of a bounce buffer, whatever the budget: `pwrite` bandwidth saturates at a few
+/// MiB per call, and a buffer that is still in the CPU cache when the kernel copies it out
+/// writes faster than a larger one, so more would only cost RAM.
+pub const BOUNCE_BUFFER_CAP: usize = 4 << 20;
 
 /// Fallback block size when `st_blksize` is not reported.
 const DEFAULT_BLOCK: u64 = 4096;
 
-/// The per-call byte budget: the largest piece moved between two callback invocations.
+/// The chunk budget of one operation: the most bytes moved by one system call between two
+/// callback invocations, and the bound of any transient buffer. The caller decides the number
+/// (Python: 10 % of available memory); every size derived from it is derived here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkBudget(usize);
 
 impl ChunkBudget {
-    /// A budget of `bytes` (at least one byte; clamped to the address space).
+    /// A budget of `bytes`, clamped to the address space. The only zero-guard: a budget of
+    /// zero bytes is one byte, so every piece makes progress.
     pub fn new(bytes: u64) -> Self {
         Self(usize::try_from(bytes).unwrap_or(usize::MAX).max(1))
     }
@@ -41,9 +44,17 @@ impl ChunkBudget {
         self.0
     }
 
-    /// The bounce-buffer size for copying `len` bytes: at most the budget, 64 MiB and `len`.
+    /// The piece one `pwrite`, `pread` or `copy_file_range` moves from a source already in
+    /// memory or in a file: the whole budget.
+    pub fn piece_len(self) -> usize {
+        self.0
+    }
+
+    /// The size of a bounce buffer for moving `len` bytes through user space (a gathered
+    /// strided source, or a file copy the kernel cannot do): at most the budget,
+    /// [`BOUNCE_BUFFER_CAP`] and `len`.
     pub fn bounce_len(self, len: u64) -> usize {
-        let cap = self.0.min(MAX_BOUNCE_BYTES);
+        let cap = self.0.min(BOUNCE_BUFFER_CAP);
         usize::try_from(len).map_or(cap, |len| cap.min(len))
     }
 
@@ -57,7 +68,7 @@ impl ChunkBudget {
 pub type Between<'a> = &'a mut dyn FnMut() -> Result<()>;
 
 /// Runs between chunks but never before the first one.
-fn between_chunks(first: &mut bool, between: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+pub(crate) fn between_chunks(first: &mut bool, between: &mut dyn FnMut() -> Result<()>) -> Result<()> {
     if *first {
         *first = false;
         Ok(())
@@ -76,7 +87,7 @@ pub fn write_all_at(fs: &dyn Fs, fd: BorrowedFd<'_>, path: &Path, mut data: &[u8
             Ok(0) => return Err(Error::io(Op::Write, path, io::Error::from(Errno::NOSPC))),
             Ok(n) => {
                 data = data.get(n..).unwrap_or_default();
-                offset = crate::error::add(offset, to_u64(n))?;
+                offset = add(offset, to_u64(n))?;
             }
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
             Err(err) => return Err(Error::io(Op::Write, path, err)),
@@ -101,10 +112,10 @@ pub fn write_chunked(
 ) -> Result<()> {
     let mut first = true;
     let mut at = offset;
-    for piece in data.chunks(budget.bytes()) {
+    for piece in data.chunks(budget.piece_len()) {
         between_chunks(&mut first, between)?;
         write_all_at(fs, fd, path, piece, at)?;
-        at = crate::error::add(at, to_u64(piece.len()))?;
+        at = add(at, to_u64(piece.len()))?;
     }
     Ok(())
 }
@@ -114,10 +125,10 @@ pub fn write_chunked(
 /// # Errors
 /// [`Error::Io`] with [`Op::Read`], [`Error::SizeMismatch`] if the file ends early.
 pub fn read_exact_at(fs: &dyn Fs, fd: BorrowedFd<'_>, path: &Path, dest: &mut [u8], offset: u64) -> Result<()> {
-    let wanted = crate::error::add(offset, to_u64(dest.len()))?;
+    let wanted = add(offset, to_u64(dest.len()))?;
     let mut done = 0usize;
     while done < dest.len() {
-        let at = crate::error::add(offset, to_u64(done))?;
+        let at = add(offset, to_u64(done))?;
         let rest = dest.get_mut(done..).unwrap_or_default();
         match fs.pread(fd, rest, at) {
             Ok(0) => {
@@ -151,10 +162,10 @@ pub fn read_chunked(
 ) -> Result<()> {
     let mut first = true;
     let mut at = offset;
-    for piece in dest.chunks_mut(budget.bytes()) {
+    for piece in dest.chunks_mut(budget.piece_len()) {
         between_chunks(&mut first, between)?;
         read_exact_at(fs, fd, path, piece, at)?;
-        at = crate::error::add(at, to_u64(piece.len()))?;
+        at = add(at, to_u64(piece.len()))?;
     }
     Ok(())
 }
@@ -176,14 +187,15 @@ fn is_unsupported(err: &io::Error) -> bool {
         .any(|errno| err.raw_os_error() == Some(errno.raw_os_error()))
 }
 
-/// Copies `len` bytes from `src` to `dst`: reflink, then `copy_file_range`, then bounce buffer.
+/// Copies `len` bytes between two open files, `src` to `dst`: reflink, then
+/// `copy_file_range`, then a bounce buffer of [`ChunkBudget::bounce_len`] bytes.
 ///
 /// # Errors
 /// [`Error::Io`] with [`Op::Stat`] (the source's block size), [`Op::Copy`] (or [`Op::Read`] /
 /// [`Op::Write`] on the bounce path), [`Error::SizeMismatch`] if the source ends early, or
 /// whatever `between` returns. EOPNOTSUPP, EXDEV, EINVAL, ENOTTY and ENOSYS from a reflink or
 /// `copy_file_range` are not errors: the next mechanism takes over.
-pub fn copy_range(
+pub fn copy_between(
     fs: &dyn Fs,
     src: RangeEnd<'_>,
     dst: RangeEnd<'_>,
@@ -197,20 +209,20 @@ pub fn copy_range(
     let mut bounce: Vec<u8> = Vec::new();
     while done < len {
         between_chunks(&mut first, between)?;
-        let src_at = crate::error::add(src.offset, done)?;
-        let dst_at = crate::error::add(dst.offset, done)?;
-        let want = budget.bytes().min(to_usize(len - done).unwrap_or(usize::MAX));
+        let src_at = add(src.offset, done)?;
+        let dst_at = add(dst.offset, done)?;
+        let want = budget.piece_len().min(to_usize(len - done).unwrap_or(usize::MAX));
         if kernel_copy {
             match fs.copy_file_range(src.fd, src_at, dst.fd, dst_at, want) {
                 Ok(0) => {
-                    let end = crate::error::add(src.offset, len)?;
+                    let end = add(src.offset, len)?;
                     return Err(Error::SizeMismatch {
                         path: src.path.into(),
                         expected: end,
                         actual: src_at,
                     });
                 }
-                Ok(n) => done = crate::error::add(done, to_u64(n))?,
+                Ok(n) => done = add(done, to_u64(n))?,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) if is_unsupported(&err) => kernel_copy = false,
                 Err(err) => return Err(Error::io(Op::Copy, dst.path, err)),
@@ -223,7 +235,7 @@ pub fn copy_range(
             let piece = bounce.get_mut(..take).unwrap_or_default();
             read_exact_at(fs, src.fd, src.path, piece, src_at)?;
             write_all_at(fs, dst.fd, dst.path, piece, dst_at)?;
-            done = crate::error::add(done, to_u64(piece.len()))?;
+            done = add(done, to_u64(piece.len()))?;
         }
     }
     Ok(())
@@ -348,17 +360,17 @@ mod tests {
     }
 
     #[test]
-    fn bounce_len_is_capped_by_the_budget_the_length_and_max_bounce_bytes() {
-        let max = to_u64(MAX_BOUNCE_BYTES);
+    fn bounce_len_is_capped_by_the_budget_the_length_and_the_bounce_cap() {
+        let max = to_u64(BOUNCE_BUFFER_CAP);
         let cases = [
             (4096, 100, 100),
             (4096, 4096, 4096),
             (4096, 1 << 30, 4096),
             (u64::MAX, 10, 10),
-            (u64::MAX, u64::MAX, MAX_BOUNCE_BYTES),
-            (max + 1, max + 1, MAX_BOUNCE_BYTES),
-            (max, 1 << 40, MAX_BOUNCE_BYTES),
-            (max - 1, 1 << 40, MAX_BOUNCE_BYTES - 1),
+            (u64::MAX, u64::MAX, BOUNCE_BUFFER_CAP),
+            (max + 1, max + 1, BOUNCE_BUFFER_CAP),
+            (max, 1 << 40, BOUNCE_BUFFER_CAP),
+            (max - 1, 1 << 40, BOUNCE_BUFFER_CAP - 1),
             (1, 0, 0),
         ];
         for (budget, len, expected) in cases {
@@ -737,7 +749,7 @@ mod tests {
             path: &dst_path,
             offset: 0,
         };
-        copy_range(&fs, from, to, 20_000, ChunkBudget::new(4096), &mut || Ok(())).unwrap_err()
+        copy_between(&fs, from, to, 20_000, ChunkBudget::new(4096), &mut || Ok(())).unwrap_err()
     }
 
     #[test]

@@ -19,9 +19,11 @@ use std::sync::Arc;
 use rustix::fs::OFlags;
 use rustix::io::Errno;
 
-use crate::copy::{self, ChunkBudget};
-use crate::error::{Error, Op, Result, add, to_u64};
+use crate::checked::{add, to_u64};
+use crate::copy::{self, Between, ChunkBudget};
+use crate::error::{Error, Op, Result};
 use crate::fs::{Fs, RealFs};
+use crate::names::validate_name;
 
 /// Mode of directories we create (the umask applies).
 const DIR_MODE: u32 = 0o777;
@@ -45,28 +47,6 @@ struct Inner {
 #[derive(Debug)]
 pub struct WriterLock {
     _fd: OwnedFd,
-}
-
-/// Checks that `name` is one path segment: non-empty, no `/`, no NUL, not `.` or `..`.
-///
-/// # Errors
-/// [`Error::InvalidName`].
-pub fn validate_name(name: &str) -> Result<()> {
-    let reason = if name.is_empty() {
-        "empty name"
-    } else if name.contains('/') {
-        "contains '/'"
-    } else if name.contains('\0') {
-        "contains NUL"
-    } else if name == "." || name == ".." {
-        "is a relative directory reference"
-    } else {
-        return Ok(());
-    };
-    Err(Error::InvalidName {
-        name: name.to_owned(),
-        reason,
-    })
 }
 
 fn utf8<'a>(path: &'a Path, component: &'a std::ffi::OsStr) -> Result<&'a str> {
@@ -203,25 +183,49 @@ impl CacheDir {
             .map_err(|err| Error::io(Op::Stat, self.path_of(name), err))
     }
 
-    /// Fills `dest` from `name` at `offset` with `pread`, calling `between` between pieces.
+    /// Opens `name` for reading and checks that it holds `len` bytes from `offset`.
     ///
     /// # Errors
-    /// [`Error::SizeMismatch`] when the file is shorter than `offset + dest.len()`,
-    /// [`Error::Io`] for failed calls, or whatever `between` returns.
-    pub fn read_into(&self, name: &str, offset: u64, dest: &mut [u8], between: copy::Between<'_>) -> Result<()> {
+    /// As [`CacheDir::open_read`] and [`CacheDir::file_len`]; [`Error::SizeMismatch`] when the
+    /// file is shorter than `offset + len`.
+    pub fn open_holding(&self, name: &str, offset: u64, len: u64) -> Result<OwnedFd> {
         let fd = self.open_read(name)?;
-        let path = self.path_of(name);
-        let needed = add(offset, to_u64(dest.len()))?;
+        let needed = add(offset, len)?;
         let actual = self.file_len(fd.as_fd(), name)?;
         if actual < needed {
             return Err(Error::SizeMismatch {
-                path,
+                path: self.path_of(name),
                 expected: needed,
                 actual,
             });
         }
-        let budget = ChunkBudget::new(copy::DEFAULT_CHUNK_BYTES);
-        copy::read_chunked(self.fs(), fd.as_fd(), &path, dest, offset, budget, between)
+        Ok(fd)
+    }
+
+    /// Fills `dest` from `name` at `offset` with `pread` in pieces of `budget`, calling
+    /// `between` between pieces.
+    ///
+    /// # Errors
+    /// [`Error::SizeMismatch`] when the file is shorter than `offset + dest.len()`,
+    /// [`Error::Io`] for failed calls, or whatever `between` returns.
+    pub fn read_into(
+        &self,
+        name: &str,
+        offset: u64,
+        dest: &mut [u8],
+        budget: ChunkBudget,
+        between: Between<'_>,
+    ) -> Result<()> {
+        let fd = self.open_holding(name, offset, to_u64(dest.len()))?;
+        copy::read_chunked(
+            self.fs(),
+            fd.as_fd(),
+            &self.path_of(name),
+            dest,
+            offset,
+            budget,
+            between,
+        )
     }
 
     /// Unlinks each name (never following a symlink); a missing name is not an error.
@@ -313,61 +317,6 @@ mod tests {
 
     use super::*;
     use crate::fs::{Call, FaultyFs, RecordingFs};
-
-    fn reason_of(name: &str) -> Option<&'static str> {
-        match validate_name(name) {
-            Ok(()) => None,
-            Err(Error::InvalidName { name: reported, reason }) => {
-                assert_eq!(reported, name);
-                Some(reason)
-            }
-            Err(other) => panic!("{name:?}: expected InvalidName, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn validate_name_refuses_anything_but_one_path_segment() {
-        let cases = [
-            ("", "empty name"),
-            (".", "is a relative directory reference"),
-            ("..", "is a relative directory reference"),
-            ("/", "contains '/'"),
-            ("/abs", "contains '/'"),
-            ("a/b", "contains '/'"),
-            ("trailing/", "contains '/'"),
-            ("../up", "contains '/'"),
-            ("\0", "contains NUL"),
-            ("a\0b", "contains NUL"),
-            ("k.npy\0", "contains NUL"),
-        ];
-        for (name, reason) in cases {
-            assert_eq!(reason_of(name), Some(reason), "{name:?}");
-        }
-    }
-
-    #[test]
-    fn validate_name_accepts_legal_segments_of_any_script_and_length() {
-        let long = "k".repeat(255);
-        let longer = "é".repeat(300);
-        let legal = [
-            "k.npy",
-            "...",
-            ".hidden",
-            "..a",
-            "a..",
-            " ",
-            "key with spaces.meta.json",
-            "θ-ключ-鍵-🔑.npy",
-            "back\\slash",
-            "new\nline",
-            &long,
-            // Length is the filesystem's business (ENAMETOOLONG), not a name rule.
-            &longer,
-        ];
-        for name in legal {
-            assert_eq!(reason_of(name), None, "{name:?}");
-        }
-    }
 
     fn recorded(calls: &[Call]) -> Vec<(Op, String)> {
         calls.iter().map(|call| (call.op, call.name.clone())).collect()
@@ -626,7 +575,9 @@ mod tests {
         let dir = CacheDir::open(tmp.path(), false).unwrap();
         let mut dest = [0u8; 4];
 
-        let err = dir.read_into("k.dat", 8, &mut dest, &mut || Ok(())).unwrap_err();
+        let err = dir
+            .read_into("k.dat", 8, &mut dest, ChunkBudget::new(4), &mut || Ok(()))
+            .unwrap_err();
 
         match err {
             Error::SizeMismatch { path, expected, actual } => {
@@ -636,7 +587,8 @@ mod tests {
             other => panic!("expected SizeMismatch, got {other:?}"),
         }
         assert_eq!(dest, [0; 4]);
-        dir.read_into("k.dat", 6, &mut dest, &mut || Ok(())).unwrap();
+        dir.read_into("k.dat", 6, &mut dest, ChunkBudget::new(4), &mut || Ok(()))
+            .unwrap();
         assert_eq!(&dest, b"6789");
     }
 }

@@ -6,6 +6,10 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
+use rustix::io::Errno;
+
+use crate::npy::HeaderError;
+
 /// The filesystem step that failed (also the name the fault seam counts calls under).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
@@ -130,7 +134,13 @@ pub enum Error {
     InvalidName { name: String, reason: &'static str },
     /// A `.npy` header that cannot be decoded (or encoded).
     #[error("{}: invalid .npy header: {reason}", path.display())]
-    InvalidHeader { path: PathBuf, reason: String },
+    InvalidHeader { path: PathBuf, reason: HeaderError },
+    /// A strided source whose shape, strides and memory do not describe an array.
+    #[error("invalid array layout: {reason}")]
+    InvalidLayout { reason: &'static str },
+    /// A key staged twice in one group commit.
+    #[error("key {key:?} is already staged in this batch")]
+    AlreadyStaged { key: String },
     /// A file or a source whose size is not what the operation needs.
     #[error("{}: expected {expected} bytes, found {actual}", path.display())]
     SizeMismatch { path: PathBuf, expected: u64, actual: u64 },
@@ -159,25 +169,18 @@ impl Error {
             _ => None,
         }
     }
+
+    /// Whether the OS refused the call for lack of permission or because the file system is
+    /// read-only (EPERM, EACCES, EROFS): what a reader of a directory it may not write sees.
+    pub fn is_permission_refusal(&self) -> bool {
+        [Errno::PERM, Errno::ACCESS, Errno::ROFS]
+            .iter()
+            .any(|errno| self.raw_os_error() == Some(errno.raw_os_error()))
+    }
 }
 
 /// Shorthand for core results.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// `a + b` or [`Error::SizeOverflow`].
-pub(crate) fn add(a: u64, b: u64) -> Result<u64> {
-    a.checked_add(b).ok_or(Error::SizeOverflow)
-}
-
-/// `n` as `usize` or [`Error::SizeOverflow`].
-pub(crate) fn to_usize(n: u64) -> Result<usize> {
-    usize::try_from(n).map_err(|_| Error::SizeOverflow)
-}
-
-/// `n` as `u64` (lossless on every supported target).
-pub(crate) fn to_u64(n: usize) -> u64 {
-    n as u64
-}
 
 #[cfg(test)]
 // Tests state their expectations with unwrap/expect/panic; the workspace denies them elsewhere.
@@ -270,7 +273,11 @@ mod tests {
             },
             Error::InvalidHeader {
                 path: PathBuf::from("/c/k.npy"),
-                reason: "bad magic".to_owned(),
+                reason: HeaderError::BadMagic,
+            },
+            Error::AlreadyStaged { key: "k".to_owned() },
+            Error::InvalidLayout {
+                reason: "an element lies outside the buffer",
             },
             Error::SizeMismatch {
                 path: PathBuf::from("/c/k.dat"),
@@ -304,15 +311,27 @@ mod tests {
     }
 
     #[test]
-    fn checked_add_overflows_into_size_overflow() {
-        assert_eq!(add(u64::MAX - 1, 1).unwrap(), u64::MAX);
-        assert!(matches!(add(u64::MAX, 1), Err(Error::SizeOverflow)));
+    fn permission_refusals_are_eperm_eacces_and_erofs_only() {
+        let refusal = |errno: Errno| Error::io(Op::Unlink, "/c/k.npy.tmp", io::Error::from(errno));
+        for errno in [Errno::PERM, Errno::ACCESS, Errno::ROFS] {
+            assert!(refusal(errno).is_permission_refusal(), "{errno:?}");
+        }
+        for errno in [Errno::IO, Errno::NOENT, Errno::BUSY, Errno::NOSPC] {
+            assert!(!refusal(errno).is_permission_refusal(), "{errno:?}");
+        }
+        assert!(!Error::SizeOverflow.is_permission_refusal());
     }
 
     #[test]
-    fn to_usize_round_trips_every_address_space_size() {
-        for n in [0, 1, 4096, usize::MAX] {
-            assert_eq!(to_usize(to_u64(n)).unwrap(), n);
-        }
+    fn invalid_header_display_names_the_path_and_the_typed_reason() {
+        let err = Error::InvalidHeader {
+            path: PathBuf::from("/c/k.npy"),
+            reason: HeaderError::UnsupportedVersion { major: 4, minor: 0 },
+        };
+
+        assert_eq!(
+            err.to_string(),
+            "/c/k.npy: invalid .npy header: unsupported format version 4.0"
+        );
     }
 }

@@ -3,26 +3,33 @@
 //!
 //! Every system call on an artefact goes through the [`fs::Fs`] seam (a mapping is memmap2's,
 //! behind the seam's `map_gate`). Every artefact operation is relative to an open
-//! [`CacheDir`] and takes a single path segment.
+//! [`CacheDir`] and takes a single path segment, named by the rules in [`names`].
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod atomic;
+mod checked;
 pub mod commit;
 pub mod copy;
 pub mod dir;
 pub mod error;
 pub mod fs;
+pub mod gather;
 pub mod mapping;
+pub mod names;
 pub mod npy;
 pub mod reserve;
 pub mod sweep;
+pub mod write;
 
-pub use atomic::{ClosedTemp, CommitGroup, PendingFile, StreamWriter};
-pub use commit::{ArraySpec, CommitBatch, NpyWriter, StagedKey};
+pub use atomic::{ClosedTemp, PendingFile, RenameGroup};
+pub use commit::{ArraySpec, CommitBatch, KeyWriter, StagedKey};
 pub use copy::ChunkBudget;
-pub use dir::{CacheDir, WriterLock, validate_name};
+pub use dir::{CacheDir, WriterLock};
 pub use error::{Error, Op, Result};
+pub use gather::StridedBytes;
 pub use mapping::{Mapping, MappingMode};
+pub use names::validate_name;
 pub use npy::{NPY_DATA_ALIGN, NpyHeader};
 pub use sweep::SweepReport;
+pub use write::{FileRange, PayloadWriter};

@@ -15,9 +15,11 @@ use std::ptr::NonNull;
 use memmap2::{Mmap, MmapMut, MmapOptions};
 use rustix::fs::OFlags;
 
-use crate::dir::{CacheDir, validate_name};
-use crate::error::{Error, Op, Result, add, to_usize};
+use crate::checked::{add, to_usize};
+use crate::dir::CacheDir;
+use crate::error::{Error, Op, Result};
 use crate::fs::Fs;
+use crate::names::validate_name;
 
 /// How a file is mapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,7 +251,7 @@ mod tests {
     use rustix::io::Errno;
 
     use super::*;
-    use crate::error::to_u64;
+    use crate::checked::to_u64;
     use crate::fs::{FaultyFs, RealFs, RecordingFs};
 
     const PAGE: usize = 4096;

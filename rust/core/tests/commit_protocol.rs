@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use lazy_disk_cache_core::fs::{Fs, RecordingFs};
-use lazy_disk_cache_core::{ArraySpec, CacheDir, ChunkBudget, CommitBatch, Op};
+use lazy_disk_cache_core::{ArraySpec, CacheDir, ChunkBudget, CommitBatch, Error, Op};
 
 fn recorded_dir(root: &std::path::Path) -> (CacheDir, Arc<RecordingFs>) {
     let recording = Arc::new(RecordingFs::new());
@@ -115,7 +115,7 @@ const SPEC: ArraySpec<'static> = ArraySpec {
 
 fn stage_one(batch: &CommitBatch, key: &str) {
     let mut writer = batch.begin_key(key, SPEC, 4).unwrap();
-    writer.write_block(&[1, 2, 3, 4], &mut || Ok(())).unwrap();
+    writer.payload().write_block(&[1, 2, 3, 4], &mut || Ok(())).unwrap();
     batch.stage(writer, b"{}").unwrap();
 }
 
@@ -246,7 +246,7 @@ fn two_thousand_key_batch_keeps_a_bounded_number_of_descriptors_open() {
     for index in 0..keys {
         let mut writer = batch.begin_key(&format!("k{index}"), SPEC, 4).unwrap();
         peak = peak.max(open_fds_under(&root));
-        writer.write_block(&[1, 2, 3, 4], &mut || Ok(())).unwrap();
+        writer.payload().write_block(&[1, 2, 3, 4], &mut || Ok(())).unwrap();
         batch.stage(writer, b"{}").unwrap();
         peak = peak.max(open_fds_under(&root));
     }
@@ -335,6 +335,7 @@ fn staging_a_key_twice_in_one_batch_is_refused_before_any_io() {
 
     let err = batch.begin_key("k0", SPEC, 4).unwrap_err();
 
+    assert!(matches!(err, Error::AlreadyStaged { ref key } if key == "k0"), "{err}");
     assert!(err.to_string().contains("already staged"), "{err}");
     assert_eq!(recording.calls(), Vec::new());
     assert_eq!(batch.keys(), vec!["k0".to_owned()]);

@@ -1,5 +1,5 @@
-//! Every step of a `.dat` write, a group commit and the two range copies (`copy_range` and a
-//! staged key filled from a file) fails once, for every N: the injected errno surfaces with a
+//! Every step of a `.dat` write, a group commit and the two range copies (`replace_with_range`
+//! and a staged key filled from a file) fails once, for every N: the injected errno surfaces with a
 //! path, each destination holds its old or its new content, no temp remains, and a failed
 //! fsync is never followed by a rename or a second fsync of that file. The range copies run
 //! once per mechanism (reflink, `copy_file_range`, bounce buffer), pinned by [`CopyPathFs`].
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lazy_disk_cache_core::fs::{Call, CopyPath, CopyPathFs, FaultyFs, Fs, RecordingFs};
-use lazy_disk_cache_core::{ArraySpec, CacheDir, ChunkBudget, CommitBatch, Error, NPY_DATA_ALIGN, Op};
+use lazy_disk_cache_core::{ArraySpec, CacheDir, ChunkBudget, CommitBatch, Error, FileRange, NPY_DATA_ALIGN, Op};
 
 const EIO: i32 = 5;
 
@@ -236,7 +236,7 @@ fn group_commit(
     dir: &CacheDir,
     finish: Finish,
     nbytes: usize,
-    fill: impl Fn(&str, &mut lazy_disk_cache_core::NpyWriter) -> Result<(), Error>,
+    fill: impl Fn(&str, &mut lazy_disk_cache_core::PayloadWriter) -> Result<(), Error>,
 ) -> Result<(), Error> {
     let shape = [nbytes as u64];
     let spec = ArraySpec {
@@ -249,7 +249,7 @@ fn group_commit(
     for key in KEYS {
         let added = batch
             .begin_key(key, spec, nbytes as u64)
-            .and_then(|mut writer| fill(key, &mut writer).map(|()| writer))
+            .and_then(|mut writer| fill(key, writer.payload()).map(|()| writer))
             .and_then(|writer| batch.stage(writer, NEW_META));
         if let Err(err) = added {
             first_error = Some(err);
@@ -349,7 +349,7 @@ fn copy_ops(copy_path: CopyPath, base: &[Op]) -> Vec<Op> {
 }
 
 #[test]
-fn copy_range_survives_a_failure_at_every_step_on_every_copy_path() {
+fn replace_with_range_survives_a_failure_at_every_step_on_every_copy_path() {
     let old = vec![1u8; 3000];
     let source = source_file();
     let new = source[NPY_DATA_ALIGN as usize..].to_vec();
@@ -367,7 +367,7 @@ fn copy_range_survives_a_failure_at_every_step_on_every_copy_path() {
     ];
     for copy_path in PATHS {
         sweep(
-            "copy_range",
+            "replace_with_range",
             &copy_ops(copy_path, &base),
             copy_path,
             |root| {
@@ -375,15 +375,13 @@ fn copy_range_survives_a_failure_at_every_step_on_every_copy_path() {
                 fs::write(root.join("x.dat"), &old).unwrap();
             },
             |dir| {
-                dir.copy_range(
-                    "src.npy",
-                    NPY_DATA_ALIGN,
-                    "x.dat",
-                    COPY_LEN as u64,
-                    true,
-                    &mut || Ok(()),
-                )
-                .map(drop)
+                let src = FileRange {
+                    name: "src.npy",
+                    offset: NPY_DATA_ALIGN,
+                    len: COPY_LEN as u64,
+                };
+                dir.replace_with_range(src, "x.dat", true, ChunkBudget::new(SMALL_BUDGET), &mut || Ok(()))
+                    .map(drop)
             },
             |root, op, nth, fired| {
                 let content = fs::read(root.join("x.dat")).unwrap();
@@ -439,15 +437,21 @@ fn staged_key_from_a_file_survives_a_failure_at_every_step_on_every_copy_path() 
     }
 }
 
-/// Runs `copy_range` with `copy_path` pinned; returns the destination and the pinned seam.
-fn copy_range_with(copy_path: CopyPath, src_offset: u64, len: usize) -> (Vec<u8>, Vec<u8>, Arc<CopyPathFs>) {
+/// Runs `replace_with_range` with `copy_path` pinned and a budget larger than the copy;
+/// returns the destination and the pinned seam.
+fn replace_with_range_on(copy_path: CopyPath, src_offset: u64, len: usize) -> (Vec<u8>, Vec<u8>, Arc<CopyPathFs>) {
     let (_tmp, root) = fresh_dir();
     let source = pattern(src_offset as usize + len, 3);
     fs::write(root.join("src.dat"), &source).unwrap();
     let pinned = Arc::new(CopyPathFs::new(copy_path));
     let dir = CacheDir::open_with(&root, false, pinned.clone() as Arc<dyn Fs>).unwrap();
 
-    dir.copy_range("src.dat", src_offset, "dst.dat", len as u64, false, &mut || Ok(()))
+    let src = FileRange {
+        name: "src.dat",
+        offset: src_offset,
+        len: len as u64,
+    };
+    dir.replace_with_range(src, "dst.dat", false, ChunkBudget::new(64 << 20), &mut || Ok(()))
         .unwrap();
 
     let expected = source[src_offset as usize..].to_vec();
@@ -456,7 +460,7 @@ fn copy_range_with(copy_path: CopyPath, src_offset: u64, len: usize) -> (Vec<u8>
 
 #[test]
 fn reflink_path_clones_the_aligned_blocks_and_copies_the_tail_byte_exact() {
-    let (copied, expected, pinned) = copy_range_with(CopyPath::Reflink, NPY_DATA_ALIGN, COPY_LEN);
+    let (copied, expected, pinned) = replace_with_range_on(CopyPath::Reflink, NPY_DATA_ALIGN, COPY_LEN);
 
     assert_eq!(copied, expected);
     assert_eq!((pinned.clones(), pinned.kernel_copies()), (1, 1));
@@ -464,7 +468,7 @@ fn reflink_path_clones_the_aligned_blocks_and_copies_the_tail_byte_exact() {
 
 #[test]
 fn reflink_path_is_skipped_for_an_unaligned_source_offset() {
-    let (copied, expected, pinned) = copy_range_with(CopyPath::Reflink, 100, COPY_LEN);
+    let (copied, expected, pinned) = replace_with_range_on(CopyPath::Reflink, 100, COPY_LEN);
 
     assert_eq!(copied, expected);
     assert_eq!(pinned.clones(), 0);
@@ -473,7 +477,7 @@ fn reflink_path_is_skipped_for_an_unaligned_source_offset() {
 
 #[test]
 fn kernel_copy_path_is_byte_exact_without_a_reflink() {
-    let (copied, expected, pinned) = copy_range_with(CopyPath::KernelCopy, NPY_DATA_ALIGN, COPY_LEN);
+    let (copied, expected, pinned) = replace_with_range_on(CopyPath::KernelCopy, NPY_DATA_ALIGN, COPY_LEN);
 
     assert_eq!(copied, expected);
     assert_eq!(pinned.clones(), 0);
@@ -482,7 +486,7 @@ fn kernel_copy_path_is_byte_exact_without_a_reflink() {
 
 #[test]
 fn bounce_path_is_byte_exact_when_the_kernel_cannot_copy() {
-    let (copied, expected, pinned) = copy_range_with(CopyPath::Bounce, NPY_DATA_ALIGN, COPY_LEN);
+    let (copied, expected, pinned) = replace_with_range_on(CopyPath::Bounce, NPY_DATA_ALIGN, COPY_LEN);
 
     assert_eq!(copied, expected);
     assert_eq!((pinned.clones(), pinned.kernel_copies()), (0, 0));

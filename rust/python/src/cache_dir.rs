@@ -1,19 +1,20 @@
 //! `CacheDir`, `CommitBatch` and `NpyHeader`: argument intake and delegation to the core.
 //!
-//! Blocks of an iterable source are pulled with the GIL held and written with it released;
-//! between chunks of a long write the signal handlers run, so Ctrl-C removes the temp and
-//! raises.
+//! A source buffer is written with the GIL released, gathered into C order by the core when
+//! it is strided; blocks of an iterable source are pulled with the GIL held. Between pieces
+//! of a long write the signal handlers run, so Ctrl-C removes the temp and raises. The chunk
+//! budget Python passes is handed to the core as it is; everything derived from it is derived
+//! there.
 
 use std::path::PathBuf;
 
 use lazy_disk_cache_core as ldc_core;
-use ldc_core::copy::Between;
-use ldc_core::{ArraySpec, CacheDir, ChunkBudget, CommitBatch, NpyHeader, NpyWriter, StreamWriter};
+use ldc_core::{ArraySpec, CacheDir, ChunkBudget, CommitBatch, FileRange, NpyHeader, PayloadWriter};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyIterator, PyTuple};
 
-use crate::buffer::Bytes;
+use crate::buffer::{Bytes, Layout};
 use crate::detach::{run_detached, signal_check};
 use crate::errors::{PendingPyErr, to_exception, to_py};
 use crate::mapping::PyFileMapping;
@@ -37,13 +38,6 @@ pub struct PyNpyHeader {
 #[pyclass(name = "CommitBatch", module = "lazy_disk_cache._rust", frozen)]
 pub struct PyCommitBatch {
     inner: CommitBatch,
-}
-
-fn budget(chunk_bytes: u64) -> PyResult<ChunkBudget> {
-    if chunk_bytes == 0 {
-        return Err(PyValueError::new_err("chunk_bytes must be positive"));
-    }
-    Ok(ChunkBudget::new(chunk_bytes))
 }
 
 /// Where payload bytes come from.
@@ -80,35 +74,25 @@ fn source_of<'py>(src: &Bound<'py, PyAny>, nbytes: Option<u64>) -> PyResult<(Sou
     }
 }
 
-/// Something payload blocks are appended to.
-trait BlockSink: Send {
-    fn append(&mut self, block: &[u8], between: Between<'_>) -> ldc_core::Result<()>;
+/// Appends the bytes of one buffer to `writer`, the GIL released.
+fn append(py: Python<'_>, writer: &mut PayloadWriter, bytes: &Bytes, pending: &PendingPyErr) -> PyResult<()> {
+    let layout = bytes.layout()?;
+    pending.to_py(run_detached(py, || {
+        let between = &mut signal_check(pending);
+        match &layout {
+            Layout::Contiguous(block) => writer.write_block(block, between),
+            Layout::Strided(source) => writer.write_gathered(source, between),
+        }
+    }))
 }
 
-impl BlockSink for StreamWriter {
-    fn append(&mut self, block: &[u8], between: Between<'_>) -> ldc_core::Result<()> {
-        self.write_block(block, between)
-    }
-}
-
-impl BlockSink for NpyWriter {
-    fn append(&mut self, block: &[u8], between: Between<'_>) -> ldc_core::Result<()> {
-        self.write_block(block, between)
-    }
-}
-
-/// Writes every block of `source` into `sink`, the GIL released per block.
-fn feed(py: Python<'_>, sink: &mut impl BlockSink, source: Source<'_>, pending: &PendingPyErr) -> PyResult<()> {
+/// Writes every block of `source` into `writer`.
+fn feed(py: Python<'_>, writer: &mut PayloadWriter, source: Source<'_>, pending: &PendingPyErr) -> PyResult<()> {
     match source {
-        Source::One(bytes) => pending.to_py(run_detached(py, || {
-            sink.append(bytes.as_slice(), &mut signal_check(pending))
-        })),
+        Source::One(bytes) => append(py, writer, &bytes, pending),
         Source::Blocks(blocks) => {
             for block in blocks {
-                let bytes = Bytes::get(&block?)?;
-                pending.to_py(run_detached(py, || {
-                    sink.append(bytes.as_slice(), &mut signal_check(pending))
-                }))?;
+                append(py, writer, &Bytes::get(&block?)?, pending)?;
                 py.check_signals()?;
             }
             Ok(())
@@ -141,7 +125,7 @@ impl PyCacheDir {
         chunk_bytes: u64,
         durable: bool,
     ) -> PyResult<PyFileMapping> {
-        let budget = budget(chunk_bytes)?;
+        let budget = ChunkBudget::new(chunk_bytes);
         let (source, total) = source_of(src, nbytes)?;
         let mut writer = to_py(run_detached(py, || self.inner.begin_write(name, total, budget)))?;
         let pending = PendingPyErr::default();
@@ -156,7 +140,8 @@ impl PyCacheDir {
         Ok(PyFileMapping::new(mapping))
     }
 
-    #[pyo3(signature = (src, src_offset, dst, length, *, durable))]
+    #[pyo3(signature = (src, src_offset, dst, length, *, chunk_bytes, durable))]
+    #[allow(clippy::too_many_arguments)] // The signature is the .pyi's.
     fn copy_range(
         &self,
         py: Python<'_>,
@@ -164,12 +149,19 @@ impl PyCacheDir {
         src_offset: u64,
         dst: &str,
         length: u64,
+        chunk_bytes: u64,
         durable: bool,
     ) -> PyResult<PyFileMapping> {
+        let source = FileRange {
+            name: src,
+            offset: src_offset,
+            len: length,
+        };
+        let budget = ChunkBudget::new(chunk_bytes);
         let pending = PendingPyErr::default();
         let mapping = pending.to_py(run_detached(py, || {
             self.inner
-                .copy_range(src, src_offset, dst, length, durable, &mut signal_check(&pending))
+                .replace_with_range(source, dst, durable, budget, &mut signal_check(&pending))
         }))?;
         Ok(PyFileMapping::new(mapping))
     }
@@ -179,20 +171,29 @@ impl PyCacheDir {
         Ok(PyNpyHeader { inner })
     }
 
-    fn read_into(&self, py: Python<'_>, name: &str, offset: u64, dest: &Bound<'_, PyAny>) -> PyResult<()> {
+    #[pyo3(signature = (name, offset, dest, *, chunk_bytes))]
+    fn read_into(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        offset: u64,
+        dest: &Bound<'_, PyAny>,
+        chunk_bytes: u64,
+    ) -> PyResult<()> {
         let mut dest = Bytes::get_writable(dest)?;
+        let budget = ChunkBudget::new(chunk_bytes);
         let pending = PendingPyErr::default();
         pending.to_py(run_detached(py, || {
             self.inner
-                .read_into(name, offset, dest.as_mut_slice(), &mut signal_check(&pending))
+                .read_into(name, offset, dest.as_mut_slice(), budget, &mut signal_check(&pending))
         }))
     }
 
     #[pyo3(signature = (*, chunk_bytes))]
-    fn begin_commit(&self, chunk_bytes: u64) -> PyResult<PyCommitBatch> {
-        Ok(PyCommitBatch {
-            inner: CommitBatch::new(&self.inner, budget(chunk_bytes)?),
-        })
+    fn begin_commit(&self, chunk_bytes: u64) -> PyCommitBatch {
+        PyCommitBatch {
+            inner: CommitBatch::new(&self.inner, ChunkBudget::new(chunk_bytes)),
+        }
     }
 
     #[pyo3(signature = (names = None))]
@@ -205,7 +206,8 @@ impl PyCacheDir {
         let failed = report
             .failed
             .into_iter()
-            .filter(|(_, err)| !is_read_only_refusal(err))
+            // A directory that is read-only to us is skipped silently.
+            .filter(|(_, err)| !err.is_permission_refusal())
             .map(|(name, err)| (name, to_exception(py, err)))
             .collect();
         Ok((report.removed, failed))
@@ -224,15 +226,6 @@ impl PyCacheDir {
     fn __repr__(&self) -> String {
         format!("<CacheDir '{}'>", self.inner.path().display())
     }
-}
-
-/// EROFS, EACCES and EPERM on a temp: the directory is read-only to us, which a sweep skips
-/// silently.
-fn is_read_only_refusal(err: &ldc_core::Error) -> bool {
-    const EPERM: i32 = 1;
-    const EACCES: i32 = 13;
-    const EROFS: i32 = 30;
-    matches!(err.raw_os_error(), Some(EPERM | EACCES | EROFS))
 }
 
 #[pymethods]
@@ -303,9 +296,6 @@ impl PyCommitBatch {
         source_file: Option<&str>,
         source_offset: u64,
     ) -> PyResult<()> {
-        if self.inner.contains(key) {
-            return Err(PyValueError::new_err(format!("key {key:?} is already in this batch")));
-        }
         let source = match (source, source_file) {
             (Some(source), None) => Some(source_of(source, Some(nbytes))?.0),
             (None, Some(_)) => None,
@@ -319,9 +309,11 @@ impl PyCommitBatch {
         let mut writer = to_py(run_detached(py, || self.inner.begin_key(key, spec, nbytes)))?;
         let pending = PendingPyErr::default();
         match (source, source_file) {
-            (Some(source), _) => feed(py, &mut writer, source, &pending)?,
+            (Some(source), _) => feed(py, writer.payload(), source, &pending)?,
             (None, Some(file)) => pending.to_py(run_detached(py, || {
-                writer.copy_from(file, source_offset, &mut signal_check(&pending))
+                writer
+                    .payload()
+                    .copy_from(file, source_offset, &mut signal_check(&pending))
             }))?,
             (None, None) => {}
         }

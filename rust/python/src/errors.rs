@@ -2,8 +2,8 @@
 //!
 //! `Io` and `Rename` become `OSError(errno, "<strerror> (during <op>)", filename[, None,
 //! filename2])`; calling the `OSError` type that way makes `CPython` pick the subclass from the
-//! errno (`FileNotFoundError`, `PermissionError`, ...). Bad names, bad headers and size
-//! mismatches are `ValueError`, overflow is `OverflowError`, and an interrupted copy re-raises
+//! errno (`FileNotFoundError`, `PermissionError`, ...). Bad names, bad headers, bad buffer
+//! layouts, size mismatches and keys staged twice are `ValueError` (with the core's message), overflow is `OverflowError`, and an interrupted copy re-raises
 //! the exception that stopped it (normally `KeyboardInterrupt`).
 
 use std::io;
@@ -33,16 +33,12 @@ impl From<PyCoreError> for PyErr {
         match err {
             CoreError::Io { op, path, source } => os_error(&source, &op.to_string(), &path, None),
             CoreError::Rename { from, to, source } => os_error(&source, "rename", &from, Some(&to)),
-            CoreError::InvalidName { name, reason } => {
-                PyValueError::new_err(format!("invalid artefact name {name:?}: {reason}"))
-            }
-            CoreError::InvalidHeader { path, reason } => {
-                PyValueError::new_err(format!("{}: invalid .npy header: {reason}", path.display()))
-            }
-            CoreError::SizeMismatch { path, expected, actual } => {
-                PyValueError::new_err(format!("{}: expected {expected} bytes, found {actual}", path.display()))
-            }
-            CoreError::SizeOverflow => PyOverflowError::new_err("size does not fit in 64 bits"),
+            CoreError::InvalidName { .. }
+            | CoreError::InvalidHeader { .. }
+            | CoreError::InvalidLayout { .. }
+            | CoreError::SizeMismatch { .. }
+            | CoreError::AlreadyStaged { .. } => PyValueError::new_err(err.to_string()),
+            CoreError::SizeOverflow => PyOverflowError::new_err(err.to_string()),
             CoreError::Interrupted => PyKeyboardInterrupt::new_err(()),
         }
     }

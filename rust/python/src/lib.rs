@@ -28,6 +28,18 @@ mod _rust {
     #[allow(non_upper_case_globals)]
     const __version__: &str = env!("CARGO_PKG_VERSION");
 
+    // The artefact suffixes, defined once in the core; Python's path rules read them here.
+    #[pymodule_export]
+    const NPY_SUFFIX: &str = ldc_core::names::NPY_SUFFIX;
+    #[pymodule_export]
+    const META_SUFFIX: &str = ldc_core::names::META_SUFFIX;
+    #[pymodule_export]
+    const MEMMAP_SUFFIX: &str = ldc_core::names::MEMMAP_SUFFIX;
+    #[pymodule_export]
+    const TMP_SUFFIX: &str = ldc_core::names::TMP_SUFFIX;
+    #[pymodule_export]
+    const LEGACY_PICKLE_SUFFIX: &str = ldc_core::names::LEGACY_PICKLE_SUFFIX;
+
     /// The seam operations tests may fail.
     const INJECTABLE: [&str; 10] = [
         "create",
