@@ -69,7 +69,7 @@ BEST_READ = "best page-cache read"
 NP_LOAD_RAM = "np.load into RAM"
 
 _PAGE = 4096
-KINDS = ("f32", "rec20", "strided")
+KINDS = ("f32", "rec20", "strided", "fortran", "colstrided")
 
 # A 20-byte point record (x, y, z, intensity, class, flags, time): the structured-dtype case.
 RECORD20 = np.dtype(
@@ -87,7 +87,11 @@ RECORD20 = np.dtype(
 
 @dataclass(frozen=True)
 class Dataset:
-    """A source array: float32 (N, 4), 20-byte records, or a strided float32 (N, 4) view."""
+    """A source array: float32 (N, 4), 20-byte records, or a float32 (N, 4) that is not C-contiguous.
+
+    ``strided`` skips every other row (contiguous rows), ``fortran`` is column-major (the core
+    transposes it), ``colstrided`` skips every other column (no two items adjacent).
+    """
 
     kind: str
     size: str
@@ -99,6 +103,8 @@ class Dataset:
             "f32": "float32 (N, 4)",
             "rec20": "20-byte records",
             "strided": "float32 (N, 4), strided view a[::2]",
+            "fortran": "float32 (N, 4), Fortran order",
+            "colstrided": "float32 (N, 4), strided view a[:, ::2] of (N, 8)",
         }
         return f"{names[self.kind]}, {format_bytes(self.nbytes)}"
 
@@ -111,6 +117,10 @@ class Dataset:
         rows = self.nbytes // 16
         if self.kind == "strided":
             return rng.random((2 * rows, 4), dtype=np.float32)[::2]
+        if self.kind == "fortran":
+            return np.asfortranarray(rng.random((rows, 4), dtype=np.float32))
+        if self.kind == "colstrided":
+            return rng.random((rows, 8), dtype=np.float32)[:, ::2]
         return rng.random((rows, 4), dtype=np.float32)
 
 
@@ -221,8 +231,11 @@ def _convert_case(ds: Dataset, settings: Settings, impl: Impl, baselines: set[st
         "ours reserves the file's size before writing; the target is judged against plain os.write,"
         " and the reserved os.write row shows what reservation alone is worth on this file system",
     ]
-    if ds.kind == "strided":
-        notes.append("the page-cache limits write a contiguous copy of the same bytes; ours gathers the rows")
+    if ds.kind in ("strided", "fortran", "colstrided"):
+        notes.append(
+            "the page-cache limits write a contiguous copy of the same bytes; ours gathers them into"
+            " C order through one bounce buffer"
+        )
     title = f"convert + offload: {ds.label}"
     return CaseResult(
         f"convert-{ds.kind}-{ds.size}", title, "convert", "s", ds.nbytes, series, notes, format_bytes(ds.nbytes)

@@ -42,7 +42,12 @@ TARGETS = [
             OS_WRITE,
             f"convert + offload, {label}, {{size}}: >= 0.8x page-cache write bandwidth",
         )
-        for kind, label in (("f32", "float32"), ("rec20", "20-byte records"))
+        for kind, label in (
+            ("f32", "float32"),
+            ("rec20", "20-byte records"),
+            ("fortran", "Fortran-ordered float32"),
+            ("colstrided", "column-strided float32"),
+        )
         for size in ("small", "large")
     ),
     *(

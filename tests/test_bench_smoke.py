@@ -16,7 +16,11 @@ ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "bench" / "run.py"
 
 CASE_IDS = [
-    *(f"convert-{kind}-{size}" for kind in ("f32", "rec20", "strided") for size in ("small", "large")),
+    *(
+        f"convert-{kind}-{size}"
+        for kind in ("f32", "rec20", "strided", "fortran", "colstrided")
+        for size in ("small", "large")
+    ),
     *(f"{group}-f32-{size}" for group in ("load", "read") for size in ("small", "large")),
     *(f"store-{op}-{name}" for op in ("write", "reload") for name in ("many", "big")),
     "rss-large",
@@ -28,6 +32,10 @@ TARGET_CASES = [
     "convert-f32-large",
     "convert-rec20-small",
     "convert-rec20-large",
+    "convert-fortran-small",
+    "convert-fortran-large",
+    "convert-colstrided-small",
+    "convert-colstrided-large",
     "load-f32-small",
     "load-f32-large",
     "read-f32-small",

@@ -117,6 +117,20 @@ def test_purge_unlinks_sidecars_and_temps_first_and_payloads_last(tmp_path: Path
     assert unlinked == [str(tmp_path / name) for name in SIX]
 
 
+def test_purge_fsyncs_the_directory_after_unlinking(tmp_path: Path) -> None:
+    store = written_store(tmp_path, "k")
+    _rust._clear_faults()
+
+    store.purge("k")
+
+    counts = _rust._op_counts()
+    # The three committed names go (the temps are missing), then one directory fsync makes
+    # the removal survive a power cut; the core pins that the fsync follows the unlinks.
+    assert counts["unlink"] >= 3
+    assert counts["dir_fsync"] == 1
+    assert not (tmp_path / "k.npy").exists()
+
+
 def test_purging_twice_raises_keyerror_the_second_time(tmp_path: Path) -> None:
     store = written_store(tmp_path, "k")
     store.purge("k")

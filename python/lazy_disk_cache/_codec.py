@@ -94,9 +94,10 @@ def stage_entry(batch: CommitBatch, cache_dir: Path, key: StoreKey, entry: LazyD
 
     The payload is the entry's live buffer (1 copy; the core gathers a strided buffer into C order
     through a bounce buffer within the chunk budget, never a full temporary copy) or, for an
-    offloaded entry, its backing file (copied by the core without a user-space copy when that file lies directly in ``cache_dir``, else read
-    through a read-only mapping). Object dtypes raise ``TypeError`` before anything is written;
-    I/O failures raise ``OSError``. Blocks on disk.
+    offloaded entry, its backing file (copied by the core without a user-space copy when that
+    file lies directly in ``cache_dir``, else read through a read-only mapping). Object dtypes
+    raise ``TypeError`` before anything is written; I/O failures raise ``OSError``. Blocks on
+    disk.
     """
     with entry_lock(entry):
         shape, dtype = shape_and_dtype(entry)

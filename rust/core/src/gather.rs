@@ -240,7 +240,8 @@ impl<'a> StridedBytes<'a> {
     }
 
     /// Copies `block` whole rows from `first` on (all in one slab of the last two axes) with a
-    /// blocked transpose.
+    /// blocked transpose: tile by tile, each column of the tile is read along the source's
+    /// short stride and scattered into the output rows, which stay in cache for the tile.
     fn copy_tiled(&self, first: usize, block: usize, out: &mut [u8]) {
         let size = self.itemsize;
         let row_len = self.row_len();
@@ -249,20 +250,57 @@ impl<'a> StridedBytes<'a> {
         let col_stride = self.inner_stride();
         let base = self.row_base(first) as isize;
         let edge = tile_edge(size);
-        for col0 in (0..row_len).step_by(edge) {
-            let cols = edge.min(row_len - col0);
-            for row0 in (0..block).step_by(edge) {
-                for row in row0..edge.min(block - row0) + row0 {
-                    let from = base + row_stride * row as isize + col_stride * col0 as isize;
-                    let at = row * row_bytes + col0 * size;
-                    copy_items(
-                        self.memory,
-                        from as usize,
-                        col_stride,
-                        size,
-                        &mut out[at..at + cols * size],
-                    );
+        for row0 in (0..block).step_by(edge) {
+            let rows = edge.min(block - row0);
+            for col0 in (0..row_len).step_by(edge) {
+                for col in col0..edge.min(row_len - col0) + col0 {
+                    let from = base + row_stride * row0 as isize + col_stride * col as isize;
+                    let to = row0 * row_bytes + col * size;
+                    scatter_items(self.memory, from as usize, row_stride, out, to, row_bytes, rows, size);
                 }
+            }
+        }
+    }
+}
+
+/// Copies `count` items of `size` bytes, the first at `memory[from]` and the next ones
+/// `stride` bytes apart, to `out[to]` and every `out_stride` bytes after it.
+#[allow(clippy::too_many_arguments)] // One tight loop; bundling the strides would only hide them.
+fn scatter_items(
+    memory: &[u8],
+    from: usize,
+    stride: isize,
+    out: &mut [u8],
+    to: usize,
+    out_stride: usize,
+    count: usize,
+    size: usize,
+) {
+    macro_rules! fixed {
+        ($n:literal) => {{
+            let mut at = from as isize;
+            let mut put = to;
+            for _ in 0..count {
+                let item: [u8; $n] = memory[at as usize..at as usize + $n].try_into().unwrap_or([0; $n]);
+                out[put..put + $n].copy_from_slice(&item);
+                at += stride;
+                put += out_stride;
+            }
+        }};
+    }
+    match size {
+        1 => fixed!(1),
+        2 => fixed!(2),
+        4 => fixed!(4),
+        8 => fixed!(8),
+        16 => fixed!(16),
+        _ => {
+            let mut at = from as isize;
+            let mut put = to;
+            for _ in 0..count {
+                out[put..put + size].copy_from_slice(&memory[at as usize..at as usize + size]);
+                at += stride;
+                put += out_stride;
             }
         }
     }

@@ -6,6 +6,8 @@
 //! commit uses it too, with the payload after the `.npy` header.
 
 use std::os::fd::AsFd;
+use std::sync::mpsc;
+use std::thread;
 
 use crate::atomic::PendingFile;
 use crate::checked::{add, to_u64};
@@ -89,29 +91,64 @@ impl PayloadWriter {
         Ok(())
     }
 
-    /// Appends the C-order bytes of a strided `source`, gathered into one reusable bounce
-    /// buffer of [`ChunkBudget::bounce_len`] bytes and written from it piece by piece.
+    /// Appends the C-order bytes of a strided `source`. The bounce buffer of
+    /// [`ChunkBudget::bounce_len`] bytes is split in two halves: while one half is written, a
+    /// helper thread gathers the next bytes into the other, so the gather costs no time next
+    /// to the write. A source that fits one half is gathered and written inline.
     ///
     /// # Errors
     /// [`Error::SizeMismatch`] if the payload would exceed the expected size; as
-    /// [`copy::write_all_at`], or whatever `between` returns.
+    /// [`copy::write_all_at`], or whatever `between` returns (the helper then stops too).
     pub fn write_gathered(&mut self, source: &StridedBytes<'_>, between: Between<'_>) -> Result<()> {
         let len = source.byte_len();
-        let mut at = self.next_offset(len)?;
-        let mut bounce = vec![0u8; self.budget.bounce_len(len)];
-        let mut cursor = GatherCursor::default();
-        let mut first = true;
-        loop {
-            let filled = source.gather(&mut cursor, &mut bounce);
-            if filled == 0 {
-                break;
-            }
-            copy::between_chunks(&mut first, between)?;
-            let piece = bounce.get(..filled).unwrap_or_default();
-            copy::write_all_at(self.file.dir().fs(), self.file.fd(), &self.file.temp_path(), piece, at)?;
-            at = add(at, to_u64(filled))?;
-            self.written += to_u64(filled);
+        let at = self.next_offset(len)?;
+        let half = self.budget.bounce_len(len).div_ceil(2).max(1);
+        if to_u64(half) >= len {
+            let mut buffer = vec![0u8; half];
+            let filled = source.gather(&mut GatherCursor::default(), &mut buffer);
+            return self.write_piece(buffer.get(..filled).unwrap_or_default(), at, &mut true, between);
         }
+        let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(1);
+        let (empty_tx, empty_rx) = mpsc::sync_channel::<Vec<u8>>(2);
+        for _ in 0..2 {
+            // Cannot fail: the channel has room for both and its receiver is alive.
+            let _ = empty_tx.send(vec![0u8; half]);
+        }
+        thread::scope(|scope| {
+            scope.spawn(move || {
+                let mut cursor = GatherCursor::default();
+                // Ends when the source is exhausted or the writer hung up (it failed).
+                while let Ok(mut buffer) = empty_rx.recv() {
+                    let filled = source.gather(&mut cursor, &mut buffer);
+                    if filled == 0 || full_tx.send((buffer, filled)).is_err() {
+                        break;
+                    }
+                }
+            });
+            // Owned here, so that leaving early (an error) hangs up on the helper: its next
+            // receive fails and it ends before the scope joins it.
+            let (full_rx, empty_tx) = (full_rx, empty_tx);
+            let mut first = true;
+            let mut at = at;
+            for (buffer, filled) in full_rx {
+                let piece = buffer.get(..filled).unwrap_or_default();
+                self.write_piece(piece, at, &mut first, between)?;
+                at = add(at, to_u64(filled))?;
+                // The helper may have finished already; the buffer is then simply dropped.
+                let _ = empty_tx.send(buffer);
+            }
+            Ok(())
+        })
+    }
+
+    /// Writes one gathered `piece` at `at`, calling `between` before every piece but the first.
+    fn write_piece(&mut self, piece: &[u8], at: u64, first: &mut bool, between: Between<'_>) -> Result<()> {
+        if piece.is_empty() {
+            return Ok(());
+        }
+        copy::between_chunks(first, between)?;
+        copy::write_all_at(self.file.dir().fs(), self.file.fd(), &self.file.temp_path(), piece, at)?;
+        self.written += to_u64(piece.len());
         Ok(())
     }
 
@@ -281,5 +318,88 @@ mod tests {
         );
         assert!(!tmp.path().join("k.dat.tmp").exists());
         assert!(!tmp.path().join("k.dat").exists());
+    }
+
+    fn fortran_source(memory: &[u8]) -> StridedBytes<'_> {
+        // A (25, 16) u16 array in column-major order.
+        StridedBytes::new(memory, 0, &[25, 16], &[2, 50], 2).unwrap()
+    }
+
+    fn c_order_of_fortran(memory: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for row in 0..25 {
+            for col in 0..16 {
+                let at = row * 2 + col * 50;
+                out.extend_from_slice(&memory[at..at + 2]);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn gathered_source_is_written_in_c_order_in_pieces_of_half_the_bounce_budget() {
+        let tmp = tempfile::tempdir().unwrap();
+        let recording = std::sync::Arc::new(crate::fs::RecordingFs::new());
+        let dir = CacheDir::open_with(tmp.path(), false, recording.clone()).unwrap();
+        let memory: Vec<u8> = (0..800).map(|index| (index % 251) as u8).collect();
+        let mut pauses = 0;
+        let mut writer = dir.begin_write("k.dat", 800, ChunkBudget::new(100)).unwrap();
+
+        writer
+            .write_gathered(&fortran_source(&memory), &mut || {
+                pauses += 1;
+                Ok(())
+            })
+            .unwrap();
+        dir.finish_write(writer, false).unwrap();
+
+        assert_eq!(fs::read(tmp.path().join("k.dat")).unwrap(), c_order_of_fortran(&memory));
+        let writes = recording
+            .calls()
+            .iter()
+            .filter(|call| call.op == crate::Op::Write)
+            .count();
+        assert_eq!(writes, 800 / 50, "two 50-byte halves share the 100-byte budget");
+        assert_eq!(pauses, writes - 1, "between runs between pieces only");
+    }
+
+    #[test]
+    fn a_stopped_gathered_write_stops_the_helper_and_leaves_no_temp() {
+        let (tmp, dir) = real_dir();
+        let memory = vec![7u8; 800];
+        let mut writer = dir.begin_write("k.dat", 800, ChunkBudget::new(100)).unwrap();
+
+        let err = writer
+            .write_gathered(&fortran_source(&memory), &mut || Err(Error::Interrupted))
+            .unwrap_err();
+
+        assert!(matches!(err, Error::Interrupted), "{err}");
+        assert_eq!(writer.written(), 50, "only the first piece went out");
+        drop(writer);
+        assert!(!tmp.path().join("k.dat.tmp").exists());
+    }
+
+    #[test]
+    fn a_gathered_source_larger_than_the_payload_is_refused_before_writing() {
+        let (_tmp, dir) = real_dir();
+        let memory = vec![7u8; 800];
+        let mut writer = dir.begin_write("k.dat", 100, ChunkBudget::new(100)).unwrap();
+
+        let err = writer
+            .write_gathered(&fortran_source(&memory), &mut no_pause())
+            .unwrap_err();
+
+        assert!(
+            matches!(
+                err,
+                Error::SizeMismatch {
+                    expected: 100,
+                    actual: 800,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(writer.written(), 0);
     }
 }

@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use lazy_disk_cache_core::fs::{Fs, RecordingFs};
+use lazy_disk_cache_core::fs::{Call, Fs, RecordingFs};
 use lazy_disk_cache_core::{ArraySpec, CacheDir, ChunkBudget, CommitBatch, Error, Op};
 
 fn recorded_dir(root: &std::path::Path) -> (CacheDir, Arc<RecordingFs>) {
@@ -63,6 +63,54 @@ fn durable_write_creates_reserves_writes_fsyncs_renames_then_fsyncs_the_director
     );
     assert!(ops_on(&calls, "x.dat.tmp").contains(&Op::Lock), "the temp is locked");
     assert_eq!(std::fs::read(tmp.path().join("x.dat")).unwrap(), b"0123456789");
+}
+
+/// Asserts that `temp` was reserved by `fallocate` before any byte was written to it: the first
+/// size call is an `fallocate`, and an `ftruncate` only ever follows a refused one (a file
+/// system without `fallocate`).
+fn assert_fallocated_before_written(calls: &[Call], temp: &str) {
+    let on_temp: Vec<&Call> = calls.iter().filter(|call| call.name == temp).collect();
+    let first_write = on_temp.iter().position(|call| call.op == Op::Write);
+    let first_reserve = on_temp.iter().position(|call| call.op == Op::Reserve);
+    let Some(reserve) = first_reserve else {
+        panic!("{temp}: never reserved: {on_temp:?}");
+    };
+    assert_eq!(on_temp[reserve].syscall, "fallocate", "{temp}: {on_temp:?}");
+    if let Some(write) = first_write {
+        assert!(reserve < write, "{temp}: written before it was reserved: {on_temp:?}");
+    }
+    if on_temp.iter().any(|call| call.syscall == "ftruncate") {
+        assert!(
+            !on_temp[reserve].ok,
+            "{temp}: ftruncate after a granted fallocate: {on_temp:?}"
+        );
+    }
+}
+
+#[test]
+fn a_dat_write_reserves_its_space_with_fallocate_before_writing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, recording) = recorded_dir(tmp.path());
+
+    let mut writer = dir.begin_write("x.dat", 10, ChunkBudget::new(4)).unwrap();
+    writer.write_block(b"0123456789", &mut || Ok(())).unwrap();
+    dir.finish_write(writer, false).unwrap();
+
+    assert_fallocated_before_written(&recording.calls(), "x.dat.tmp");
+}
+
+#[test]
+fn a_staged_key_reserves_header_and_payload_with_fallocate_before_writing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, recording) = recorded_dir(tmp.path());
+
+    let batch = stage_keys(&dir, 2);
+    batch.commit().unwrap();
+
+    let calls = recording.calls();
+    for key in ["k0", "k1"] {
+        assert_fallocated_before_written(&calls, &format!("{key}.npy.tmp"));
+    }
 }
 
 #[test]

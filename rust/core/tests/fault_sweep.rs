@@ -138,7 +138,7 @@ fn sweep<T>(
     copy_path: CopyPath,
     arrange: impl Fn(&Path),
     scenario: impl Fn(&CacheDir) -> Result<T, Error>,
-    check: impl Fn(&Path, Op, u64, bool),
+    check: impl Fn(&Path, Op, u64, bool, &[Call]),
 ) {
     for &op in ops {
         for nth in 1.. {
@@ -162,7 +162,7 @@ fn sweep<T>(
                 }
                 assert!(nth > 1, "{at}: the step never ran");
             }
-            check(&root, op, nth, outcome.fired);
+            check(&root, op, nth, outcome.fired, &outcome.calls);
             assert_eq!(leftover_temps(&root), Vec::<String>::new(), "{at}: temps left");
             assert_fsync_is_final(&outcome.calls);
             if !outcome.fired {
@@ -191,7 +191,7 @@ fn dat_write_survives_a_failure_at_every_step() {
         CopyPath::KernelCopy,
         |root| fs::write(root.join("x.dat"), &old).unwrap(),
         |dir| write_dat(dir, &new),
-        |root, op, nth, fired| {
+        |root, op, nth, fired, _calls| {
             let content = fs::read(root.join("x.dat")).unwrap();
             assert!(content == old || content == new, "{op:?} #{nth}: torn destination");
             if !fired || matches!(op, Op::DirFsync | Op::Map) {
@@ -301,6 +301,20 @@ fn assert_all_new(root: &Path, new_payload: impl Fn(&str) -> Vec<u8>, at: &str) 
     }
 }
 
+/// A group commit whose rename failed still fsyncs the directory afterwards, so the keys it
+/// renamed before the failure are durable.
+fn assert_dir_fsynced_after_the_failed_rename(calls: &[Call], at: &str) {
+    let failed = calls
+        .iter()
+        .position(|call| call.op == Op::Rename && !call.ok)
+        .unwrap_or_else(|| panic!("{at}: no failed rename recorded"));
+    assert!(
+        calls[failed..].iter().any(|call| call.op == Op::DirFsync && call.ok),
+        "{at}: no directory fsync after the failed rename: {:?}",
+        &calls[failed..]
+    );
+}
+
 fn live_payload(_key: &str) -> Vec<u8> {
     vec![9u8; 5000]
 }
@@ -318,11 +332,14 @@ fn group_commit_survives_a_failure_at_every_step() {
                     writer.write_block(&live_payload(key), &mut || Ok(()))
                 })
             },
-            |root, op, nth, fired| {
+            |root, op, nth, fired, calls| {
                 let at = format!("{finish:?} {op:?} #{nth}");
                 assert_pairs_old_or_new(root, finish, live_payload, &at);
                 if !fired && finish == Finish::Commit {
                     assert_all_new(root, live_payload, &at);
+                }
+                if fired && op == Op::Rename {
+                    assert_dir_fsynced_after_the_failed_rename(calls, &at);
                 }
             },
         );
@@ -383,7 +400,7 @@ fn replace_with_range_survives_a_failure_at_every_step_on_every_copy_path() {
                 dir.replace_with_range(src, "x.dat", true, ChunkBudget::new(SMALL_BUDGET), &mut || Ok(()))
                     .map(drop)
             },
-            |root, op, nth, fired| {
+            |root, op, nth, fired, _calls| {
                 let content = fs::read(root.join("x.dat")).unwrap();
                 assert!(
                     content == old || content == new,
@@ -421,11 +438,14 @@ fn staged_key_from_a_file_survives_a_failure_at_every_step_on_every_copy_path() 
                         writer.copy_from(&format!("{key}.dat"), 0, &mut || Ok(()))
                     })
                 },
-                |root, op, nth, fired| {
+                |root, op, nth, fired, calls| {
                     let at = format!("{copy_path:?} {finish:?} {op:?} #{nth}");
                     assert_pairs_old_or_new(root, finish, file_payload, &at);
                     if !fired && finish == Finish::Commit {
                         assert_all_new(root, file_payload, &at);
+                    }
+                    if fired && op == Op::Rename {
+                        assert_dir_fsynced_after_the_failed_rename(calls, &at);
                     }
                     for key in KEYS {
                         let source = fs::read(root.join(format!("{key}.dat"))).unwrap();

@@ -26,6 +26,8 @@ enum Target<'a> {
     Name(&'a str),
     /// An open file.
     File(BorrowedFd<'a>),
+    /// An open file resized by `ftruncate` (a reservation fallback, not an allocation).
+    Resize(BorrowedFd<'a>),
     /// The directory itself.
     Dir,
     /// A rename of `from` to `to`.
@@ -48,8 +50,8 @@ trait Hook {
     /// Runs after a forwarded call, with whether it succeeded.
     fn after(&self, _op: Op, _target: Target<'_>, _ok: bool) {}
 
-    /// Runs when a forwarded `open` returned `fd` for `name`.
-    fn opened(&self, _fd: BorrowedFd<'_>, _name: &str) {}
+    /// Runs when a forwarded `open` with `flags` returned `fd` for `name`.
+    fn opened(&self, _fd: BorrowedFd<'_>, _name: &str, _flags: OFlags) {}
 
     /// Carries out a `clone_range` that passed [`Hook::before`]; a double that emulates
     /// reflinks does it here instead of forwarding to `inner`.
@@ -82,7 +84,7 @@ macro_rules! forward_through_hook {
             fn open(&self, dir: BorrowedFd<'_>, name: &str, flags: OFlags, mode: u32) -> io::Result<OwnedFd> {
                 self.around(open_op(flags), Target::Name(name), || {
                     let fd = self.inner.open(dir, name, flags, mode)?;
-                    self.opened(fd.as_fd(), name);
+                    self.opened(fd.as_fd(), name, flags);
                     Ok(fd)
                 })
             }
@@ -95,7 +97,7 @@ macro_rules! forward_through_hook {
                 self.around(Op::Reserve, Target::File(fd), || self.inner.fallocate(fd, len))
             }
             fn truncate(&self, fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
-                self.around(Op::Reserve, Target::File(fd), || self.inner.truncate(fd, len))
+                self.around(Op::Reserve, Target::Resize(fd), || self.inner.truncate(fd, len))
             }
             fn pwrite(&self, fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<usize> {
                 self.around(Op::Write, Target::File(fd), || self.inner.pwrite(fd, buf, offset))
@@ -347,6 +349,8 @@ forward_through_hook!(CopyPathFs);
 pub struct Call {
     /// The operation.
     pub op: Op,
+    /// The system call behind it (`"fallocate"` and `"ftruncate"` are both [`Op::Reserve`]).
+    pub syscall: &'static str,
     /// The name it touched (`"."` for the directory itself, `"?"` for an unknown fd).
     pub name: String,
     /// The rename target, for renames.
@@ -355,12 +359,38 @@ pub struct Call {
     pub ok: bool,
 }
 
-/// Wraps another [`Fs`] and records every call in order.
+/// The system call behind a forwarded call.
+fn syscall_of(op: Op, target: Target<'_>) -> &'static str {
+    match (op, target) {
+        (Op::Open | Op::Create, _) => "openat",
+        (Op::Mkdir, _) => "mkdirat",
+        (Op::Reserve, Target::Resize(_)) => "ftruncate",
+        (Op::Reserve, _) => "fallocate",
+        (Op::Write, _) => "pwrite",
+        (Op::Read, _) => "pread",
+        (Op::Fsync | Op::DirFsync, _) => "fsync",
+        (Op::Rename, _) => "renameat",
+        (Op::Unlink, _) => "unlinkat",
+        (Op::Stat, Target::Name(_)) => "fstatat",
+        (Op::Stat, _) => "fstat",
+        (Op::Lock, _) => "flock",
+        (Op::Chmod, _) => "fchmod",
+        (Op::Copy, Target::Clone { .. }) => "ioctl(FICLONERANGE)",
+        (Op::Copy, _) => "copy_file_range",
+        (Op::Map, _) => "mmap",
+        (Op::List, _) => "getdents64",
+    }
+}
+
+/// Wraps another [`Fs`] and records every call in order, and the permission bits of every
+/// file it saw created, as `fstat` reported them right after the `open` (before any other
+/// call on the file).
 #[derive(Debug)]
 pub struct RecordingFs {
     inner: Arc<dyn Fs>,
     calls: Mutex<Vec<Call>>,
     fd_names: Mutex<HashMap<i32, String>>,
+    created: Mutex<Vec<(String, u32)>>,
 }
 
 impl Default for RecordingFs {
@@ -381,7 +411,14 @@ impl RecordingFs {
             inner,
             calls: Mutex::new(Vec::new()),
             fd_names: Mutex::new(HashMap::new()),
+            created: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The name and permission bits of each file created through the seam, in order, as the
+    /// file was right after its `open(O_CREAT)`.
+    pub fn created_perms(&self) -> Vec<(String, u32)> {
+        self.created.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// The calls recorded so far.
@@ -401,15 +438,26 @@ impl RecordingFs {
 }
 
 impl Hook for RecordingFs {
-    fn opened(&self, fd: BorrowedFd<'_>, name: &str) {
+    fn opened(&self, fd: BorrowedFd<'_>, name: &str, flags: OFlags) {
         let mut names = self.fd_names.lock().unwrap_or_else(PoisonError::into_inner);
         names.insert(fd.as_raw_fd(), name.to_owned());
+        if flags.contains(OFlags::CREATE) {
+            // Straight to the kernel, not through `inner`: an observation must not count as a
+            // call of the seam under test (a fault double would shift its count).
+            if let Ok(stat) = rustix::fs::fstat(fd) {
+                let perm = stat.st_mode & 0o7777;
+                self.created
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((name.to_owned(), perm));
+            }
+        }
     }
 
     fn after(&self, op: Op, target: Target<'_>, ok: bool) {
         let (name, to) = match target {
             Target::Name(name) => (name.to_owned(), None),
-            Target::File(fd) => (self.fd_name(fd), None),
+            Target::File(fd) | Target::Resize(fd) => (self.fd_name(fd), None),
             Target::Dir => (".".to_owned(), None),
             Target::Rename { from, to } => (from.to_owned(), Some(to.to_owned())),
             Target::KernelCopy { src, dst } | Target::Clone { src, dst } => {
@@ -422,7 +470,13 @@ impl Hook for RecordingFs {
                 (name, None)
             }
         };
-        let call = Call { op, name, to, ok };
+        let call = Call {
+            op,
+            syscall: syscall_of(op, target),
+            name,
+            to,
+            ok,
+        };
         self.calls.lock().unwrap_or_else(PoisonError::into_inner).push(call);
     }
 }
