@@ -240,8 +240,9 @@ impl<'a> StridedBytes<'a> {
     }
 
     /// Copies `block` whole rows from `first` on (all in one slab of the last two axes) with a
-    /// blocked transpose: tile by tile, each column of the tile is read along the source's
-    /// short stride and scattered into the output rows, which stay in cache for the tile.
+    /// blocked transpose. Short output rows are filled column by column (each tile column is
+    /// read along the source's short stride and scattered into rows that stay in cache); long
+    /// ones row by row (each output row segment is written contiguously).
     fn copy_tiled(&self, first: usize, block: usize, out: &mut [u8]) {
         let size = self.itemsize;
         let row_len = self.row_len();
@@ -250,17 +251,55 @@ impl<'a> StridedBytes<'a> {
         let col_stride = self.inner_stride();
         let base = self.row_base(first) as isize;
         let edge = tile_edge(size);
+        let by_column = edge * row_bytes <= SHORT_TILE_BYTES;
         for row0 in (0..block).step_by(edge) {
             let rows = edge.min(block - row0);
             for col0 in (0..row_len).step_by(edge) {
-                for col in col0..edge.min(row_len - col0) + col0 {
-                    let from = base + row_stride * row0 as isize + col_stride * col as isize;
-                    let to = row0 * row_bytes + col * size;
-                    scatter_items(self.memory, from as usize, row_stride, out, to, row_bytes, rows, size);
+                let cols = edge.min(row_len - col0);
+                let corner = base + row_stride * row0 as isize + col_stride * col0 as isize;
+                let to = row0 * row_bytes + col0 * size;
+                if by_column {
+                    for col in 0..cols {
+                        let from = corner + col_stride * col as isize;
+                        scatter_items(
+                            self.memory,
+                            from,
+                            row_stride,
+                            out,
+                            to + col * size,
+                            row_bytes,
+                            rows,
+                            size,
+                        );
+                    }
+                } else {
+                    for row in 0..rows {
+                        let from = corner + row_stride * row as isize;
+                        let at = to + row * row_bytes;
+                        copy_items(
+                            self.memory,
+                            from as usize,
+                            col_stride,
+                            size,
+                            &mut out[at..at + cols * size],
+                        );
+                    }
                 }
             }
         }
     }
+}
+
+/// The most bytes a tile's output rows may span for the tile to be filled column by column.
+const SHORT_TILE_BYTES: usize = 32 << 10;
+
+/// The bytes `[low, high)` that `count` items of `size` bytes reach from `from`, `stride` apart,
+/// as a checked sub-slice of `memory`, with the offset of the first item inside it.
+fn item_span(memory: &[u8], from: isize, stride: isize, count: usize, size: usize) -> (&[u8], usize) {
+    let last = from + stride * (count as isize - 1);
+    let (low, high) = if stride < 0 { (last, from) } else { (from, last) };
+    let span = &memory[low as usize..high as usize + size];
+    (span, (from - low) as usize)
 }
 
 /// Copies `count` items of `size` bytes, the first at `memory[from]` and the next ones
@@ -268,7 +307,7 @@ impl<'a> StridedBytes<'a> {
 #[allow(clippy::too_many_arguments)] // One tight loop; bundling the strides would only hide them.
 fn scatter_items(
     memory: &[u8],
-    from: usize,
+    from: isize,
     stride: isize,
     out: &mut [u8],
     to: usize,
@@ -276,13 +315,16 @@ fn scatter_items(
     count: usize,
     size: usize,
 ) {
+    if count == 0 {
+        return;
+    }
+    let (span, first) = item_span(memory, from, stride, count, size);
     macro_rules! fixed {
         ($n:literal) => {{
-            let mut at = from as isize;
+            let mut at = first as isize;
             let mut put = to;
             for _ in 0..count {
-                let item: [u8; $n] = memory[at as usize..at as usize + $n].try_into().unwrap_or([0; $n]);
-                out[put..put + $n].copy_from_slice(&item);
+                out[put..put + $n].copy_from_slice(&read_item::<$n>(span, at));
                 at += stride;
                 put += out_stride;
             }
@@ -295,10 +337,10 @@ fn scatter_items(
         8 => fixed!(8),
         16 => fixed!(16),
         _ => {
-            let mut at = from as isize;
+            let mut at = first as isize;
             let mut put = to;
             for _ in 0..count {
-                out[put..put + size].copy_from_slice(&memory[at as usize..at as usize + size]);
+                out[put..put + size].copy_from_slice(&span[at as usize..at as usize + size]);
                 at += stride;
                 put += out_stride;
             }
@@ -306,15 +348,34 @@ fn scatter_items(
     }
 }
 
+/// The `N` bytes at `span[at..at + N]`.
+///
+/// Callers pass only offsets of items that [`item_span`] put inside `span`: the first item's
+/// offset plus a multiple of the stride, for no more items than the span was cut for.
+#[inline]
+#[allow(unsafe_code)]
+fn read_item<const N: usize>(span: &[u8], at: isize) -> [u8; N] {
+    debug_assert!(at >= 0 && at as usize + N <= span.len());
+    // SAFETY: `item_span` cut `span` from the lowest to the end of the highest item of this
+    // run (a checked slice of the array's memory), and `at` is the offset of one of those
+    // items inside it, so `[at, at + N)` lies inside `span`. The read is unaligned-safe and
+    // copies plain bytes.
+    unsafe { span.as_ptr().offset(at).cast::<[u8; N]>().read_unaligned() }
+}
+
 /// Copies `out.len() / size` items of `size` bytes, the first at `memory[from]`, the next ones
 /// `stride` bytes apart, packed into `out`.
 fn copy_items(memory: &[u8], from: usize, stride: isize, size: usize, out: &mut [u8]) {
+    let count = out.len() / size.max(1);
+    if count == 0 {
+        return;
+    }
+    let (span, first) = item_span(memory, from as isize, stride, count, size);
     macro_rules! fixed {
         ($n:literal) => {{
-            let mut at = from as isize;
+            let mut at = first as isize;
             for item in out.chunks_exact_mut($n) {
-                let src: &[u8; $n] = memory[at as usize..at as usize + $n].try_into().unwrap_or(&[0; $n]);
-                item.copy_from_slice(src);
+                item.copy_from_slice(&read_item::<$n>(span, at));
                 at += stride;
             }
         }};
@@ -326,9 +387,9 @@ fn copy_items(memory: &[u8], from: usize, stride: isize, size: usize, out: &mut 
         8 => fixed!(8),
         16 => fixed!(16),
         _ => {
-            let mut at = from as isize;
+            let mut at = first as isize;
             for item in out.chunks_exact_mut(size) {
-                item.copy_from_slice(&memory[at as usize..at as usize + size]);
+                item.copy_from_slice(&span[at as usize..at as usize + size]);
                 at += stride;
             }
         }

@@ -341,7 +341,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let recording = std::sync::Arc::new(crate::fs::RecordingFs::new());
         let dir = CacheDir::open_with(tmp.path(), false, recording.clone()).unwrap();
-        let memory: Vec<u8> = (0..800).map(|index| (index % 251) as u8).collect();
+        let memory: Vec<u8> = (0..800u32).map(|index| u8::try_from(index % 251).unwrap()).collect();
         let mut pauses = 0;
         let mut writer = dir.begin_write("k.dat", 800, ChunkBudget::new(100)).unwrap();
 
@@ -354,13 +354,13 @@ mod tests {
         dir.finish_write(writer, false).unwrap();
 
         assert_eq!(fs::read(tmp.path().join("k.dat")).unwrap(), c_order_of_fortran(&memory));
-        let writes = recording
+        let pwrites = recording
             .calls()
             .iter()
             .filter(|call| call.op == crate::Op::Write)
             .count();
-        assert_eq!(writes, 800 / 50, "two 50-byte halves share the 100-byte budget");
-        assert_eq!(pauses, writes - 1, "between runs between pieces only");
+        assert_eq!(pwrites, 800 / 50, "two 50-byte halves share the 100-byte budget");
+        assert_eq!(pauses, pwrites - 1, "between runs between pieces only");
     }
 
     #[test]
