@@ -760,7 +760,9 @@ class LazyDiskCache(ABC):
         shape, dtype = self._describe_shape_dtype()
         nbytes = math.prod(shape) * np.dtype(dtype).itemsize
         if nbytes and self._adopted is None and not _is_symlink(source) and source.parent == target.parent:
-            self._directory().copy_range(source.name, 0, target.name, nbytes, durable=False)
+            self._directory().copy_range(
+                source.name, 0, target.name, nbytes, chunk_bytes=chunk_budget_bytes(), durable=False
+            )
         else:
             twin._write_backing(np.asarray(self._source_array()))
 
