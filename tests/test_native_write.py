@@ -7,6 +7,7 @@ import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -304,23 +305,30 @@ class _AlarmError(Exception):
     """Raised by the test's signal handler."""
 
 
-def _raise_alarm(signum: int, frame: object) -> None:
-    raise _AlarmError
+def _raise_alarm_inside_the_write(signum: int, frame: FrameType | None) -> None:
+    # The timer repeats; it only raises once the test function itself is running, i.e. from inside
+    # the native write's signal check, never from pytest's own code before the call.
+    if (
+        frame is not None
+        and frame.f_code is test_signal_handler_exception_between_chunks_aborts_and_removes_the_temp.__code__
+    ):
+        raise _AlarmError
 
 
 def test_signal_handler_exception_between_chunks_aborts_and_removes_the_temp(
-    tmp_path: Path, cache_dir: _rust.CacheDir
+    tmp_path: Path, cache_dir: _rust.CacheDir, clean_faults: None
 ) -> None:
     (tmp_path / "x.dat").write_bytes(b"old content")
     payload = np.ones(256 << 20, dtype=np.uint8)
-    previous = signal.signal(signal.SIGALRM, _raise_alarm)
+    previous = signal.signal(signal.SIGALRM, _raise_alarm_inside_the_write)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.001)
         with pytest.raises(_AlarmError):
+            signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
             cache_dir.write_file("x.dat", payload.data, chunk_bytes=64 << 10, durable=False)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 
+    assert _rust._op_counts()["write"] >= 1
     assert (tmp_path / "x.dat").read_bytes() == b"old content"
     assert sorted(os.listdir(tmp_path)) == ["x.dat"]
