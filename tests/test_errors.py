@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import traceback
 from pathlib import Path
 
 import pytest
@@ -46,14 +47,25 @@ def test_containment_error_is_a_store_key_error() -> None:
     assert issubclass(StoreContainmentError, ValueError)
 
 
-def test_non_str_key_error_is_a_private_subclass_of_store_key_error_and_type_error() -> None:
+def test_non_str_key_error_is_a_distinct_subclass_of_store_key_error_and_type_error() -> None:
     error = raise_non_str_key_error()
 
     assert type(error) is errors._NonStrStoreKeyError
+    assert type(error) is not StoreKeyError
     assert isinstance(error, StoreKeyError)
     assert isinstance(error, TypeError)
-    assert type(error).__name__.startswith("_")
     assert not isinstance(error, StoreContainmentError)
+
+
+def test_non_str_key_error_shows_the_public_name_in_tracebacks_and_reprs() -> None:
+    error = raise_non_str_key_error()
+
+    shown = "".join(traceback.format_exception(error))
+
+    assert shown.splitlines()[-1].startswith("lazy_disk_cache.errors.StoreKeyError: Invalid store key 42: ")
+    assert "_NonStr" not in shown
+    assert repr(error).startswith("StoreKeyError('Invalid store key 42: ")
+    assert (type(error).__name__, type(error).__qualname__) == ("StoreKeyError", "StoreKeyError")
 
 
 def test_purge_refusals_are_runtime_errors_and_not_os_errors() -> None:
@@ -219,7 +231,13 @@ def test_exceptions_survive_pickling_with_type_and_message(error: Exception) -> 
 
 
 def test_non_str_key_error_survives_pickling_as_both_types() -> None:
-    revived = pickle.loads(pickle.dumps(raise_non_str_key_error()))
+    error = raise_non_str_key_error()
+    error.add_note("while checking a key")
 
+    revived = pickle.loads(pickle.dumps(error))
+
+    assert type(revived) is type(error)
     assert isinstance(revived, StoreKeyError)
     assert isinstance(revived, TypeError)
+    assert str(revived) == str(error)
+    assert revived.__notes__ == ["while checking a key"]

@@ -9,9 +9,9 @@ detects a problem raises it in one line and the wording lives in a single place;
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 __all__ = [
     "StoreContainmentError",
@@ -65,6 +65,19 @@ class _NonStrStoreKeyError(StoreKeyError, TypeError):
             f"Invalid store key {_repr_of(key)}: a store key must be a str, but got {type(key).__name__}. "
             "Convert it explicitly (for example with str()) before using it as a key."
         )
+
+    def __reduce__(self) -> tuple[Callable[..., _NonStrStoreKeyError], tuple[Any, ...], dict[str, Any] | None]:
+        # Pickle finds a class by its qualified name, which is the public one (below): revive
+        # through a function instead, keeping the arguments and the notes.
+        return (_revive_non_str_key_error, self.args, self.__dict__ or None)
+
+
+# Tracebacks and reprs show the public type: that the error is also a TypeError is a detail.
+_NonStrStoreKeyError.__name__ = _NonStrStoreKeyError.__qualname__ = StoreKeyError.__name__
+
+
+def _revive_non_str_key_error(*args: Any) -> _NonStrStoreKeyError:
+    return _NonStrStoreKeyError(*args)
 
 
 def non_str_key_error(key: object) -> StoreKeyError:
