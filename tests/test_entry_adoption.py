@@ -9,6 +9,7 @@ import ast
 import errno
 import gc
 import math
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -291,6 +292,8 @@ def test_read_only_writable_load_raises_permission_error(store_dir: Path, mode: 
         entry.load(mode)
 
     assert caught.value.errno == errno.EACCES
+    assert caught.value.strerror == os.strerror(errno.EACCES)
+    assert any("read-only cache directory" in note for note in caught.value.__notes__)
     assert entry.offloaded
     assert sorted(p.name for p in store_dir.iterdir()) == ["k.npy"]
 

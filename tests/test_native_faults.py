@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -255,3 +256,36 @@ def test_sweep_reports_other_unlink_failures_with_their_error(tmp_path: Path, ca
     assert [(name, error.errno, error.filename) for name, error in failed] == [
         ("k.npy.tmp", errno.EIO, str(tmp_path / "k.npy.tmp"))
     ]
+
+
+# -- the operation goes into a note; strerror stays the system's text ------------------------------
+
+
+def test_a_missing_directory_raises_with_the_plain_strerror_and_the_operation_in_a_note(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+
+    with pytest.raises(FileNotFoundError) as raised:
+        _rust.CacheDir.open(missing)
+
+    error = raised.value
+    assert error.strerror == os.strerror(errno.ENOENT)
+    assert error.filename == str(missing)
+    assert str(error) == f"[Errno {errno.ENOENT}] {os.strerror(errno.ENOENT)}: {str(missing)!r}"
+    assert len(error.__notes__) == 1
+    assert error.__notes__[0].startswith("during ")
+
+
+@pytest.mark.usefixtures("clean_faults")
+def test_a_failed_rename_keeps_strerror_pure_and_names_the_operation_in_the_traceback(
+    tmp_path: Path, cache_dir: _rust.CacheDir
+) -> None:
+    _rust._inject_fault("rename", 1, errno.EXDEV)
+
+    with pytest.raises(OSError) as raised:
+        cache_dir.write_file("x.dat", b"new", chunk_bytes=CHUNK, durable=False)
+
+    error = raised.value
+    shown = "".join(traceback.format_exception(error))
+    assert error.strerror == os.strerror(errno.EXDEV)
+    assert error.__notes__ == ["during rename"]
+    assert shown.rstrip().endswith(f"{str(tmp_path / 'x.dat')!r}\nduring rename")

@@ -2,7 +2,8 @@
 
 Private module: import from ``lazy_disk_cache`` instead. Every method that touches the disk
 releases the GIL while it blocks. Failures raise ``OSError`` subclasses carrying ``errno`` and
-``filename`` (``filename2`` for renames), ``ValueError`` for malformed headers, short files and
+``filename`` (``filename2`` for renames), with ``strerror`` exactly ``os.strerror(errno)`` and a
+note naming the operation (``during fsync``); ``ValueError`` for malformed headers, short files and
 illegal names, ``OverflowError`` for sizes that do not fit, and ``KeyboardInterrupt`` when a long
 copy is interrupted (its temp is removed first).
 """

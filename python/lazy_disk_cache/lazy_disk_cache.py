@@ -534,11 +534,9 @@ class LazyDiskCache(ABC):
                 return as_memmap(mapping, shape, dtype, filename=str(path))
         shape = tuple(shape)
         if adopted is not None and mode in _WRITING_MODES:
-            raise PermissionError(
-                errno.EACCES,
-                "the entry was reloaded from a read-only cache directory; load it with mode 'r' or 'c'",
-                str(path),
-            )
+            refusal = PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            refusal.add_note("the entry was reloaded from a read-only cache directory; load it with mode 'r' or 'c'")
+            raise refusal
         if mode == "w+":
             directory, name = self._write_location()
             nbytes = math.prod(shape) * np.dtype(dtype).itemsize

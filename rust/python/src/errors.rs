@@ -1,7 +1,8 @@
 //! The one conversion from core errors to Python exceptions.
 //!
-//! `Io` and `Rename` become `OSError(errno, "<strerror> (during <op>)", filename[, None,
-//! filename2])`; calling the `OSError` type that way makes `CPython` pick the subclass from the
+//! `Io` and `Rename` become `OSError(errno, strerror(errno), filename[, None, filename2])` with
+//! the note `during <op>` (PEP 678), so `strerror` stays the system's text and tracebacks name the
+//! operation; calling the `OSError` type that way makes `CPython` pick the subclass from the
 //! errno (`FileNotFoundError`, `PermissionError`, ...). Bad names, bad headers, bad buffer
 //! layouts, size mismatches and keys staged twice are `ValueError` (with the core's message), overflow is `OverflowError`, and an interrupted copy re-raises
 //! the exception that stopped it (normally `KeyboardInterrupt`).
@@ -55,18 +56,22 @@ fn strerror(err: &io::Error) -> String {
 
 fn os_error(source: &io::Error, op: &str, path: &Path, path2: Option<&Path>) -> PyErr {
     let errno = source.raw_os_error().unwrap_or(FALLBACK_ERRNO);
-    let message = format!("{} (during {op})", strerror(source));
     let filename = path.to_string_lossy().into_owned();
     Python::attach(|py| {
         let os_error_type = py.get_type::<PyOSError>();
         let built = match path2 {
             Some(path2) => {
                 let filename2 = path2.to_string_lossy().into_owned();
-                os_error_type.call1((errno, message, filename, py.None(), filename2))
+                os_error_type.call1((errno, strerror(source), filename, py.None(), filename2))
             }
-            None => os_error_type.call1((errno, message, filename)),
+            None => os_error_type.call1((errno, strerror(source), filename)),
         };
-        match built {
+        // Callers compare `strerror` with `os.strerror(errno)`: the operation goes into a note.
+        let noted = built.and_then(|instance| {
+            instance.call_method1("add_note", (format!("during {op}"),))?;
+            Ok(instance)
+        });
+        match noted {
             Ok(instance) => PyErr::from_value(instance),
             Err(err) => err,
         }
