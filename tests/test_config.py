@@ -56,11 +56,30 @@ def test_non_path_cache_path_raises_validation_error() -> None:
         LazyDiskCacheConfig(cache_path=5)  # type: ignore[arg-type]
 
 
-def test_unknown_keyword_arguments_are_ignored() -> None:
-    config = LazyDiskCacheConfig(enable_caching=True, colour="blue")  # type: ignore[call-arg]
+def test_a_misspelt_keyword_raises_type_error_naming_it_and_the_closest_setting() -> None:
+    with pytest.raises(TypeError) as raised:
+        LazyDiskCacheConfig(enable_cachng=True)  # type: ignore[call-arg]
 
-    assert config == LazyDiskCacheConfig(enable_caching=True)
-    assert not hasattr(config, "colour")
+    assert str(raised.value) == (
+        "LazyDiskCacheConfig() got an unexpected keyword argument 'enable_cachng' (did you mean "
+        "'enable_caching'?); the settings are 'enable_caching', 'cache_path', 'purge_disk_on_gc' and "
+        "'automatic_offloading'"
+    )
+
+
+def test_an_unknown_keyword_without_a_close_match_lists_the_settings() -> None:
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'colour'; the settings are 'enable_caching'"):
+        LazyDiskCacheConfig(enable_caching=True, colour="blue")  # type: ignore[call-arg]
+
+
+def test_a_dict_config_with_a_misspelt_key_raises_type_error_in_the_store(tmp_path: Path) -> None:
+    from lazy_disk_cache import DiskBackedNDArray, DiskBackedStore
+
+    with pytest.raises(TypeError, match=r"'purge_disk_ongc' \(did you mean 'purge_disk_on_gc'\?\)"):
+        DiskBackedStore(
+            config={"cache_path": tmp_path, "purge_disk_ongc": False},  # type: ignore[arg-type]
+            factory=DiskBackedNDArray,
+        )
 
 
 def test_assignment_raises_frozen_instance_error() -> None:
@@ -152,10 +171,11 @@ def test_updated_returns_a_revalidated_copy() -> None:
     assert config == LazyDiskCacheConfig()
 
 
-def test_updated_ignores_unknown_names() -> None:
+def test_updated_with_a_misspelt_name_raises_type_error_naming_it_and_the_closest_setting() -> None:
     config = LazyDiskCacheConfig(enable_caching=True)
 
-    assert config.updated(bogus=1) == config  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"^updated\(\) got an unexpected keyword argument 'automatic_offload' "):
+        config.updated(automatic_offload=True)  # type: ignore[call-arg]
 
 
 def test_updated_with_a_bad_value_raises_validation_error() -> None:

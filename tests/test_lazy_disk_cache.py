@@ -57,10 +57,14 @@ def test_constructor_coerces_settings_like_the_config() -> None:
     assert entry.automatic_offloading is True
 
 
-def test_constructor_ignores_unknown_settings() -> None:
-    entry = DiskBackedNDArray(np.zeros(2), colour="blue")  # type: ignore[call-arg]
+def test_constructor_refuses_a_misspelt_setting_naming_the_class_and_the_closest_setting(tmp_path: Path) -> None:
+    with pytest.raises(TypeError) as raised:
+        DiskBackedNDArray(np.zeros(2), enable_cachng=True, cache_path=tmp_path / "e")  # type: ignore[call-arg]
 
-    assert not entry.cache_enabled
+    assert str(raised.value).startswith(
+        "DiskBackedNDArray() got an unexpected keyword argument 'enable_cachng' (did you mean 'enable_caching'?)"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("settings", [{"enable_caching": "notabool"}, {"purge_disk_on_gc": None}, {"cache_path": 3}])

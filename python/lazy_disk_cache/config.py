@@ -6,12 +6,15 @@ loads, because the name it records is still importable there.
 """
 
 import dataclasses
+import difflib
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
-from pydantic import ConfigDict, StrictStr, validate_call
+from pydantic import ConfigDict, StrictStr, model_validator, validate_call
 from pydantic.dataclasses import dataclass as pydantic_dataclass
+from pydantic_core import ArgsKwargs
 from typing_extensions import TypedDict, Unpack
 
 from lazy_disk_cache.paths import ensure_write_contained, validate_store_key
@@ -42,15 +45,26 @@ class LazyDiskCacheKw(TypedDict, total=False):
 class LazyDiskCacheConfig:
     """Frozen, validated mirror of ``LazyDiskCacheKw``.
 
-    Values are coerced leniently (``"yes"`` → ``True``, ``"x"`` → ``Path("x")``); unknown
-    keyword arguments are ignored; bad values raise ``pydantic.ValidationError``. Hashable,
-    comparable by value and picklable, so one instance can be threaded through factory chains.
+    Values are coerced leniently (``"yes"`` → ``True``, ``"x"`` → ``Path("x")``); bad values
+    raise ``pydantic.ValidationError`` and unknown keyword arguments ``TypeError`` (naming the
+    closest setting: a typo must not silently turn caching off). Hashable, comparable by value and
+    picklable, so one instance can be threaded through factory chains.
     """
 
     enable_caching: bool = False
     cache_path: Path | None = None
     purge_disk_on_gc: bool = True
     automatic_offloading: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unknown_settings(cls, data: Any) -> Any:
+        # pydantic passes a TypeError raised here through unchanged (it wraps only ValueErrors).
+        if isinstance(data, ArgsKwargs):
+            refuse_unknown_settings(data.kwargs or {}, f"{cls.__name__}()")
+        elif isinstance(data, dict):
+            refuse_unknown_settings(data, f"{cls.__name__}()")
+        return data
 
     def as_kwargs(self) -> LazyDiskCacheKw:
         """Return the four settings as a plain ``dict``."""
@@ -63,11 +77,16 @@ class LazyDiskCacheConfig:
 
     @classmethod
     def from_kwargs(cls, settings: LazyDiskCacheKw) -> Self:
-        """Build a configuration from a ``LazyDiskCacheKw``-shaped mapping; extra keys are ignored."""
-        return cls(**settings)
+        """Build a configuration from a ``LazyDiskCacheKw``-shaped mapping; extra keys are ignored.
+
+        The mapping may be a larger settings dict: only the four setting names are read.
+        """
+        known: dict[str, Any] = {name: value for name, value in settings.items() if name in SETTING_NAMES}
+        return cls(**known)
 
     def updated(self, **overrides: Unpack[LazyDiskCacheKw]) -> Self:
-        """Return a re-validated copy with ``overrides`` applied; unknown names are ignored."""
+        """Return a re-validated copy with ``overrides`` applied; an unknown name raises ``TypeError``."""
+        refuse_unknown_settings(overrides, "updated()")
         return dataclasses.replace(self, **overrides)
 
     @validate_call
@@ -86,6 +105,25 @@ class LazyDiskCacheConfig:
         extended = self.cache_path / new_folder
         ensure_write_contained(extended, self.cache_path, new_folder)
         return dataclasses.replace(self, cache_path=extended)
+
+
+SETTING_NAMES: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(LazyDiskCacheConfig))
+"""The names of the four settings, in their positional order."""
+
+
+def refuse_unknown_settings(settings: Iterable[str], caller: str) -> None:
+    """Raise ``TypeError`` for the first name in ``settings`` that is not a setting.
+
+    The message names ``caller`` (such as ``'DiskBackedNDArray()'``), the unknown keyword, the
+    closest setting when one is close, and every setting.
+    """
+    for name in settings:
+        if name in SETTING_NAMES:
+            continue
+        close = difflib.get_close_matches(name, SETTING_NAMES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        listed = ", ".join(map(repr, SETTING_NAMES[:-1])) + f" and {SETTING_NAMES[-1]!r}"
+        raise TypeError(f"{caller} got an unexpected keyword argument {name!r}{hint}; the settings are {listed}")
 
 
 # Pickles name a class by its module: keep naming the module path the original package exposes (which

@@ -38,7 +38,7 @@ from lazy_disk_cache._directories import open_directory
 from lazy_disk_cache._leases import PathLease, lease_backing_file
 from lazy_disk_cache._memmap import as_memmap, mapping_of, open_memmap
 from lazy_disk_cache._rust import CacheDir, FileMapping
-from lazy_disk_cache.config import LazyDiskCacheConfig, LazyDiskCacheKw
+from lazy_disk_cache.config import LazyDiskCacheConfig, LazyDiskCacheKw, refuse_unknown_settings
 from lazy_disk_cache.paths import MEMMAP_SUFFIX, NPY_SUFFIX, TMP_SUFFIX, ensure_write_contained
 
 psutil: ModuleType | None
@@ -156,7 +156,8 @@ class LazyDiskCache(ABC):
     Subclasses supply the live buffer through ``_describe_buffer``, ``_describe_shape_dtype``,
     ``_drop_buffer`` and ``_set_buffer``; this class runs the RAM / MAPPED / OFFLOADED state
     machine under ``self._lock``, the purge-on-GC duty and the pickle protocol. Construction
-    validates ``settings`` like ``LazyDiskCacheConfig`` (``pydantic.ValidationError``).
+    validates ``settings`` like ``LazyDiskCacheConfig`` (``pydantic.ValidationError`` for a bad
+    value, ``TypeError`` naming the closest setting for an unknown keyword).
     """
 
     _MEMMAP_SUFFIX: ClassVar[str] = MEMMAP_SUFFIX
@@ -177,6 +178,7 @@ class LazyDiskCache(ABC):
     _lease: PathLease
 
     def __init__(self, **settings: Unpack[LazyDiskCacheKw]) -> None:
+        refuse_unknown_settings(settings, f"{type(self).__name__}()")
         self._init_from_config(LazyDiskCacheConfig(**settings))
 
     def _init_from_config(self, config: LazyDiskCacheConfig) -> None:
