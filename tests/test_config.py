@@ -28,7 +28,7 @@ def test_defaults_match_the_documented_table() -> None:
 
 
 def test_fields_are_positional_in_documented_order() -> None:
-    config = LazyDiskCacheConfig(True, "p", False, True)  # type: ignore[arg-type]
+    config = LazyDiskCacheConfig(True, "p", False, True)
 
     assert config == LazyDiskCacheConfig(
         enable_caching=True, cache_path=Path("p"), purge_disk_on_gc=False, automatic_offloading=True
@@ -36,7 +36,7 @@ def test_fields_are_positional_in_documented_order() -> None:
 
 
 def test_string_cache_path_is_coerced_to_path() -> None:
-    assert LazyDiskCacheConfig(cache_path="x").cache_path == Path("x")  # type: ignore[arg-type]
+    assert LazyDiskCacheConfig(cache_path="x").cache_path == Path("x")
 
 
 @pytest.mark.parametrize("value", ["yes", "true", 1, "on"])
@@ -91,7 +91,7 @@ def test_assignment_raises_frozen_instance_error() -> None:
 
 def test_equal_configs_hash_equal_and_work_as_dict_keys() -> None:
     first = LazyDiskCacheConfig(cache_path=Path("a"))
-    second = LazyDiskCacheConfig(cache_path="a")  # type: ignore[arg-type]
+    second = LazyDiskCacheConfig(cache_path="a")
 
     assert first == second
     assert {first: 1}[second] == 1

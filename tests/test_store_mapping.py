@@ -345,7 +345,7 @@ def test_get_returns_the_default_on_a_miss_and_on_an_illegal_key(tmp_path: Path)
     assert store.get("missing") is None
     assert store.get("missing", marker) is marker
     assert store.get("a/b", marker) is marker
-    assert store.get(5, marker) is marker  # type: ignore[arg-type]
+    assert store.get(5, marker) is marker  # type: ignore[call-overload]
 
 
 def test_get_returns_the_entry(tmp_path: Path) -> None:

@@ -8,11 +8,12 @@ loads, because the name it records is still importable there.
 import dataclasses
 import difflib
 import logging
+import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Annotated, Any, Self
 
-from pydantic import ConfigDict, StrictStr, model_validator, validate_call
+from pydantic import BeforeValidator, ConfigDict, StrictStr, model_validator, validate_call
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic_core import ArgsKwargs
 from typing_extensions import TypedDict, Unpack
@@ -30,15 +31,20 @@ class LazyDiskCacheKw(TypedDict, total=False):
     """Keyword arguments accepted by ``LazyDiskCache`` constructors (all optional).
 
     ``enable_caching``: back the live buffer by a memory-mapped ``.dat`` file instead of RAM.
-    ``cache_path``: where the ``.dat`` lives (``None``: a private temporary file, created on first
-    need). ``purge_disk_on_gc``: delete the ``.dat`` when the entry is collected.
-    ``automatic_offloading``: offload again after every access that had to load.
+    ``cache_path``: where the ``.dat`` lives, a ``str`` or path-like (``None``: a private temporary
+    file, created on first need). ``purge_disk_on_gc``: delete the ``.dat`` when the entry is
+    collected. ``automatic_offloading``: offload again after every access that had to load.
     """
 
     enable_caching: bool
-    cache_path: Path | None
+    cache_path: str | os.PathLike[str] | None
     purge_disk_on_gc: bool
     automatic_offloading: bool
+
+
+def _path_like_as_text(value: object) -> object:
+    # pydantic's lax Path validation takes a str or a Path, but not other os.PathLike objects.
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 @pydantic_dataclass(frozen=True, config=ConfigDict(arbitrary_types_allowed=True))
@@ -52,9 +58,20 @@ class LazyDiskCacheConfig:
     """
 
     enable_caching: bool = False
-    cache_path: Path | None = None
+    cache_path: Annotated[Path | None, BeforeValidator(_path_like_as_text)] = None
     purge_disk_on_gc: bool = True
     automatic_offloading: bool = False
+
+    if TYPE_CHECKING:
+        # What a type checker should accept: ``cache_path`` takes any str or path-like and is held
+        # as a ``Path``; the other values are coerced leniently at run time, but typed strictly.
+        def __init__(
+            self,
+            enable_caching: bool = False,
+            cache_path: str | os.PathLike[str] | None = None,
+            purge_disk_on_gc: bool = True,
+            automatic_offloading: bool = False,
+        ) -> None: ...
 
     @model_validator(mode="before")
     @classmethod
@@ -87,7 +104,10 @@ class LazyDiskCacheConfig:
     def updated(self, **overrides: Unpack[LazyDiskCacheKw]) -> Self:
         """Return a re-validated copy with ``overrides`` applied; an unknown name raises ``TypeError``."""
         refuse_unknown_settings(overrides, "updated()")
-        return dataclasses.replace(self, **overrides)
+        # Typed loosely: the values are validated (and a path-like ``cache_path`` normalised) by
+        # the constructor that replace() calls.
+        changes: dict[str, Any] = dict(overrides)
+        return dataclasses.replace(self, **changes)
 
     @validate_call
     def extend_cache_path(self, new_folder: StrictStr) -> Self:

@@ -7,7 +7,8 @@ writes go through ``entry.data[...] = value``.
 
 import logging
 from contextlib import ExitStack
-from typing import Any
+from types import EllipsisType
+from typing import Any, TypeAlias, overload
 
 import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
@@ -19,6 +20,9 @@ from lazy_disk_cache.lazy_disk_cache import LazyDiskCache, LazyDiskCacheKw
 __all__ = ["DiskBackedNDArray"]
 
 logger = logging.getLogger(__name__)
+
+# Keys whose result is always an array, whatever the entry's shape and dtype.
+_ArrayIndex: TypeAlias = slice | EllipsisType | NDArray[np.bool_] | NDArray[np.integer[Any]] | list[int] | None
 
 
 class DiskBackedNDArray(LazyDiskCache, NDArrayOperatorsMixin):
@@ -54,8 +58,18 @@ class DiskBackedNDArray(LazyDiskCache, NDArrayOperatorsMixin):
                 self.load(self._reload_mode())
             return self._data
 
+    @overload
+    def __getitem__(self, key: _ArrayIndex) -> NDArray[Any]: ...
+    @overload
+    def __getitem__(self, key: Any) -> Any: ...
     @LazyDiskCache.ensure_loaded
     def __getitem__(self, key: Any) -> Any:
+        """``data[key]``: loads the entry if offloaded (and offloads it again with ``automatic_offloading``).
+
+        Slices, ``...``, ``None`` and index arrays give arrays; while mapped they are ``np.memmap``
+        views that stay valid after a later offload and write through to the ``.dat``. Integers
+        give scalars when they pick one element. O(1) for views; a fancy index copies.
+        """
         return self._data[key]
 
     @LazyDiskCache.ensure_loaded

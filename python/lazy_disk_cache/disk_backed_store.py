@@ -15,7 +15,7 @@ import weakref
 from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, ClassVar, Generic, Literal, Protocol, TypeGuard, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeGuard, TypeVar, overload, runtime_checkable
 
 from numpy.typing import NDArray
 from pydantic import ConfigDict, validate_call
@@ -88,6 +88,7 @@ _SCHEMA_VERSION = SCHEMA_VERSION
 T = TypeVar("T", bound=LazyDiskCache)
 _T_co = TypeVar("_T_co", bound=LazyDiskCache, covariant=True)
 _ClassT = TypeVar("_ClassT", bound=type[LazyDiskCache])
+_DefaultT = TypeVar("_DefaultT")
 
 
 @runtime_checkable
@@ -311,6 +312,12 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         with self._lock:
             return iter(list(self._store.items()))
 
+    @overload
+    def get(self, key: str, default: None = None) -> T | None: ...
+    @overload
+    def get(self, key: str, default: T) -> T: ...
+    @overload
+    def get(self, key: str, default: _DefaultT) -> T | _DefaultT: ...
     def get(self, key: str, default: Any = None) -> Any:
         """``store[key]``, or ``default`` on a miss or an illegal key.
 
