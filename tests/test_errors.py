@@ -10,6 +10,7 @@ import pytest
 
 from lazy_disk_cache import errors, paths
 from lazy_disk_cache.errors import (
+    LazyDiskCacheWarning,
     StoreContainmentError,
     StoreKeyError,
     StorePurgeAliasedArtefactError,
@@ -86,9 +87,17 @@ def test_incomplete_purge_is_an_os_error_and_not_a_refusal() -> None:
 # --- identity across modules -------------------------------------------------------------------
 
 
-def test_errors_module_exports_exactly_the_public_exceptions() -> None:
-    assert set(errors.__all__) == {cls.__name__ for cls in PUBLIC_EXCEPTIONS}
+def test_errors_module_exports_exactly_the_public_exceptions_and_the_warning() -> None:
+    assert set(errors.__all__) == {cls.__name__ for cls in (*PUBLIC_EXCEPTIONS, LazyDiskCacheWarning)}
     assert all(getattr(errors, cls.__name__) is cls for cls in PUBLIC_EXCEPTIONS)
+
+
+def test_the_package_warning_is_a_user_warning_exported_from_the_root() -> None:
+    import lazy_disk_cache
+
+    assert issubclass(LazyDiskCacheWarning, UserWarning)
+    assert lazy_disk_cache.LazyDiskCacheWarning is LazyDiskCacheWarning
+    assert "LazyDiskCacheWarning" in lazy_disk_cache.__all__
 
 
 def test_paths_reexports_the_key_errors_as_the_same_objects() -> None:

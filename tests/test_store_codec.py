@@ -17,6 +17,7 @@ from lazy_disk_cache import _rust
 from lazy_disk_cache import disk_backed_store as dbs
 from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.disk_backed_store import DiskBackedStore
+from lazy_disk_cache.errors import LazyDiskCacheWarning
 from lazy_disk_cache.lazy_disk_cache import CopyableFile, LazyDiskCacheConfig, copyable_file
 
 LOGGER = "lazy_disk_cache.disk_backed_store"
@@ -275,13 +276,17 @@ def test_a_stale_sidecar_shape_and_dtype_log_a_warning_and_the_header_wins(
     meta = json.loads((tmp_path / "tile.meta.json").read_text())
     write_sidecar(tmp_path, "tile", meta | {"shape": [6], "dtype": "<f8"})
 
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
+    with caplog.at_level(logging.WARNING, logger=LOGGER), pytest.warns(LazyDiskCacheWarning) as caught:
         reloaded = np.asarray(make_store(tmp_path)["tile"])
 
     assert reloaded.shape == (2, 3)
     assert reloaded.dtype == np.int64
     assert [(r.levelno, r.msg, r.args) for r in caplog.records] == [
         (logging.WARNING, "sidecar for key %r is stale; the .npy header wins", ("tile",))
+    ]
+    assert [str(warning.message) for warning in caught] == [
+        f"sidecar for key 'tile' is stale; the .npy header wins (shape (2, 3), dtype int64; the sidecar "
+        f"{str(tmp_path / 'tile.meta.json')!r} says shape [6], dtype '<f8')"
     ]
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.disk_backed_store import DiskBackedStore
+from lazy_disk_cache.errors import LazyDiskCacheWarning
 from lazy_disk_cache.lazy_disk_cache import LazyDiskCacheConfig
 
 LOGGER = "lazy_disk_cache.disk_backed_store"
@@ -109,7 +110,9 @@ def test_a_crash_between_the_two_renames_reads_the_new_payload(tmp_path: Path) -
 
     store = make_store(tmp_path)
 
-    np.testing.assert_array_equal(np.asarray(store["k"]), np.arange(5) * 2.0)
+    with pytest.warns(LazyDiskCacheWarning, match="sidecar for key 'k' is stale; the .npy header wins"):
+        reloaded = store["k"]
+    np.testing.assert_array_equal(np.asarray(reloaded), np.arange(5) * 2.0)
     assert not (tmp_path / "k.meta.json.tmp").exists()
 
 
@@ -142,12 +145,17 @@ def test_rescan_skips_illegal_names_with_a_warning(tmp_path: Path, caplog: pytes
     for name in ("CON.npy", "a .npy", "b..npy", "ok.npy"):
         np.save(tmp_path / name, np.arange(2)) if name == "ok.npy" else (tmp_path / name).write_bytes(b"x")
 
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
+    with caplog.at_level(logging.WARNING, logger=LOGGER), pytest.warns(LazyDiskCacheWarning) as caught:
         store = make_store(tmp_path)
 
     assert store.keys() == ["ok"]
     assert messages(caplog, logging.WARNING) == [
         ("Skipping %r in cache directory %r: its name is not a legal store key.", (name, str(tmp_path)))
+        for name in ("CON.npy", "a .npy", "b..npy")
+    ]
+    assert [str(warning.message) for warning in caught] == [
+        f"Skipping {name!r} in cache directory {str(tmp_path)!r}: its name is not a legal store key. "
+        "The file is not loaded and stays on disk untouched."
         for name in ("CON.npy", "a .npy", "b..npy")
     ]
 

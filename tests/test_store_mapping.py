@@ -4,6 +4,8 @@ import gc
 import logging
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeGuard
@@ -16,7 +18,7 @@ from numpy.typing import NDArray
 from lazy_disk_cache import disk_backed_store as dbs
 from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.disk_backed_store import DiskBackedStore, Factory
-from lazy_disk_cache.errors import StoreContainmentError, StoreKeyError
+from lazy_disk_cache.errors import LazyDiskCacheWarning, StoreContainmentError, StoreKeyError
 from lazy_disk_cache.lazy_disk_cache import LazyDiskCacheConfig
 from lazy_disk_cache.paths import CLAUSE_SEPARATOR
 
@@ -120,7 +122,7 @@ def test_an_existing_file_as_cache_path_gives_a_temporary_directory_with_a_warni
     existing = tmp_path / "file"
     existing.write_bytes(b"keep me")
 
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
+    with caplog.at_level(logging.WARNING, logger=LOGGER), pytest.warns(LazyDiskCacheWarning) as caught:
         store = make_store(existing)
 
     assert store.cache_dir.parent == private_tempdir
@@ -132,6 +134,27 @@ def test_an_existing_file_as_cache_path_gives_a_temporary_directory_with_a_warni
             f"{str(store.cache_dir)!r} instead.",
         )
     ]
+    assert [str(warning.message) for warning in caught] == [
+        f"Cache path {str(existing)!r} is an existing file; using temporary directory "
+        f"{str(store.cache_dir)!r} instead. Nothing is written to the path you gave, and the temporary "
+        "directory is deleted when the store goes (purge_disk_on_gc=True)."
+    ]
+    assert caught[0].filename == __file__
+
+
+def test_the_existing_file_warning_reaches_a_program_that_configured_nothing(tmp_path: Path) -> None:
+    existing = tmp_path / "file"
+    existing.write_bytes(b"keep me")
+    program = (
+        "import lazy_disk_cache as ldc\n"
+        f"config = ldc.LazyDiskCacheConfig(cache_path={str(existing)!r}, purge_disk_on_gc=False)\n"
+        "store = ldc.DiskBackedStore(config=config, factory=ldc.DiskBackedNDArray)\n"
+    )
+
+    finished = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True)
+
+    assert f"<string>:3: LazyDiskCacheWarning: Cache path {str(existing)!r} is an existing file" in finished.stderr
+    assert "is not deleted when the store goes (purge_disk_on_gc=False)" in finished.stderr
 
 
 def test_the_private_directory_is_removed_when_the_store_is_collected(private_tempdir: Path) -> None:

@@ -4,8 +4,10 @@ import errno
 import json
 import logging
 import os
+import pickle
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import pytest
 from lazy_disk_cache import _rust
 from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.disk_backed_store import DiskBackedStore
-from lazy_disk_cache.errors import StoreKeyError
+from lazy_disk_cache.errors import LazyDiskCacheWarning, StoreKeyError
 from lazy_disk_cache.lazy_disk_cache import LazyDiskCacheConfig
 from lazy_disk_cache.paths import CLAUSE_SEPARATOR
 
@@ -111,7 +113,8 @@ def test_offload_skips_entries_with_caching_off_with_a_debug_log(
     store = make_store(tmp_path)
     store.add_data_to_store("ram", np.arange(3))
 
-    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+    with caplog.at_level(logging.DEBUG, logger=LOGGER), warnings.catch_warnings():
+        warnings.simplefilter("ignore", LazyDiskCacheWarning)
         store.offload("ram", pickle_container=pickle_container)
 
     assert store._store["ram"] is not None and not store["ram"].offloaded
@@ -119,6 +122,42 @@ def test_offload_skips_entries_with_caching_off_with_a_debug_log(
         (logging.DEBUG, "Skipping offload for %s because caching is disabled.", ("ram",))
     ]
     assert os.listdir(tmp_path) == []
+
+
+def test_writing_pairs_warns_about_each_entry_it_leaves_unwritten_because_caching_is_off(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    store.add_data_to_store("ram", np.arange(3))
+    store.add_data_to_store("disk", np.arange(3), enable_caching_override=True)
+
+    with pytest.warns(LazyDiskCacheWarning) as caught:
+        store.offload(pickle_container=True)
+
+    assert [str(warning.message) for warning in caught] == [
+        "Key 'ram' was not written to the cache directory: its entry has caching disabled, so "
+        "offload(pickle_container=True) keeps it in memory only and a store reopened on "
+        f"{str(tmp_path)!r} will not find it."
+    ]
+    assert sorted(os.listdir(tmp_path)) == ["disk.meta.json", "disk.npy"]
+
+
+def test_plain_offload_of_an_entry_with_caching_off_does_not_warn(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    store.add_data_to_store("ram", np.arange(3))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        store.offload("ram")
+
+
+def test_pickling_a_store_carries_entries_with_caching_off_inline_without_a_warning(tmp_path: Path) -> None:
+    store = make_store(tmp_path, enable_caching=True)
+    store.add_data_to_store("ram", np.arange(3), enable_caching_override=False)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        copy = pickle.loads(pickle.dumps(store))
+
+    np.testing.assert_array_equal(np.asarray(copy["ram"]), np.arange(3))
 
 
 def test_offload_of_a_duplicated_key_writes_it_once(tmp_path: Path) -> None:

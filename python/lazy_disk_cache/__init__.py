@@ -12,6 +12,7 @@ from lazy_disk_cache.config import LazyDiskCacheConfig, LazyDiskCacheKw
 from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.disk_backed_store import DiskBackedStore, register_lazy_disk_cache_class
 from lazy_disk_cache.errors import (
+    LazyDiskCacheWarning,
     StoreContainmentError,
     StoreKeyError,
     StorePurgeAliasedArtefactError,
@@ -28,6 +29,7 @@ __all__ = [
     "LazyDiskCache",
     "LazyDiskCacheConfig",
     "LazyDiskCacheKw",
+    "LazyDiskCacheWarning",
     "MemoryStats",
     "StoreContainmentError",
     "StoreKeyError",

@@ -50,6 +50,7 @@ from lazy_disk_cache.errors import (
     StorePurgeForeignArtefactError,
     StorePurgeIncompleteError,
     StorePurgeRefusedError,
+    warn_user,
 )
 from lazy_disk_cache.lazy_disk_cache import (
     LazyDiskCache,
@@ -221,11 +222,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         self._validator = validator
         choice = choose_cache_dir(config.cache_path)
         if choice.replaced_file:
-            logger.warning(
-                "Cache path %r is an existing file; using temporary directory %r instead.",
-                str(config.cache_path),
-                str(choice.path),
-            )
+            self._report_replaced_file(str(config.cache_path), str(choice.path))
         self._cache_dir, self._owns_cache_dir = choice.path, choice.owned
         self._arm_directory_removal()
         directory = open_directory(self._cache_dir, create=True)
@@ -233,6 +230,15 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         self._rescan()
 
     # -- setup ---------------------------------------------------------------------------------
+
+    def _report_replaced_file(self, given: str, used: str) -> None:
+        logger.warning("Cache path %r is an existing file; using temporary directory %r instead.", given, used)
+        fate = "deleted" if self._purge_disk_on_gc else "not deleted"
+        warn_user(
+            f"Cache path {given!r} is an existing file; using temporary directory {used!r} instead. Nothing "
+            f"is written to the path you gave, and the temporary directory is {fate} when the store goes "
+            f"(purge_disk_on_gc={self._purge_disk_on_gc})."
+        )
 
     def _arm_directory_removal(self) -> None:
         if self._owns_cache_dir and self._purge_disk_on_gc:
@@ -249,9 +255,12 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
 
     def _rescan(self) -> None:
         report = rescan(self._cache_dir)
+        directory = str(self._cache_dir)
         for name in report.skipped:
-            logger.warning(
-                "Skipping %r in cache directory %r: its name is not a legal store key.", name, str(self._cache_dir)
+            logger.warning("Skipping %r in cache directory %r: its name is not a legal store key.", name, directory)
+            warn_user(
+                f"Skipping {name!r} in cache directory {directory!r}: its name is not a legal store key. "
+                "The file is not loaded and stays on disk untouched."
             )
         for key in report.keys:
             self._store[key] = None
@@ -456,7 +465,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         with self._lock:
             selected = self._select_for_offload(keys)
             if pickle_container:
-                self._write_entries(selected)
+                self._write_entries(selected, warn_unwritten=True)
                 return
             for key in selected:
                 entry = self._offload_candidate(key)
@@ -476,22 +485,36 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
                 raise KeyError(key)
         return list(dict.fromkeys(checked))
 
-    def _offload_candidate(self, key: str) -> T | None:
+    def _offload_candidate(self, key: str, *, warn_unwritten: bool = False) -> T | None:
+        """The entry of ``key`` if it is in memory with caching on; else ``None`` (logged).
+
+        ``warn_unwritten``: the caller writes pairs, so skipping an entry with caching off leaves it
+        out of the directory, which the user must hear about.
+        """
         entry = self._store[key]
         if entry is None:
             return None
         if not entry.cache_enabled:
             logger.debug("Skipping offload for %s because caching is disabled.", key)
+            if warn_unwritten:
+                warn_user(
+                    f"Key {key!r} was not written to the cache directory: its entry has caching disabled, so "
+                    "offload(pickle_container=True) keeps it in memory only and a store reopened on "
+                    f"{str(self._cache_dir)!r} will not find it."
+                )
             return None
         return entry
 
-    def _write_entries(self, keys: list[StoreKey]) -> None:
-        """Write each key's pair in one group commit, then drop the written keys from memory."""
+    def _write_entries(self, keys: list[StoreKey], *, warn_unwritten: bool) -> None:
+        """Write each key's pair in one group commit, then drop the written keys from memory.
+
+        ``warn_unwritten``: warn about each entry left unwritten because its caching is off.
+        """
         written: list[str] = []
         with self._directory().begin_commit(chunk_bytes=chunk_budget_bytes()) as batch:
             try:
                 for key in keys:
-                    entry = self._offload_candidate(key)
+                    entry = self._offload_candidate(key, warn_unwritten=warn_unwritten)
                     if entry is not None:
                         self._store_entry(key, entry, batch=batch)
                         written.append(key)
@@ -571,6 +594,11 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
             raise KeyError(key) from None
         if sidecar_is_stale(sidecar, layout):
             logger.warning("sidecar for key %r is stale; the .npy header wins", key)
+            warn_user(
+                f"sidecar for key {key!r} is stale; the .npy header wins (shape {layout.shape}, dtype "
+                f"{layout.dtype}; the sidecar {str(meta)!r} says shape {sidecar.get('shape')!r}, dtype "
+                f"{sidecar.get('dtype')!r})"
+            )
         with _naming_the_sidecar(meta):
             flags = sidecar_flags(sidecar, key)
         array: NDArray[Any]
@@ -630,7 +658,9 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         """
         with self._lock:
             if self._enable_caching:
-                self.offload(pickle_container=True)
+                # offload(pickle_container=True), minus its warning: entries with caching off
+                # travel inline in the pickle, so none is left behind.
+                self._write_entries(self._select_for_offload(None), warn_unwritten=False)
             state = {name: value for name, value in self.__dict__.items() if name not in self._TRANSIENT_STATE}
             state["_store"] = dict(self._store)
             return state

@@ -1,19 +1,23 @@
-"""Every exception the package raises of its own, and the texts callers match on.
+"""Every exception and warning the package raises of its own, and the texts callers match on.
 
 Each class is defined here once; ``paths``, ``disk_backed_store`` and the package root re-export
 the same class objects. The ``for_*`` constructors build the exact messages, so the code that
 detects a problem raises it in one line and the wording lives in a single place;
-``non_str_key_error`` builds the private error for a key that is not a ``str``.
+``non_str_key_error`` builds the private error for a key that is not a ``str``, and ``warn_user``
+issues a ``LazyDiskCacheWarning`` at the caller's line.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Self
 
 __all__ = [
+    "LazyDiskCacheWarning",
     "StoreContainmentError",
     "StoreKeyError",
     "StorePurgeAliasedArtefactError",
@@ -32,6 +36,30 @@ _KEY_RULE_SUMMARY = (
 )
 
 _OUTSIDE = "resolves outside its cache directory"
+
+
+class LazyDiskCacheWarning(UserWarning):
+    """The data is not where, or not what, the caller may expect, though nothing failed.
+
+    Issued for data-affecting fallbacks and skips (a store path that is an existing file, files a
+    rescan skips or adopts as legacy keys, a stale sidecar, entries ``offload(pickle_container=True)``
+    leaves unwritten), in addition to the log record, so it is seen without any logging setup.
+    """
+
+
+# Frames of these modules are the package's own machinery (pydantic wraps validated calls): a
+# warning is attributed to the first frame outside them, the caller's own line.
+_MACHINERY_MODULES = ("lazy_disk_cache.", "pydantic.", "pydantic_core.")
+
+
+def warn_user(message: str) -> None:
+    """Issue ``message`` as a ``LazyDiskCacheWarning`` attributed to the first caller outside the package."""
+    level = 1
+    frame = inspect.currentframe()
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(_MACHINERY_MODULES):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, LazyDiskCacheWarning, stacklevel=level)
 
 
 def _repr_of(value: object) -> str:
