@@ -60,13 +60,80 @@ def test_offload_without_keys_offloads_every_cached_entry(tmp_path: Path) -> Non
     assert pair_names(tmp_path) == []
 
 
-@pytest.mark.parametrize("keys", ["a", ["a"], ("a",)], ids=repr)
-def test_offload_accepts_a_key_or_a_list_of_keys(tmp_path: Path, keys: Any) -> None:
+@pytest.mark.parametrize(
+    "keys",
+    ["a", ["a"], ("a",), {"a"}, frozenset({"a"}), {"a": 1}, {"a": 1}.keys(), iter(["a"]), (k for k in "a")],
+    ids=["str", "list", "tuple", "set", "frozenset", "dict", "dict-keys", "iterator", "generator"],
+)
+def test_offload_accepts_a_key_or_any_iterable_of_keys(tmp_path: Path, keys: Any) -> None:
     store = cached_store(tmp_path, "a", "b")
 
     store.offload(keys)
 
     assert (store["a"].offloaded, store["b"].offloaded) == (True, False)
+
+
+def test_offload_consumes_a_generator_over_the_store_before_any_effect(tmp_path: Path) -> None:
+    store = cached_store(tmp_path, "a", "b", "c")
+
+    store.offload((key for key in store if key != "a"), pickle_container=True)
+
+    assert store._store["a"] is not None
+    assert (store._store["b"], store._store["c"]) == (None, None)
+    assert pair_names(tmp_path) == ["b.meta.json", "b.npy", "c.meta.json", "c.npy"]
+
+
+def test_offload_checks_every_key_of_a_generator_before_touching_any(tmp_path: Path) -> None:
+    store = cached_store(tmp_path, "a")
+    produced: list[str] = []
+
+    def keys() -> Iterator[str]:
+        for key in ("a", "missing"):
+            produced.append(key)
+            yield key
+
+    with pytest.raises(KeyError):
+        store.offload(keys(), pickle_container=True)
+
+    assert produced == ["a", "missing"]
+    assert store._store["a"] is not None and not store["a"].offloaded
+    assert pair_names(tmp_path) == []
+
+
+@pytest.mark.parametrize("element", [1, None, b"a", Path("a")], ids=repr)
+def test_offload_refuses_a_non_str_element_with_the_non_str_key_error(tmp_path: Path, element: object) -> None:
+    store = cached_store(tmp_path, "a")
+
+    with pytest.raises(StoreKeyError, match="a store key must be a str") as caught:
+        store.offload({"a", element})  # type: ignore[arg-type]
+
+    assert isinstance(caught.value, TypeError)
+    assert not store["a"].offloaded
+
+
+@pytest.mark.parametrize("keys", [5, 1.5, Path("a"), object()], ids=lambda keys: type(keys).__name__)
+def test_offload_refuses_keys_that_are_neither_a_str_nor_iterable_saying_what_keys_may_be(
+    tmp_path: Path, keys: object
+) -> None:
+    store = cached_store(tmp_path, "a")
+
+    with pytest.raises(TypeError) as caught:
+        store.offload(keys)  # type: ignore[arg-type]
+
+    assert not isinstance(caught.value, StoreKeyError)
+    assert str(caught.value) == (
+        "offload() keys must be None, a str key or an iterable of str keys (a list, tuple, set, dict view "
+        f"or generator); got {type(keys).__name__}"
+    )
+    assert not store["a"].offloaded
+
+
+@pytest.mark.parametrize("keys", [b"a", bytearray(b"a")], ids=repr)
+def test_offload_takes_bytes_as_one_non_str_key_not_as_an_iterable(tmp_path: Path, keys: object) -> None:
+    store = cached_store(tmp_path, "a")
+
+    with pytest.raises(StoreKeyError, match=r"but got (bytes|bytearray)\. Convert it explicitly"):
+        store.offload(keys)  # type: ignore[arg-type]
 
 
 def test_offload_validates_every_key_lexically_before_touching_any(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar, Generic, Literal, Protocol, TypeGuard, TypeVar, overload, runtime_checkable
@@ -452,15 +452,17 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
 
     # -- offloading ----------------------------------------------------------------------------
 
-    def offload(self, keys: str | list[str] | None = None, pickle_container: bool = False) -> None:
-        """Offload the entries of ``keys`` (every tracked key when ``None``).
+    def offload(self, keys: str | Iterable[str] | None = None, pickle_container: bool = False) -> None:
+        """Offload the entries of ``keys``: one ``str`` key, any iterable of keys, or all (``None``).
 
-        Every key is validated (``StoreKeyError``) and must be tracked (``KeyError``) before any
-        entry is touched. Entries not in memory are skipped, so are entries with caching off. With
-        ``pickle_container`` each entry is written as its codec pair, all keys in one commit with a
-        single directory fsync, and dropped from memory (it reloads on access); no pickle is
-        involved. Otherwise each entry's own ``offload()`` runs. On an I/O failure the keys before
-        the failing one stay processed and the ``OSError`` propagates. Blocks on disk.
+        An iterable (list, tuple, set, dict view, generator) is consumed once, before any effect.
+        Every key is validated (``StoreKeyError``; also a ``TypeError`` for a non-``str`` key) and
+        must be tracked (``KeyError``) before any entry is touched; ``keys`` that is neither ``None``,
+        a ``str`` nor iterable raises ``TypeError``. Entries not in memory are skipped, so are entries
+        with caching off. With ``pickle_container`` each entry is written as its codec pair, all keys
+        in one commit with a single directory fsync, and dropped from memory (it reloads on access);
+        no pickle is involved. Otherwise each entry's own ``offload()`` runs. On an I/O failure the
+        keys before the failing one stay processed and the ``OSError`` propagates. Blocks on disk.
         """
         with self._lock:
             selected = self._select_for_offload(keys)
@@ -473,12 +475,19 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
                     entry.offload()
 
     def _select_for_offload(self, keys: object) -> list[StoreKey]:
+        chosen: list[object]
         if keys is None:
-            chosen: list[Any] = list(self._store)
-        elif isinstance(keys, (list, tuple)):
+            chosen = list(self._store)
+        elif isinstance(keys, (str, bytes, bytearray, memoryview)):
+            # A str is one key; so are bytes, which iterate as ints: they get the non-str key error.
+            chosen = [keys]
+        elif isinstance(keys, Iterable):
             chosen = list(keys)
         else:
-            chosen = [keys]
+            raise TypeError(
+                "offload() keys must be None, a str key or an iterable of str keys (a list, tuple, set, dict "
+                f"view or generator); got {type(keys).__name__}"
+            )
         checked = [checked_store_key(key, self._cache_dir) for key in chosen]
         for key in checked:
             if key not in self._store:
