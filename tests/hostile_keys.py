@@ -26,6 +26,7 @@ __all__ = [
     "CONTROL_CODE_POINTS",
     "HOSTILE_KEYS",
     "HOSTILE_STR_KEYS",
+    "LEGACY_KEYS",
     "LEGAL_KEYS",
     "NON_STR_KEYS",
     "NOT_A_STR",
@@ -48,10 +49,13 @@ class HostileKey:
     key: object
     expected: str
     """The ``CLAUSE_*`` text the message must name, or ``NOT_A_STR``."""
+    legacy: bool = False
+    """Whether the key breaks only portability clauses while being one plain POSIX file name that a
+    store written before the key rule may hold: readable, purgeable and renamable, never created."""
 
 
-def _table(expected: str, *pairs: tuple[str, object]) -> tuple[HostileKey, ...]:
-    return tuple(HostileKey(label, key, expected) for label, key in pairs)
+def _table(expected: str, *pairs: tuple[str, object], legacy: bool = False) -> tuple[HostileKey, ...]:
+    return tuple(HostileKey(label, key, expected, legacy) for label, key in pairs)
 
 
 _TRAVERSAL = (
@@ -66,30 +70,38 @@ _TRAVERSAL = (
         ("dot-slash-x", "./x"),
         ("deep-traversal", "../../../../etc/passwd"),
     ),
-    *_table(CLAUSE_TRAILING, ("three-dots", "...")),
+    *_table(CLAUSE_TRAILING, ("three-dots", "..."), legacy=True),
 )
 
-_ABSOLUTE = _table(
-    CLAUSE_ABSOLUTE,
-    ("posix-absolute", "/etc/passwd"),
-    ("posix-root", "/"),
-    ("double-slash-root", "//"),
-    ("absolute-npy", "/tmp/k.npy"),
-    ("backslash-root", "\\"),
-    ("backslash-rooted", "\\Windows\\System32"),
-    ("drive", "C:"),
-    ("drive-relative", "C:x"),
-    ("drive-absolute", "c:\\x"),
-    ("drive-forward-slash", "C:/x"),
-    ("unc-share", "\\\\server\\share"),
-    ("unc-forward-slashes", "//server/share"),
-    ("extended-length-prefix", "\\\\?\\C:\\x"),
-    ("extended-length-unc", "\\\\?\\UNC\\server\\share"),
-    ("device-namespace", "\\\\.\\CON"),
-    ("colon-inside", "a:b"),
-    ("colon-only", ":"),
-    ("colon-at-end", "key:"),
-    ("alternate-data-stream", "data.npy:$DATA"),
+_ABSOLUTE = (
+    *_table(
+        CLAUSE_ABSOLUTE,
+        ("posix-absolute", "/etc/passwd"),
+        ("posix-root", "/"),
+        ("double-slash-root", "//"),
+        ("absolute-npy", "/tmp/k.npy"),
+        ("backslash-root", "\\"),
+        ("backslash-rooted", "\\Windows\\System32"),
+        ("drive-absolute", "c:\\x"),
+        ("drive-forward-slash", "C:/x"),
+        ("unc-share", "\\\\server\\share"),
+        ("unc-forward-slashes", "//server/share"),
+        ("extended-length-prefix", "\\\\?\\C:\\x"),
+        ("extended-length-unc", "\\\\?\\UNC\\server\\share"),
+        ("device-namespace", "\\\\.\\CON"),
+    ),
+    # A ':' without a separator is one plain POSIX name ('tile:0_0', ISO times).
+    *_table(
+        CLAUSE_ABSOLUTE,
+        ("drive", "C:"),
+        ("drive-relative", "C:x"),
+        ("colon-inside", "a:b"),
+        ("colon-only", ":"),
+        ("colon-at-end", "key:"),
+        ("alternate-data-stream", "data.npy:$DATA"),
+        ("iso-time", "2024-01-01T10:00"),
+        legacy=True,
+    ),
 )
 
 _SEPARATOR = _table(
@@ -153,6 +165,8 @@ _DEVICE = _table(
     ("aux-two-trailing-dots", "AUX.."),
     ("con-extension-trailing-dot", "con.txt."),
     ("con-extension-trailing-space", "CON.txt "),
+    ("nul-las", "nul.las"),
+    legacy=True,
 )
 
 _TRAILING = _table(
@@ -172,6 +186,12 @@ _TRAILING = _table(
     ("con-lower-space-dot", "con ."),
     ("com1-trailing-space", "com1 "),
     ("con-trailing-space", "CON "),
+    legacy=True,
+)
+
+_NEVER_ON_DISK = _table(
+    CLAUSE_TRAILING,
+    # Longer than any name a store can hold beside its sidecar, so no store holds it.
     ("too-long-and-trailing-dot", "a" * 300 + "."),
 )
 
@@ -190,15 +210,25 @@ _ENCODING = _table(
     ("overlong-utf8-slash", b"x\xc0\xafy".decode("utf-8", "surrogateescape")),
 )
 
-_LENGTH = _table(
-    CLAUSE_LENGTH,
-    ("ascii-242-bytes", "a" * 242),
-    ("two-byte-121-chars", "\u00e9" * 121),
-    ("three-byte-81-chars", "\u20ac" * 81),
-    ("four-byte-61-emoji", "\U0001f600" * 61),
-    ("ascii-240-plus-two-byte", "a" * 240 + "\u00e9"),
-    ("npy-suffixed-242-bytes", "a" * 238 + ".npy"),
-    ("ten-thousand-bytes", "k" * 10_000),
+_LENGTH = (
+    # Up to 245 bytes, '<key>.meta.json' still fits in a file name: a store may hold such a key.
+    *_table(
+        CLAUSE_LENGTH,
+        ("ascii-242-bytes", "a" * 242),
+        ("two-byte-121-chars", "\u00e9" * 121),
+        ("three-byte-81-chars", "\u20ac" * 81),
+        ("four-byte-61-emoji", "\U0001f600" * 61),
+        ("ascii-240-plus-two-byte", "a" * 240 + "\u00e9"),
+        ("npy-suffixed-242-bytes", "a" * 238 + ".npy"),
+        ("ascii-245-bytes", "a" * 245),
+        legacy=True,
+    ),
+    *_table(
+        CLAUSE_LENGTH,
+        ("ascii-246-bytes", "a" * 246),
+        ("two-byte-123-chars", "\u00e9" * 123),
+        ("ten-thousand-bytes", "k" * 10_000),
+    ),
 )
 
 HOSTILE_STR_KEYS: Final[tuple[HostileKey, ...]] = (
@@ -208,10 +238,14 @@ HOSTILE_STR_KEYS: Final[tuple[HostileKey, ...]] = (
     *_CONTROL,
     *_DEVICE,
     *_TRAILING,
+    *_NEVER_ON_DISK,
     *_ENCODING,
     *_LENGTH,
 )
 """Every ``str`` key that must be refused, with its first clause."""
+
+LEGACY_KEYS: Final[tuple[HostileKey, ...]] = tuple(hostile for hostile in HOSTILE_STR_KEYS if hostile.legacy)
+"""The refused keys a store written before the key rule may hold: readable, never created."""
 
 NON_STR_KEYS: Final[tuple[HostileKey, ...]] = _table(
     NOT_A_STR,

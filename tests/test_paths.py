@@ -18,8 +18,10 @@ from hostile_keys import (
     CONTROL_CODE_POINTS,
     HOSTILE_KEYS,
     HOSTILE_STR_KEYS,
+    LEGACY_KEYS,
     LEGAL_KEYS,
     NON_STR_KEYS,
+    NOT_A_STR,
     HostileKey,
     key_id,
 )
@@ -47,10 +49,15 @@ from lazy_disk_cache.paths import (
     get_meta_tmp_path,
     get_npy_path,
     get_npy_tmp_path,
+    is_legacy_store_key,
     is_our_temp_name,
+    is_readable_store_key,
     is_valid_store_key,
     key_from_npy_name,
+    legacy_key_from_npy_name,
+    readable_store_key,
     validate_store_key,
+    violated_clause,
 )
 
 RULE_SUMMARY = (
@@ -641,6 +648,78 @@ def test_artefact_suffix_is_the_longest_matching_store_suffix(name: str, suffix:
 )
 def test_key_from_npy_name_strips_only_the_final_suffix_and_requires_a_legal_key(name: str, key: str | None) -> None:
     assert key_from_npy_name(name) == key
+
+
+# --- legacy keys -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hostile", HOSTILE_STR_KEYS, ids=[hostile.label for hostile in HOSTILE_STR_KEYS])
+def test_a_refused_key_is_legacy_exactly_when_it_breaks_only_portability_clauses(hostile: HostileKey) -> None:
+    assert is_legacy_store_key(hostile.key) is hostile.legacy
+    assert is_readable_store_key(hostile.key) is hostile.legacy
+    assert violated_clause(cast(str, hostile.key)) == hostile.expected
+
+
+@pytest.mark.parametrize("key", LEGAL_KEYS, ids=key_id)
+def test_a_legal_key_is_readable_and_not_legacy(key: str) -> None:
+    assert (is_legacy_store_key(key), is_readable_store_key(key), violated_clause(key)) == (False, True, None)
+
+
+@pytest.mark.parametrize("hostile", NON_STR_KEYS, ids=[hostile.label for hostile in NON_STR_KEYS])
+def test_a_non_str_key_is_neither_legacy_nor_readable(hostile: HostileKey) -> None:
+    assert (is_legacy_store_key(hostile.key), is_readable_store_key(hostile.key)) == (False, False)
+
+
+@pytest.mark.parametrize("hostile", LEGACY_KEYS, ids=[hostile.label for hostile in LEGACY_KEYS])
+def test_readable_store_key_admits_a_legacy_key_that_the_builders_then_place_in_the_directory(
+    tmp_path: Path, hostile: HostileKey
+) -> None:
+    key = cast(str, hostile.key)
+
+    readable = readable_store_key(key, tmp_path)
+
+    assert (type(readable), str.__str__(readable)) == (StoreKey, key)
+    assert get_npy_path(tmp_path, readable) == tmp_path / (key + ".npy")
+    with pytest.raises(StoreKeyError, match=hostile.expected):
+        get_npy_path(tmp_path, key)
+    with pytest.raises(StoreKeyError, match=hostile.expected):
+        checked_store_key(key, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "hostile", [hostile for hostile in HOSTILE_KEYS if not hostile.legacy], ids=lambda hostile: hostile.label
+)
+def test_readable_store_key_refuses_every_other_key_like_the_key_rule(hostile: HostileKey) -> None:
+    with pytest.raises(StoreKeyError) as caught:
+        readable_store_key(hostile.key, "/srv/cache")
+
+    assert hostile.expected in str(caught.value)
+    assert isinstance(caught.value, TypeError) is (hostile.expected == NOT_A_STR)
+
+
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ("CON.npy", "CON"),
+        ("tile:0_0.npy", "tile:0_0"),
+        ("nul.las.npy", "nul.las"),
+        ("x..npy", "x."),
+        ("a .npy", "a "),
+        ("....npy", "..."),
+        ("a" * 245 + ".npy", "a" * 245),
+        ("k.npy", None),
+        ("..npy", None),
+        ("...npy", None),
+        ("a\\b.npy", None),
+        ("k\x01.npy", None),
+        ("a" * 246 + ".npy", None),
+        ("\udc80:.npy", None),
+        ("CON.npz", None),
+    ],
+    ids=key_id,
+)
+def test_legacy_key_from_npy_name_finds_only_legacy_keys(name: str, key: str | None) -> None:
+    assert legacy_key_from_npy_name(name) == key
 
 
 @pytest.mark.parametrize(

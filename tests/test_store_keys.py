@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hostile_keys import HOSTILE_KEYS, LEGAL_KEYS, NOT_A_STR, HostileKey, key_id
+from hostile_keys import HOSTILE_KEYS, LEGACY_KEYS, LEGAL_KEYS, NOT_A_STR, HostileKey, key_id
 from lazy_disk_cache import paths
 from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.disk_backed_store import DiskBackedStore
@@ -45,27 +45,41 @@ def _restore_state(store: Store, key: object) -> None:
     fresh.__setstate__(state)
 
 
-def _raising_routes(key: Any) -> dict[str, Callable[[Store], object]]:
-    """Every store route that must raise StoreKeyError for an illegal ``key``."""
+def _reading_routes(key: Any) -> dict[str, Callable[[Store], object]]:
+    """The store routes that read, or remove, what is already on disk under ``key``."""
     routes: dict[str, Callable[[Store], object]] = {
         "getitem": lambda store: store[key],
+        "purge": lambda store: store.purge(key),
+        "pop-without-default": lambda store: store.pop(key),
+        "load_entry": lambda store: store._load_entry(key),
+    }
+    if isinstance(key, Hashable):
+        routes["setstate"] = lambda store: _restore_state(store, key)
+    return routes
+
+
+def _creating_routes(key: Any) -> dict[str, Callable[[Store], object]]:
+    """The store routes that would create a new key, or build its names through the public builders."""
+    routes: dict[str, Callable[[Store], object]] = {
         "setitem": lambda store: store.__setitem__(key, DiskBackedNDArray(np.arange(2))),
         "add_data_to_store": lambda store: store.add_data_to_store(key, np.arange(2)),
         "offload-list": lambda store: store.offload([key], pickle_container=True),
         "offload-list-after-a-legal-key": lambda store: store.offload(["live", key]),
-        "purge": lambda store: store.purge(key),
-        "pop-without-default": lambda store: store.pop(key),
         "store_entry": lambda store: store._store_entry(key, store["live"]),
-        "load_entry": lambda store: store._load_entry(key),
         "get_npy_path": lambda store: store._get_npy_path(key),
         "get_meta_path": lambda store: store._get_meta_path(key),
         "get_legacy_pickle_path": lambda store: store._get_legacy_pickle_path(key),
     }
     if isinstance(key, str):
         routes["offload-str"] = lambda store: store.offload(key, pickle_container=True)
-    if isinstance(key, Hashable):
-        routes["setstate"] = lambda store: _restore_state(store, key)
     return routes
+
+
+def _raising_routes(hostile: HostileKey) -> dict[str, Callable[[Store], object]]:
+    """Every store route that must raise StoreKeyError for ``hostile``: a legacy key may still be read."""
+    if hostile.legacy:
+        return _creating_routes(hostile.key)
+    return _creating_routes(hostile.key) | _reading_routes(hostile.key)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +103,7 @@ def test_an_illegal_key_is_refused_on_every_route_before_any_io(populated: Store
     tracked = dict(populated._store)
     registry = {key: list(refs) for key, refs in populated._entry_registry.items()}
 
-    for route, call in _raising_routes(hostile.key).items():
+    for route, call in _raising_routes(hostile).items():
         with pytest.raises(StoreKeyError) as caught:
             call(populated)
         assert hostile.expected in str(caught.value), route
@@ -100,6 +114,24 @@ def test_an_illegal_key_is_refused_on_every_route_before_any_io(populated: Store
     assert populated._store == tracked
     assert populated._entry_registry == registry
     assert not populated["live"].offloaded
+
+
+@pytest.mark.parametrize("hostile", LEGACY_KEYS, ids=[hostile.label for hostile in LEGACY_KEYS])
+def test_a_legacy_key_not_on_disk_is_a_miss_on_every_reading_route(populated: Store, hostile: HostileKey) -> None:
+    root = populated.cache_dir.parent.parent
+    before = snapshot(root)
+    tracked = dict(populated._store)
+    routes = _reading_routes(hostile.key)
+    restore = routes.pop("setstate")
+
+    for route, call in routes.items():
+        with pytest.raises(KeyError) as caught:
+            call(populated)
+        assert not isinstance(caught.value, StoreKeyError), route
+    restore(populated)
+
+    assert snapshot(root) == before
+    assert populated._store == tracked
 
 
 @pytest.mark.parametrize("hostile", HOSTILE_KEYS, ids=[hostile.label for hostile in HOSTILE_KEYS])

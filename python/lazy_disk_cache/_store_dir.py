@@ -16,7 +16,14 @@ from typing import NamedTuple
 from lazy_disk_cache._leases import PathLease
 from lazy_disk_cache._rust import CacheDir
 from lazy_disk_cache.errors import StoreKeyError
-from lazy_disk_cache.paths import NPY_SUFFIX, get_npy_path, is_our_temp_name, key_from_npy_name
+from lazy_disk_cache.paths import (
+    NPY_SUFFIX,
+    get_npy_path,
+    is_our_temp_name,
+    key_from_npy_name,
+    legacy_key_from_npy_name,
+    readable_store_key,
+)
 
 __all__ = [
     "CacheDirChoice",
@@ -40,9 +47,10 @@ class SweepReport(NamedTuple):
 
 
 class RescanReport(NamedTuple):
-    """Keys whose ``<key>.npy`` was found, and ``.npy`` names that are not legal keys."""
+    """Keys whose ``<key>.npy`` was found (legacy ones included), the legacy keys, and skipped names."""
 
     keys: list[str]
+    legacy: list[str]
     skipped: list[str]
 
 
@@ -67,10 +75,12 @@ def sweep_orphan_temps(directory: CacheDir) -> SweepReport:
 def rescan(cache_dir: Path) -> RescanReport:
     """List the keys with a ``<key>.npy`` regular file (or link to one) directly in ``cache_dir``.
 
-    The key is the name without its final ``.npy``; it must be legal and rebuild the same path.
-    ``.pkl``, ``.dat``-only and temp files are never keys. Sorted by name. Reads the directory.
+    The key is the name without its final ``.npy``; it must be legal or legacy (see ``paths``) and
+    rebuild the same path; other ``.npy`` names are skipped. ``.pkl``, ``.dat``-only and temp files
+    are never keys. Sorted by name. Reads the directory.
     """
     keys: list[str] = []
+    legacy: list[str] = []
     skipped: list[str] = []
     with os.scandir(cache_dir) as listing:
         candidates = sorted(
@@ -80,11 +90,15 @@ def rescan(cache_dir: Path) -> RescanReport:
         )
     for name in candidates:
         key = key_from_npy_name(name)
-        if key is None or not _rebuilds(cache_dir, key, name):
+        old_key = None if key is not None else legacy_key_from_npy_name(name)
+        found = key if key is not None else old_key
+        if found is None or not _rebuilds(cache_dir, found, name):
             skipped.append(name)
-        else:
-            keys.append(key)
-    return RescanReport(keys, skipped)
+            continue
+        keys.append(found)
+        if old_key is not None:
+            legacy.append(old_key)
+    return RescanReport(keys, legacy, skipped)
 
 
 def _is_file(item: os.DirEntry[str]) -> bool:
@@ -96,7 +110,7 @@ def _is_file(item: os.DirEntry[str]) -> bool:
 
 def _rebuilds(cache_dir: Path, key: str, name: str) -> bool:
     try:
-        return get_npy_path(cache_dir, key) == cache_dir / name
+        return get_npy_path(cache_dir, readable_store_key(key, cache_dir)) == cache_dir / name
     except StoreKeyError:
         return False
 

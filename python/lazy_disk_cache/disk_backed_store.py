@@ -67,8 +67,11 @@ from lazy_disk_cache.paths import (
     get_legacy_pickle_path,
     get_meta_path,
     get_npy_path,
+    is_readable_store_key,
     is_valid_store_key,
+    readable_store_key,
     validate_store_key,
+    violated_clause,
 )
 
 __all__ = [
@@ -262,8 +265,27 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
                 f"Skipping {name!r} in cache directory {directory!r}: its name is not a legal store key. "
                 "The file is not loaded and stays on disk untouched."
             )
+        for key in report.legacy:
+            self._report_legacy_key(key, directory)
         for key in report.keys:
             self._store[key] = None
+
+    def _report_legacy_key(self, key: str, directory: str) -> None:
+        name = key + NPY_SUFFIX
+        clause = violated_clause(key)
+        logger.warning(
+            "Adopting %r in cache directory %r as legacy key %r: the key %s, so it is not portable. It can be "
+            "read and purged but no new key like it can be created; rename() moves it to a portable key.",
+            name,
+            directory,
+            key,
+            clause,
+        )
+        warn_user(
+            f"Adopting {name!r} in cache directory {directory!r} as legacy key {key!r}: the key {clause}, so it "
+            "is not portable. It can be read and purged but no new key like it can be created; "
+            f"store.rename({key!r}, new_key) moves it to a portable key."
+        )
 
     # -- mapping protocol ----------------------------------------------------------------------
 
@@ -273,7 +295,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         Raises ``StoreKeyError`` for an illegal key (before any filesystem access), ``KeyError``
         on a miss and ``ValueError`` for a defective pair. A reload maps the payload; reads no data.
         """
-        checked = checked_store_key(key, self._cache_dir)
+        checked = readable_store_key(key, self._cache_dir)
         with self._lock:
             entry = self._store.get(key)
             if entry is not None:
@@ -297,7 +319,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
 
     def __contains__(self, key: object) -> bool:
         """Whether ``key`` is tracked (no disk access); ``False`` for illegal keys."""
-        return is_valid_store_key(key) and key in self._store
+        return is_readable_store_key(key) and key in self._store
 
     def __iter__(self) -> Iterator[str]:
         with self._lock:
@@ -488,7 +510,11 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
                 "offload() keys must be None, a str key or an iterable of str keys (a list, tuple, set, dict "
                 f"view or generator); got {type(keys).__name__}"
             )
-        checked = [checked_store_key(key, self._cache_dir) for key in chosen]
+        checked = [readable_store_key(key, self._cache_dir) for key in chosen]
+        for key in checked:
+            # A legacy key is written only back to where it was read from, never as a new key.
+            if key not in self._store and not is_valid_store_key(key):
+                validate_store_key(key, self._cache_dir)
         for key in checked:
             if key not in self._store:
                 raise KeyError(key)
@@ -578,7 +604,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         it is read into RAM. ``KeyError`` on a miss or a legacy ``.pkl``; ``ValueError`` for a
         defective pair. Never reads a temp and creates nothing.
         """
-        checked = checked_store_key(key, self._cache_dir)
+        checked = readable_store_key(key, self._cache_dir)
         npy, meta = self._get_npy_path(checked), self._get_meta_path(checked)
         legacy = self._get_legacy_pickle_path(checked)
         complete = npy.exists() and meta.exists()
@@ -636,7 +662,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         dropped anyway. ``<key>.pkl`` is left alone. Blocks on disk.
         """
         with self._lock:
-            names = artefact_names(self._cache_dir, checked_store_key(key, self._cache_dir))
+            names = artefact_names(self._cache_dir, readable_store_key(key, self._cache_dir))
             current_pid = os.getpid()
             if current_pid != self._owner_pid:
                 raise StorePurgeRefusedError.for_foreign_process(key, self._owner_pid, current_pid)
@@ -685,7 +711,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
             raise StoreKeyError(
                 f"Cannot restore a DiskBackedStore whose _cache_dir is {cache_dir!r}: expected a pathlib.Path"
             )
-        tracked = [checked_store_key(key, cache_dir) for key in state.get("_store", {})]
+        tracked = [readable_store_key(key, cache_dir) for key in state.get("_store", {})]
         self.__dict__.update(state)
         self.__dict__.setdefault("_store", {})
         self.__dict__.setdefault("_owns_cache_dir", False)

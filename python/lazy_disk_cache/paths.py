@@ -8,6 +8,11 @@ work and never touches the filesystem; the builders and containment helpers reso
 A key is checked once, where it enters the package (``checked_store_key``), and travels inward as a
 ``StoreKey``; the builders and the store's private entry points take a ``StoreKey`` as checked and
 check anything else.
+
+*Legacy keys* break only the portability clauses of the rule (a ``':'``, a reserved device name, a
+trailing dot or space, the length limit) while still being one plain POSIX file name: directories
+written before the rule existed hold them. They may be read, purged and renamed, never created:
+``readable_store_key`` admits them where the store reads, ``checked_store_key`` refuses them.
 """
 
 from __future__ import annotations
@@ -51,10 +56,15 @@ __all__ = [
     "get_meta_tmp_path",
     "get_npy_path",
     "get_npy_tmp_path",
+    "is_legacy_store_key",
     "is_our_temp_name",
+    "is_readable_store_key",
     "is_valid_store_key",
     "key_from_npy_name",
+    "legacy_key_from_npy_name",
+    "readable_store_key",
     "validate_store_key",
+    "violated_clause",
 ]
 
 logger = logging.getLogger(__name__)
@@ -73,6 +83,10 @@ _NAME_MAX_BYTES = 255
 # The longest name built from a key is '<key>.meta.json.tmp', so the key gets what the 14 bytes
 # of that suffix leave of NAME_MAX: 255 - 14 = 241 UTF-8 bytes.
 MAX_KEY_UTF8_BYTES = _NAME_MAX_BYTES - len(META_SUFFIX + TMP_SUFFIX)
+
+# A legacy key must leave room for its sidecar '<key>.meta.json' within NAME_MAX (the longest name a
+# store reads), so every name a read or a purge builds from it can exist: 255 - 10 = 245 bytes.
+_MAX_LEGACY_KEY_UTF8_BYTES = _NAME_MAX_BYTES - len(META_SUFFIX)
 
 _DOT_NAMES = frozenset({"", ".", ".."})
 _CONTROL_CHARACTERS = frozenset([*map(chr, range(0x20)), "\x7f"])
@@ -176,6 +190,28 @@ def _legal_characters(key: object, cache_dir: _StrPath | None) -> str:
     return plain
 
 
+def _is_plain_posix_name(key: str) -> bool:
+    """Whether ``key`` is one POSIX file name a store could have written: no separator, no control
+    character, not a dot name, UTF-8 encodable and short enough for its sidecar's name."""
+    if key in _DOT_NAMES or "/" in key or "\\" in key or not _CONTROL_CHARACTERS.isdisjoint(key):
+        return False
+    try:
+        return len(key.encode("utf-8")) <= _MAX_LEGACY_KEY_UTF8_BYTES
+    except UnicodeEncodeError:
+        return False
+
+
+def _is_legacy(plain: str) -> bool:
+    # Given no separator, control character or dot name, the clauses a key can still break are
+    # exactly the portability ones: ':' (absolute), device names, trailing dot or space, length.
+    return _violated_clause(plain) is not None and _is_plain_posix_name(plain)
+
+
+def violated_clause(key: str) -> str | None:
+    """Return the ``CLAUSE_*`` text of the first clause of the key rule ``key`` breaks, or ``None``. Pure."""
+    return _violated_clause(_as_plain_str(key))
+
+
 def validate_store_key(key: object, cache_dir: _StrPath | None = None) -> None:
     """Check that ``key`` is a legal store key: one file-name segment, usable on any platform.
 
@@ -203,9 +239,42 @@ def checked_store_key(key: object, cache_dir: _StrPath | None = None) -> StoreKe
     return StoreKey(_legal_characters(key, cache_dir))
 
 
+def readable_store_key(key: object, cache_dir: _StrPath | None = None) -> StoreKey:
+    """Return ``key`` as a ``StoreKey`` if it is a legal key or a legacy key; raise like ``checked_store_key``.
+
+    For the routes that read, purge or rename what is already on disk. A legacy key breaks only the
+    portability clauses (``':'``, a device name, a trailing dot or space, the length limit) and is
+    one plain POSIX file name, so its paths stay inside the directory. Pure string work.
+    """
+    if type(key) is StoreKey:
+        return key
+    if not isinstance(key, str):
+        raise non_str_key_error(key)
+    plain = _as_plain_str(key)
+    clause = _violated_clause(plain)
+    if clause is not None and not _is_plain_posix_name(plain):
+        raise StoreKeyError.for_clause(plain, cache_dir, clause)
+    return StoreKey(plain)
+
+
 def is_valid_store_key(key: object) -> bool:
     """Return whether ``validate_store_key(key)`` would accept ``key``; ``False`` for any non-``str``."""
     return isinstance(key, str) and _violated_clause(_as_plain_str(key)) is None
+
+
+def is_legacy_store_key(key: object) -> bool:
+    """Return whether ``key`` is a legacy key: illegal only for portability, readable but never created.
+
+    Such keys (``'tile:0_0'``, ``'CON'``, ``'a.'``, 242 to 245 bytes long) are single POSIX file
+    names that stores written before the key rule may hold. ``False`` for legal keys and non-``str``.
+    """
+    return isinstance(key, str) and _is_legacy(_as_plain_str(key))
+
+
+def is_readable_store_key(key: object) -> bool:
+    """Return whether ``key`` is legal or legacy, i.e. whether ``readable_store_key`` accepts it."""
+    # Every legal key is a plain POSIX name too (the rule is stricter on every point).
+    return isinstance(key, str) and _is_plain_posix_name(_as_plain_str(key))
 
 
 def _is_strictly_inside(path: str, root: str) -> bool:
@@ -358,6 +427,18 @@ def key_from_npy_name(name: str) -> str | None:
         return None
     key = name[: -len(NPY_SUFFIX)]
     return key if _is_name_of(key, NPY_SUFFIX, name) else None
+
+
+def legacy_key_from_npy_name(name: str) -> str | None:
+    """Return the legacy key a ``<key>.npy`` file name stands for, or ``None`` if it is not one.
+
+    Like ``key_from_npy_name``, for names whose key is a legacy key (``'CON.npy'``, ``'a:b.npy'``).
+    Pure string work.
+    """
+    if len(name) <= len(NPY_SUFFIX) or not name.endswith(NPY_SUFFIX):
+        return None
+    key = name[: -len(NPY_SUFFIX)]
+    return key if is_legacy_store_key(key) and _artefact_name(key, NPY_SUFFIX) == name else None
 
 
 def is_our_temp_name(name: str) -> bool:

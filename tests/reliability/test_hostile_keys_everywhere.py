@@ -1,5 +1,8 @@
 """Hostile keys on every route: refused with StoreKeyError before any I/O; 0 escapes, 0 neighbours hit.
 
+Legacy keys (legal POSIX names that break only portability clauses) are refused wherever they would be
+created and read as a miss where the store reads, without touching anything either.
+
 The child (``child/hostile_routes.py``) pushes every key of the shared hostile table through every
 store and ``paths`` route while an audit hook records filesystem events and the native seam counts
 file operations. Around the cache directory sits a sentinel tree (files at the names a traversal
