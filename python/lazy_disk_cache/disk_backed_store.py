@@ -33,7 +33,7 @@ from lazy_disk_cache._codec import (
     stage_entry,
 )
 from lazy_disk_cache._directories import open_directory
-from lazy_disk_cache._purge import artefact_names, detach_purge_duty, plan_purge, unlink_in_order
+from lazy_disk_cache._purge import PurgePlan, artefact_names, detach_purge_duty, plan_purge, unlink_in_order
 from lazy_disk_cache._rust import CacheDir, CommitBatch
 from lazy_disk_cache._store_dir import (
     choose_cache_dir,
@@ -662,26 +662,74 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         dropped anyway. ``<key>.pkl`` is left alone. Blocks on disk.
         """
         with self._lock:
-            names = artefact_names(self._cache_dir, readable_store_key(key, self._cache_dir))
-            current_pid = os.getpid()
-            if current_pid != self._owner_pid:
-                raise StorePurgeRefusedError.for_foreign_process(key, self._owner_pid, current_pid)
-            if key not in self._store and not any(os.path.lexists(name) for name in names):
-                raise KeyError(key)
-            plan = plan_purge(self._cache_dir, key, names, self._live_entries(key))
-            detach_purge_duty(self._live_entries(), plan.removal_set)
-            self._store.pop(key, None)
-            self._entry_registry.pop(key, None)
+            plan = self._plan_removal(key, readable_store_key(key, self._cache_dir))
             if not self._purge_disk_on_gc:
                 logger.info(
                     "Explicit purge of key %s overrides purge_disk_on_gc=False: that flag governs implicit GC-time "
                     "deletion, not explicit removal, so this key's artefacts are being unlinked.",
                     key,
                 )
-            failures = unlink_in_order(plan.unlink_order)
-            if failures:
-                survivors = [path for path, _ in failures]
-                raise StorePurgeIncompleteError.for_survivors(key, survivors) from failures[0][1]
+            self._remove(key, plan)
+
+    def _plan_removal(self, key: str, checked: StoreKey) -> PurgePlan:
+        """Decide what removing ``key`` unlinks, refusing (``StorePurge*Error``, ``KeyError``) before any change."""
+        names = artefact_names(self._cache_dir, checked)
+        current_pid = os.getpid()
+        if current_pid != self._owner_pid:
+            raise StorePurgeRefusedError.for_foreign_process(key, self._owner_pid, current_pid)
+        if key not in self._store and not any(os.path.lexists(name) for name in names):
+            raise KeyError(key)
+        return plan_purge(self._cache_dir, key, names, self._live_entries(key))
+
+    def _remove(self, key: str, plan: PurgePlan) -> None:
+        """Detach the purge duty on the doomed files, drop ``key`` and unlink its names in order."""
+        detach_purge_duty(self._live_entries(), plan.removal_set)
+        self._store.pop(key, None)
+        self._entry_registry.pop(key, None)
+        failures = unlink_in_order(plan.unlink_order)
+        if failures:
+            survivors = [path for path, _ in failures]
+            raise StorePurgeIncompleteError.for_survivors(key, survivors) from failures[0][1]
+
+    # -- renaming ------------------------------------------------------------------------------
+
+    def rename(self, old: str, new: str) -> None:
+        """Move the value of ``old`` to the portable key ``new``, crash-safely.
+
+        The value (the live entry's current data if ``old`` is in memory, including unsaved writes,
+        else its pair on disk) is committed as ``<new>.npy`` + ``<new>.meta.json`` with the same
+        flags, and only then are ``old``'s names unlinked as ``purge(old)`` would (its ``.dat``
+        included: the value now lives in the new pair). An interruption leaves the old value, the
+        new one or both, never neither. Afterwards ``new`` is tracked (it reloads on access) and
+        ``old`` is not; entries of ``old`` still held elsewhere keep their buffer but are no longer
+        part of the store.
+
+        ``old`` may be a legacy key (see ``paths``); ``new`` must be a legal key (``StoreKeyError``).
+        Refused before anything changes: ``ValueError`` for the same key twice, ``KeyError`` if
+        ``new`` is tracked or stored (``Key {new} already exists in store.``) or ``old`` has no value,
+        and the refusals of ``purge``. I/O failures raise ``OSError``. Blocks on disk (1 copy).
+        """
+        source = readable_store_key(old, self._cache_dir)
+        target = checked_store_key(new, self._cache_dir)
+        if source == target:
+            raise ValueError(f"rename() needs two different keys; got {old!r} twice")
+        with self._lock:
+            if target in self._store or any(
+                os.path.lexists(path) for path in (get_npy_path(self._cache_dir, target), self._get_meta_path(target))
+            ):
+                raise KeyError(f"Key {new} already exists in store.")
+            entry = self._store.get(source)
+            if entry is None:
+                entry = self._load_entry(source)
+            plan = self._plan_removal(source, source)
+            self._store_entry(target, entry)
+            self._store[target] = None
+            try:
+                self._remove(source, plan)
+            except StorePurgeIncompleteError as exc:
+                exc.add_note(f"rename({old!r}, {new!r}) committed {new!r} before removing {old!r}'s files")
+                raise
+            logger.info("Renamed key %r to %r in cache directory %r.", old, new, str(self._cache_dir))
 
     # -- pickling ------------------------------------------------------------------------------
 
