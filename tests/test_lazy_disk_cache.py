@@ -325,6 +325,47 @@ def test_enable_caching_on_object_dtype_raises_and_keeps_the_ram_state(tmp_path:
     assert list(tmp_path.iterdir()) == []
 
 
+# -- masked arrays ---------------------------------------------------------------------------
+
+MASKED_REFUSAL = (
+    "cannot cache a numpy.ma.MaskedArray on disk: its mask would be lost. Cache array.filled(fill_value) "
+    "(and np.ma.getmaskarray(array) as a second array if the mask matters), or keep caching off"
+)
+
+
+def _masked() -> np.ma.MaskedArray[Any, np.dtype[Any]]:
+    return np.ma.masked_array(np.arange(4.0), mask=[False, True, False, True])
+
+
+def test_a_masked_array_with_caching_raises_type_error_before_writing(tmp_path: Path) -> None:
+    with pytest.raises(TypeError) as caught:
+        DiskBackedNDArray(_masked(), cache_path=tmp_path / "e", enable_caching=True)
+
+    assert str(caught.value) == MASKED_REFUSAL
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_masked_array_without_caching_keeps_its_mask_in_ram() -> None:
+    data = _masked()
+
+    entry = DiskBackedNDArray(data)
+
+    assert entry.data is data
+    assert np.ma.getmaskarray(entry.data).tolist() == [False, True, False, True]
+
+
+def test_enable_caching_on_a_masked_array_raises_and_keeps_the_ram_state(tmp_path: Path) -> None:
+    data = _masked()
+    entry = DiskBackedNDArray(data, cache_path=tmp_path / "e")
+
+    with pytest.raises(TypeError, match=r"numpy\.ma\.MaskedArray"):
+        entry.enable_caching()
+
+    assert entry.cache_enabled is False
+    assert entry.data is data
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- chunk budget ----------------------------------------------------------------------------
 
 

@@ -206,6 +206,26 @@ def test_store_entry_refuses_an_object_dtype_before_writing(tmp_path: Path) -> N
     assert os.listdir(tmp_path) == []
 
 
+def test_store_entry_refuses_a_masked_array_before_writing(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    store["k"] = DiskBackedNDArray(np.ma.masked_array(np.arange(3), mask=[True, False, False]))
+
+    with pytest.raises(TypeError, match=r"numpy\.ma\.MaskedArray on disk: its mask would be lost"):
+        store._store_entry("k", store["k"])
+
+    assert os.listdir(tmp_path) == []
+
+
+def test_adding_a_masked_array_to_a_caching_store_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
+    store = make_store(tmp_path, enable_caching=True)
+
+    with pytest.raises(TypeError, match=r"numpy\.ma\.MaskedArray"):
+        store.add_data_to_store("k", np.ma.masked_array(np.arange(3), mask=[True, False, False]))
+
+    assert "k" not in store
+    assert os.listdir(tmp_path) == []
+
+
 def test_store_entry_commits_a_single_pair_on_its_own(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     store["k"] = DiskBackedNDArray(np.arange(3))

@@ -27,6 +27,7 @@ from lazy_disk_cache.lazy_disk_cache import (
     LazyDiskCacheConfig,
     LazyDiskCacheKw,
     array_to_write,
+    check_cacheable_array,
     check_cacheable_dtype,
     chunk_budget_bytes,
     copyable_file,
@@ -96,8 +97,8 @@ def stage_entry(batch: CommitBatch, cache_dir: Path, key: StoreKey, entry: LazyD
     through a bounce buffer within the chunk budget, never a full temporary copy) or, for an
     offloaded entry, its backing file (copied by the core without a user-space copy when that
     file lies directly in ``cache_dir``, else read through a read-only mapping). Object dtypes
-    raise ``TypeError`` before anything is written; I/O failures raise ``OSError``. Blocks on
-    disk.
+    and masked arrays raise ``TypeError`` before anything is written; I/O failures raise
+    ``OSError``. Blocks on disk.
     """
     with entry_lock(entry):
         shape, dtype = shape_and_dtype(entry)
@@ -117,7 +118,9 @@ def stage_entry(batch: CommitBatch, cache_dir: Path, key: StoreKey, entry: LazyD
                 source_offset=copyable.offset,
             )
             return
-        source = byte_view(np.asarray(array_to_write(entry)))
+        live = array_to_write(entry)
+        check_cacheable_array(live)
+        source = byte_view(np.asarray(live))
         batch.add_npy(key, descr=descr, fortran_order=False, shape=shape, nbytes=nbytes, meta=meta, source=source)
 
 

@@ -133,6 +133,19 @@ def check_cacheable_dtype(dtype: DTypeLike) -> None:
         raise TypeError(f"cannot cache an array of dtype {resolved!r} on disk: it contains Python objects")
 
 
+def check_cacheable_array(array: object) -> None:
+    """Refuse (``TypeError``) an array whose meaning the bytes on disk would not keep.
+
+    A ``numpy.ma.MaskedArray`` stores its mask beside its data; the ``.dat`` and ``.npy`` files hold
+    only the data, so caching it would silently unmask it. The dtype rule applies too.
+    """
+    if isinstance(array, np.ma.MaskedArray):
+        raise TypeError(
+            "cannot cache a numpy.ma.MaskedArray on disk: its mask would be lost. Cache array.filled(fill_value) "
+            "(and np.ma.getmaskarray(array) as a second array if the mask matters), or keep caching off"
+        )
+
+
 def _npy_beside(dat: Path) -> Path:
     """The store payload ``<stem>.npy`` next to the ``.dat`` ``<stem>.dat`` (a reloaded entry's data)."""
     return dat.with_name(dat.name.removesuffix(MEMMAP_SUFFIX) + NPY_SUFFIX)
@@ -453,6 +466,7 @@ class LazyDiskCache(ABC):
             shape = tuple(shape)
             dtype = np.dtype(dtype)
             check_cacheable_dtype(dtype)
+            check_cacheable_array(source)
             if self._in_memory and self._adopted is None and self._adopt_payload(source, shape, dtype):
                 return
             if self._cache_path is None:
