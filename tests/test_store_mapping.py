@@ -523,6 +523,49 @@ def test_check_t_refuses_a_value_the_validator_rejects(tmp_path: Path) -> None:
     assert "floats" not in store
 
 
+def _odd_sized(value: object) -> TypeGuard[DiskBackedNDArray]:
+    return isinstance(value, DiskBackedNDArray) and np.asarray(value).size % 2 == 1
+
+
+@pytest.mark.parametrize("purge", [True, False], ids=["purge", "durable"])
+@pytest.mark.parametrize("check", ["validator", "value_type"])
+def test_an_entry_rejected_by_add_data_to_store_leaves_no_file_behind(tmp_path: Path, purge: bool, check: str) -> None:
+    rules: dict[str, Any] = {"validator": _odd_sized} if check == "validator" else {"value_type": OtherEntry}
+    config = LazyDiskCacheConfig(cache_path=tmp_path, enable_caching=True, purge_disk_on_gc=purge)
+    store = DiskBackedStore[DiskBackedNDArray](config=config, factory=DiskBackedNDArray, **rules)
+
+    with pytest.raises(TypeError, match=r"rejected by validator|value must be"):
+        store.add_data_to_store("k", np.arange(4))
+
+    assert "k" not in store
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_rejection_never_removes_a_dat_that_was_there_before(tmp_path: Path) -> None:
+    (tmp_path / "k.dat").write_bytes(b"\x00" * 32)
+    config = LazyDiskCacheConfig(cache_path=tmp_path, enable_caching=True, purge_disk_on_gc=False)
+    store = DiskBackedStore[DiskBackedNDArray](config=config, factory=DiskBackedNDArray, validator=_odd_sized)
+
+    with pytest.raises(TypeError, match="rejected by validator"):
+        store.add_data_to_store("k", np.arange(4))
+
+    assert os.listdir(tmp_path) == ["k.dat"]
+
+
+def test_a_rejected_entry_collected_later_never_removes_the_next_entry_file(tmp_path: Path) -> None:
+    config = LazyDiskCacheConfig(cache_path=tmp_path, enable_caching=True)
+    store = DiskBackedStore[DiskBackedNDArray](config=config, factory=DiskBackedNDArray, validator=_odd_sized)
+    with pytest.raises(TypeError) as rejection:
+        store.add_data_to_store("k", np.arange(4))
+
+    store.add_data_to_store("k", np.arange(5), purge_disk_on_gc_override=False)
+    del rejection, store
+    gc.collect()
+
+    assert os.listdir(tmp_path) == ["k.dat"]
+    np.testing.assert_array_equal(np.fromfile(tmp_path / "k.dat", dtype=np.arange(5).dtype), np.arange(5))
+
+
 # -- add_data_to_store -------------------------------------------------------------------------
 
 

@@ -57,6 +57,7 @@ from lazy_disk_cache.lazy_disk_cache import (
     LazyDiskCacheConfig,
     LazyDiskCacheKw,
     chunk_budget_bytes,
+    release_purge_duty,
 )
 from lazy_disk_cache.paths import (
     LEGACY_PICKLE_SUFFIX,
@@ -65,6 +66,7 @@ from lazy_disk_cache.paths import (
     StoreKey,
     checked_store_key,
     get_legacy_pickle_path,
+    get_memmap_path,
     get_meta_path,
     get_npy_path,
     is_readable_store_key,
@@ -445,6 +447,8 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
                     (self._purge_disk_on_gc, purge_disk_on_gc_override),
                 )
             )
+            dat = get_memmap_path(self._cache_dir, checked)
+            dat_existed = os.path.lexists(dat)
             entry = self._factory(
                 data,
                 enable_caching=caching,
@@ -452,8 +456,26 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
                 automatic_offloading=offloading,
                 purge_disk_on_gc=purge,
             )
-            self._store[key] = self._check_T(entry)
+            try:
+                self._store[key] = self._check_T(entry)
+            except BaseException:
+                # Rejected (or the validator itself failed): the entry is never installed.
+                self._discard_rejected(entry, dat, dat_existed)
+                raise
             self._register(key, entry)
+
+    def _discard_rejected(self, entry: object, dat: Path, dat_existed: bool) -> None:
+        """Undo what a rejected entry of the factory did at ``dat``: nothing of it may remain.
+
+        Its purge duty goes (so its collection never deletes a later entry's file at the same path),
+        and the ``.dat`` it created is unlinked; a file that was there before the call is left alone.
+        """
+        if not isinstance(entry, LazyDiskCache) or entry.cache_path != dat:
+            return
+        release_purge_duty(entry)
+        if not dat_existed:
+            for name, error in open_directory(dat.parent).unlink_all([dat.name]):
+                logger.debug("Could not remove %s of a rejected entry in %s: %s", name, dat.parent, error)
 
     def _register(self, key: str, entry: T) -> None:
         refs = [ref for ref in self._entry_registry.get(key, ()) if ref() is not None]
