@@ -433,12 +433,30 @@ def test_temps_are_never_read(tmp_path: Path) -> None:
         store._load_entry("k")
 
 
-def test_invalid_json_raises_a_json_decode_error(tmp_path: Path) -> None:
+def test_invalid_json_raises_a_json_decode_error_naming_the_key_and_the_file(tmp_path: Path) -> None:
     write_pair(tmp_path, "k", np.arange(3))
     (tmp_path / "k.meta.json").write_text("{not json")
 
-    with pytest.raises(json.JSONDecodeError):
-        make_store(tmp_path)._load_entry("k")
+    with pytest.raises(json.JSONDecodeError) as caught:
+        make_store(tmp_path)["k"]
+
+    assert str(caught.value) == (
+        f"Corrupt lazy_disk_cache sidecar {str(tmp_path / 'k.meta.json')!r} for key 'k', not valid JSON: "
+        "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"
+    )
+    assert (caught.value.lineno, caught.value.colno, caught.value.pos) == (1, 2, 1)
+
+
+def test_a_sidecar_that_is_not_utf8_raises_value_error_naming_the_key_and_the_file(tmp_path: Path) -> None:
+    write_pair(tmp_path, "k", np.arange(3))
+    (tmp_path / "k.meta.json").write_bytes(b'{"schema_version": 1, "x": "\xff"}')
+
+    with pytest.raises(ValueError) as caught:
+        make_store(tmp_path)["k"]
+
+    assert str(caught.value).startswith(
+        f"Corrupt lazy_disk_cache sidecar {str(tmp_path / 'k.meta.json')!r} for key 'k', not valid UTF-8: "
+    )
 
 
 @pytest.mark.parametrize("meta", [[], "text", 1, None], ids=repr)

@@ -145,15 +145,24 @@ def read_sidecar_bytes(directory: CacheDir, path: Path) -> bytes:
     return bytes(buffer)
 
 
-def parse_sidecar(raw: bytes, key: str) -> tuple[dict[str, Any], str]:
-    """Check a sidecar up to its class name; return the object and the class name.
+def parse_sidecar(raw: bytes, key: str, path: Path) -> tuple[dict[str, Any], str]:
+    """Check the sidecar ``raw`` read from ``path``, up to its class name; return the object and the class name.
 
-    Raises ``ValueError`` (``json.JSONDecodeError`` for invalid JSON) for anything but a JSON
-    object with the integer ``schema_version`` 1 and a string ``lazy_disk_cache_class``.
+    Raises ``ValueError`` for anything but a JSON object with the integer ``schema_version`` 1 and a
+    string ``lazy_disk_cache_class``; bytes that are not UTF-8 JSON at all raise one naming the key
+    and the file (``json.JSONDecodeError``, with its position, for invalid JSON).
     """
     not_an_object = f"Unsupported lazy_disk_cache sidecar for key {key!r}: expected a JSON object with schema_version 1"
+    corrupt = f"Corrupt lazy_disk_cache sidecar {str(path)!r} for key {key!r}"
     try:
-        meta = json.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{corrupt}, not valid UTF-8: {exc}") from exc
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as exc:
+        # The same type and position, with a message that says which file of which key is broken.
+        raise json.JSONDecodeError(f"{corrupt}, not valid JSON: {exc.msg}", exc.doc, exc.pos) from None
     except RecursionError as exc:
         # json gives up on deep nesting with RecursionError; such a file is no schema-1 object.
         raise ValueError(not_an_object) from exc

@@ -644,7 +644,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         directory = self._directory()
         try:
             with _naming_the_sidecar(meta):
-                sidecar, class_name = parse_sidecar(read_sidecar_bytes(directory, meta), key)
+                sidecar, class_name = parse_sidecar(read_sidecar_bytes(directory, meta), key, meta)
                 cls = _resolve_lazy_disk_cache_class(class_name)
             layout = decode_layout(directory, npy)
         except FileNotFoundError:
