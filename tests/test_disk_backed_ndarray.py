@@ -280,11 +280,43 @@ def test_array_function_protocol_is_not_implemented() -> None:
     assert not hasattr(DiskBackedNDArray, "__array_function__")
 
 
-def test_repr_is_the_default_and_does_not_load(auto: DiskBackedNDArray) -> None:
+def test_repr_of_an_entry_in_ram_shows_class_shape_dtype_and_state() -> None:
+    entry = DiskBackedNDArray(_source())
+
+    assert repr(entry) == "<DiskBackedNDArray shape=(3, 4) dtype=int64 in RAM>"
+
+
+def test_repr_of_a_mapped_entry_names_its_file(mapped: DiskBackedNDArray, tmp_path: Path) -> None:
+    assert repr(mapped) == f"<DiskBackedNDArray shape=(3, 4) dtype=int64 mapped on {str(tmp_path / 'e.dat')!r}>"
+
+
+def test_repr_of_an_offloaded_entry_names_its_file_and_does_not_load(auto: DiskBackedNDArray, tmp_path: Path) -> None:
     text = repr(auto)
 
-    assert text.startswith("<lazy_disk_cache.disk_backed_ndarray.DiskBackedNDArray object at 0x")
+    assert text == f"<DiskBackedNDArray shape=(3, 4) dtype=int64 offloaded to {str(tmp_path / 'a.dat')!r}>"
     assert auto.offloaded is True
+    assert not hasattr(auto, "_data")
+
+
+def test_repr_of_a_reloaded_store_entry_names_the_payload_it_maps(tmp_path: Path) -> None:
+    from lazy_disk_cache import DiskBackedStore, LazyDiskCacheConfig
+
+    config = LazyDiskCacheConfig(cache_path=tmp_path, enable_caching=True)
+    writer = DiskBackedStore(config=config, factory=DiskBackedNDArray)
+    writer.add_data_to_store("k", np.zeros((2, 3), dtype=np.float32))
+    writer.offload("k", pickle_container=True)
+
+    reloaded = DiskBackedStore(config=config, factory=DiskBackedNDArray)["k"]
+
+    assert repr(reloaded) == (
+        f"<DiskBackedNDArray shape=(2, 3) dtype=float32 mapped copy-on-write from {str(tmp_path / 'k.npy')!r}>"
+    )
+
+
+def test_repr_of_a_half_built_entry_does_not_raise() -> None:
+    entry = DiskBackedNDArray.__new__(DiskBackedNDArray)
+
+    assert repr(entry) == "<DiskBackedNDArray (not initialised)>"
 
 
 # -- hooks of the subclass contract ----------------------------------------------------------

@@ -339,6 +339,15 @@ def test_repr_lists_the_keys(tmp_path: Path) -> None:
     assert repr(store) == "<DiskBackedStore(['k1', 'k2'])>"
 
 
+def test_str_counts_the_keys_and_names_the_directory_without_listing_them(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    store["k1"] = entry()
+    store._store["k2"] = None
+    store._store["k3"] = None
+
+    assert str(store) == f"<DiskBackedStore of 3 keys (1 in memory) in {str(tmp_path)!r}>"
+
+
 def test_store_property_is_a_read_only_live_view(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     view = store.store

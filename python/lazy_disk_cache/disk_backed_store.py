@@ -396,7 +396,14 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
                 raise RuntimeError(f"clear() left these keys in the store: {list(self._store)!r}")
 
     def __repr__(self) -> str:
+        # The original's format, which callers compare against: every key, nothing else.
         return f"<DiskBackedStore({list(self._store)})>"
+
+    def __str__(self) -> str:
+        """A summary that stays short for any number of keys: the count, how many are in memory, the directory."""
+        values = list(self._store.values())
+        in_memory = sum(value is not None for value in values)
+        return f"<DiskBackedStore of {len(values)} keys ({in_memory} in memory) in {str(self._cache_dir)!r}>"
 
     @property
     def store(self) -> MappingProxyType[str, T | None]:

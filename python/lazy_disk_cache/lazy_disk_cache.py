@@ -242,6 +242,36 @@ class LazyDiskCache(ABC):
     def on_load(self) -> None:  # noqa: B027 - an optional hook, deliberately a no-op by default
         """Run after a load; subclasses may rebuild extra state. Errors are logged."""
 
+    def __repr__(self) -> str:
+        """Class, shape, dtype, state and file, e.g. ``<DiskBackedNDArray shape=(3, 4) dtype=int64 in RAM>``.
+
+        O(1): never loads, reads no file and takes no lock (a concurrent transition may show either
+        side of it), so it is safe in debuggers, logs and tracebacks, even on a half-built entry.
+        """
+        name = type(self).__name__
+        try:
+            shape, dtype = self._describe_shape_dtype()
+            described = f"shape={tuple(shape)} dtype={np.dtype(dtype)}"
+        except AttributeError:
+            return f"<{name} (not initialised)>"
+        return f"<{name} {described} {self._describe_state()}>"
+
+    def _describe_state(self) -> str:
+        """``in RAM``, ``mapped on <file>``, ``offloaded to <file>`` (or the payload a reload maps)."""
+        state = self.__dict__
+        path = state.get("_cache_path")
+        if not state.get("_enable_caching", False):
+            return "in RAM"
+        if path is None:
+            return "with no file yet"
+        if not state.get("_in_memory", True):
+            return f"offloaded to {str(path)!r}"
+        adopted: _AdoptedPayload | None = state.get("_adopted")
+        if adopted is None:
+            return f"mapped on {str(path)!r}"
+        how = "read-only" if adopted.readonly else "copy-on-write"
+        return f"mapped {how} from {str(_npy_beside(path))!r}"
+
     # -- properties ----------------------------------------------------------------------------
 
     @property
