@@ -325,6 +325,23 @@ def test_enable_caching_on_object_dtype_raises_and_keeps_the_ram_state(tmp_path:
     assert list(tmp_path.iterdir()) == []
 
 
+# -- log records name entries by their file --------------------------------------------------
+
+
+def test_no_log_record_names_an_entry_by_its_id(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="lazy_disk_cache"):
+        entry = DiskBackedNDArray(np.arange(3), cache_path=tmp_path / "e", enable_caching=True)
+        entry.offload()
+        entry.offload()
+        entry.disable_caching()
+        entry.offload()
+
+    texts = [record.getMessage() for record in caplog.records]
+    assert texts
+    assert all(str(id(entry)) not in text for text in texts), texts
+    assert all(str(tmp_path / "e.dat") in text for text in texts), texts
+
+
 # -- masked arrays ---------------------------------------------------------------------------
 
 MASKED_REFUSAL = (

@@ -242,7 +242,24 @@ def test_offload_in_ram_logs_and_does_nothing(caplog: pytest.LogCaptureFixture) 
     assert entry.data is source
     records = [r for r in caplog.records if r.name == LOGGER]
     assert [(r.levelno, r.msg, r.args) for r in records] == [
-        (logging.INFO, "Caching disabled ==> %s.`offload()` ignored for %s.", ("DiskBackedNDArray", id(entry)))
+        (
+            logging.INFO,
+            "Caching disabled ==> %s.`offload()` ignored for %s.",
+            ("DiskBackedNDArray", "<entry in RAM without a file>"),
+        )
+    ]
+
+
+def test_offload_in_ram_names_the_entry_by_its_file_when_it_has_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    entry = DiskBackedNDArray(_source(), cache_path=tmp_path / "tile")
+
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        entry.offload()
+
+    assert [r.getMessage() for r in caplog.records if r.name == LOGGER] == [
+        f"Caching disabled ==> DiskBackedNDArray.`offload()` ignored for {tmp_path / 'tile.dat'}."
     ]
 
 
@@ -254,7 +271,11 @@ def test_offload_when_offloaded_logs_and_does_nothing(
 
     records = [r for r in caplog.records if r.name == LOGGER]
     assert [(r.levelno, r.msg, r.args) for r in records] == [
-        (logging.INFO, "%s: %s already offloaded to %s.", ("DiskBackedNDArray", id(offloaded), offloaded.cache_path))
+        (
+            logging.INFO,
+            "%s: %s already offloaded to %s.",
+            ("DiskBackedNDArray", str(offloaded.cache_path), offloaded.cache_path),
+        )
     ]
     assert offloaded.offloaded
 

@@ -256,6 +256,11 @@ class LazyDiskCache(ABC):
             return f"<{name} (not initialised)>"
         return f"<{name} {described} {self._describe_state()}>"
 
+    def _log_name(self) -> str:
+        """How log records name this entry: its ``.dat`` path (which holds a store entry's key)."""
+        path = self.__dict__.get("_cache_path")
+        return "<entry in RAM without a file>" if path is None else str(path)
+
     def _describe_state(self) -> str:
         """``in RAM``, ``mapped on <file>``, ``offloaded to <file>`` (or the payload a reload maps)."""
         state = self.__dict__
@@ -360,10 +365,12 @@ class LazyDiskCache(ABC):
         """
         with self._lock:
             if not self._enable_caching:
-                logger.info("Caching disabled ==> %s.`offload()` ignored for %s.", type(self).__name__, id(self))
+                logger.info(
+                    "Caching disabled ==> %s.`offload()` ignored for %s.", type(self).__name__, self._log_name()
+                )
                 return
             if not self._in_memory:
-                logger.info("%s: %s already offloaded to %s.", type(self).__name__, id(self), self._cache_path)
+                logger.info("%s: %s already offloaded to %s.", type(self).__name__, self._log_name(), self._cache_path)
                 return
             if self._mmap is None or (self._adopted is not None and not self._adopted.readonly):
                 self._convert_to_memmap()
@@ -509,7 +516,7 @@ class LazyDiskCache(ABC):
             self._adopted = None
             if not self._backing_created:
                 self._take_ownership()
-            logger.debug("Wrote %s %s to %s (%d bytes)", type(self).__name__, id(self), self._cache_path, mapped.nbytes)
+            logger.debug("Wrote %s to %s (%d bytes)", type(self).__name__, self._cache_path, mapped.nbytes)
 
     def _source_array(self) -> NDArray[Any]:
         """The entry's current data without changing its state (for writers such as the store).
@@ -680,7 +687,7 @@ class LazyDiskCache(ABC):
         self._mmap = buffer
         self._set_buffer(buffer)
         self._in_memory = True
-        logger.debug("%s %s adopted the payload of %s", type(self).__name__, id(self), mapped_path)
+        logger.debug("%s on %s adopted the payload of %s", type(self).__name__, path, mapped_path)
         return True
 
     def _allocate_ephemeral(self) -> None:
