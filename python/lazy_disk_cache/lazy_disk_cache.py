@@ -146,6 +146,16 @@ def check_cacheable_array(array: object) -> None:
         )
 
 
+# mmap cannot map an empty file, so np.memmap writes one byte for a zero-size array; a .dat is never
+# shorter either, so anyone can map it. The shape, not the file length, says the array is empty.
+_MIN_DAT_BYTES = 1
+
+
+def _dat_length(payload_nbytes: int) -> int:
+    """The length of the ``.dat`` that holds a payload of ``payload_nbytes`` (zero-padded to one byte)."""
+    return max(payload_nbytes, _MIN_DAT_BYTES)
+
+
 def _npy_beside(dat: Path) -> Path:
     """The store payload ``<stem>.npy`` next to the ``.dat`` ``<stem>.dat`` (a reloaded entry's data)."""
     return dat.with_name(dat.name.removesuffix(MEMMAP_SUFFIX) + NPY_SUFFIX)
@@ -559,11 +569,15 @@ class LazyDiskCache(ABC):
         return array
 
     def _write_backing(self, source: NDArray[Any]) -> FileMapping:
-        """Atomically replace the ``.dat`` with ``source`` in C order; return its ``r+`` mapping."""
+        """Atomically replace the ``.dat`` with ``source`` in C order; return its ``r+`` mapping.
+
+        An empty ``source`` gives a one-byte ``.dat`` (one zero byte), as ``np.memmap`` writes it.
+        """
         directory, name = self._write_location(create=True)
-        return directory.write_file(
-            name, byte_view(source), chunk_bytes=chunk_budget_bytes(), durable=not self._purge_disk_on_gc
-        )
+        durable = not self._purge_disk_on_gc
+        length = _dat_length(source.nbytes)
+        payload = byte_view(source) if length == source.nbytes else bytes(length)
+        return directory.write_file(name, payload, chunk_bytes=chunk_budget_bytes(), durable=durable)
 
     def _map_backing(self, mode: LoadMode) -> np.memmap[Any, np.dtype[Any]]:
         """Map the file that currently holds the data in ``mode`` (``w+``: zero-filled first).
@@ -593,7 +607,7 @@ class LazyDiskCache(ABC):
         if mode == "w+":
             directory, name = self._write_location()
             nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-            mapping = directory.write_zeroed(name, nbytes, durable=not self._purge_disk_on_gc)
+            mapping = directory.write_zeroed(name, _dat_length(nbytes), durable=not self._purge_disk_on_gc)
             return as_memmap(mapping, shape, dtype, filename=str(path))
         if adopted is not None:
             npy_name = _npy_beside(path).name
