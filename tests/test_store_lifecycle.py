@@ -1,5 +1,6 @@
 """Opening, reopening and pickling stores: temp sweep, rescan, other processes, read-only directories."""
 
+import errno
 import fcntl
 import gc
 import json
@@ -361,6 +362,41 @@ def test_unpickling_warns_about_a_pair_that_is_gone_and_keeps_it_offloaded(
 
     assert copy._store == {"a": None}
     assert messages(caplog, logging.WARNING) == [("File for key %s not found in cache directory %s.", ("a", tmp_path))]
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"), [("removed", errno.ENOENT), ("replaced-by-a-file", errno.ENOTDIR)], ids=lambda x: str(x)
+)
+def test_unpickling_a_store_whose_directory_is_unusable_names_the_directory_first(
+    tmp_path: Path, damage: str, expected: int
+) -> None:
+    directory = tmp_path / "store"
+    store = make_store(directory, enable_caching=True)
+    store.add_data_to_store("a", np.arange(3))
+    blob = pickle.dumps(store)
+    shutil.rmtree(directory)
+    if damage == "replaced-by-a-file":
+        directory.write_bytes(b"not a directory")
+
+    with pytest.raises(OSError) as caught:
+        pickle.loads(blob)
+
+    assert (caught.value.errno, caught.value.filename) == (expected, str(directory))
+    assert caught.value.__notes__[-1] == (
+        f"while restoring a pickled DiskBackedStore: its cache directory {str(directory)!r} is unusable, so "
+        "its 1 stored key cannot be reloaded"
+    )
+
+
+def test_unpickling_a_store_without_stored_keys_does_not_need_its_directory(tmp_path: Path) -> None:
+    directory = tmp_path / "store"
+    store = make_store(directory, enable_caching=True)
+    blob = pickle.dumps(store)
+    shutil.rmtree(directory)
+
+    copy: Store = pickle.loads(blob)
+
+    assert copy.keys() == []
 
 
 def test_unpickling_neither_sweeps_nor_rescans(tmp_path: Path) -> None:

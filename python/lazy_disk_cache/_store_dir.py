@@ -7,12 +7,14 @@ itself is removed by the owner process when its last same-process store copy goe
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
+from lazy_disk_cache._directories import open_directory
 from lazy_disk_cache._leases import PathLease
 from lazy_disk_cache._rust import CacheDir
 from lazy_disk_cache.errors import StoreKeyError
@@ -32,6 +34,7 @@ __all__ = [
     "choose_cache_dir",
     "directory_refuses_writes",
     "lease_directory",
+    "require_usable_directory",
     "rescan",
     "sweep_orphan_temps",
 ]
@@ -131,6 +134,16 @@ def choose_cache_dir(configured: Path | None) -> CacheDirChoice:
     if configured is None or configured.is_file():
         return CacheDirChoice(Path(tempfile.mkdtemp(prefix=_TEMP_DIR_PREFIX)), True, configured is not None)
     return CacheDirChoice(configured.absolute(), False, False)
+
+
+def require_usable_directory(path: Path) -> None:
+    """Raise the ``OSError`` (errno, ``filename=str(path)``) that keeps the store from reading ``path``.
+
+    ``path`` must be a directory this process may list and enter. One ``stat`` and an open.
+    """
+    open_directory(path)
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
 
 
 def directory_refuses_writes(path: Path) -> bool:

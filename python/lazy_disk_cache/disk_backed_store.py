@@ -39,6 +39,7 @@ from lazy_disk_cache._store_dir import (
     choose_cache_dir,
     directory_refuses_writes,
     lease_directory,
+    require_usable_directory,
     rescan,
     sweep_orphan_temps,
 )
@@ -781,7 +782,9 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         """Check, then restore ``state``; with caching on, reload every key not in memory.
 
         ``StoreKeyError`` (nothing restored) when ``_cache_dir`` is not a ``Path`` or a tracked
-        key is illegal. A key whose pair is gone stays ``None`` with a WARNING. No sweep, no rescan.
+        key is illegal; with keys to reload, an ``OSError`` naming the directory (nothing restored)
+        when it is missing or cannot be read. A key whose pair is gone stays ``None`` with a
+        WARNING. No sweep, no rescan.
         """
         cache_dir = state.get("_cache_dir")
         if not isinstance(cache_dir, Path):
@@ -789,6 +792,9 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
                 f"Cannot restore a DiskBackedStore whose _cache_dir is {cache_dir!r}: expected a pathlib.Path"
             )
         tracked = [readable_store_key(key, cache_dir) for key in state.get("_store", {})]
+        stored = sum(value is None for value in state.get("_store", {}).values())
+        if state.get("_enable_caching") and stored:
+            self._require_directory_for_reload(cache_dir, stored)
         self.__dict__.update(state)
         self.__dict__.setdefault("_store", {})
         self.__dict__.setdefault("_owns_cache_dir", False)
@@ -800,6 +806,19 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
                 self._register(key, entry)
         if self._enable_caching:
             self._reload_offloaded(tracked)
+
+    @staticmethod
+    def _require_directory_for_reload(cache_dir: Path, stored: int) -> None:
+        """Check the directory the ``stored`` keys reload from, naming it (not a key) when it is unusable."""
+        try:
+            require_usable_directory(cache_dir)
+        except OSError as exc:
+            keys = "key cannot" if stored == 1 else "keys cannot"
+            exc.add_note(
+                f"while restoring a pickled DiskBackedStore: its cache directory {str(cache_dir)!r} is unusable, "
+                f"so its {stored} stored {keys} be reloaded"
+            )
+            raise
 
     def _reload_offloaded(self, keys: list[StoreKey]) -> None:
         for key in [key for key in keys if self._store[key] is None]:
