@@ -174,7 +174,8 @@ def _naming_the_sidecar(path: Path) -> Iterator[None]:
 class DiskBackedStore(MutableMapping[str, T], Generic[T]):
     """A mapping of store keys to ``LazyDiskCache`` entries that share one cache directory.
 
-    Keys must be legal store keys (``StoreKeyError`` otherwise, before any filesystem access).
+    Keys must be legal store keys (``StoreKeyError`` otherwise, before any filesystem access);
+    legacy keys found on disk (see ``paths``) are read, purged and renamed, never created.
     ``offload(pickle_container=True)`` writes entries as ``<key>.npy`` + ``<key>.meta.json``
     pairs and drops them from memory; ``store[key]`` reloads them on demand, mapping the payload
     copy-on-write instead of reading it. Mutations hold the store's lock (taken before any
@@ -295,8 +296,9 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
     def __getitem__(self, key: str) -> T:
         """Return the entry for ``key``, reloading it from its codec pair if it is not in memory.
 
-        Raises ``StoreKeyError`` for an illegal key (before any filesystem access), ``KeyError``
-        on a miss and ``ValueError`` for a defective pair. A reload maps the payload; reads no data.
+        Raises ``StoreKeyError`` for an illegal key that is not a legacy key (before any filesystem
+        access), ``KeyError`` on a miss and ``ValueError`` for a defective pair. A reload maps the
+        payload; reads no data.
         """
         checked = readable_store_key(key, self._cache_dir)
         with self._lock:
