@@ -1,18 +1,21 @@
 //! Atomic replacement of one file: a locked, exclusive temp next to it, renamed over it.
 //!
 //! [`PendingFile`] owns `<name>.tmp` from creation to rename. It is created with
-//! `O_CREAT|O_EXCL|O_NOFOLLOW` after any stale temp of that name is unlinked, so a planted
-//! symlink is removed, never written through. Its permissions are never wider than the final
-//! ones. It holds `flock(LOCK_EX)` so a concurrent sweep leaves it alone, and it is unlinked
-//! on drop unless committed. A temp whose fsync failed is poisoned: never fsynced again, never
-//! renamed.
+//! `O_CREAT|O_EXCL|O_NOFOLLOW`, so a planted symlink is removed, never written through. Its
+//! permissions are never wider than the final ones. It holds `flock(LOCK_EX)` so a concurrent
+//! sweep leaves it alone, and it is unlinked on drop unless committed. A temp whose fsync
+//! failed is poisoned: never fsynced again, never renamed.
+//!
+//! An existing temp of the same name is a live writer's while its `flock` is held: the creator
+//! waits for that writer to finish, then tries again. An unlocked one is stale (a crash's
+//! leftover, a planted link, or a closed temp of a store key whose writer lock the caller
+//! holds, see [`crate::keylock`]) and is unlinked.
 //!
 //! A group commit may stage thousands of temps, more than a process may keep open. Once a temp
 //! is fsynced, [`PendingFile::close_synced`] turns it into a [`ClosedTemp`]: only its name,
-//! no descriptor, protected from the sweep by the directory's shared [`WriterLock`] instead of
-//! its own lock. Only a successful fsync makes one, so a temp whose fsync failed can never be
-//! renamed. [`RenameGroup`] renames several closed temps in order and fsyncs the directory
-//! once.
+//! no descriptor, protected from the sweep by its key's [`KeyLock`] instead of its own lock.
+//! Only a successful fsync makes one, so a temp whose fsync failed can never be renamed.
+//! [`RenameGroup`] renames several closed temps in order and fsyncs the directory once.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
@@ -22,9 +25,10 @@ use rustix::fs::OFlags;
 use rustix::io::Errno;
 
 use crate::copy::{self, Between, ChunkBudget};
-use crate::dir::{CacheDir, WriterLock};
+use crate::dir::CacheDir;
 use crate::error::{Error, Op, Result};
 use crate::fs::FileKind;
+use crate::keylock::KeyLock;
 use crate::names::{temp_name, validate_name};
 use crate::reserve;
 
@@ -75,21 +79,15 @@ impl PendingFile {
         } else {
             DEFAULT_MODE
         };
-        // A stale temp (a crash's leftover, or a planted link) makes the exclusive create fail
-        // with EEXIST; only then is the name unlinked (the link itself, never its target) and the
-        // create tried once more. Creating first spares the common case a failing unlink.
-        let fd = match fs.open(dir.fd(), &temp, flags, mode) {
-            Err(err) if err.raw_os_error() == Some(Errno::EXIST.raw_os_error()) => {
-                match fs.unlink(dir.fd(), &temp) {
-                    Ok(()) => {}
-                    Err(err) if err.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {}
-                    Err(err) => return Err(Error::io(Op::Unlink, dir.path_of(&temp), err)),
+        let fd = loop {
+            match fs.open(dir.fd(), &temp, flags, mode) {
+                Ok(fd) => break fd,
+                Err(err) if err.raw_os_error() == Some(Errno::EXIST.raw_os_error()) => {
+                    remove_or_await(dir, &temp)?;
                 }
-                fs.open(dir.fd(), &temp, flags, mode)
+                Err(err) => return Err(Error::io(Op::Create, dir.path_of(&temp), err)),
             }
-            other => other,
-        }
-        .map_err(|err| Error::io(Op::Create, dir.path_of(&temp), err))?;
+        };
         let pending = Self {
             dir: dir.clone(),
             name: name.to_owned(),
@@ -97,13 +95,24 @@ impl PendingFile {
             fd,
             state: State::Open,
         };
-        loop {
-            match fs.lock_exclusive(pending.fd(), false) {
-                Ok(()) => break,
-                // A signal while a sweep holds the lock for a moment: wait again, as PEP 475 does.
-                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(err) => return Err(Error::io(Op::Lock, pending.temp_path(), err)),
-            }
+        lock_waiting(dir, pending.fd(), &pending.temp_path())?;
+        // A sweep may have taken the fresh, still unlocked temp for a stale one and unlinked it
+        // before the lock above: then the name is no longer ours, and we start over.
+        let ours = fs
+            .fstat(pending.fd())
+            .map_err(|err| Error::io(Op::Stat, pending.temp_path(), err))?
+            .identity;
+        let named = match fs.stat_nofollow(dir.fd(), &pending.temp) {
+            Ok(stat) => Some(stat.identity),
+            Err(err) if err.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => None,
+            Err(err) => return Err(Error::io(Op::Stat, pending.temp_path(), err)),
+        };
+        if named != Some(ours) {
+            let mut lost = pending;
+            // The name is not ours: leave whatever it names alone.
+            lost.state = State::Committed;
+            drop(lost);
+            return Self::create(dir, name);
         }
         if let Some(perm) = existing_perm {
             fs.fchmod(pending.fd(), perm)
@@ -202,12 +211,12 @@ impl PendingFile {
     }
 
     /// Fsyncs the temp, then closes its descriptor (and so its `flock`), keeping only its name.
-    /// `guard` must be a writer lock of the temp's directory: from now on it is what keeps a
-    /// sweep away.
+    /// `guard` must be the writer lock of the temp's key: from now on it is what keeps a sweep
+    /// and other writers away.
     ///
     /// # Errors
     /// [`Error::Io`] with [`Op::Fsync`]; the temp is then unlinked.
-    pub fn close_synced(mut self, guard: Arc<WriterLock>) -> Result<ClosedTemp> {
+    pub fn close_synced(mut self, guard: Arc<KeyLock>) -> Result<ClosedTemp> {
         self.sync()?;
         self.state = State::Closed;
         Ok(ClosedTemp {
@@ -255,9 +264,51 @@ fn rename_temp(dir: &CacheDir, temp: &str, name: &str) -> Result<()> {
     })
 }
 
+/// `flock(LOCK_EX)` on `fd`, waiting; EINTR is retried, as PEP 475 does.
+fn lock_waiting(dir: &CacheDir, fd: BorrowedFd<'_>, path: &std::path::Path) -> Result<()> {
+    loop {
+        match dir.fs().lock_exclusive(fd, false) {
+            Ok(()) => return Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(Error::io(Op::Lock, path, err)),
+        }
+    }
+}
+
+/// Clears the way for a new temp named `temp`: waits for the live writer that holds it locked
+/// to finish, or unlinks it (the link itself, never its target) when nobody holds it.
+fn remove_or_await(dir: &CacheDir, temp: &str) -> Result<()> {
+    let fs = dir.fs();
+    let path = dir.path_of(temp);
+    let is_gone = |err: &std::io::Error| err.raw_os_error() == Some(Errno::NOENT.raw_os_error());
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    let holder = match fs.open(dir.fd(), temp, flags, 0) {
+        Ok(fd) => Some(fd),
+        Err(err) if is_gone(&err) => return Ok(()),
+        // A link (ELOOP) or something else we cannot open: never ours, remove the name.
+        Err(_) => None,
+    };
+    // Held across the unlink, so no writer takes the name over in between.
+    if let Some(fd) = &holder {
+        match fs.lock_exclusive(fd.as_fd(), true) {
+            Ok(()) => {}
+            Err(err) if err.raw_os_error() == Some(Errno::WOULDBLOCK.raw_os_error()) => {
+                // A live writer: once it commits or gives up, its lock goes with its descriptor.
+                return lock_waiting(dir, fd.as_fd(), &path);
+            }
+            Err(err) => return Err(Error::io(Op::Lock, path, err)),
+        }
+    }
+    match fs.unlink(dir.fd(), temp) {
+        Ok(()) => Ok(()),
+        Err(err) if is_gone(&err) => Ok(()),
+        Err(err) => Err(Error::io(Op::Unlink, path, err)),
+    }
+}
+
 /// A fsynced temp whose descriptor is closed: a name waiting to be renamed over its
-/// destination, unlinked on drop unless committed. It keeps the directory's [`WriterLock`]
-/// alive, so no sweep removes it meanwhile.
+/// destination, unlinked on drop unless committed. It keeps its key's [`KeyLock`] alive, so
+/// no sweep or other writer removes it meanwhile.
 #[derive(Debug)]
 pub struct ClosedTemp {
     dir: CacheDir,
@@ -265,7 +316,7 @@ pub struct ClosedTemp {
     temp: String,
     committed: bool,
     // Fields drop after `Drop::drop`, so the lock outlives the unlink of an uncommitted temp.
-    _guard: Arc<WriterLock>,
+    _guard: Arc<KeyLock>,
 }
 
 impl ClosedTemp {
@@ -559,7 +610,7 @@ mod tests {
         let (tmp, _) = real_dir();
         let (dir, _recording) = poisoning_dir(tmp.path());
         let pending = PendingFile::create(&dir, "k.dat").unwrap();
-        let guard = Arc::new(dir.writer_lock().unwrap());
+        let guard = Arc::new(dir.lock_key("k").unwrap());
 
         let err = pending.close_synced(guard).unwrap_err();
 
@@ -605,7 +656,7 @@ mod tests {
     #[test]
     fn dropping_an_uncommitted_closed_temp_removes_it() {
         let (tmp, dir) = real_dir();
-        let guard = Arc::new(dir.writer_lock().unwrap());
+        let guard = Arc::new(dir.lock_key("k").unwrap());
         let pending = PendingFile::create(&dir, "k.dat").unwrap();
 
         let closed = pending.close_synced(guard).unwrap();

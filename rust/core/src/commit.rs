@@ -7,17 +7,23 @@
 //! Store commits are always durable.
 //!
 //! A batch holds O(1) descriptors however many keys it stages: each temp is closed once it is
-//! fsynced, and the batch's closed temps are kept from the sweep by one shared
-//! [`WriterLock`] on the directory, taken before the first temp is created and released
-//! with the last staged temp (committed or removed).
+//! fsynced. Each key's temps are kept from sweeps and other writers by the key's writer lock
+//! ([`KeyLock`]), taken before its first temp is created and released with its last temp
+//! (committed or removed).
+//!
+//! A batch never waits for a lock while it holds others: when a key's lock is held elsewhere,
+//! the batch first commits the keys it has staged (each key stays old or new, as always), then
+//! waits. Writers holding several locks therefore never wait on each other in a cycle.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use crate::atomic::{ClosedTemp, PendingFile, RenameGroup};
 use crate::checked::{add, to_u64};
 use crate::copy::ChunkBudget;
-use crate::dir::{CacheDir, WriterLock};
+use crate::dir::CacheDir;
 use crate::error::{Error, Result};
+use crate::keylock::{KeyLock, writer_byte};
 use crate::names::PairNames;
 use crate::npy;
 use crate::write::PayloadWriter;
@@ -40,7 +46,7 @@ pub struct KeyWriter {
     key: String,
     names: PairNames,
     payload: PayloadWriter,
-    guard: Arc<WriterLock>,
+    guard: Arc<KeyLock>,
 }
 
 /// A key whose two temps are written, fsynced and closed, waiting for
@@ -61,14 +67,14 @@ impl StagedKey {
 
 impl KeyWriter {
     /// Creates `<key>.npy.tmp`, reserves header + `nbytes` and writes the header. `guard` is
-    /// the directory's writer lock, which will protect the temps once they are closed.
+    /// the key's writer lock, which will protect the temps once they are closed.
     fn create(
         dir: &CacheDir,
         key: &str,
         spec: ArraySpec<'_>,
         nbytes: u64,
         budget: ChunkBudget,
-        guard: Arc<WriterLock>,
+        guard: Arc<KeyLock>,
     ) -> Result<Self> {
         let names = PairNames::of(key)?;
         let header = npy::encode_header(spec.descr, spec.fortran_order, spec.shape, nbytes).map_err(|reason| {
@@ -130,8 +136,9 @@ impl KeyWriter {
 pub struct CommitBatch {
     dir: CacheDir,
     budget: ChunkBudget,
-    // Weak: the lock lives exactly as long as a writer or a staged temp needs it.
-    guard: Mutex<Weak<WriterLock>>,
+    // By lock byte. Weak: a lock lives exactly as long as a writer or a staged temp needs it;
+    // keys of the batch whose bytes collide share one.
+    locks: Mutex<HashMap<u64, Weak<KeyLock>>>,
     staged: Mutex<Vec<StagedKey>>,
 }
 
@@ -142,38 +149,55 @@ impl CommitBatch {
         Self {
             dir: dir.clone(),
             budget,
-            guard: Mutex::new(Weak::new()),
+            locks: Mutex::new(HashMap::new()),
             staged: Mutex::new(Vec::new()),
         }
     }
 
-    /// The directory's writer lock: the batch's current one, or a newly taken one.
-    fn writer_lock(&self) -> Result<Arc<WriterLock>> {
-        // The mutex is held across the flock wait so concurrent first keys share one lock.
-        let mut slot = self.guard.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(guard) = slot.upgrade() {
+    /// The writer lock of `key`: the one the batch already holds for its byte, or a new one.
+    /// When another writer holds it, the batch commits what it has staged before waiting.
+    fn key_lock(&self, key: &str) -> Result<Arc<KeyLock>> {
+        let byte = writer_byte(key);
+        let held = self
+            .locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&byte)
+            .and_then(Weak::upgrade);
+        if let Some(guard) = held {
             return Ok(guard);
         }
-        let guard = Arc::new(self.dir.writer_lock()?);
-        *slot = Arc::downgrade(&guard);
+        let guard = match self.dir.try_lock_key(key)? {
+            Some(guard) => guard,
+            None => {
+                self.commit()?;
+                self.dir.lock_key(key)?
+            }
+        };
+        let guard = Arc::new(guard);
+        let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        locks.retain(|_, lock| lock.strong_count() > 0);
+        locks.insert(byte, Arc::downgrade(&guard));
         Ok(guard)
     }
 
-    /// Starts staging `key`: takes the directory's writer lock if the batch holds none, then
-    /// creates `<key>.npy.tmp`, reserves header + `nbytes` and writes the header. Feed the
-    /// payload to the returned writer, then hand it to [`CommitBatch::stage`].
+    /// Starts staging `key`: becomes its writer (see [`CommitBatch`] for what happens when
+    /// another writer is), then creates `<key>.npy.tmp` (a temp of the key found there is a
+    /// crash's leftover and is replaced), reserves header + `nbytes` and writes the header.
+    /// Feed the payload to the returned writer, then hand it to [`CommitBatch::stage`].
     ///
     /// # Errors
     /// [`Error::InvalidName`] for an illegal key, [`Error::AlreadyStaged`] for one already
     /// staged in this batch, [`Error::InvalidHeader`] for a descr we cannot encode, [`Error::Io`] with [`Op::Open`]
-    /// or [`Op::Lock`] for the directory lock, and the errors of [`PendingFile::create`] /
+    /// or [`Op::Lock`] for the key lock, the errors of [`CommitBatch::commit`] when staged keys
+    /// had to be committed first, and the errors of [`PendingFile::create`] /
     /// [`PendingFile::reserve`] / writing. Nothing is left behind on error.
     ///
     /// [`Op::Open`]: crate::Op::Open
     /// [`Op::Lock`]: crate::Op::Lock
     pub fn begin_key(&self, key: &str, spec: ArraySpec<'_>, nbytes: u64) -> Result<KeyWriter> {
         self.refuse_staged(key)?;
-        let guard = self.writer_lock()?;
+        let guard = self.key_lock(key)?;
         KeyWriter::create(&self.dir, key, spec, nbytes, self.budget, guard)
     }
 

@@ -5,16 +5,13 @@
 //! resolved once, when the directory is opened; afterwards every call is fd-relative, so a
 //! rename of the root or a planted link cannot redirect our writes.
 //!
-//! The directory also carries the lock that keeps a temp sweep away from a group commit's
-//! closed temps: each writer holds `flock(LOCK_SH)` on a [`WriterLock`], the sweep needs
-//! `LOCK_EX`. Both take it on a fresh descriptor of the directory, because `flock` belongs to
-//! the open file description: on a shared descriptor one holder's unlock would end the other's
-//! lock, and a process could never conflict with itself.
+//! The directory also carries the descriptor of its key lock file (see [`crate::keylock`]),
+//! opened on the first lock and shared by every clone.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rustix::fs::OFlags;
 use rustix::io::Errno;
@@ -23,6 +20,7 @@ use crate::checked::{add, to_u64};
 use crate::copy::{self, Between, ChunkBudget};
 use crate::error::{Error, Op, Result};
 use crate::fs::{Fs, RealFs};
+use crate::keylock::LockFile;
 use crate::names::validate_name;
 
 /// Mode of directories we create (the umask applies).
@@ -39,14 +37,7 @@ struct Inner {
     fd: OwnedFd,
     path: PathBuf,
     fs: Arc<dyn Fs>,
-}
-
-/// A shared lock on a cache directory, held while a writer has temps whose own descriptors
-/// (and their per-file locks) are closed. [`CacheDir::sweep_temps`] skips the whole directory
-/// while any is held, in this process or another. Released when dropped.
-#[derive(Debug)]
-pub struct WriterLock {
-    _fd: OwnedFd,
+    lock_file: Mutex<Option<Arc<LockFile>>>,
 }
 
 fn utf8<'a>(path: &'a Path, component: &'a std::ffi::OsStr) -> Result<&'a str> {
@@ -90,7 +81,12 @@ impl CacheDir {
         };
         let resolved = resolved_path(fd.as_fd()).unwrap_or(absolute);
         Ok(Self {
-            inner: Arc::new(Inner { fd, path: resolved, fs }),
+            inner: Arc::new(Inner {
+                fd,
+                path: resolved,
+                fs,
+                lock_file: Mutex::new(None),
+            }),
         })
     }
 
@@ -124,41 +120,16 @@ impl CacheDir {
             .map_err(|err| Error::io(Op::DirFsync, self.path(), err))
     }
 
-    /// A fresh descriptor of this directory, with an open file description of its own.
-    fn reopen(&self) -> Result<OwnedFd> {
-        self.fs()
-            .open(self.fd(), ".", DIR_FLAGS, 0)
-            .map_err(|err| Error::io(Op::Open, self.path(), err))
-    }
-
-    /// Takes the shared writer lock of this directory, waiting while a sweep holds it.
-    /// Costs one descriptor for as long as the lock lives.
-    ///
-    /// # Errors
-    /// [`Error::Io`] with [`Op::Open`] or [`Op::Lock`] (EINTR is retried).
-    pub fn writer_lock(&self) -> Result<WriterLock> {
-        let fd = self.reopen()?;
-        loop {
-            match self.fs().lock_shared(fd.as_fd()) {
-                Ok(()) => return Ok(WriterLock { _fd: fd }),
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => return Err(Error::io(Op::Lock, self.path(), err)),
-            }
+    /// The key lock file of this directory, opened (and created) on first use; reopened in a
+    /// forked child, whose inherited description belongs to its parent.
+    pub(crate) fn lock_file(&self) -> Result<Arc<LockFile>> {
+        let mut slot = self.inner.lock_file.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(file) = slot.as_ref().filter(|file| file.is_current()) {
+            return Ok(Arc::clone(file));
         }
-    }
-
-    /// Takes the exclusive sweep lock of this directory without waiting. `None` while a
-    /// [`WriterLock`] is held anywhere; the returned descriptor holds the lock until dropped.
-    ///
-    /// # Errors
-    /// [`Error::Io`] with [`Op::Open`], or [`Op::Lock`] for failures other than contention.
-    pub(crate) fn try_sweep_lock(&self) -> Result<Option<OwnedFd>> {
-        let fd = self.reopen()?;
-        match self.fs().lock_exclusive(fd.as_fd(), true) {
-            Ok(()) => Ok(Some(fd)),
-            Err(err) if err.raw_os_error() == Some(Errno::WOULDBLOCK.raw_os_error()) => Ok(None),
-            Err(err) => Err(Error::io(Op::Lock, self.path(), err)),
-        }
+        let file = LockFile::open(self)?;
+        *slot = Some(Arc::clone(&file));
+        Ok(file)
     }
 
     /// Opens `name` for reading (following a symlink: reads of adopted entries are allowed).

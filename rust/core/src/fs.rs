@@ -29,6 +29,8 @@ pub struct FileStat {
     pub kind: FileKind,
     /// Preferred I/O block size, also the reflink granularity we assume.
     pub blksize: u64,
+    /// Device and inode: which file this is, whatever its name now.
+    pub identity: (u64, u64),
 }
 
 /// The file types the core distinguishes.
@@ -257,6 +259,7 @@ fn file_stat(stat: &rustix::fs::Stat) -> FileStat {
         perm: stat.st_mode & 0o7777,
         kind,
         blksize: u64::try_from(stat.st_blksize).unwrap_or(0),
+        identity: (stat.st_dev, stat.st_ino),
     }
 }
 

@@ -62,6 +62,16 @@ pub fn is_temp_name(name: &str) -> bool {
     })
 }
 
+/// The key whose pair `name` is a temp of: `k` for `k.npy.tmp` and `k.meta.json.tmp`; `None`
+/// for anything else (a `.dat.tmp` belongs to no pair).
+pub fn pair_temp_key(name: &str) -> Option<&str> {
+    let target = name.strip_suffix(TMP_SUFFIX)?;
+    [NPY_SUFFIX, META_SUFFIX]
+        .iter()
+        .find_map(|suffix| target.strip_suffix(suffix))
+        .filter(|stem| !stem.is_empty() && validate_name(stem).is_ok())
+}
+
 /// The two names a store key is committed under.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PairNames {
@@ -190,6 +200,22 @@ mod tests {
         ];
         for (name, swept) in cases {
             assert_eq!(is_temp_name(name), swept, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn pair_temp_key_names_the_key_of_pair_temps_only() {
+        let cases = [
+            ("k.npy.tmp", Some("k")),
+            ("k.meta.json.tmp", Some("k")),
+            ("a.npy.npy.tmp", Some("a.npy")),
+            ("k.dat.tmp", None),
+            (".npy.tmp", None),
+            ("k.npy", None),
+            ("k.json.tmp", None),
+        ];
+        for (name, key) in cases {
+            assert_eq!(pair_temp_key(name), key, "{name:?}");
         }
     }
 

@@ -5,12 +5,11 @@
 //! key rule on top. The scan is not recursive. A symlink is unlinked, never followed.
 //! Directories and other file types are left alone.
 //!
-//! Live writers are protected twice. A group commit closes each temp once it is fsynced, so
-//! it holds the directory's shared [`crate::dir::WriterLock`] instead; the sweep first takes
-//! the exclusive lock on a fresh descriptor of the directory without waiting and, if any writer
-//! holds it, sweeps nothing at all. A temp that is still open keeps its own `flock(LOCK_EX)`;
-//! each regular temp is locked with `LOCK_EX|LOCK_NB` before it is unlinked, and skipped if
-//! that fails.
+//! Live writers are protected twice. A pair temp (`.npy.tmp`, `.meta.json.tmp`) is removed only
+//! while the sweep holds its key's writer lock ([`crate::keylock`]), taken without waiting: a
+//! locked key has a live writer, in this process or another, and its temps are skipped. A temp
+//! that is still open keeps its own `flock(LOCK_EX)`; each regular temp is locked with
+//! `LOCK_EX|LOCK_NB` before it is unlinked, and skipped if that fails.
 
 use std::os::fd::AsFd;
 
@@ -20,7 +19,7 @@ use rustix::io::Errno;
 use crate::dir::CacheDir;
 use crate::error::{Error, Op, Result};
 use crate::fs::FileKind;
-use crate::names::is_temp_name;
+use crate::names::{is_temp_name, pair_temp_key};
 
 /// The result of a sweep.
 #[derive(Debug, Default)]
@@ -37,13 +36,13 @@ enum Outcome {
 }
 
 impl CacheDir {
-    /// Removes stale temps of ours from this directory (non-recursive). While a writer holds
-    /// the directory's [`crate::dir::WriterLock`], nothing is removed and the report is empty.
+    /// Removes stale temps of ours from this directory (non-recursive). Temps of a key whose
+    /// writer lock is held, and temps still locked by their writer, are left alone.
     ///
     /// # Errors
-    /// [`Error::Io`] with [`Op::Open`] or [`Op::Lock`] when the directory lock cannot be tried
-    /// (nothing is removed then), or [`Op::List`] when the directory cannot be listed; failures
-    /// on single names are reported in [`SweepReport::failed`] instead.
+    /// [`Error::Io`] with [`Op::List`] when the directory cannot be listed; failures on single
+    /// names (including a key lock that cannot be tried) are reported in
+    /// [`SweepReport::failed`] instead.
     pub fn sweep_temps(&self) -> Result<SweepReport> {
         self.sweep_candidates(None)
     }
@@ -59,10 +58,6 @@ impl CacheDir {
     }
 
     fn sweep_candidates(&self, only: Option<&[String]>) -> Result<SweepReport> {
-        // Held until every name is handled, so no group commit starts closing temps meanwhile.
-        let Some(_exclusive) = self.try_sweep_lock()? else {
-            return Ok(SweepReport::default());
-        };
         let names = match only {
             Some(names) => names.to_vec(),
             None => self
@@ -82,6 +77,14 @@ impl CacheDir {
     }
 
     fn sweep_one(&self, name: &str) -> Result<Outcome> {
+        // Held until the unlink, so no writer of the key starts meanwhile.
+        let _writer = match pair_temp_key(name) {
+            Some(key) => match self.try_lock_key(key)? {
+                Some(lock) => Some(lock),
+                None => return Ok(Outcome::Skipped),
+            },
+            None => None,
+        };
         let fs = self.fs();
         let path = self.path_of(name);
         let is_gone = |err: &std::io::Error| err.raw_os_error() == Some(Errno::NOENT.raw_os_error());
@@ -162,7 +165,11 @@ mod tests {
         );
         assert!(report.failed.is_empty());
         let left = sorted(dir.fs().list(dir.fd()).unwrap());
-        assert_eq!(left, [".npy.tmp", "a.npy", "d.npy.tmp", "notes.tmp"].map(String::from));
+        let lock_file = crate::keylock::LOCK_FILE_NAME;
+        assert_eq!(
+            left,
+            [lock_file, ".npy.tmp", "a.npy", "d.npy.tmp", "notes.tmp"].map(String::from)
+        );
     }
 
     #[test]
@@ -210,16 +217,22 @@ mod tests {
     }
 
     #[test]
-    fn sweep_does_nothing_while_a_writer_lock_is_held() {
+    fn sweep_leaves_the_pair_temps_of_a_locked_key_and_removes_the_others() {
         let (tmp, dir) = open_dir();
-        fs::write(tmp.path().join("k.dat.tmp"), b"x").unwrap();
-        let lock = dir.writer_lock().unwrap();
+        for name in ["k.npy.tmp", "k.meta.json.tmp", "other.npy.tmp"] {
+            fs::write(tmp.path().join(name), b"x").unwrap();
+        }
+        let lock = dir.lock_key("k").unwrap();
 
         let report = dir.sweep_temps().unwrap();
 
-        assert!(report.removed.is_empty());
-        assert!(tmp.path().join("k.dat.tmp").exists());
+        assert_eq!(report.removed, ["other.npy.tmp"]);
+        assert!(tmp.path().join("k.npy.tmp").exists());
+        assert!(tmp.path().join("k.meta.json.tmp").exists());
         drop(lock);
-        assert_eq!(dir.sweep_temps().unwrap().removed, ["k.dat.tmp"]);
+        assert_eq!(
+            sorted(dir.sweep_temps().unwrap().removed),
+            ["k.meta.json.tmp", "k.npy.tmp"].map(String::from)
+        );
     }
 }

@@ -11,7 +11,17 @@ use std::path::Path;
 use std::sync::Arc;
 
 use lazy_disk_cache_core::fs::{Call, Fs, RecordingFs};
+use lazy_disk_cache_core::keylock::LOCK_FILE_NAME;
 use lazy_disk_cache_core::{ArraySpec, CacheDir, ChunkBudget, CommitBatch, Error, Op};
+
+/// The names in `root` other than the key lock file.
+fn artefacts(root: &Path) -> Vec<String> {
+    std::fs::read_dir(root)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name != LOCK_FILE_NAME)
+        .collect()
+}
 
 fn recorded_dir(root: &std::path::Path) -> (CacheDir, Arc<RecordingFs>) {
     let recording = Arc::new(RecordingFs::new());
@@ -138,9 +148,19 @@ fn stale_temp_is_unlinked_and_the_exclusive_create_retried() {
         .iter()
         .filter(|call| call.name == "x.dat.tmp")
         .map(|call| (call.op, call.ok))
-        .take(3)
+        .take(5)
         .collect();
-    assert_eq!(on_temp, [(Op::Create, false), (Op::Unlink, true), (Op::Create, true)]);
+    assert_eq!(
+        on_temp,
+        [
+            (Op::Create, false),
+            (Op::Open, true),
+            (Op::Lock, true),
+            (Op::Unlink, true),
+            (Op::Create, true)
+        ],
+        "an unlocked temp has no live writer: it is unlinked and the create retried"
+    );
     assert_eq!(std::fs::read(tmp.path().join("x.dat")).unwrap(), [0]);
 }
 
@@ -234,7 +254,7 @@ fn thousand_key_group_commit_does_exactly_one_directory_fsync() {
     let calls = recording.calls();
     assert_eq!(calls.iter().filter(|call| call.op == Op::DirFsync).count(), 1);
     assert_eq!(calls.iter().filter(|call| call.op == Op::Rename).count(), 2000);
-    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 2000);
+    assert_eq!(artefacts(tmp.path()).len(), 2000);
 }
 
 #[test]
@@ -244,33 +264,27 @@ fn dropped_staged_keys_leave_no_temp() {
 
     drop(stage_keys(&dir, 3));
 
-    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    assert_eq!(artefacts(tmp.path()).len(), 0);
 }
 
 #[test]
-fn batch_takes_the_directory_writer_lock_before_creating_its_first_temp() {
+fn batch_holds_each_staged_keys_writer_lock_until_it_commits() {
     let tmp = tempfile::tempdir().unwrap();
-    let (dir, recording) = recorded_dir(tmp.path());
+    let (dir, _recording) = recorded_dir(tmp.path());
+    let other = CacheDir::open(tmp.path(), false).unwrap();
 
     let batch = stage_keys(&dir, 2);
-
-    let calls: Vec<(Op, String)> = recording
-        .calls()
-        .into_iter()
-        .filter(|call| matches!(call.op, Op::Open | Op::Lock | Op::Create))
-        .map(|call| (call.op, call.name))
+    let during: Vec<bool> = ["k0", "k1"]
+        .iter()
+        .map(|key| other.try_lock_key(key).unwrap().is_some())
         .collect();
-    assert_eq!(
-        calls[..3],
-        [
-            (Op::Open, ".".to_owned()),
-            (Op::Lock, ".".to_owned()),
-            (Op::Create, "k0.npy.tmp".to_owned()),
-        ]
-    );
-    let directory_locks = calls.iter().filter(|(op, name)| *op == Op::Lock && name == ".").count();
-    assert_eq!(directory_locks, 1, "one writer lock serves every key of the batch");
-    drop(batch);
+    let unrelated = other.try_lock_key("k2").unwrap().is_some();
+    batch.commit().unwrap();
+    let after = other.try_lock_key("k0").unwrap().is_some();
+
+    assert_eq!(during, [false, false], "a staged key's lock is held");
+    assert!(unrelated, "keys not staged are free");
+    assert!(after, "commit releases the locks");
 }
 
 /// How many of this process's descriptors point into `root` (other tests' files live elsewhere).
@@ -300,26 +314,23 @@ fn two_thousand_key_batch_keeps_a_bounded_number_of_descriptors_open() {
     }
     batch.commit().unwrap();
 
-    // The directory itself, the batch's writer lock and the temp being written.
+    // The directory itself, its key lock file and the temp being written.
     assert!(
         peak <= 3,
         "{peak} descriptors open into the cache directory during the batch"
     );
     assert_eq!(
         open_fds_under(&root),
-        1,
-        "only the directory stays open after the commit"
+        2,
+        "only the directory and its lock file stay open after the commit"
     );
-    let names: Vec<String> = std::fs::read_dir(&root)
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let names = artefacts(&root);
     assert_eq!(names.len(), 2 * keys);
     assert!(names.iter().all(|name| !name.ends_with(".tmp")));
 }
 
 #[test]
-fn sweep_from_another_handle_skips_while_a_batch_is_alive_and_sweeps_after_it_is_dropped() {
+fn sweep_from_another_handle_keeps_a_live_batchs_temps_and_removes_a_crashs() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("crashed.npy.tmp"), b"left by a crash").unwrap();
     let dir = CacheDir::open(tmp.path(), false).unwrap();
@@ -331,14 +342,15 @@ fn sweep_from_another_handle_skips_while_a_batch_is_alive_and_sweeps_after_it_is
     drop(batch);
     let after = other.sweep_temps().unwrap();
 
-    assert_eq!((during.removed.len(), during.failed.len()), (0, 0));
+    assert_eq!(during.removed, vec!["crashed.npy.tmp".to_owned()]);
+    assert!(during.failed.is_empty());
     assert!(staged_temps_kept, "the sweep removed a live batch's closed temp");
-    assert_eq!(after.removed, vec!["crashed.npy.tmp".to_owned()]);
-    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    assert!(after.removed.is_empty());
+    assert_eq!(artefacts(tmp.path()).len(), 0);
 }
 
 #[test]
-fn skipped_sweep_leaves_the_batch_able_to_commit_and_the_next_sweep_runs() {
+fn sweep_during_a_batch_removes_only_stale_temps_and_the_batch_still_commits() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("crashed.dat.tmp"), b"left by a crash").unwrap();
     let dir = CacheDir::open(tmp.path(), false).unwrap();
@@ -348,8 +360,8 @@ fn skipped_sweep_leaves_the_batch_able_to_commit_and_the_next_sweep_runs() {
     batch.commit().unwrap();
     let after = dir.sweep_temps().unwrap();
 
-    assert!(during.removed.is_empty());
-    assert_eq!(after.removed, vec!["crashed.dat.tmp".to_owned()]);
+    assert_eq!(during.removed, vec!["crashed.dat.tmp".to_owned()]);
+    assert!(after.removed.is_empty());
     for key in ["k0", "k1"] {
         let npy = std::fs::read(tmp.path().join(format!("{key}.npy"))).unwrap();
         assert_eq!(&npy[npy.len() - 4..], &[1, 2, 3, 4]);
@@ -366,10 +378,7 @@ fn abort_after_the_temps_are_closed_removes_every_temp_and_keeps_old_files() {
     batch.abort();
 
     assert!(batch.keys().is_empty());
-    let names: Vec<String> = std::fs::read_dir(tmp.path())
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let names = artefacts(tmp.path());
     assert_eq!(names, vec!["k0.npy".to_owned()]);
     assert_eq!(std::fs::read(tmp.path().join("k0.npy")).unwrap(), b"old");
 }

@@ -34,9 +34,8 @@ const DAT_OPS: &[Op] = &[
     Op::Map,
 ];
 
-/// The steps of a group commit from live buffers (`Open` is the directory's writer lock).
+/// The steps of a group commit from live buffers (key locks bypass the seam).
 const BATCH_OPS: &[Op] = &[
-    Op::Open,
     Op::Create,
     Op::Stat,
     Op::Lock,
