@@ -24,6 +24,8 @@ META_SUFFIX: str
 MEMMAP_SUFFIX: str
 TMP_SUFFIX: str
 LEGACY_PICKLE_SUFFIX: str
+# The key lock file every writer of a directory shares (``F_OFD_SETLK`` byte locks); never a key.
+LOCK_FILE_NAME: str
 
 MappingMode = Literal["r", "r+", "c"]
 
@@ -118,8 +120,8 @@ class CacheDir:
         ``src`` is one buffer, or an iterable of buffers whose total must equal ``nbytes``. A
         buffer in any layout is written in C order: a strided or Fortran-ordered one is gathered
         through one bounce buffer of at most ``chunk_bytes`` (and at most 4 MiB), never copied
-        whole. Creates ``<name>.tmp`` with ``O_EXCL|O_NOFOLLOW`` (a stale temp is
-        unlinked first), reserves the full size, writes with ``pwrite`` in pieces of at most
+        whole. Creates ``<name>.tmp`` with ``O_EXCL|O_NOFOLLOW`` (a temp its writer still holds
+        locked is waited for, a stale one is unlinked first), reserves the full size, writes with ``pwrite`` in pieces of at most
         ``chunk_bytes``, then (``durable`` only) fsyncs, renames over ``name`` and (``durable``
         only) fsyncs the directory. The temp gets the existing destination's mode, else
         ``0666 & ~umask``. On any error the temp is removed and the destination is unchanged.
@@ -168,9 +170,57 @@ class CacheDir:
 
         With ``names``, only those names are candidates (the directory is not listed), so a
         caller applying a stricter key rule decides what may go. Never follows a symlink; skips
-        temps a live writer holds locked, and removes nothing while a ``CommitBatch`` (in any
-        process) has keys staged in this directory. Returns the removed names and the names that
+        temps a live writer holds locked, and the pair temps of every key whose writer lock
+        (``lock_key``) is held in any process. Returns the removed names and the names that
         could not be removed with their errors. A read-only directory yields two empty lists.
+        """
+
+    def lock_key(self, key: str) -> KeyLock:
+        """Become the writer of ``key`` in this directory, waiting (GIL released) for any other one.
+
+        A cross-process lock on one byte of ``LOCK_FILE_NAME`` (created on first use, ``0666 &
+        ~umask``, never through a link), exclusive also between threads of this process.
+        """
+
+    def try_lock_key(self, key: str) -> KeyLock | None:
+        """Like ``lock_key``, but ``None`` at once when another writer holds ``key``."""
+
+    def reserve_region(
+        self,
+        key: str,
+        *,
+        descr: str,
+        fortran_order: bool,
+        shape: Sequence[int],
+        nbytes: int,
+        nonce: int,
+    ) -> Region:
+        """Become ``key``'s writer and reserve ``<key>.npy.tmp`` for blocks written by any process.
+
+        Writes the header (payload at byte 4096) and ``nonce`` (a u64) in an 8-byte trailer
+        after the payload; ``Region.commit`` drops the trailer.
+        """
+
+    def write_block(
+        self,
+        temp: str,
+        source: Buffer,
+        *,
+        nonce: int,
+        data_offset: int,
+        nbytes: int,
+        shape: Sequence[int],
+        start: Sequence[int],
+        extent: Sequence[int],
+        itemsize: int,
+    ) -> None:
+        """Write one block of a C-ordered array into the reserved temp ``temp``. GIL released.
+
+        ``source`` holds the block (any layout; gathered into C order), which starts at index
+        ``start`` with extents ``extent`` in an array of ``shape``. The temp is opened without
+        following a link and without creating it; one whose size or trailer does not match
+        ``nonce`` / ``data_offset`` / ``nbytes`` raises ``OSError(ESTALE)``. Partial rows are
+        written one run each.
         """
 
     def unlink_all(self, names: Sequence[str], *, durable: bool = False) -> list[tuple[str, OSError]]:
@@ -187,7 +237,9 @@ class CommitBatch:
 
     Leaving the ``with`` block without ``commit()`` aborts: every temp written so far is removed.
     A batch keeps O(1) descriptors open however many keys it stages: each temp is closed once
-    it is fsynced, and a shared lock on the directory keeps ``sweep_temps`` away from them.
+    it is fsynced, and the key's writer lock (held from ``add_npy`` to commit or abort) keeps
+    ``sweep_temps`` and other writers away from them. When another writer holds a key's lock,
+    ``add_npy`` first commits the keys already staged, then waits: each key stays old or new.
     """
 
     def add_npy(
@@ -226,6 +278,61 @@ class CommitBatch:
     @property
     def keys(self) -> list[str]:
         """Keys written to temps and not yet committed or aborted."""
+
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+@final
+class KeyLock:
+    """A key's writer lock; released by ``release()``, leaving the ``with`` block, or collection."""
+
+    def release(self) -> None:
+        """Let the next writer of the key in. Idempotent."""
+
+    @property
+    def held(self) -> bool: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+@final
+class Region:
+    """A reserved ``<key>.npy.tmp`` filled by ``CacheDir.write_block`` calls, committed by its owner.
+
+    The owner holds the key's writer lock until ``commit()`` or ``abort()``; leaving the ``with``
+    block without ``commit()`` aborts (the temp is removed). Not picklable: block writers get
+    ``temp_name``, ``nonce``, ``data_offset`` and ``nbytes``.
+    """
+
+    @property
+    def temp_name(self) -> str: ...
+    @property
+    def data_offset(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+    @property
+    def nonce(self) -> int: ...
+    @property
+    def open(self) -> bool:
+        """Whether neither ``commit()`` nor ``abort()`` has run."""
+
+    def commit(self, meta: bytes) -> None:
+        """Drop the trailer, fsync, write the sidecar temp from ``meta``, rename the pair, fsync the directory.
+
+        Call it only when every block is written. On failure both temps are removed.
+        """
+
+    def abort(self) -> None:
+        """Remove the temp and release the key. Idempotent."""
 
     def __enter__(self) -> Self: ...
     def __exit__(

@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 
 use lazy_disk_cache_core as ldc_core;
+use ldc_core::region::{self, BlockPlacement, BlockSource, RegionTarget};
 use ldc_core::{ArraySpec, CacheDir, ChunkBudget, CommitBatch, FileRange, NpyHeader, PayloadWriter};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -18,6 +19,7 @@ use crate::buffer::{Bytes, Layout};
 use crate::detach::{run_detached, signal_check};
 use crate::errors::{PendingPyErr, to_exception, to_py};
 use crate::mapping::PyFileMapping;
+use crate::region::{PyKeyLock, PyRegion};
 
 /// Names that could not be removed, each with its `OSError`.
 type Failures = Vec<(String, Py<PyAny>)>;
@@ -221,6 +223,73 @@ impl PyCacheDir {
             .into_iter()
             .map(|(name, err)| (name, to_exception(py, err)))
             .collect())
+    }
+
+    fn lock_key(&self, py: Python<'_>, key: &str) -> PyResult<PyKeyLock> {
+        let lock = to_py(run_detached(py, || self.inner.lock_key(key)))?;
+        Ok(PyKeyLock::new(lock))
+    }
+
+    fn try_lock_key(&self, py: Python<'_>, key: &str) -> PyResult<Option<PyKeyLock>> {
+        let lock = to_py(run_detached(py, || self.inner.try_lock_key(key)))?;
+        Ok(lock.map(PyKeyLock::new))
+    }
+
+    #[pyo3(signature = (key, *, descr, fortran_order, shape, nbytes, nonce))]
+    #[allow(clippy::too_many_arguments, clippy::needless_pass_by_value)] // The signature is the .pyi's.
+    fn reserve_region(
+        &self,
+        py: Python<'_>,
+        key: &str,
+        descr: &str,
+        fortran_order: bool,
+        shape: Vec<u64>,
+        nbytes: u64,
+        nonce: u64,
+    ) -> PyResult<PyRegion> {
+        let spec = ArraySpec {
+            descr,
+            fortran_order,
+            shape: &shape,
+        };
+        let region = to_py(run_detached(py, || self.inner.reserve_region(key, spec, nbytes, nonce)))?;
+        Ok(PyRegion::new(region))
+    }
+
+    #[pyo3(signature = (temp, source, *, nonce, data_offset, nbytes, shape, start, extent, itemsize))]
+    #[allow(clippy::too_many_arguments, clippy::needless_pass_by_value)] // The signature is the .pyi's.
+    fn write_block(
+        &self,
+        py: Python<'_>,
+        temp: &str,
+        source: &Bound<'_, PyAny>,
+        nonce: u64,
+        data_offset: u64,
+        nbytes: u64,
+        shape: Vec<u64>,
+        start: Vec<u64>,
+        extent: Vec<u64>,
+        itemsize: u64,
+    ) -> PyResult<()> {
+        let bytes = Bytes::get(source)?;
+        let layout = bytes.layout()?;
+        let target = RegionTarget {
+            temp,
+            nonce,
+            data_offset,
+            nbytes,
+        };
+        let placement = BlockPlacement {
+            shape: &shape,
+            start: &start,
+            extent: &extent,
+            itemsize,
+        };
+        let source = match layout {
+            Layout::Contiguous(block) => BlockSource::Contiguous(block),
+            Layout::Strided(strided) => BlockSource::Strided(strided),
+        };
+        to_py(run_detached(py, || region::write_block(&self.inner, target, placement, &source)))
     }
 
     fn __repr__(&self) -> String {

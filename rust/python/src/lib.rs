@@ -10,6 +10,7 @@ mod cache_dir;
 mod detach;
 mod errors;
 mod mapping;
+mod region;
 
 use pyo3::prelude::*;
 
@@ -23,6 +24,8 @@ mod _rust {
     use crate::cache_dir::{PyCacheDir, PyCommitBatch, PyNpyHeader};
     #[pymodule_export]
     use crate::mapping::PyFileMapping;
+    #[pymodule_export]
+    use crate::region::{PyKeyLock, PyRegion};
 
     #[pymodule_export]
     #[allow(non_upper_case_globals)]
@@ -39,6 +42,9 @@ mod _rust {
     const TMP_SUFFIX: &str = ldc_core::names::TMP_SUFFIX;
     #[pymodule_export]
     const LEGACY_PICKLE_SUFFIX: &str = ldc_core::names::LEGACY_PICKLE_SUFFIX;
+    /// The key lock file every writer of a directory shares; never a key, never swept.
+    #[pymodule_export]
+    const LOCK_FILE_NAME: &str = ldc_core::keylock::LOCK_FILE_NAME;
 
     /// The seam operations tests may fail.
     const INJECTABLE: [&str; 10] = [
