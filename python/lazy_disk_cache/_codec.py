@@ -40,12 +40,14 @@ __all__ = [
     "SCHEMA_VERSION",
     "PayloadLayout",
     "decode_layout",
+    "descr_text",
     "encode_sidecar",
     "map_payload",
     "parse_sidecar",
     "read_payload",
     "read_sidecar_bytes",
     "sidecar_flags",
+    "sidecar_for",
     "sidecar_is_stale",
     "stage_entry",
 ]
@@ -78,14 +80,22 @@ def descr_text(dtype: np.dtype[Any]) -> str:
 
 def encode_sidecar(entry: LazyDiskCache, shape: tuple[int, ...], dtype: np.dtype[Any]) -> bytes:
     """The schema-1 sidecar of ``entry``: one line of UTF-8 JSON, keys in the documented order."""
+    flags = LazyDiskCacheKw(
+        purge_disk_on_gc=entry.purge_disk_on_gc,
+        automatic_offloading=entry.automatic_offloading,
+        enable_caching=entry.cache_enabled,
+    )
+    return sidecar_for(type(entry).__name__, shape, dtype, flags)
+
+
+def sidecar_for(class_name: str, shape: tuple[int, ...], dtype: np.dtype[Any], flags: LazyDiskCacheKw) -> bytes:
+    """The schema-1 sidecar of an entry of ``class_name`` with ``flags`` (all three required)."""
     meta = {
         "schema_version": SCHEMA_VERSION,
-        "lazy_disk_cache_class": type(entry).__name__,
+        "lazy_disk_cache_class": class_name,
         "shape": list(shape),
         "dtype": dtype.str,
-        "purge_disk_on_gc": entry.purge_disk_on_gc,
-        "automatic_offloading": entry.automatic_offloading,
-        "enable_caching": entry.cache_enabled,
+        **{field: flags[field] for field in _FLAG_FIELDS},  # type: ignore[literal-required]
     }
     return json.dumps(meta, ensure_ascii=False).encode("utf-8")
 

@@ -1,14 +1,18 @@
 """``DiskBackedNDArray``: one NumPy array that can live in RAM or in a memory-mapped file.
 
-The entry behaves like an array where it matters (indexing, ``np.asarray``, ufuncs and operators)
-and deliberately nothing more: it has no ``shape``, ``dtype``, ``len`` or item assignment, and
-writes go through ``entry.data[...] = value``.
+The entry behaves like an array where it matters: it answers ``shape``, ``dtype``, ``ndim``,
+``size``, ``nbytes`` and ``len()`` from its metadata (never loading), and indexing, ``np.asarray``,
+ufuncs, operators and NumPy functions (NEP 18) work on its live buffer. It has no item assignment
+and no array methods: writes go through ``entry.data[...] = value``. ``to_dask()`` reads it from
+its file in a dask graph (the ``dask`` extra).
 """
 
 import logging
+import math
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from types import EllipsisType
-from typing import Any, TypeAlias, overload
+from typing import TYPE_CHECKING, Any, TypeAlias, overload
 
 import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
@@ -16,6 +20,9 @@ from numpy.typing import DTypeLike, NDArray
 from typing_extensions import Unpack
 
 from lazy_disk_cache.lazy_disk_cache import LazyDiskCache, LazyDiskCacheKw
+
+if TYPE_CHECKING:
+    import dask.array
 
 __all__ = ["DiskBackedNDArray"]
 
@@ -57,6 +64,39 @@ class DiskBackedNDArray(LazyDiskCache, NDArrayOperatorsMixin):
             if not self._in_memory:
                 self.load(self._reload_mode())
             return self._data
+
+    # -- array metadata: answered from what the entry recorded, never by loading ---------------
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The array's shape. O(1), never loads."""
+        return tuple(self._shape)
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """The array's dtype. O(1), never loads."""
+        return self._dtype
+
+    @property
+    def ndim(self) -> int:
+        """The number of axes. O(1), never loads."""
+        return len(self._shape)
+
+    @property
+    def size(self) -> int:
+        """The number of elements. O(1), never loads."""
+        return math.prod(self._shape)
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes the elements take. O(1), never loads."""
+        return self.size * self._dtype.itemsize
+
+    def __len__(self) -> int:
+        """The length of the first axis; ``TypeError`` for a 0-d entry, as NumPy raises. Never loads."""
+        if not self._shape:
+            raise TypeError("len() of unsized object")
+        return int(self._shape[0])
 
     @overload
     def __getitem__(self, key: _ArrayIndex) -> NDArray[Any]: ...
@@ -105,6 +145,40 @@ class DiskBackedNDArray(LazyDiskCache, NDArrayOperatorsMixin):
                 kwargs["out"] = tuple(_live(item) for item in outputs)
             return getattr(ufunc, method)(*arrays, **kwargs)
 
+    def __array_function__(
+        self, func: Callable[..., Any], types: Iterable[type], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Run a NumPy function (NEP 18) on the live buffers; same contract as ``__array_ufunc__``.
+
+        Entries among the arguments, also inside lists and tuples (``np.concatenate([a, b])``) and
+        as keyword values (``out=``), are locked in ascending ``id()`` order and loaded if
+        offloaded, then replaced by their live buffers: no extra copy. The result is returned raw
+        and nothing re-offloads.
+        """
+        entries: dict[int, DiskBackedNDArray] = {}
+        _collect_entries((args, tuple(kwargs.values())), entries)
+        with ExitStack() as stack:
+            for key in sorted(entries):
+                stack.enter_context(entries[key]._lock)
+            live_args = _with_live_buffers(args)
+            live_kwargs = {name: _with_live_buffers(value) for name, value in kwargs.items()}
+            return func(*live_args, **live_kwargs)
+
+    def to_dask(self, chunks: Any = "auto") -> "dask.array.Array":
+        """A dask array that reads this entry's file by path, block by block, in any process.
+
+        Each task maps the file read-only, copies its block and drops the mapping: no task holds
+        the entry or the whole array. ``chunks`` takes anything dask accepts; ``"auto"`` is whole
+        rows of about 128 MiB, page-aligned where the row size allows. The graph reads the file as
+        it is when each task runs. O(1) here: no data is read and the token comes from the file's
+        identity. ``ValueError`` when no file holds the value (caching off, or a private
+        copy-on-write mapping: ``offload()`` first); ``ImportError`` without the ``dask`` extra.
+        """
+        # Imported here: dask is an optional dependency, loaded only when a graph is asked for.
+        from lazy_disk_cache.dask import entry_to_dask
+
+        return entry_to_dask(self, chunks)
+
     def _describe_buffer(self) -> tuple[tuple[int, ...], DTypeLike, NDArray[Any]]:
         return self._shape, self._dtype, self._data
 
@@ -116,6 +190,26 @@ class DiskBackedNDArray(LazyDiskCache, NDArrayOperatorsMixin):
 
     def _set_buffer(self, buf: NDArray[Any]) -> None:
         self._data = buf
+
+
+def _collect_entries(value: object, found: dict[int, "DiskBackedNDArray"]) -> None:
+    """Record every entry in ``value``, looking inside lists and tuples."""
+    if isinstance(value, DiskBackedNDArray):
+        found[id(value)] = value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _collect_entries(item, found)
+
+
+def _with_live_buffers(value: Any) -> Any:
+    """``value`` with every entry (also inside lists and tuples) replaced by its live buffer."""
+    if isinstance(value, DiskBackedNDArray):
+        return value.data
+    if isinstance(value, list):
+        return [_with_live_buffers(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_with_live_buffers(item) for item in value)
+    return value
 
 
 def _live(item: object) -> object:

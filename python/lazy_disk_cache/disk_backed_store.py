@@ -15,7 +15,18 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, ClassVar, Generic, Literal, Protocol, TypeGuard, TypeVar, overload, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Generic,
+    Literal,
+    Protocol,
+    TypeGuard,
+    TypeVar,
+    overload,
+    runtime_checkable,
+)
 
 from numpy.typing import NDArray
 from pydantic import ConfigDict, validate_call
@@ -33,6 +44,7 @@ from lazy_disk_cache._codec import (
     stage_entry,
 )
 from lazy_disk_cache._directories import open_directory
+from lazy_disk_cache._key_locks import writer_lock_if_writable
 from lazy_disk_cache._purge import PurgePlan, artefact_names, detach_purge_duty, plan_purge, unlink_in_order
 from lazy_disk_cache._rust import CacheDir, CommitBatch
 from lazy_disk_cache._store_dir import (
@@ -87,6 +99,10 @@ __all__ = [
     "Validator",
     "register_lazy_disk_cache_class",
 ]
+
+if TYPE_CHECKING:
+    import dask.array
+    from dask.delayed import Delayed
 
 logger = logging.getLogger(__name__)
 
@@ -260,7 +276,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
                 "Could not remove orphaned temp file %r in cache directory %r: %s", name, str(self._cache_dir), error
             )
 
-    def _rescan(self) -> None:
+    def _rescan(self) -> list[str]:
         report = rescan(self._cache_dir)
         directory = str(self._cache_dir)
         for name in report.skipped:
@@ -272,7 +288,21 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         for key in report.legacy:
             self._report_legacy_key(key, directory)
         for key in report.keys:
-            self._store[key] = None
+            self._store.setdefault(key, None)
+        return report.keys
+
+    def refresh(self) -> None:
+        """Re-read the directory: learn the keys other processes committed, forget the ones they purged.
+
+        Keys with a ``<key>.npy`` on disk that this store does not track appear (as not in memory,
+        loaded on access). Tracked keys that are not in memory and whose pair is gone disappear.
+        Entries this process holds stay tracked and valid, whatever happened on disk. No temp is
+        swept. Blocks on disk (one directory listing).
+        """
+        with self._lock:
+            found = set(self._rescan())
+            for key in [key for key, entry in self._store.items() if entry is None and key not in found]:
+                del self._store[key]
 
     def _report_legacy_key(self, key: str, directory: str) -> None:
         name = key + NPY_SUFFIX
@@ -681,6 +711,60 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
     def _directory(self) -> CacheDir:
         return open_directory(self._cache_dir)
 
+    # -- dask ----------------------------------------------------------------------------------
+
+    def to_dask(self, key: str, chunks: Any = "auto") -> "dask.array.Array":
+        """A dask array of ``key`` whose tasks read its file by path, block by block, in any process.
+
+        A key not in memory reads its committed ``<key>.npy`` payload; an entry in memory reads as
+        its own ``to_dask`` does (``ValueError`` when no file holds its value). ``chunks`` as for
+        ``DiskBackedNDArray.to_dask``. ``StoreKeyError`` for an illegal key, ``KeyError`` when the
+        key has no pair. O(1) I/O: one header read, no data. ``ImportError`` without the ``dask``
+        extra.
+        """
+        checked = checked_store_key(key, self._cache_dir)
+        # Imported here: dask is an optional dependency, loaded only when a graph is asked for.
+        from lazy_disk_cache.dask import entry_to_dask, stored_key_to_dask
+
+        with self._lock:
+            entry = self._store.get(key)
+            if entry is not None:
+                return entry_to_dask(entry, chunks)
+            try:
+                return stored_key_to_dask(self._cache_dir, checked, chunks)
+            except FileNotFoundError:
+                raise KeyError(key) from None
+
+    def store_dask(self, key: str, array: Any, *, compute: bool = True) -> "Delayed | None":
+        """Write the dask array ``array`` as ``key``'s pair in one crash-safe commit; block writes run in parallel.
+
+        This process becomes the key's writer (waiting for another one, in any process) and reserves
+        ``<key>.npy.tmp``; the current dask scheduler (threads, processes or a distributed cluster
+        sharing this file system) writes every block at its own offset, in C order; only when all
+        succeeded is the temp fsynced, the sidecar written and the pair renamed with one directory
+        fsync. On any failure the temp is removed and the previous pair (if any) is intact; a killed
+        writer's temp is swept by the next store open. The key reloads as a ``DiskBackedNDArray``
+        with this store's flags; a tracked key is then not in memory (its live entries are untouched).
+
+        ``compute=False`` returns a ``dask.delayed`` that does all of the above in whichever process
+        computes it (this store then learns the key on ``refresh()`` or access). Object dtypes raise
+        ``TypeError``; ``ImportError`` without the ``dask`` extra.
+        """
+        checked = checked_store_key(key, self._cache_dir)
+        from lazy_disk_cache.dask import store_array
+
+        flags = LazyDiskCacheKw(
+            purge_disk_on_gc=self._purge_disk_on_gc,
+            automatic_offloading=self._automatic_offloading,
+            enable_caching=self._enable_caching,
+        )
+        if not compute:
+            return store_array(self._cache_dir, checked, array, flags, compute=False)
+        store_array(self._cache_dir, checked, array, flags, compute=True)
+        with self._lock:
+            self._store[key] = None
+        return None
+
     # -- purge ---------------------------------------------------------------------------------
 
     def purge(self, key: str) -> None:
@@ -718,7 +802,9 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         detach_purge_duty(self._live_entries(), plan.removal_set)
         self._store.pop(key, None)
         self._entry_registry.pop(key, None)
-        failures = unlink_in_order(plan.unlink_order)
+        # As a writer of the key: no pair is renamed in another process while its names go.
+        with writer_lock_if_writable(self._directory(), key):
+            failures = unlink_in_order(plan.unlink_order)
         if failures:
             survivors = [path for path, _ in failures]
             raise StorePurgeIncompleteError.for_survivors(key, survivors) from failures[0][1]

@@ -920,6 +920,45 @@ def copyable_file(entry: LazyDiskCache) -> CopyableFile | None:
         return CopyableFile(_npy_beside(path), adopted.offset)
 
 
+class ReadableFile(NamedTuple):
+    """The file holding an entry's current value, for readers that open it by path."""
+
+    path: Path
+    offset: int
+    order: Literal["C", "F"]
+
+
+def readable_file(entry: LazyDiskCache) -> ReadableFile:
+    """The file that holds ``entry``'s current value, read-only by path from any process.
+
+    The ``.dat`` while the entry is offloaded or mapped shared (its writes reach the file); the
+    sibling ``.npy`` payload of an entry reloaded from a read-only directory. ``ValueError`` when no
+    file holds the value: caching is off (the data is only in RAM), or the live buffer is a private
+    copy-on-write mapping (a store reload, or ``load("c")``) whose writes, if any, never reach a
+    file; ``offload()`` writes such an entry's ``.dat`` first. O(1), no I/O.
+    """
+    with entry._lock:
+        path = entry._cache_path
+        name = type(entry).__name__
+        if not entry._enable_caching or path is None:
+            raise ValueError(
+                f"this {name} keeps its data only in RAM (caching is off), so no file holds it; "
+                "call enable_caching() first"
+            )
+        mapped = entry._mmap
+        mapping = mapping_of(mapped) if entry._in_memory and mapped is not None else None
+        adopted = entry._adopted
+        private = mapping is not None and mapping.mode == "c"
+        if private:
+            raise ValueError(
+                f"this {name} is mapped copy-on-write, so writes made through it may exist only in this "
+                "process; call offload() first, which writes its .dat"
+            )
+        if adopted is None:
+            return ReadableFile(path, 0, "C")
+        return ReadableFile(_npy_beside(path), adopted.offset, adopted.order)
+
+
 def release_purge_duty(entry: LazyDiskCache) -> None:
     """Drop ``entry``'s purge duty: nothing is deleted now, and its collection deletes nothing.
 
