@@ -1,4 +1,4 @@
-"""DiskBackedNDArray surface: data, indexing, __array__, ufuncs, and what deliberately is absent."""
+"""DiskBackedNDArray surface: data, indexing, metadata, __array__, ufuncs, NumPy functions, and what is absent."""
 
 from pathlib import Path
 from typing import Any
@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from lazy_disk_cache import _rust
 from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 
 
@@ -257,18 +258,31 @@ def test_ufunc_with_the_same_entry_twice_does_not_deadlock(mapped: DiskBackedNDA
     assert np.array_equal(mapped * mapped, _source() ** 2)
 
 
-# -- deliberately absent ---------------------------------------------------------------------
+# -- array metadata and NumPy functions -------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["shape", "dtype", "ndim", "size", "sum", "reshape"])
-def test_ndarray_attributes_do_not_exist(mapped: DiskBackedNDArray, name: str) -> None:
+@pytest.mark.parametrize("name", ["sum", "reshape", "copy", "astype"])
+def test_ndarray_methods_do_not_exist(mapped: DiskBackedNDArray, name: str) -> None:
     with pytest.raises(AttributeError):
         getattr(mapped, name)
 
 
-def test_len_raises_type_error(mapped: DiskBackedNDArray) -> None:
-    with pytest.raises(TypeError):
-        len(mapped)  # type: ignore[arg-type]
+def test_metadata_is_answered_without_loading_an_offloaded_entry(auto: DiskBackedNDArray, clean_faults: None) -> None:
+    _rust._clear_faults()
+
+    facts = (auto.shape, auto.dtype, auto.ndim, auto.size, auto.nbytes, len(auto))
+
+    assert facts == ((3, 4), np.dtype(np.int64), 2, 12, 96, 3)
+    assert auto.offloaded is True
+    assert _rust._op_counts()["map"] == 0
+
+
+def test_len_of_a_zero_dimensional_entry_raises_type_error_like_numpy() -> None:
+    scalar = DiskBackedNDArray(np.array(5.0))
+
+    with pytest.raises(TypeError, match="unsized object"):
+        len(scalar)
+    assert (scalar.shape, scalar.ndim, scalar.size) == ((), 0, 1)
 
 
 def test_item_assignment_raises_type_error(mapped: DiskBackedNDArray) -> None:
@@ -276,8 +290,35 @@ def test_item_assignment_raises_type_error(mapped: DiskBackedNDArray) -> None:
         mapped[0] = 1  # type: ignore[index]
 
 
-def test_array_function_protocol_is_not_implemented() -> None:
-    assert not hasattr(DiskBackedNDArray, "__array_function__")
+def test_numpy_functions_run_on_the_live_buffer_and_leave_auto_entries_loaded(auto: DiskBackedNDArray) -> None:
+    mean = np.mean(auto)
+
+    assert mean == _source().mean()
+    assert auto.offloaded is False, "like ufuncs, NumPy functions never re-offload"
+
+
+def test_concatenate_replaces_entries_nested_in_a_list(mapped: DiskBackedNDArray, auto: DiskBackedNDArray) -> None:
+    joined = np.concatenate([mapped, auto, _source()])
+
+    assert type(joined) is np.ndarray
+    assert np.array_equal(joined, np.concatenate([_source()] * 3))
+
+
+def test_copyto_with_an_entry_as_destination_writes_into_its_buffer(mapped: DiskBackedNDArray) -> None:
+    np.copyto(mapped, 7)  # type: ignore[arg-type]
+
+    assert np.all(mapped.data == 7)
+
+
+def test_numpy_functions_lock_every_entry_they_touch(mapped: DiskBackedNDArray, auto: DiskBackedNDArray) -> None:
+    held: list[bool] = []
+
+    def probe(first: object, second: object) -> None:
+        held.extend(lock._is_owned() for lock in (mapped._lock, auto._lock))  # type: ignore[attr-defined]
+
+    mapped.__array_function__(probe, (DiskBackedNDArray,), ([mapped], auto), {})
+
+    assert held == [True, True]
 
 
 def test_repr_of_an_entry_in_ram_shows_class_shape_dtype_and_state() -> None:

@@ -24,7 +24,14 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from types import MappingProxyType
 from typing import TypeAlias
 
-from lazy_disk_cache._rust import LEGACY_PICKLE_SUFFIX, MEMMAP_SUFFIX, META_SUFFIX, NPY_SUFFIX, TMP_SUFFIX
+from lazy_disk_cache._rust import (
+    LEGACY_PICKLE_SUFFIX,
+    LOCK_FILE_NAME,
+    MEMMAP_SUFFIX,
+    META_SUFFIX,
+    NPY_SUFFIX,
+    TMP_SUFFIX,
+)
 from lazy_disk_cache.errors import StoreContainmentError, StoreKeyError, non_str_key_error
 
 __all__ = [
@@ -36,6 +43,7 @@ __all__ = [
     "CLAUSE_SEPARATOR",
     "CLAUSE_TRAILING",
     "LEGACY_PICKLE_SUFFIX",
+    "LOCK_FILE_NAME",
     "MAX_KEY_UTF8_BYTES",
     "MEMMAP_SUFFIX",
     "META_SUFFIX",
