@@ -184,14 +184,17 @@ def lease_backing_file(holder: object, path: str, owner_pid: int | None) -> Path
 
 
 def _unlink_backing_file(path: str) -> None:
-    """Remove a ``.dat`` and its stale ``.dat.tmp`` by name; failures are logged, never raised.
+    """Remove a ``.dat`` by name, and its ``.dat.tmp`` unless a live writer (any process) holds it.
 
-    Runs at GC or interpreter exit, where nobody could handle an error. Blocks on disk.
+    Failures are logged, never raised: this runs at GC or interpreter exit, where nobody could
+    handle an error. Blocks on disk.
     """
     target = Path(path)
     try:
         directory = open_directory(target.parent)
-        failures = directory.unlink_all([target.name, target.name + TMP_SUFFIX])
+        failures = directory.unlink_all([target.name])
+        _, swept_failures = directory.sweep_temps([target.name + TMP_SUFFIX])
+        failures.extend(swept_failures)
     except (OSError, ValueError):
         logger.debug("Could not remove cache file %s", path, exc_info=True)
         return

@@ -8,6 +8,7 @@ the temps a crash left behind and adopts every ``<k>.npy`` it finds.
 """
 
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -34,6 +35,7 @@ from typing_extensions import Unpack
 
 from lazy_disk_cache._codec import (
     SCHEMA_VERSION,
+    PayloadLayout,
     decode_layout,
     map_payload,
     parse_sidecar,
@@ -171,6 +173,41 @@ def _resolve_lazy_disk_cache_class(name: str) -> type[LazyDiskCache]:
 
 
 _NO_DEFAULT: Any = object()
+
+# Reads of a file that another process replaced meanwhile are retried this many times.
+_REPLACED_READ_RETRIES = 20
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """Device and inode of the file ``path`` names now, ``None`` when it names nothing."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+_R = TypeVar("_R")
+
+
+def _read_stably(path: Path, read: Callable[[], _R]) -> _R:
+    """``read()`` of ``path``, retried while another process's commit replaced the file meanwhile.
+
+    A read that opens ``path`` by name more than once (a header, then the payload) could otherwise
+    combine two files. The file's identity is compared around the read; a read whose file changed
+    is done again, and its errors count only when the file did not change. Blocks on disk.
+    """
+    for _ in range(_REPLACED_READ_RETRIES):
+        before = _file_identity(path)
+        try:
+            result = read()
+        except (ValueError, FileNotFoundError):
+            if _file_identity(path) == before:
+                raise
+            continue
+        if _file_identity(path) == before:
+            return result
+    raise OSError(errno.EAGAIN, "the file kept being replaced while it was read", str(path))
 
 
 @contextlib.contextmanager
@@ -684,9 +721,11 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         directory = self._directory()
         try:
             with _naming_the_sidecar(meta):
-                sidecar, class_name = parse_sidecar(read_sidecar_bytes(directory, meta), key, meta)
+                raw = _read_stably(meta, lambda: read_sidecar_bytes(directory, meta))
+                sidecar, class_name = parse_sidecar(raw, key, meta)
                 cls = _resolve_lazy_disk_cache_class(class_name)
-            layout = decode_layout(directory, npy)
+                flags = sidecar_flags(sidecar, key)
+            layout, array = self._read_npy(directory, npy, flags["enable_caching"])
         except FileNotFoundError:
             raise KeyError(key) from None
         if sidecar_is_stale(sidecar, layout):
@@ -696,17 +735,23 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
                 f"{layout.dtype}; the sidecar {str(meta)!r} says shape {sidecar.get('shape')!r}, dtype "
                 f"{sidecar.get('dtype')!r})"
             )
-        with _naming_the_sidecar(meta):
-            flags = sidecar_flags(sidecar, key)
-        array: NDArray[Any]
-        if flags["enable_caching"]:
-            mode: Literal["r", "c"] = "r" if directory_refuses_writes(self._cache_dir) else "c"
-            array = map_payload(directory, npy, layout, mode)
-        else:
-            array = read_payload(directory, npy, layout)
         # Entry classes take the data first, then the LazyDiskCacheKw settings (like the factory).
         construct: Callable[..., T] = cls  # type: ignore[assignment]
         return construct(array, **flags, cache_path=npy)
+
+    def _read_npy(self, directory: CacheDir, npy: Path, mapped: bool) -> tuple[PayloadLayout, NDArray[Any]]:
+        """The header and payload of ``npy``: mapped copy-on-write (read-only in a directory this
+        process may not write) when ``mapped``, else read into RAM. Both of one file (``_read_stably``).
+        """
+
+        def read() -> tuple[PayloadLayout, NDArray[Any]]:
+            layout = decode_layout(directory, npy)
+            if not mapped:
+                return layout, read_payload(directory, npy, layout)
+            mode: Literal["r", "c"] = "r" if directory_refuses_writes(self._cache_dir) else "c"
+            return layout, map_payload(directory, npy, layout, mode)
+
+        return _read_stably(npy, read)
 
     def _directory(self) -> CacheDir:
         return open_directory(self._cache_dir)
