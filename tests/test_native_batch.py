@@ -58,7 +58,7 @@ def test_group_commit_of_many_keys_succeeds_under_a_256_descriptor_soft_limit(
     np.testing.assert_array_equal(np.load(root / f"k{keys - 1}.npy"), np.arange(4) + 4 * (keys - 1))
 
 
-def test_sweep_from_another_handle_skips_while_a_batch_has_staged_keys(tmp_path: Path) -> None:
+def test_sweep_from_another_handle_keeps_staged_keys_temps_and_removes_a_crashs(tmp_path: Path) -> None:
     (tmp_path / "crashed.npy.tmp").write_bytes(b"left by a crash")
     writer = _rust.CacheDir.open(tmp_path)
     other = _rust.CacheDir.open(tmp_path)
@@ -70,24 +70,24 @@ def test_sweep_from_another_handle_skips_while_a_batch_has_staged_keys(tmp_path:
         temps_during = _temps(tmp_path)
     after = other.sweep_temps()
 
-    assert during == ([], [])
-    assert temps_during == ["a.meta.json.tmp", "a.npy.tmp", "b.meta.json.tmp", "b.npy.tmp", "crashed.npy.tmp"]
-    assert after == (["crashed.npy.tmp"], [])
-    assert os.listdir(tmp_path) == []
+    assert during == (["crashed.npy.tmp"], [])
+    assert temps_during == ["a.meta.json.tmp", "a.npy.tmp", "b.meta.json.tmp", "b.npy.tmp"]
+    assert after == ([], [])
+    assert os.listdir(tmp_path) == [_rust.LOCK_FILE_NAME]
 
 
-def test_sweep_in_another_process_skips_until_the_batch_commits(tmp_path: Path, cache_dir: _rust.CacheDir) -> None:
+def test_sweep_in_another_process_keeps_a_staged_keys_temps(tmp_path: Path, cache_dir: _rust.CacheDir) -> None:
     (tmp_path / "crashed.dat.tmp").write_bytes(b"left by a crash")
     values = np.arange(6, dtype=np.float32)
 
     with cache_dir.begin_commit(chunk_bytes=CHUNK) as batch:
         _stage(batch, "k", values)
         during = _run_child("native_sweep.py", str(tmp_path))
+        temps_during = _temps(tmp_path)
         batch.commit()
-        after = _run_child("native_sweep.py", str(tmp_path))
 
-    assert during == {"removed": [], "failed": []}
-    assert after == {"removed": ["crashed.dat.tmp"], "failed": []}
+    assert during == {"removed": ["crashed.dat.tmp"], "failed": []}
+    assert temps_during == ["k.meta.json.tmp", "k.npy.tmp"]
     np.testing.assert_array_equal(np.load(tmp_path / "k.npy"), values)
 
 

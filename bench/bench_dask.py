@@ -1,0 +1,193 @@
+"""dask and many-process benchmarks: ratios against baselines measured in the same run.
+
+Cases (each repeated, variants interleaved with a rotating start, medians of per-repetition ratios):
+
+* ``to_dask-sum``: ``store.to_dask(key).sum()`` on a LocalCluster (2 worker processes) against
+  ``da.from_zarr`` of the same data (zarr v3, uncompressed, same chunks) and against
+  ``da.from_array(np.load(mmap_mode="r"))``.
+* ``store_dask``: ``store.store_dask(key, x + 1)`` (durable: fsync + directory fsync) against
+  ``da.to_zarr`` of the same array (uncompressed, not fsynced).
+* ``parallel-commit``: two processes committing 1,000 small keys each against one process
+  committing 2,000.
+
+Needs the ``dask`` extra and ``zarr`` (``scripts/bench.sh`` installs it). Usage:
+``bench_dask.py [--gib 1.0] [--repeats 5] [--dir PATH]``. Ratios > 1 mean ours is faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import zarr
+from distributed import Client, LocalCluster
+
+from lazy_disk_cache import DiskBackedNDArray, DiskBackedStore, LazyDiskCacheConfig
+
+MIB = 1024**2
+COLUMNS = 4096
+CHUNK_ROWS = 4096  # 128 MiB chunks of float64
+
+
+def _store(directory: Path) -> DiskBackedStore[DiskBackedNDArray]:
+    return DiskBackedStore(
+        config=LazyDiskCacheConfig(enable_caching=True, cache_path=directory), factory=DiskBackedNDArray
+    )
+
+
+def _interleave(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    names = list(variants)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for repetition in range(repeats):
+        order = names[repetition % len(names) :] + names[: repetition % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            variants[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _report(case: str, times: dict[str, list[float]], ours: str) -> None:
+    print(f"\n{case}")
+    for name, seconds in times.items():
+        print(f"  {name:<28} median {statistics.median(seconds):8.3f} s  ({', '.join(f'{s:.3f}' for s in seconds)})")
+    for name, seconds in times.items():
+        if name == ours:
+            continue
+        ratios = [theirs / mine for mine, theirs in zip(times[ours], seconds, strict=True)]
+        print(f"  ratio {name} / {ours}: median {statistics.median(ratios):.2f}x (>= 1.0 means ours is as fast)")
+
+
+def bench_cluster(root: Path, gib: float, repeats: int) -> None:
+    rows = int(gib * 1024**3) // (COLUMNS * 8)
+    rows -= rows % CHUNK_ROWS
+    value = np.random.default_rng(0).random((rows, COLUMNS))
+    store_dir, zarr_dir, npy_path = root / "store", root / "data.zarr", root / "plain.npy"
+    store = _store(store_dir)
+    store.add_data_to_store("x", value)
+    store.offload("x", pickle_container=True)
+    zarr.create_array(
+        str(zarr_dir), shape=value.shape, chunks=(CHUNK_ROWS, COLUMNS), dtype=value.dtype, compressors=None
+    )[...] = value
+    np.save(npy_path, value)
+    del value
+    chunks = (CHUNK_ROWS, COLUMNS)
+    print(f"array: {rows} x {COLUMNS} float64 = {rows * COLUMNS * 8 / MIB:.0f} MiB, chunks of {CHUNK_ROWS * COLUMNS * 8 / MIB:.0f} MiB")
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster),
+    ):
+        sums = _interleave(
+            {
+                "to_dask": lambda: store.to_dask("x", chunks=chunks).sum().compute(),
+                "from_zarr": lambda: da.from_zarr(str(zarr_dir)).sum().compute(),
+                "from_array(np.load mmap)": lambda: da.from_array(np.load(npy_path, mmap_mode="r"), chunks=chunks)
+                .sum()
+                .compute(),
+            },
+            repeats,
+        )
+        _report("to_dask-sum (LocalCluster, 2 process workers)", sums, "to_dask")
+        source = store.to_dask("x", chunks=chunks)
+
+        def ours() -> None:
+            store.store_dask("y", source + 1)
+
+        def theirs() -> None:
+            shutil.rmtree(root / "y.zarr", ignore_errors=True)
+            da.to_zarr(source + 1, str(root / "y.zarr"), compressor=None)
+
+        writes = _interleave({"store_dask (durable)": ours, "to_zarr (no fsync)": theirs}, repeats)
+        _report("store_dask (LocalCluster, 2 process workers)", writes, "store_dask (durable)")
+
+
+_COMMITTER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from lazy_disk_cache import DiskBackedNDArray, DiskBackedStore, LazyDiskCacheConfig
+
+    directory, prefix, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    store = DiskBackedStore(
+        config=LazyDiskCacheConfig(enable_caching=True, cache_path=directory), factory=DiskBackedNDArray
+    )
+    value = np.arange(256, dtype=np.float32)
+    sys.stdout.write("ready\\n"); sys.stdout.flush(); sys.stdin.readline()
+    for index in range(count):
+        store.add_data_to_store(f"{prefix}{index}", value, enable_caching_override=False)
+    store.offload(pickle_container=True)
+    """
+)
+
+
+def _run_committers(directory: Path, plan: list[tuple[str, int]]) -> None:
+    """Start one process per (prefix, count), wait until all are ready, then time their commits together."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir()
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _COMMITTER, str(directory), prefix, str(count)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for prefix, count in plan
+    ]
+    for child in children:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    for child in children:
+        if child.wait(timeout=600) != 0:
+            raise RuntimeError("a committer failed")
+
+
+def bench_parallel_commits(root: Path, repeats: int) -> None:
+    directory = root / "commits"
+    times: dict[str, list[float]] = {"two processes x 1000": [], "one process x 2000": []}
+    variants = {
+        "two processes x 1000": [("p", 1000), ("q", 1000)],
+        "one process x 2000": [("p", 2000)],
+    }
+    names = list(variants)
+    for repetition in range(repeats):
+        order = names[repetition % 2 :] + names[: repetition % 2]
+        for name in order:
+            start = time.perf_counter()
+            _run_committers(directory, variants[name])
+            times[name].append(time.perf_counter() - start)
+    _report("parallel-commit (1,000 small keys each, one group commit per process)", times, "two processes x 1000")
+    print("  target: two processes take <= 1.2x one process (ratio above >= 0.83)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gib", type=float, default=1.0, help="array size of the cluster cases")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dir", type=Path, default=None, help="where to put the data (default: a temp dir)")
+    parser.add_argument("--skip-cluster", action="store_true")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="bench-dask-", dir=args.dir))
+    try:
+        if not args.skip_cluster:
+            bench_cluster(root, args.gib, args.repeats)
+        bench_parallel_commits(root, args.repeats)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
