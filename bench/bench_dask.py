@@ -82,7 +82,8 @@ def bench_cluster(root: Path, gib: float, repeats: int) -> None:
     np.save(npy_path, value)
     del value
     chunks = (CHUNK_ROWS, COLUMNS)
-    print(f"array: {rows} x {COLUMNS} float64 = {rows * COLUMNS * 8 / MIB:.0f} MiB, chunks of {CHUNK_ROWS * COLUMNS * 8 / MIB:.0f} MiB")
+    size, chunk = rows * COLUMNS * 8 / MIB, CHUNK_ROWS * COLUMNS * 8 / MIB
+    print(f"array: {rows} x {COLUMNS} float64 = {size:.0f} MiB, chunks of {chunk:.0f} MiB")
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
         Client(cluster),
@@ -91,9 +92,9 @@ def bench_cluster(root: Path, gib: float, repeats: int) -> None:
             {
                 "to_dask": lambda: store.to_dask("x", chunks=chunks).sum().compute(),
                 "from_zarr": lambda: da.from_zarr(str(zarr_dir)).sum().compute(),
-                "from_array(np.load mmap)": lambda: da.from_array(np.load(npy_path, mmap_mode="r"), chunks=chunks)
-                .sum()
-                .compute(),
+                "from_array(np.load mmap)": lambda: (
+                    da.from_array(np.load(npy_path, mmap_mode="r"), chunks=chunks).sum().compute()
+                ),
             },
             repeats,
         )

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import dask
 import dask.array as da
@@ -20,6 +21,7 @@ from lazy_disk_cache.dask import TARGET_CHUNK_BYTES, default_chunks
 from lazy_disk_cache.paths import LOCK_FILE_NAME
 
 pytestmark = pytest.mark.timeout(120)
+
 
 def _store(directory: Path) -> DiskBackedStore[DiskBackedNDArray]:
     config = LazyDiskCacheConfig(enable_caching=True, cache_path=directory)
@@ -222,14 +224,16 @@ def test_store_dask_replaces_a_key_and_the_store_tracks_it_as_not_in_memory(tmp_
 def test_failed_block_aborts_the_commit_and_keeps_the_previous_pair(tmp_path: Path) -> None:
     store = _stored(tmp_path, "k", _sample())
 
-    def explode(block: np.ndarray, block_info: dict[object, object] | None = None) -> np.ndarray:
+    def explode(block: np.ndarray, block_info: dict[Any, Any] | None = None) -> np.ndarray:
         if block_info is not None and block_info[0]["chunk-location"][0] == 2:
             raise RuntimeError("block 2 failed")
         return block * 0
 
     failing = da.from_array(_sample(), chunks=(50, 37)).map_blocks(explode, dtype=np.float64)
+    stored = store.store_dask("k", failing, compute=False)
+    assert stored is not None
     with pytest.raises(RuntimeError, match="block 2 failed"):
-        store.store_dask("k", failing, compute=False).compute(scheduler="threads")
+        stored.compute(scheduler="threads")
 
     assert _artefacts(tmp_path) == ["k.meta.json", "k.npy"]
     assert np.array_equal(np.asarray(_store(tmp_path)["k"]), _sample())
@@ -243,7 +247,8 @@ def test_store_dask_compute_false_returns_a_delayed_that_commits(tmp_path: Path,
 
     stored = store.store_dask("k", da.from_array(_sample(), chunks=(64, 10)), compute=False)
     assert _artefacts(tmp_path) == [], "nothing happens before compute"
-    dask.compute(stored, scheduler=scheduler)
+    assert stored is not None
+    stored.compute(scheduler=scheduler)
     store.refresh()
 
     assert "k" in store
@@ -305,7 +310,10 @@ def test_owner_killed_during_store_dask_leaves_nothing_after_reopen_and_a_retry_
 
 
 def test_importing_the_package_does_not_import_dask() -> None:
-    code = "import sys, lazy_disk_cache; print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))"
+    code = (
+        "import sys, lazy_disk_cache; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))"
+    )
 
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
 

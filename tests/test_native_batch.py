@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from lazy_disk_cache import _rust
+from listing import artefacts
 
 CHUNK = 1 << 20
 CHILD = Path(__file__).parent / "child"
@@ -110,4 +111,4 @@ def test_aborted_batch_releases_the_directory_for_the_next_sweep(tmp_path: Path,
 
     assert batch.keys == []
     assert removed == ["crashed.npy.tmp"]
-    assert os.listdir(tmp_path) == []
+    assert artefacts(tmp_path) == []

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from lazy_disk_cache import _rust
+from listing import artefacts
 
 CHUNK = 1 << 20
 CHILD = Path(__file__).parent / "child"
@@ -114,7 +115,7 @@ def test_group_commit_of_many_pairs_fsyncs_the_directory_once(tmp_path: Path, ca
     assert counts["dir_fsync"] == 1
     assert counts["fsync"] == 2 * pairs
     assert counts["rename"] == 2 * pairs
-    assert len(os.listdir(tmp_path)) == 2 * pairs
+    assert len(artefacts(tmp_path)) == 2 * pairs
 
 
 @pytest.mark.usefixtures("clean_faults")
@@ -129,7 +130,7 @@ def test_rename_failure_in_group_commit_keeps_earlier_keys_and_removes_the_rest(
         with pytest.raises(OSError):
             batch.commit()
 
-    assert sorted(os.listdir(tmp_path)) == ["a.meta.json", "a.npy"]
+    assert artefacts(tmp_path) == ["a.meta.json", "a.npy"]
     assert _rust._op_counts()["dir_fsync"] == 1
 
 
@@ -167,7 +168,7 @@ def test_sweep_removes_our_temps_and_nothing_else(tmp_path: Path, cache_dir: _ru
 
     assert sorted(removed) == ["a.npy.tmp", "b.meta.json.tmp", "c.dat.tmp"]
     assert failed == []
-    assert sorted(os.listdir(tmp_path)) == [".npy.tmp", "d.npy", "dir.dat.tmp", "e.txt.tmp", "keep.tmp"]
+    assert artefacts(tmp_path) == [".npy.tmp", "d.npy", "dir.dat.tmp", "e.txt.tmp", "keep.tmp"]
 
 
 @pytest.mark.usefixtures("clean_faults")
@@ -206,7 +207,7 @@ def test_sweep_with_names_considers_only_those_names(tmp_path: Path, cache_dir: 
     removed, failed = cache_dir.sweep_temps(["a.npy.tmp", "notes.txt", "gone.meta.json.tmp"])
 
     assert (removed, failed) == (["a.npy.tmp"], [])
-    assert sorted(os.listdir(tmp_path)) == ["CON.npy.tmp", "b.dat.tmp", "notes.txt"]
+    assert artefacts(tmp_path) == ["CON.npy.tmp", "b.dat.tmp", "notes.txt"]
 
 
 def test_sweep_unlinks_a_symlinked_temp_without_following_it(tmp_path: Path) -> None:

@@ -1,7 +1,6 @@
 """`.npy` files through the native layer: CommitBatch output loads in NumPy, NumPy output decodes."""
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ from numpy.lib import format as npy_format
 from numpy.typing import NDArray
 
 from lazy_disk_cache import _rust
+from listing import artefacts
 
 CHUNK = 1 << 20
 
@@ -160,7 +160,7 @@ def test_leaving_the_batch_without_commit_removes_every_temp(tmp_path: Path, cac
         assert batch.keys == ["a", "b"]
 
     assert batch.keys == []
-    assert sorted(os.listdir(tmp_path)) == ["a.npy"]
+    assert artefacts(tmp_path) == ["a.npy"]
     assert (tmp_path / "a.npy").read_bytes() == b"previous"
 
 
@@ -173,7 +173,7 @@ def test_failed_add_keeps_earlier_keys_ready_to_commit(tmp_path: Path, cache_dir
             )
         batch.commit()
 
-    assert sorted(os.listdir(tmp_path)) == ["good.meta.json", "good.npy"]
+    assert artefacts(tmp_path) == ["good.meta.json", "good.npy"]
 
 
 def test_duplicate_key_in_one_batch_is_a_value_error(cache_dir: _rust.CacheDir) -> None:

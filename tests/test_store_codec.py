@@ -19,6 +19,7 @@ from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.disk_backed_store import DiskBackedStore
 from lazy_disk_cache.errors import LazyDiskCacheWarning
 from lazy_disk_cache.lazy_disk_cache import CopyableFile, LazyDiskCacheConfig, copyable_file
+from listing import artefacts
 
 LOGGER = "lazy_disk_cache.disk_backed_store"
 # The store writes payloads page-aligned (DESIGN.md §4.6); np.save aligns to 64 bytes.
@@ -232,7 +233,7 @@ def test_store_entry_commits_a_single_pair_on_its_own(tmp_path: Path) -> None:
 
     store._store_entry("k", store["k"])
 
-    assert sorted(os.listdir(tmp_path)) == ["k.meta.json", "k.npy"]
+    assert artefacts(tmp_path) == ["k.meta.json", "k.npy"]
     assert json.loads((tmp_path / "k.meta.json").read_text())["enable_caching"] is False
 
 
@@ -648,4 +649,4 @@ def test_an_offloaded_read_only_reload_is_rewritten_from_its_npy_payload(tmp_pat
     assert (_rust._op_counts()["copy"] >= 1) is (order == "C")
     assert npy_header(tmp_path / "k.npy")[1] is False
     np.testing.assert_array_equal(np.load(tmp_path / "k.npy"), array)
-    assert sorted(os.listdir(tmp_path)) == ["k.meta.json", "k.npy"]
+    assert artefacts(tmp_path) == ["k.meta.json", "k.npy"]

@@ -16,6 +16,7 @@ from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.disk_backed_store import DiskBackedStore
 from lazy_disk_cache.errors import StoreKeyError
 from lazy_disk_cache.lazy_disk_cache import LazyDiskCacheConfig
+from listing import artefacts
 
 Store = DiskBackedStore[DiskBackedNDArray]
 Snapshot = dict[str, tuple[Any, ...]]
@@ -187,11 +188,11 @@ def test_a_legal_key_round_trips_through_its_own_file_names(tmp_path: Path, key:
     store.offload(key, pickle_container=True)
     reopened = make_store(tmp_path)
 
-    assert sorted(os.listdir(tmp_path)) == sorted([key + ".meta.json", key + ".npy"])
+    assert artefacts(tmp_path) == sorted([key + ".meta.json", key + ".npy"])
     assert reopened.keys() == [key]
     np.testing.assert_array_equal(np.asarray(reopened[key]), np.arange(3))
     reopened.purge(key)
-    assert os.listdir(tmp_path) == []
+    assert artefacts(tmp_path) == []
 
 
 @pytest.mark.parametrize("name", ["k.npy.tmp", "k.meta.json.tmp", "k.npy", "k.meta.json"])

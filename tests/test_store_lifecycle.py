@@ -23,6 +23,7 @@ from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.disk_backed_store import DiskBackedStore
 from lazy_disk_cache.errors import LazyDiskCacheWarning
 from lazy_disk_cache.lazy_disk_cache import LazyDiskCacheConfig
+from listing import artefacts
 
 LOGGER = "lazy_disk_cache.disk_backed_store"
 CHILDREN = Path(__file__).parent / "child"
@@ -77,7 +78,7 @@ def test_opening_a_store_sweeps_only_its_own_orphaned_temps(tmp_path: Path, capl
     with caplog.at_level(logging.INFO, logger=LOGGER):
         make_store(cache_dir)
 
-    assert sorted(os.listdir(cache_dir)) == sorted(
+    assert artefacts(cache_dir) == sorted(
         [".npy.tmp", "k.npy.tmp.bak", "k.tmp", "notes.txt", "sub.dat.tmp", *illegal_stems]
     )
     assert outside.read_bytes() == b"untouched"
@@ -473,7 +474,7 @@ def test_a_symlinked_cache_root_writes_and_reloads(tmp_path: Path) -> None:
     assert isinstance(reloaded.data, np.memmap)
     assert not (tmp_path / "real" / "k.dat").exists()
     np.testing.assert_array_equal(np.asarray(reloaded), np.arange(3))
-    assert sorted(os.listdir(tmp_path / "real")) == ["k.meta.json", "k.npy"]
+    assert artefacts(tmp_path / "real") == ["k.meta.json", "k.npy"]
 
 
 def test_concurrent_writers_on_one_store_commit_every_key(tmp_path: Path) -> None:

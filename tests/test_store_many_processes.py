@@ -72,11 +72,7 @@ def _events(log: Path) -> tuple[list[Event], list[str], int]:
             if record["t"] == "begin":
                 events[(*begin, len(events))] = Event(*begin, begin=record["time"])
             else:
-                pending = [
-                    event
-                    for marker, event in events.items()
-                    if marker[:4] == begin and event.ack is None
-                ]
+                pending = [event for marker, event in events.items() if marker[:4] == begin and event.ack is None]
                 pending[-1].ack = record["time"]
     return list(events.values()), errors, starts
 
@@ -104,7 +100,9 @@ def _judge(directory: Path, key: str, events: list[Event]) -> str | None:
     expected = make_value(writer, generation)
     if (array.dtype, array.shape, array.tobytes()) != (expected.dtype, expected.shape, expected.tobytes()):
         return f"{key!r} is torn: stamp ({writer}, {generation}) but other bytes or layout"
-    match = [event for event in allowed if event.op == "write" and (event.writer, event.generation) == (writer, generation)]
+    match = [
+        event for event in allowed if event.op == "write" and (event.writer, event.generation) == (writer, generation)
+    ]
     if not match:
         return f"{key!r} holds ({writer}, {generation}), which is not an allowed last value"
     sidecar = json.loads(meta.read_text())
@@ -156,7 +154,7 @@ def test_acknowledged_commits_survive_many_writers_and_random_sigkills(tmp_path:
     assert problems == []
     assert kills >= 5 and starts > WRITERS, f"{kills} kills, {starts} writers started"
     assert acknowledged >= 50, f"the campaign acknowledged only {acknowledged} writes"
-    assert sorted(store.keys()) == sorted(
-        key for key in KEYS if (directory / f"{key}.npy").exists()
-    ), "the reopened store lists exactly the stored keys"
+    assert sorted(store.keys()) == sorted(key for key in KEYS if (directory / f"{key}.npy").exists()), (
+        "the reopened store lists exactly the stored keys"
+    )
     assert LOCK_FILE_NAME not in store.keys()

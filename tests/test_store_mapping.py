@@ -21,6 +21,7 @@ from lazy_disk_cache.disk_backed_store import DiskBackedStore, Factory
 from lazy_disk_cache.errors import LazyDiskCacheWarning, StoreContainmentError, StoreKeyError
 from lazy_disk_cache.lazy_disk_cache import LazyDiskCacheConfig
 from lazy_disk_cache.paths import CLAUSE_SEPARATOR
+from listing import artefacts
 
 LOGGER = "lazy_disk_cache.disk_backed_store"
 
@@ -187,7 +188,7 @@ def test_a_configured_directory_is_never_removed(tmp_path: Path) -> None:
     del store
     gc.collect()
 
-    assert sorted(os.listdir(tmp_path / "d")) == ["k.meta.json", "k.npy"]
+    assert artefacts(tmp_path / "d") == ["k.meta.json", "k.npy"]
 
 
 def test_factory_protocol_is_runtime_checkable() -> None:

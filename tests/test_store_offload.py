@@ -21,6 +21,7 @@ from lazy_disk_cache.disk_backed_store import DiskBackedStore
 from lazy_disk_cache.errors import LazyDiskCacheWarning, StoreKeyError
 from lazy_disk_cache.lazy_disk_cache import LazyDiskCacheConfig
 from lazy_disk_cache.paths import CLAUSE_SEPARATOR
+from listing import artefacts
 
 LOGGER = "lazy_disk_cache.disk_backed_store"
 
@@ -45,7 +46,7 @@ def cached_store(cache_dir: Path, *keys: str, **settings: Any) -> DiskBackedStor
 
 
 def pair_names(directory: Path) -> list[str]:
-    return sorted(name for name in os.listdir(directory) if not name.endswith(".dat"))
+    return [name for name in artefacts(directory) if not name.endswith(".dat")]
 
 
 # -- selection and validation ------------------------------------------------------------------

@@ -26,6 +26,7 @@ from lazy_disk_cache.errors import (
     StorePurgeRefusedError,
 )
 from lazy_disk_cache.lazy_disk_cache import LazyDiskCacheConfig
+from listing import artefacts
 
 LOGGER = "lazy_disk_cache.disk_backed_store"
 CHILD = Path(__file__).parent / "child" / "store_purge_refused.py"
@@ -103,7 +104,7 @@ def test_purge_unlinks_the_six_names_and_keeps_the_pickle_and_other_keys(tmp_pat
 
     store.purge("k")
 
-    assert sorted(os.listdir(tmp_path)) == ["k.pkl", "other.dat", "other.meta.json", "other.npy"]
+    assert artefacts(tmp_path) == ["k.pkl", "other.dat", "other.meta.json", "other.npy"]
     assert "k" not in store
     assert "k" not in store._entry_registry
 
@@ -156,7 +157,7 @@ def test_an_untracked_key_with_only_a_dat_left_is_purged(tmp_path: Path) -> None
     gc.collect()
     (tmp_path / "k.npy").unlink()
     (tmp_path / "k.meta.json").unlink()
-    assert os.listdir(tmp_path) == ["k.dat"]
+    assert artefacts(tmp_path) == ["k.dat"]
 
     store.purge("k")
 
@@ -170,7 +171,7 @@ def test_purge_leaves_a_live_reloaded_entry_readable(tmp_path: Path) -> None:
 
     store.purge("k")
 
-    assert os.listdir(tmp_path) == []
+    assert artefacts(tmp_path) == []
     np.testing.assert_array_equal(np.asarray(reloaded.data), np.arange(4))
 
 
@@ -183,7 +184,7 @@ def test_an_in_directory_link_loses_its_target_first_then_itself(tmp_path: Path,
     store.purge("k")
 
     assert unlinked == [str(tmp_path / "payload.bin"), str(tmp_path / "k.npy")]
-    assert os.listdir(tmp_path) == []
+    assert artefacts(tmp_path) == []
 
 
 # -- who may purge -------------------------------------------------------------------------------
@@ -378,7 +379,7 @@ def test_purge_logs_the_override_when_the_store_keeps_files(tmp_path: Path, capl
         "Explicit purge of key k overrides purge_disk_on_gc=False: that flag governs implicit GC-time deletion, "
         "not explicit removal, so this key's artefacts are being unlinked."
     )
-    assert sorted(os.listdir(tmp_path)) == []
+    assert artefacts(tmp_path) == []
 
 
 def test_purge_logs_nothing_when_the_store_purges_on_gc(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -406,7 +407,7 @@ def test_unlink_failures_raise_incomplete_naming_survivors_and_the_key_stays_dro
     )
     assert isinstance(caught.value.__cause__, OSError) and caught.value.__cause__.errno == errno.EIO
     assert survivor.is_file()
-    assert sorted(os.listdir(tmp_path)) == ["k.meta.json"]
+    assert artefacts(tmp_path) == ["k.meta.json"]
     assert "k" not in store and "k" not in store._entry_registry
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from lazy_disk_cache._directories import open_directory
+from lazy_disk_cache._rust import CacheDir
 from lazy_disk_cache.errors import (
     StoreContainmentError,
     StorePurgeAliasedArtefactError,
@@ -20,6 +21,8 @@ from lazy_disk_cache.errors import (
 )
 from lazy_disk_cache.lazy_disk_cache import LazyDiskCache, release_purge_duty
 from lazy_disk_cache.paths import (
+    MEMMAP_SUFFIX,
+    TMP_SUFFIX,
     StoreKey,
     artefact_suffix,
     ensure_write_contained,
@@ -35,6 +38,8 @@ __all__ = ["PurgePlan", "artefact_names", "detach_purge_duty", "plan_purge", "un
 
 # Sidecar first, payloads last: without its sidecar the key no longer loads, so a purge interrupted
 # part-way never leaves a pair that still reads as the old value.
+_WORKING_TEMP_SUFFIX = MEMMAP_SUFFIX + TMP_SUFFIX
+
 _BUILDERS_IN_UNLINK_ORDER = (
     get_meta_path,
     get_meta_tmp_path,
@@ -105,6 +110,17 @@ def detach_purge_duty(entries: Iterable[LazyDiskCache], removal_set: frozenset[s
         release_purge_duty(entry)
 
 
+def _unlink_sparing_live_temps(directory: CacheDir, names: list[str]) -> list[tuple[str, OSError]]:
+    """Unlink ``names`` in order and fsync the directory once; return the failures.
+
+    A ``.dat.tmp`` is removed first, and only when its writer's lock is gone: one still locked
+    belongs to a conversion running in some process, and stays (that writer renames it).
+    """
+    temps = [name for name in names if name.endswith(_WORKING_TEMP_SUFFIX)]
+    failed = directory.sweep_temps(temps)[1] if temps else []
+    return [*failed, *directory.unlink_all([name for name in names if name not in temps], durable=True)]
+
+
 def unlink_in_order(paths: Iterable[Path]) -> list[tuple[Path, OSError]]:
     """Unlink each path in order, never following a link; return the ones that failed.
 
@@ -125,7 +141,7 @@ def unlink_in_order(paths: Iterable[Path]) -> list[tuple[Path, OSError]]:
             continue
         by_name = {path.name: path for path in batch}
         try:
-            failed = directory.unlink_all([path.name for path in batch], durable=True)
+            failed = _unlink_sparing_live_temps(directory, [path.name for path in batch])
         except OSError as exc:
             sync_error = sync_error or exc
             continue

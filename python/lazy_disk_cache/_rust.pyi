@@ -121,9 +121,9 @@ class CacheDir:
         buffer in any layout is written in C order: a strided or Fortran-ordered one is gathered
         through one bounce buffer of at most ``chunk_bytes`` (and at most 4 MiB), never copied
         whole. Creates ``<name>.tmp`` with ``O_EXCL|O_NOFOLLOW`` (a temp its writer still holds
-        locked is waited for, a stale one is unlinked first), reserves the full size, writes with ``pwrite`` in pieces of at most
-        ``chunk_bytes``, then (``durable`` only) fsyncs, renames over ``name`` and (``durable``
-        only) fsyncs the directory. The temp gets the existing destination's mode, else
+        locked is waited for, a stale one is unlinked first), reserves the full size, writes with
+        ``pwrite`` in pieces of at most ``chunk_bytes``, then (``durable`` only) fsyncs, renames
+        over ``name`` and (``durable`` only) fsyncs the directory. The temp gets the existing destination's mode, else
         ``0666 & ~umask``. On any error the temp is removed and the destination is unchanged.
         1 copy, GIL released between blocks.
         """

@@ -29,9 +29,8 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 try:
-    import dask
     import dask.array as da
-    from dask.base import tokenize
+    from dask.base import compute, tokenize
     from dask.delayed import Delayed, delayed
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess without dask
     raise ImportError(
@@ -116,7 +115,7 @@ def read_block(source: FileArray, index: tuple[slice, ...]) -> np.ndarray[Any, A
     directory = open_directory(Path(source.directory))
     nbytes = math.prod(source.shape) * source.dtype.itemsize
     mapping = FileMapping.open(directory, source.name, mode="r", offset=source.offset, length=nbytes)
-    whole: np.ndarray[Any, Any] = np.ndarray(source.shape, source.dtype, mapping, 0, None, source.order)  # type: ignore[call-overload]
+    whole: np.ndarray[Any, Any] = np.ndarray(source.shape, source.dtype, mapping, 0, None, source.order)  # type: ignore[arg-type]
     return np.array(whole[index], copy=True)
 
 
@@ -271,12 +270,12 @@ def _compute_all(tasks: list[Delayed]) -> None:
     try:
         from distributed import get_worker, worker_client
     except ImportError:
-        dask.compute(*tasks)
+        compute(*tasks)
         return
     try:
         get_worker()
     except ValueError:
-        dask.compute(*tasks)
+        compute(*tasks)
         return
     with worker_client() as client:
         client.gather(client.compute(tasks))

@@ -724,8 +724,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
                 raw = _read_stably(meta, lambda: read_sidecar_bytes(directory, meta))
                 sidecar, class_name = parse_sidecar(raw, key, meta)
                 cls = _resolve_lazy_disk_cache_class(class_name)
-                flags = sidecar_flags(sidecar, key)
-            layout, array = self._read_npy(directory, npy, flags["enable_caching"])
+            layout, flags, array = self._read_npy(directory, npy, lambda: sidecar_flags(sidecar, key), meta)
         except FileNotFoundError:
             raise KeyError(key) from None
         if sidecar_is_stale(sidecar, layout):
@@ -739,17 +738,24 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         construct: Callable[..., T] = cls  # type: ignore[assignment]
         return construct(array, **flags, cache_path=npy)
 
-    def _read_npy(self, directory: CacheDir, npy: Path, mapped: bool) -> tuple[PayloadLayout, NDArray[Any]]:
-        """The header and payload of ``npy``: mapped copy-on-write (read-only in a directory this
-        process may not write) when ``mapped``, else read into RAM. Both of one file (``_read_stably``).
+    def _read_npy(
+        self, directory: CacheDir, npy: Path, flags_of: Callable[[], LazyDiskCacheKw], meta: Path
+    ) -> tuple[PayloadLayout, LazyDiskCacheKw, NDArray[Any]]:
+        """The header, the sidecar's flags (checked after the header) and the payload of ``npy``.
+
+        The payload is mapped copy-on-write (read-only in a directory this process may not write)
+        when the flags enable caching, else read into RAM. Header and payload are of one file
+        (``_read_stably``).
         """
 
-        def read() -> tuple[PayloadLayout, NDArray[Any]]:
+        def read() -> tuple[PayloadLayout, LazyDiskCacheKw, NDArray[Any]]:
             layout = decode_layout(directory, npy)
-            if not mapped:
-                return layout, read_payload(directory, npy, layout)
+            with _naming_the_sidecar(meta):
+                flags = flags_of()
+            if not flags["enable_caching"]:
+                return layout, flags, read_payload(directory, npy, layout)
             mode: Literal["r", "c"] = "r" if directory_refuses_writes(self._cache_dir) else "c"
-            return layout, map_payload(directory, npy, layout, mode)
+            return layout, flags, map_payload(directory, npy, layout, mode)
 
         return _read_stably(npy, read)
 

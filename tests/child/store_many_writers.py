@@ -93,7 +93,11 @@ def main() -> None:
                     except KeyError:
                         continue
                     expected = make_value(*stamp_of(loaded))
-                    if (loaded.dtype, loaded.shape, loaded.tobytes()) != (expected.dtype, expected.shape, expected.tobytes()):
+                    if (loaded.dtype, loaded.shape, loaded.tobytes()) != (
+                        expected.dtype,
+                        expected.shape,
+                        expected.tobytes(),
+                    ):
                         log.record(t="error", w=writer, text=f"torn read of {tracked!r}")
                     store.pop(tracked, None)
         except Exception:

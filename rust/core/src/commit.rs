@@ -167,12 +167,11 @@ impl CommitBatch {
         if let Some(guard) = held {
             return Ok(guard);
         }
-        let guard = match self.dir.try_lock_key(key)? {
-            Some(guard) => guard,
-            None => {
-                self.commit()?;
-                self.dir.lock_key(key)?
-            }
+        let guard = if let Some(guard) = self.dir.try_lock_key(key)? {
+            guard
+        } else {
+            self.commit()?;
+            self.dir.lock_key(key)?
         };
         let guard = Arc::new(guard);
         let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);

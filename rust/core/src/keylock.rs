@@ -23,9 +23,9 @@
 //! bypass the [`crate::fs::Fs`] seam so that the artefact operations fault tests count and
 //! fail keep their numbering.
 //!
-//! Where this holds: local POSIX file systems (ext4, xfs, btrfs, tmpfs). On NFSv4 the locks go
+//! Where this holds: local POSIX file systems (ext4, xfs, btrfs, tmpfs). On NFS version 4 the locks go
 //! through the server's lock manager and renames are atomic on the server, but a client's
-//! attribute cache may show another client's new pair late; NFSv3 needs `lockd`. SMB and FUSE
+//! attribute cache may show another client's new pair late; NFS version 3 needs `lockd`. SMB and FUSE
 //! file systems without POSIX byte-range locks give no guarantee.
 #![allow(unsafe_code)]
 

@@ -111,9 +111,7 @@ impl Region {
     /// sidecar temp, [`Error::Rename`] or [`Op::DirFsync`]; unless the renames happened, both
     /// temps are removed and the previous pair is intact.
     pub fn commit(self, meta: &[u8]) -> Result<()> {
-        let Self {
-            names, file, lock, ..
-        } = self;
+        let Self { names, file, lock, .. } = self;
         let end = add(self.data_offset, self.nbytes)?;
         let dir = file.dir().clone();
         dir.fs()
@@ -402,7 +400,13 @@ mod tests {
         )
     }
 
-    fn write(dir: &CacheDir, at: &(String, u64, u64, u64), start: [u64; 2], extent: [u64; 2], bytes: &[u8]) -> Result<()> {
+    fn write(
+        dir: &CacheDir,
+        at: &(String, u64, u64, u64),
+        start: [u64; 2],
+        extent: [u64; 2],
+        bytes: &[u8],
+    ) -> Result<()> {
         write_block(
             dir,
             RegionTarget {
@@ -490,8 +494,12 @@ mod tests {
         let err = write(&dir, &old, [0, 0], [1, 6], &block(0..1, 0..6)).unwrap_err();
 
         assert_eq!(err.raw_os_error(), Some(Errno::STALE.raw_os_error()), "{err}");
-        let temp = fs::read(tmp.path().join("k.npy.tmp")).unwrap();
-        assert!(temp[NPY_DATA_ALIGN as usize..NPY_DATA_ALIGN as usize + 60].iter().all(|&byte| byte == 0));
+        let reserved = fs::read(tmp.path().join("k.npy.tmp")).unwrap();
+        assert!(
+            reserved[NPY_DATA_ALIGN as usize..NPY_DATA_ALIGN as usize + 60]
+                .iter()
+                .all(|&byte| byte == 0)
+        );
         drop(second);
     }
 
@@ -534,7 +542,17 @@ mod tests {
         let short = write(&dir, &at, [0, 0], [1, 6], &[0; 10]).unwrap_err();
 
         assert!(matches!(outside, Error::InvalidLayout { .. }), "{outside}");
-        assert!(matches!(short, Error::SizeMismatch { expected: 12, actual: 10, .. }), "{short}");
+        assert!(
+            matches!(
+                short,
+                Error::SizeMismatch {
+                    expected: 12,
+                    actual: 10,
+                    ..
+                }
+            ),
+            "{short}"
+        );
     }
 
     #[test]
@@ -561,7 +579,10 @@ mod tests {
         })
         .unwrap();
 
-        assert_eq!((whole_rows.count, whole_rows.run_bytes, whole_rows.offset_of(0)), (1, 96, 48));
+        assert_eq!(
+            (whole_rows.count, whole_rows.run_bytes, whole_rows.offset_of(0)),
+            (1, 96, 48)
+        );
         assert_eq!((partial.count, partial.run_bytes), (2, 32));
         assert_eq!([partial.offset_of(0), partial.offset_of(1)], [64, 112]);
         assert_eq!((scalar.count, scalar.run_bytes, scalar.offset_of(0)), (1, 4, 0));

@@ -289,7 +289,9 @@ impl PyCacheDir {
             Layout::Contiguous(block) => BlockSource::Contiguous(block),
             Layout::Strided(strided) => BlockSource::Strided(strided),
         };
-        to_py(run_detached(py, || region::write_block(&self.inner, target, placement, &source)))
+        to_py(run_detached(py, || {
+            region::write_block(&self.inner, target, placement, &source)
+        }))
     }
 
     fn __repr__(&self) -> String {
