@@ -161,7 +161,7 @@ def test_an_untracked_key_with_only_a_dat_left_is_purged(tmp_path: Path) -> None
 
     store.purge("k")
 
-    assert os.listdir(tmp_path) == []
+    assert artefacts(tmp_path) == []
 
 
 def test_purge_leaves_a_live_reloaded_entry_readable(tmp_path: Path) -> None:
