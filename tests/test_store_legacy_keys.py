@@ -20,6 +20,7 @@ from lazy_disk_cache.disk_backed_store import DiskBackedStore
 from lazy_disk_cache.errors import LazyDiskCacheWarning, StoreKeyError
 from lazy_disk_cache.lazy_disk_cache import LazyDiskCacheConfig
 from lazy_disk_cache.paths import CLAUSE_ABSOLUTE, CLAUSE_LENGTH, CLAUSE_RESERVED, CLAUSE_TRAILING
+from listing import artefacts
 
 Store = DiskBackedStore[DiskBackedNDArray]
 
@@ -103,7 +104,7 @@ def test_a_legacy_key_is_purged_with_all_its_files(tmp_path: Path) -> None:
     store.purge("tile:0_0")
 
     assert store.keys() == []
-    assert os.listdir(directory) == []
+    assert artefacts(directory) == []
 
 
 @pytest.mark.parametrize("key", ["tile:0_0", "CON", "x."], ids=ascii)
@@ -117,7 +118,7 @@ def test_creating_a_new_legacy_key_stays_refused(tmp_path: Path, key: str) -> No
     with pytest.raises(StoreKeyError):
         store.offload([key], pickle_container=True)
 
-    assert os.listdir(tmp_path) == []
+    assert artefacts(tmp_path) == []
 
 
 def test_a_legacy_entry_is_written_back_under_its_own_name(tmp_path: Path) -> None:
@@ -129,7 +130,7 @@ def test_a_legacy_entry_is_written_back_under_its_own_name(tmp_path: Path) -> No
     store.offload("tile:0_0", pickle_container=True)
     reopened = open_quietly(directory)
 
-    assert sorted(os.listdir(directory)) == ["tile:0_0.meta.json", "tile:0_0.npy"]
+    assert artefacts(directory) == ["tile:0_0.meta.json", "tile:0_0.npy"]
     np.testing.assert_array_equal(np.asarray(reopened["tile:0_0"]), np.full(4, 7))
 
 

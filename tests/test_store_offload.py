@@ -205,7 +205,7 @@ def test_writing_pairs_warns_about_each_entry_it_leaves_unwritten_because_cachin
         "offload(pickle_container=True) keeps it in memory only and a store reopened on "
         f"{str(tmp_path)!r} will not find it."
     ]
-    assert sorted(os.listdir(tmp_path)) == ["disk.meta.json", "disk.npy"]
+    assert artefacts(tmp_path) == ["disk.meta.json", "disk.npy"]
 
 
 def test_plain_offload_of_an_entry_with_caching_off_does_not_warn(tmp_path: Path) -> None:

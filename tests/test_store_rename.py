@@ -20,6 +20,7 @@ from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.disk_backed_store import DiskBackedStore
 from lazy_disk_cache.errors import LazyDiskCacheWarning, StoreKeyError, StorePurgeRefusedError
 from lazy_disk_cache.lazy_disk_cache import LazyDiskCacheConfig
+from listing import artefacts
 
 Store = DiskBackedStore[DiskBackedNDArray]
 
@@ -47,7 +48,7 @@ def stored(cache_dir: Path, key: str, array: np.ndarray[Any, Any]) -> None:
 
 
 def files(cache_dir: Path) -> list[str]:
-    return sorted(os.listdir(cache_dir))
+    return artefacts(cache_dir)
 
 
 def test_rename_moves_a_legacy_key_to_a_portable_one(tmp_path: Path) -> None:
