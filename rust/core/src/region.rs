@@ -14,6 +14,7 @@
 //! temp and renames the pair with one directory fsync: [`Region::commit`]. Dropping an
 //! uncommitted region removes its temp.
 
+use std::num::NonZeroU64;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
@@ -308,19 +309,35 @@ pub fn write_block(
         Ok(())
     };
     match source {
-        BlockSource::Contiguous(bytes) => put(bytes),
+        BlockSource::Contiguous(bytes) => put(bytes)?,
         BlockSource::Strided(strided) => {
             let mut buffer = vec![0u8; to_usize(expected)?.clamp(1, BOUNCE_BUFFER_CAP)];
             let mut cursor = GatherCursor::default();
             loop {
                 let filled = strided.gather(&mut cursor, &mut buffer);
                 if filled == 0 {
-                    return Ok(());
+                    break;
                 }
                 put(buffer.get(..filled).unwrap_or_default())?;
             }
         }
     }
+    start_writeback(fd.as_fd(), target.data_offset, &runs);
+    Ok(())
+}
+
+/// Asks the kernel to start writing the block's pages back now, without waiting, so that the
+/// owner's final fsync finds most of the file already on disk instead of flushing it alone; the
+/// written pages also leave the page cache once clean (a stored array is usually larger than
+/// what a worker should keep cached). A hint: a refusal changes nothing and is ignored, which is
+/// why it bypasses the [`crate::fs::Fs`] seam.
+fn start_writeback(fd: BorrowedFd<'_>, data_offset: u64, runs: &Runs) {
+    let Some(last) = runs.count.checked_sub(1) else {
+        return;
+    };
+    let first = data_offset + runs.offset_of(0);
+    let end = data_offset + runs.offset_of(last) + runs.run_bytes;
+    let _ = rustix::fs::fadvise(fd, first, NonZeroU64::new(end - first), rustix::fs::Advice::DontNeed);
 }
 
 /// Opens the reserved temp (no link, no creation) and checks it is `target`'s.
