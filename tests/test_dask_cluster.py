@@ -140,3 +140,17 @@ def test_a_worker_killed_during_store_dask_leaves_no_key_and_no_temp_and_a_retry
     assert after_failure == []
     assert after_reopen == ([], False)
     assert _digest_in_a_fresh_process(tmp_path, "k") == _digest(value + 1)
+
+
+def test_store_dask_compute_false_reserves_writes_and_commits_from_a_worker(client: Client, tmp_path: Path) -> None:
+    value = np.arange(400 * 10, dtype=np.float64).reshape(400, 10)
+    store = _store(tmp_path)
+
+    stored = store.store_dask("k", da.from_array(value, chunks=(50, 10)), compute=False)
+    assert stored is not None
+    stored.compute()
+    store.refresh()
+
+    assert "k" in store
+    assert _artefacts(tmp_path) == ["k.meta.json", "k.npy"]
+    assert np.array_equal(np.asarray(store["k"]), value)
