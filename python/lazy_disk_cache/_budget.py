@@ -61,6 +61,7 @@ __all__ = [
     "DEFAULT_SPILL",
     "DEFAULT_TARGET",
     "ENV_VAR",
+    "UNTRACKED",
     "BudgetSettings",
     "LedgerRecord",
     "MemoryBudgetWarning",
@@ -179,6 +180,10 @@ class LedgerRecord:
 
 def _no_entry() -> None:
     """The entry reference of a detached record."""
+
+
+UNTRACKED = LedgerRecord(_no_entry, 0, itertools.count())
+"""The record of an entry the ledger does not track: an entry may hold it and touch it; nobody reads it."""
 
 
 def _last_use(record: LedgerRecord) -> int:

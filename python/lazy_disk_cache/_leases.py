@@ -141,6 +141,10 @@ class PathLease:
             with _lock:
                 _handed_off[self.path] = _HandedOff(self.owner_pid, identity, self._remove)
 
+    def release(self) -> None:
+        """The holder lets go of the path now, as if it had been collected (its duty stays behind)."""
+        self._expire(False)
+
     def _expire(self, armed_now: bool) -> None:
         """The holder is gone: leave the duty behind if armed; the last lease removes the path."""
         armed = armed_now or self.armed

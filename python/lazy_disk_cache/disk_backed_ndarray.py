@@ -61,6 +61,7 @@ class DiskBackedNDArray(LazyDiskCache, NDArrayOperatorsMixin):
         to write, and with caching on the write persists across offload and load.
         """
         with self._lock:
+            self._budget_record.touch()
             if not self._in_memory:
                 self.load(self._reload_mode())
             return self._data

@@ -7,6 +7,12 @@ the entry's ``RLock``. All file bytes move through the native core (``lazy_disk_
 this module decides what to write, where, and when, and how large a piece one write may hold
 (``chunk_budget_bytes``).
 
+The memory budget (``_budget``) may *spill* an entry that holds anonymous RAM, through
+``spill()``: an entry with caching is offloaded as by ``offload()``; an entry without caching is
+written to the private spill directory (``_spill_dir``) and is then OFFLOADED with that spill file
+standing in for its ``.dat`` (MAPPED on it after its next load) until the entry goes or enables
+caching. Entries report the RAM they hold to the budget's ledger at every transition.
+
 Besides the public API (``__all__``), the package's own modules use a few functions defined at the
 end of this module (``entry_lock``, ``array_to_write``, ``copyable_file``, ...): they are the only
 way code outside this module reaches an entry's private state.
@@ -33,11 +39,15 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 from typing_extensions import Unpack
 
+from lazy_disk_cache import _budget
+from lazy_disk_cache._array_memory import anonymous_nbytes, held_elsewhere, private_bytes
+from lazy_disk_cache._budget import UNTRACKED, LedgerRecord
 from lazy_disk_cache._buffers import byte_view
 from lazy_disk_cache._directories import open_directory
 from lazy_disk_cache._leases import PathLease, lease_backing_file
 from lazy_disk_cache._memmap import as_memmap, mapping_of, open_memmap
 from lazy_disk_cache._rust import CacheDir, FileMapping
+from lazy_disk_cache._spill_dir import new_spill_file
 from lazy_disk_cache.config import LazyDiskCacheConfig, LazyDiskCacheKw, refuse_unknown_settings
 from lazy_disk_cache.paths import MEMMAP_SUFFIX, NPY_SUFFIX, TMP_SUFFIX, ensure_write_contained
 
@@ -199,6 +209,12 @@ class LazyDiskCache(ABC):
     _dir_handle: CacheDir | None
     _finalizer: "weakref.finalize[Any, Any]"
     _lease: PathLease
+    # The memory budget: the ledger's record of this entry (touched on every access), and the
+    # spill file that holds a spilled entry's data while caching is off. The class defaults
+    # also serve entries unpickled from states that predate them.
+    _budget_record: LedgerRecord = UNTRACKED
+    _spill_path: Path | None = None
+    _spill_lease: PathLease | None = None
 
     def __init__(self, **settings: Unpack[LazyDiskCacheKw]) -> None:
         refuse_unknown_settings(settings, f"{type(self).__name__}()")
@@ -227,6 +243,8 @@ class LazyDiskCache(ABC):
             self._hold_path()
             if self._purge_disk_on_gc:
                 self._arm_purge()
+        self._report_memory()
+        _budget.ledger.check()
 
     # -- subclass contract ---------------------------------------------------------------------
 
@@ -296,8 +314,21 @@ class LazyDiskCache(ABC):
 
     @property
     def cache_enabled(self) -> bool:
-        """Whether the entry is backed by its ``.dat`` file (MAPPED or OFFLOADED)."""
+        """Whether the entry is backed by its ``.dat`` file (MAPPED or OFFLOADED).
+
+        A spilled entry without caching still reports ``False``: its spill file is private
+        and temporary, not a cache file.
+        """
         return self._enable_caching
+
+    @property
+    def spilled(self) -> bool:
+        """Whether the memory budget moved this entry's data (caching off) to a private spill file.
+
+        It stays ``True`` while the data lives there: ``offloaded`` until the next access, then
+        mapped from the spill file. ``enable_caching()`` moves the data to the ``.dat`` and ends it.
+        """
+        return self._spill_path is not None
 
     @property
     def cache_path(self) -> Path | None:
@@ -355,6 +386,7 @@ class LazyDiskCache(ABC):
                 raise
             if self._automatic_offloading:
                 self.offload()
+            self._report_memory()
 
     def disable_caching(self) -> None:
         """MAPPED/OFFLOADED → RAM: copy the data into a fresh array (1 copy). The ``.dat`` stays."""
@@ -365,6 +397,8 @@ class LazyDiskCache(ABC):
                 self.load(self._reload_mode())
             self._convert_to_ndarray()
             self._enable_caching = False
+            self._report_memory()
+        _budget.ledger.check()
 
     def offload(self) -> None:
         """MAPPED → OFFLOADED: flush the mapping (msync, durable entries only) and drop the buffer.
@@ -398,6 +432,7 @@ class LazyDiskCache(ABC):
             self._drop_buffer()
             self._mmap = None
             self._in_memory = False
+            self._forget_memory()
             self._run_hook(self.on_offload, "Error in on_offload hook")
 
     def load(self, mode: LoadMode = "r+") -> None:
@@ -411,9 +446,14 @@ class LazyDiskCache(ABC):
         if mode not in _LOAD_MODES:
             raise ValueError(f"load mode must be one of 'r', 'r+', 'w+' or 'c'; got {mode!r}")
         with self._lock:
-            if self._in_memory or self._cache_path is None:
+            if self._in_memory:
                 return
-            mapped = self._map_backing(mode)
+            if self._spill_path is not None:
+                mapped = self._map_spill(mode)
+            elif self._cache_path is None:
+                return
+            else:
+                mapped = self._map_backing(mode)
             self._mmap = mapped
             self._set_buffer(mapped)
             self._in_memory = True
@@ -430,6 +470,7 @@ class LazyDiskCache(ABC):
         @functools.wraps(func)
         def wrapper(self: _EntryT, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
             with self._lock:
+                self._budget_record.touch()
                 was_offloaded = not self._in_memory
                 if was_offloaded:
                     self.load(self._reload_mode())
@@ -498,6 +539,143 @@ class LazyDiskCache(ABC):
         if lease is not None:
             lease.disarm()
 
+    # -- the memory budget -----------------------------------------------------------------------
+
+    def spill(self) -> int | None:
+        """Give this entry's anonymous RAM back now, for the memory budget (``_budget.Spillable``).
+
+        Never waits: returns ``None`` when the entry is in use, i.e. another thread holds its lock,
+        this thread holds it further up the stack, it is pinned, or something outside the entry
+        references its buffer (a view, a buffer export, the array given to the constructor):
+        spilling would free nothing then, and later writes through that reference would miss
+        the entry. Otherwise an entry reopened copy-on-write from a store is offloaded as by
+        ``offload()`` (materialising its ``.dat``) when it has written pages; an entry without
+        caching is written to the private spill directory and dropped from RAM (it maps its spill
+        file on its next access); any other entry holds no anonymous RAM. Returns the bytes of
+        RAM let go. An ``OSError`` (a full disk) leaves the entry exactly as it was.
+        """
+        lock = self._lock
+        # An RLock re-acquires for its owner: a spill started further down this thread's stack
+        # (a check() after taking RAM) must not take the buffer from an operation in progress.
+        if lock._is_owned() or not lock.acquire(blocking=False):  # type: ignore[attr-defined]
+            return None
+        try:
+            return self._spill_locked()
+        finally:
+            lock.release()
+
+    def _spill_locked(self) -> int | None:
+        if _budget.ledger.is_pinned(self):
+            return None
+        if not self._in_memory:
+            self._forget_memory()
+            return 0
+        live = self._describe_buffer()[2]
+        if held_elsewhere(live, self._references_to(live) + 1):  # + 1: the local `live`
+            return None
+        mapping = mapping_of(live)
+        if mapping is None:
+            nbytes = anonymous_nbytes(live)
+            if nbytes == 0:
+                self._forget_memory()
+                return 0
+            self._spill_to_file(live)
+            return nbytes
+        if not self._holds_private_copy(mapping):
+            self._forget_memory()
+            return 0
+        written = private_bytes(live)
+        if written == 0:
+            return 0  # nothing written yet: its pages are the file's; it stays mapped and tracked
+        self.offload()
+        return int(live.nbytes) if written is None else written
+
+    def _references_to(self, live: object) -> int:
+        """How many of this entry's own attributes reference ``live`` (the buffer, and ``_mmap``)."""
+        count = 0
+        for value in self.__dict__.values():
+            if value is live:
+                count += 1
+        return count
+
+    def _spill_to_file(self, live: NDArray[Any]) -> None:
+        """Write ``live`` to a fresh spill file and drop it: RAM -> OFFLOADED on the spill file."""
+        directory, path = new_spill_file()
+        directory.write_file(path.name, byte_view(live), chunk_bytes=chunk_budget_bytes(), durable=False)
+        self._hold_spill(path)
+        self._drop_buffer()
+        self._mmap = None
+        self._in_memory = False
+        self._forget_memory()
+        logger.debug("Spilled %s %s to %s (%d bytes)", type(self).__name__, id(self), path, live.nbytes)
+        self._run_hook(self.on_offload, "Error in on_offload hook")
+
+    def _hold_spill(self, path: Path) -> None:
+        """Hold the spill file ``path``; the last holder in this process to go removes it."""
+        lease = lease_backing_file(self, str(path), os.getpid())
+        lease.arm()
+        self._spill_path = path
+        self._spill_lease = lease
+
+    def _release_spill(self) -> None:
+        """Let go of the spill file (the data lives elsewhere now); removed if no copy holds it."""
+        lease = self._spill_lease
+        if self._spill_path is None and lease is None:
+            return
+        self._spill_path = None
+        self._spill_lease = None
+        if lease is not None:
+            lease.release()
+
+    def _map_spill(self, mode: LoadMode) -> np.memmap[Any, np.dtype[Any]]:
+        """Map the spill file that holds this spilled entry's data in ``mode``."""
+        path = self._spill_path
+        if path is None:
+            raise RuntimeError(f"{type(self).__name__} is not spilled")
+        shape, dtype = self._describe_shape_dtype()
+        shape = tuple(shape)
+        directory = open_directory(path.parent)
+        if mode == "w+":
+            nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+            mapping = directory.write_zeroed(path.name, nbytes, durable=False)
+            return as_memmap(mapping, shape, dtype, filename=str(path))
+        return open_memmap(directory, path.name, shape, dtype, mode=mode, filename=str(path))
+
+    def _holds_private_copy(self, mapping: FileMapping) -> bool:
+        """Whether the live mapping is a store reload's copy-on-write view, which offload materialises.
+
+        Its written pages are private anonymous memory. A copy-on-write ``load("c")`` of the
+        entry's own file is not: offloading it discards what was written, as asked.
+        """
+        adopted = self._adopted
+        return adopted is not None and not adopted.readonly and mapping.mode == "c"
+
+    def _anonymous_bytes(self) -> int:
+        """The anonymous RAM the buffer may hold: all of a RAM buffer, all of a private copy's pages."""
+        if not self._in_memory:
+            return 0
+        live = self._describe_buffer()[2]
+        mapping = mapping_of(live)
+        if mapping is None:
+            return anonymous_nbytes(live)
+        return int(live.nbytes) if self._holds_private_copy(mapping) else 0
+
+    def _report_memory(self) -> None:
+        """Tell the budget's ledger what the buffer holds now (under the lock).
+
+        A caller that made the entry take RAM calls ``_budget.ledger.check()`` after releasing the lock.
+        """
+        nbytes = self._anonymous_bytes()
+        if nbytes:
+            self._budget_record = _budget.ledger.track(self, nbytes)
+        else:
+            self._forget_memory()
+
+    def _forget_memory(self) -> None:
+        if self._budget_record is not UNTRACKED:
+            _budget.ledger.untrack(self)
+            self._budget_record = UNTRACKED
+
     # -- conversion ----------------------------------------------------------------------------
 
     def _convert_to_memmap(self) -> None:
@@ -524,6 +702,7 @@ class LazyDiskCache(ABC):
             self._set_buffer(mapped)
             self._in_memory = True
             self._adopted = None
+            self._release_spill()
             if not self._backing_created:
                 self._take_ownership()
             logger.debug("Wrote %s to %s (%d bytes)", type(self).__name__, self._cache_path, mapped.nbytes)
@@ -537,6 +716,8 @@ class LazyDiskCache(ABC):
         with self._lock:
             if self._in_memory:
                 return self._describe_buffer()[2]
+            if self._spill_path is not None:
+                return self._map_spill("r")
             return self._map_backing("r")
 
     def _convert_to_ndarray(self) -> None:
@@ -741,13 +922,22 @@ class LazyDiskCache(ABC):
 
     # -- pickling ------------------------------------------------------------------------------
 
-    _TRANSIENT_STATE: ClassVar[tuple[str, ...]] = ("_lock", "_finalizer", "_lease", "_dir_handle")
+    _TRANSIENT_STATE: ClassVar[tuple[str, ...]] = (
+        "_lock",
+        "_finalizer",
+        "_lease",
+        "_dir_handle",
+        "_budget_record",
+        "_spill_lease",
+    )
 
     def __getstate__(self) -> dict[str, Any]:
         """Hand purge duty to the copy and offload (both mutate this entry); data stays on disk.
 
         This entry keeps holding its file. If no copy takes the duty back in this process, the
-        process that created the file deletes it when it exits.
+        process that created the file deletes it when it exits. An entry without caching travels
+        inline, a spilled one too: it is mapped from its spill file and its array copied into the
+        state, which never names the spill file.
         """
         with self._lock:
             purge = self._purge_disk_on_gc
@@ -757,9 +947,23 @@ class LazyDiskCache(ABC):
             self.disable_purge()
             if self._enable_caching:
                 self.offload()
+            elif self._spill_path is not None:
+                self.load(self._reload_mode())
             state = {key: value for key, value in self.__dict__.items() if key not in self._TRANSIENT_STATE}
             state["_purge_disk_on_gc"] = purge
+            if self._spill_path is not None:
+                self._inline_spilled(state)
             return state
+
+    def _inline_spilled(self, state: dict[str, Any]) -> None:
+        """Make ``state`` of this loaded spilled entry that of an entry holding its array in RAM."""
+        live = self._describe_buffer()[2]
+        inline = np.array(live, copy=True)
+        for key, value in state.items():
+            if value is live:
+                state[key] = inline
+        state["_mmap"] = None
+        state.pop("_spill_path", None)
 
     def __copy__(self) -> Self:
         """A shallow copy: the same file and, while loaded, the same buffer, like a view.
@@ -779,6 +983,9 @@ class LazyDiskCache(ABC):
                 twin._hold_path()
                 if "_finalizer" in self.__dict__ and self._finalizer.alive:
                     twin._arm_purge()
+            if twin._spill_path is not None:
+                twin._hold_spill(twin._spill_path)
+            twin._report_memory()
             return twin
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Self:
@@ -788,7 +995,8 @@ class LazyDiskCache(ABC):
         a new private file in the temp directory (cloned or copied inside the kernel where the file
         system can, else streamed through the page cache; never through a full RAM copy), which is
         deleted when the copy is collected (``purge_disk_on_gc`` is on). With caching off it gets its
-        own RAM array. State (in RAM, mapped, offloaded) and the other flags are this entry's.
+        own RAM array, also when this entry is spilled. State (in RAM, mapped, offloaded) and the
+        other flags are this entry's.
         """
         with self._lock:
             live = self._describe_buffer()[2] if self._in_memory else None
@@ -807,8 +1015,11 @@ class LazyDiskCache(ABC):
             twin._cache_path = None
             twin._purge_disk_on_gc = True
             twin._owner_pid = os.getpid()
-            twin._in_memory = live is not None
-            if live is None:
+            twin._spill_path = None
+            twin._in_memory = live is not None or self._spill_path is not None
+            if live is None and self._spill_path is not None:
+                twin._set_buffer(np.array(self._source_array(), copy=True))
+            elif live is None:
                 twin._allocate_ephemeral()
                 self._copy_backing_into(twin)
             elif self._enable_caching:
@@ -816,7 +1027,9 @@ class LazyDiskCache(ABC):
                 twin._convert_to_memmap()
             else:
                 twin._set_buffer(np.array(live, copy=True))
-            return twin
+            twin._report_memory()
+        _budget.ledger.check()
+        return twin
 
     def _copy_backing_into(self, twin: "LazyDiskCache") -> None:
         """Fill ``twin``'s fresh ``.dat`` with this offloaded entry's bytes (no RAM copy)."""
@@ -845,7 +1058,7 @@ class LazyDiskCache(ABC):
             if not self._enable_caching or path is None:
                 from dask.base import normalize_token  # imported here: only dask calls this hook
 
-                return (*head, normalize_token(self._describe_buffer()[2]))
+                return (*head, normalize_token(self._source_array()))
             if self._adopted is not None:
                 path = _npy_beside(path)
             try:
@@ -864,6 +1077,8 @@ class LazyDiskCache(ABC):
             if self._purge_disk_on_gc:
                 self._purge_disk_on_gc = False
                 self.enable_purge()
+        self._report_memory()
+        _budget.ledger.check()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -909,8 +1124,12 @@ def copyable_file(entry: LazyDiskCache) -> CopyableFile | None:
     be copied from. ``None`` while the entry is loaded or has no file. O(1), no I/O.
     """
     with entry._lock:
+        if entry._in_memory:
+            return None
+        if entry._spill_path is not None:
+            return CopyableFile(entry._spill_path, 0)
         path = entry._cache_path
-        if entry._in_memory or path is None:
+        if path is None:
             return None
         adopted = entry._adopted
         if adopted is None:
