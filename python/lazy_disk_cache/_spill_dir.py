@@ -31,7 +31,7 @@ from lazy_disk_cache._directories import open_directory
 from lazy_disk_cache._rust import CacheDir
 from lazy_disk_cache.paths import MEMMAP_SUFFIX
 
-__all__ = ["SPILL_DIR_PREFIX", "new_spill_file", "sweep_orphan_spill_dirs"]
+__all__ = ["SPILL_DIR_PREFIX", "current_spill_dir", "new_spill_file", "sweep_orphan_spill_dirs"]
 
 # Spilling is the budget's work: its records go to the budget's logger.
 logger = logging.getLogger("lazy_disk_cache._budget")
@@ -67,6 +67,12 @@ def new_spill_file() -> tuple[CacheDir, Path]:
             current = _current = _create(Path(tempfile.gettempdir()))
     name = f"{next(current.names)}{MEMMAP_SUFFIX}"
     return open_directory(current.path), current.path / name
+
+
+def current_spill_dir() -> Path | None:
+    """This process's spill directory, or ``None`` before its first spill."""
+    current = _current
+    return None if current is None else current.path
 
 
 def _create(parent: Path) -> _SpillDir:
