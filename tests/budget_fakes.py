@@ -147,14 +147,16 @@ class InjectedLimit(MemoryProbe):
 
 
 @contextlib.contextmanager
-def injected_budget(limit: int, *, monitor_interval: float = 3600.0) -> Iterator[MemoryLedger]:
+def injected_budget(limit: int | InjectedLimit, *, monitor_interval: float = 3600.0) -> Iterator[MemoryLedger]:
     """Real entries report to a fresh ledger working against ``limit`` tracked bytes inside the block.
 
-    Default thresholds: spill above 70 % of ``limit``, down to 60 %. The monitor checks every
-    ``monitor_interval`` seconds (an hour by default: only the entries' own checks spill). The
-    process's ledger is put back, and the test's closed, afterwards.
+    Default thresholds: spill above 70 % of ``limit``, down to 60 %. Pass an :class:`InjectedLimit`
+    to change the limit later (then ``ledger.configure(ledger.settings)`` to read it at once). The
+    monitor checks every ``monitor_interval`` seconds (an hour by default: only the entries' own
+    checks spill). The process's ledger is put back, and the test's closed, afterwards.
     """
-    test_ledger = MemoryLedger(InjectedLimit(limit), environ={}, monitor_interval=monitor_interval)
+    probe = limit if isinstance(limit, InjectedLimit) else InjectedLimit(limit)
+    test_ledger = MemoryLedger(probe, environ={}, monitor_interval=monitor_interval)
     previous = _budget.ledger
     _budget.ledger = test_ledger
     try:
