@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 
@@ -147,16 +148,22 @@ class InjectedLimit(MemoryProbe):
 
 
 @contextlib.contextmanager
-def injected_budget(limit: int | InjectedLimit, *, monitor_interval: float = 3600.0) -> Iterator[MemoryLedger]:
+def injected_budget(
+    limit: int | InjectedLimit, *, monitor_interval: float = 3600.0, clock: Callable[[], float] | None = None
+) -> Iterator[MemoryLedger]:
     """Real entries report to a fresh ledger working against ``limit`` tracked bytes inside the block.
 
     Default thresholds: spill above 70 % of ``limit``, down to 60 %. Pass an :class:`InjectedLimit`
     to change the limit later (then ``ledger.configure(ledger.settings)`` to read it at once). The
     monitor checks every ``monitor_interval`` seconds (an hour by default: only the entries' own
-    checks spill). The process's ledger is put back, and the test's closed, afterwards.
+    checks spill). ``clock`` replaces the ledger's monotonic clock (a :class:`FakeClock` lets a test
+    step past a failed entry's backoff). The process's ledger is put back, and the test's closed,
+    afterwards.
     """
     probe = limit if isinstance(limit, InjectedLimit) else InjectedLimit(limit)
-    test_ledger = MemoryLedger(probe, environ={}, monitor_interval=monitor_interval)
+    test_ledger = MemoryLedger(
+        probe, environ={}, monitor_interval=monitor_interval, clock=clock if clock is not None else time.monotonic
+    )
     previous = _budget.ledger
     _budget.ledger = test_ledger
     try:

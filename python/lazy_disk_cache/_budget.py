@@ -612,6 +612,9 @@ class MemoryLedger:
         try:
             freed = entry.spill()
         except OSError as err:
+            # Its traceback holds the failed spill's frames and with them the entry's buffer: a log
+            # handler keeping the record would keep the very RAM the spill was meant to free.
+            err.__traceback__ = None
             self._spill_failed(entry, err)
             return 0
         except Exception:
