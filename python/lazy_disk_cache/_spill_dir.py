@@ -8,7 +8,9 @@ directory removes every such orphan: one whose lock is free while its pid is gon
 not changed for a minute (its pid was reused). A directory whose lock is held is never touched.
 
 A forked child does not inherit the parent's directory as its own: it creates its own on its
-first spill (the parent's stays locked by the parent and is removed by it).
+first spill (the parent's stays locked by the parent and is removed by it). A ``multiprocessing``
+worker ends with ``os._exit``, which skips ``atexit``: its directory is removed by
+``multiprocessing``'s own exit hook instead.
 """
 
 from __future__ import annotations
@@ -87,6 +89,10 @@ def _create(parent: Path) -> _SpillDir:
         shutil.rmtree(path, ignore_errors=True)
         raise
     logger.debug("Created the spill directory %s", path)
+    # Imported here, on a process's first spill: a program that never spills never loads it.
+    from multiprocessing import util
+
+    util.Finalize(None, _remove_at_exit, exitpriority=0)
     return _SpillDir(path, os.getpid(), descriptor)
 
 
@@ -154,9 +160,11 @@ def _remove_if_orphaned(path: Path, pid: int) -> bool:
 @atexit.register
 def _remove_at_exit() -> None:
     """Remove this process's spill directory (never a parent's inherited across a fork)."""
+    global _current
     current = _current
     if current is None or current.pid != os.getpid():
         return
+    _current = None
     shutil.rmtree(current.path, ignore_errors=True)
     with contextlib.suppress(OSError):
         os.close(current.lock_fd)
