@@ -20,7 +20,7 @@ import pytest
 from numpy.typing import NDArray
 
 from budget_fakes import injected_budget
-from lazy_disk_cache import DiskBackedNDArray, DiskBackedStore, LazyDiskCacheConfig
+from lazy_disk_cache import DiskBackedNDArray, DiskBackedStore, LazyDiskCacheConfig, LazyDiskCacheWarning
 from lazy_disk_cache._budget import MemoryLedger
 from lazy_disk_cache._spill_dir import current_spill_dir
 
@@ -260,7 +260,8 @@ def test_store_entries_without_caching_spill_and_the_store_pickles_them_inline(
     first = store["k0"]
     assert first.spilled
 
-    store.offload(pickle_container=True)
+    with pytest.warns(LazyDiskCacheWarning, match="caching disabled"):
+        store.offload(pickle_container=True)
     pickled = pickle.dumps(store)
     twin = pickle.loads(pickled)
 
@@ -321,3 +322,13 @@ def test_a_reopened_entry_with_no_written_page_is_left_mapped(budget: MemoryLedg
     assert not entries[0].offloaded
     assert not (tmp_path / "store" / "k0.dat").exists()
     assert [entry.offloaded for entry in entries[1:]] == [True, True] + [False] * 5
+
+
+def test_the_repr_of_a_spilled_entry_names_its_spill_file(budget: MemoryLedger) -> None:
+    entries = _entries(8)
+    path = _spill_file(entries[0])
+
+    assert repr(entries[0]) == f"<DiskBackedNDArray shape=({ELEMENTS},) dtype=float64 spilled to {str(path)!r}>"
+    entries[0].load()
+    assert repr(entries[0]).endswith(f" mapped on {str(path)!r}>")
+    assert repr(entries[2]).endswith(" in RAM>")

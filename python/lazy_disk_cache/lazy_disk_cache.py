@@ -290,11 +290,17 @@ class LazyDiskCache(ABC):
         return "<entry in RAM without a file>" if path is None else str(path)
 
     def _describe_state(self) -> str:
-        """``in RAM``, ``mapped on <file>``, ``offloaded to <file>`` (or the payload a reload maps)."""
+        """``in RAM``, ``mapped on <file>``, ``offloaded to <file>`` (or the payload a reload maps).
+
+        A spilled entry without caching is ``spilled to <spill file>``, then ``mapped on`` it.
+        """
         state = self.__dict__
         path = state.get("_cache_path")
         if not state.get("_enable_caching", False):
-            return "in RAM"
+            spilled = state.get("_spill_path")
+            if spilled is None:
+                return "in RAM"
+            return f"{'mapped on' if state.get('_in_memory', True) else 'spilled to'} {str(spilled)!r}"
         if path is None:
             return "with no file yet"
         if not state.get("_in_memory", True):
@@ -607,7 +613,7 @@ class LazyDiskCache(ABC):
         self._mmap = None
         self._in_memory = False
         self._forget_memory()
-        logger.debug("Spilled %s %s to %s (%d bytes)", type(self).__name__, id(self), path, live.nbytes)
+        logger.debug("Spilled %s %s to %s (%d bytes)", type(self).__name__, self._log_name(), path, live.nbytes)
         self._run_hook(self.on_offload, "Error in on_offload hook")
 
     def _hold_spill(self, path: Path) -> None:
