@@ -2,6 +2,11 @@
 
 Run alone: ``.venv/bin/python bench/bench_budget.py [--quick] [--entries N]``.
 
+Second part, real entries: ``entry[i]`` over many small entries in RAM (caching off), round
+robin, with the budget on (the default), with it off (``memory_budget(None)``), and through a
+``__getitem__`` written as it was before entries reported to the budget (no ``touch()``, the
+baseline the budget's cost is judged against). Target: at most 5 % over either.
+
 Entries mark themselves used on every access (``ledger.touch(entry)``, or ``record.touch()`` on
 the record ``track()`` returned), call ``ledger.check()`` whenever they take RAM, and pin
 themselves around uses that outlive their lock. This measures those calls on a ledger
@@ -16,13 +21,16 @@ against the no-op.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+from lazy_disk_cache import DiskBackedNDArray, memory_budget
 from lazy_disk_cache._budget import BudgetSettings, MemoryLedger
 
 KIB = 1024
@@ -145,6 +153,82 @@ def measure(*, entries: int, calls: int, reps: int) -> dict[str, tuple[float, fl
     return {name: (statistics.median(per_call[name]), statistics.median(ratios[name])) for name in names}
 
 
+def _ensure_loaded_before_the_budget(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``LazyDiskCache.ensure_loaded`` as it was before entries reported to the budget: no ``touch()``."""
+
+    @functools.wraps(func)
+    def wrapper(self: Any, /, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            was_offloaded = not self._in_memory
+            if was_offloaded:
+                self.load(self._reload_mode())
+            try:
+                return func(self, *args, **kwargs)
+            finally:
+                if was_offloaded and self._automatic_offloading:
+                    self.offload()
+
+    return wrapper
+
+
+class _PreBudgetEntry(DiskBackedNDArray):
+    """``DiskBackedNDArray.__getitem__`` as it was before entries reported to the budget."""
+
+    @_ensure_loaded_before_the_budget
+    def __getitem__(self, key: Any) -> Any:
+        return self._data[key]
+
+
+def _sweep(entries: Sequence[DiskBackedNDArray], calls: int) -> float:
+    """Nanoseconds per ``entry[3]``, round robin over ``entries``, ``calls`` accesses in all."""
+    rounds = max(1, calls // len(entries))
+    started = time.perf_counter_ns()
+    for _ in range(rounds):
+        for entry in entries:
+            entry[3]
+    return (time.perf_counter_ns() - started) / (rounds * len(entries))
+
+
+def measure_entries(*, entries: int, calls: int, reps: int) -> dict[str, tuple[float, float, float]]:
+    """Per variant: (median ns per access, median ratio to budget off, median ratio to no budget calls)."""
+    with_budget = [DiskBackedNDArray(np.arange(16, dtype=np.float64)) for _ in range(entries)]
+    without = [_PreBudgetEntry(np.arange(16, dtype=np.float64)) for _ in range(entries)]
+
+    def on(calls: int) -> float:
+        memory_budget()
+        return _sweep(with_budget, calls)
+
+    def off(calls: int) -> float:
+        memory_budget(None)
+        return _sweep(with_budget, calls)
+
+    def no_calls(calls: int) -> float:
+        memory_budget(None)
+        return _sweep(without, calls)
+
+    variants: dict[str, Callable[[int], float]] = {
+        "budget on (default)": on,
+        "budget off": off,
+        "no budget calls (before)": no_calls,
+    }
+    names = list(variants)
+    per_call: dict[str, list[float]] = {name: [] for name in names}
+    try:
+        for body in variants.values():
+            body(calls // 10)  # warm-up
+        for rep in range(reps):
+            for name in names[rep % len(names) :] + names[: rep % len(names)]:
+                per_call[name].append(variants[name](calls))
+    finally:
+        memory_budget()
+    results = {}
+    for name in names:
+        to_off = [a / b for a, b in zip(per_call[name], per_call["budget off"], strict=True)]
+        to_none = [a / b for a, b in zip(per_call[name], per_call["no budget calls (before)"], strict=True)]
+        results[name] = (statistics.median(per_call[name]), statistics.median(to_off), statistics.median(to_none))
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="few calls and repetitions (a smoke run)")
@@ -160,6 +244,15 @@ def main(argv: list[str] | None = None) -> int:
     baseline = results["no-op touch() + check()"][0]
     overhead = results["touch() + check()"][0] - baseline
     print(f"  budget overhead per access (touch + check - no-op): {overhead:.1f} ns")
+
+    entry_count = min(args.entries, 10_000)
+    entries = measure_entries(entries=entry_count, calls=calls, reps=reps)
+    print(f"entry[3] round robin over {entry_count} entries of 128 bytes in RAM, {reps} reps x {calls}, medians")
+    for name, (nanoseconds, to_off, to_none) in entries.items():
+        print(f"  {name:<26} {nanoseconds:8.1f} ns/access  {to_off:6.3f}x budget off  {to_none:6.3f}x no budget calls")
+    worst = max(entries["budget on (default)"][1:])
+    verdict = "met" if worst <= 1.05 else "NOT met"
+    print(f"  target: budget on <= 1.05x budget off and no budget calls: {worst:.3f}x, {verdict}")
     return 0
 
 

