@@ -83,4 +83,5 @@ def test_in_place_writes_to_three_gib_reopened_from_a_store_fit_a_one_gib_cgroup
         report = _run(cgroup, tmp_path, "store-modify")
 
     assert report["spilled_count"] >= AT_LEAST_SPILLED, report
-    assert report["materialised"] == report["spilled_before_check"], "each spilled entry wrote its own .dat"
+    # Each spill wrote one .dat; a batch counts its spills when it ends, so one may be in flight.
+    assert report["spilled_before_check"] <= report["materialised"] <= report["spilled_count"], report

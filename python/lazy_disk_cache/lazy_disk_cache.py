@@ -451,9 +451,10 @@ class LazyDiskCache(ABC):
         """OFFLOADED → MAPPED: map the ``.dat`` in ``mode``. O(1), reads no data.
 
         ``r`` read-only, ``r+`` read-write, ``c`` copy-on-write, ``w+`` zero-filled read-write.
-        A no-op unless offloaded. A missing file raises ``FileNotFoundError``, a short one
-        ``ValueError``, an unknown mode ``ValueError``; ``r+``/``w+`` on a ``.dat`` symlink that
-        resolves outside its directory raise ``StoreContainmentError``.
+        A no-op unless offloaded; a spilled entry maps its spill file instead. A missing file
+        raises ``FileNotFoundError``, a short one ``ValueError``, an unknown mode ``ValueError``;
+        ``r+``/``w+`` on a ``.dat`` symlink that resolves outside its directory raise
+        ``StoreContainmentError``.
         """
         if mode not in _LOAD_MODES:
             raise ValueError(f"load mode must be one of 'r', 'r+', 'w+' or 'c'; got {mode!r}")

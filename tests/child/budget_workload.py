@@ -76,7 +76,7 @@ def _store_modify(directory: Path, count: int) -> dict[str, Any]:
         del data
     modified = time.perf_counter()
     materialised = len(list(directory.glob("*.dat")))
-    spilled = memory_stats().spilled_count  # the check below may spill more
+    spilled = memory_stats().spilled_count  # a batch counts at its end; the check below may spill more
     mismatched = [index for index in range(count) if not _matches(store[f"k{index}"].data, index, 1)]
     return {
         "modify_seconds": modified - started,
