@@ -57,6 +57,8 @@ def test_each_process_spills_into_its_own_private_directory_removed_when_it_exit
     assert report["worker_exit"] == 0
     assert report["parent_dir_after_worker"] is True, "the worker's exit leaves the parent's directory alone"
     assert report["worker_dir_after_worker"] is False, "a multiprocessing worker removes its own at exit"
+    assert report["worker_wrote_its_copy"] == -1.0
+    assert report["parent_value_after_worker"] == 0.0, "the worker's write stayed in the worker"
     assert _spill_dirs(tmp_path) == [], "the process removed its directory at exit"
 
 

@@ -641,13 +641,21 @@ class LazyDiskCache(ABC):
             lease.release()
 
     def _map_spill(self, mode: LoadMode) -> np.memmap[Any, np.dtype[Any]]:
-        """Map the spill file that holds this spilled entry's data in ``mode``."""
+        """Map the spill file that holds this spilled entry's data in ``mode`` (copy-on-write in a forked child)."""
         path = self._spill_path
         if path is None:
             raise RuntimeError(f"{type(self).__name__} is not spilled")
         shape, dtype = self._describe_shape_dtype()
         shape = tuple(shape)
         directory = open_directory(path.parent)
+        lease = self._spill_lease
+        if lease is not None and lease.owner_pid != os.getpid() and mode in _WRITING_MODES:
+            # A forked child works on a private copy: its parent's entry must not see its writes,
+            # as it would not have if the entry had stayed in RAM.
+            private = open_memmap(directory, path.name, shape, dtype, mode="c", filename=str(path))
+            if mode == "w+":
+                private[...] = 0
+            return private
         if mode == "w+":
             nbytes = math.prod(shape) * np.dtype(dtype).itemsize
             mapping = directory.write_zeroed(path.name, nbytes, durable=False)
