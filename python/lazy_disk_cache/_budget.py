@@ -194,10 +194,10 @@ def _tick() -> int:
 class LedgerRecord:
     """What the ledger knows about one tracked entry (held weakly); :meth:`MemoryLedger.track` returns it.
 
-    An entry may keep it and call :meth:`touch` on its hottest paths: that skips the ledger's
-    lookup by id and costs about 15 ns over a no-op method call. After the entry is untracked
-    the record is detached, and touching it does nothing anyone reads; the next ``track()``
-    returns a fresh one. The other attributes belong to the ledger.
+    An entry may keep it and call :meth:`touch` on its hot paths: that skips the ledger's lookup
+    by id (an entry that stamps itself from :data:`use_clock` needs neither). After the entry is
+    untracked the record is detached, and touching it does nothing anyone reads; the next
+    ``track()`` returns a fresh one. The other attributes belong to the ledger.
     """
 
     __slots__ = ("backoff_until", "failures", "last_use", "nbytes", "ref", "use_stamp")
@@ -507,9 +507,10 @@ class MemoryLedger:
                 self._managed -= record.nbytes
 
     def touch(self, entry: Spillable) -> None:
-        """Mark ``entry`` most recently used. O(1), no lock, no system call: ~60 ns over a no-op call.
+        """Mark ``entry`` most recently used. O(1), no lock, no system call: ~80 ns over a no-op call.
 
-        ``LedgerRecord.touch()`` on the record ``track()`` returned does the same in ~15 ns.
+        ``LedgerRecord.touch()`` on the record ``track()`` returned does the same in ~40 ns, and an
+        entry's own :data:`use_clock` stamp in a few (bench/bench_budget.py measures all three).
 
         Lock-free on purpose (bench/bench_budget.py measured a locked OrderedDict move at ~3x
         the cost, against a ~400 ns entry ``__getitem__``): it only stores a fresh stamp in the
