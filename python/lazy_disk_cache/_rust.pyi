@@ -236,10 +236,12 @@ class CommitBatch:
     """A group commit: write every pair's temps, then rename them all and fsync the directory once.
 
     Leaving the ``with`` block without ``commit()`` aborts: every temp written so far is removed.
-    A batch keeps O(1) descriptors open however many keys it stages: each temp is closed once
-    it is fsynced, and the key's writer lock (held from ``add_npy`` to commit or abort) keeps
-    ``sweep_temps`` and other writers away from them. When another writer holds a key's lock,
-    ``add_npy`` first commits the keys already staged, then waits: each key stays old or new.
+    Written temps are fsynced by up to 8 threads of the batch while later keys are written. A batch
+    keeps a bounded number of descriptors open however many keys it stages: each temp is closed
+    once it is fsynced and the queue to the fsync threads is bounded; the key's writer lock (held
+    from ``add_npy`` to commit or abort) keeps ``sweep_temps`` and other writers away from its
+    temps. When another writer holds a key's lock, ``add_npy`` first commits the keys already
+    staged, then waits: each key stays old or new.
     """
 
     def add_npy(
@@ -255,21 +257,32 @@ class CommitBatch:
         source_file: str | None = None,
         source_offset: int = 0,
     ) -> None:
-        """Write and fsync ``<key>.npy.tmp`` (payload at byte 4096) and ``<key>.meta.json.tmp``.
+        """Write ``<key>.npy.tmp`` (payload at byte 4096) and ``<key>.meta.json.tmp``; queue their fsyncs.
 
         The payload comes from ``source`` (a buffer in any layout, written in C order, or
         buffers totalling ``nbytes``)
         or from ``nbytes`` bytes of the file ``source_file`` in this directory starting at
-        ``source_offset`` (reflink or ``copy_file_range``; no user-space copy). On failure this
-        key's temps are removed, the error is raised, and the keys added before it remain in the
-        batch, ready for ``commit()``.
+        ``source_offset`` (reflink or ``copy_file_range``; no user-space copy). The writeback of a
+        large payload starts while it is written. On failure this key's temps are removed, the
+        error is raised, and the keys added before it remain in the batch, ready for ``commit()``.
+        A failed fsync is reported by ``commit()``.
         """
 
     def commit(self) -> None:
-        """Rename every pair (``.npy`` first, then ``.meta.json``) and fsync the directory once.
+        """Wait for every fsync, rename every pair (``.npy`` first, then ``.meta.json``), fsync the directory once.
 
-        On a rename failure the remaining temps are removed, the directory is fsynced and the
-        error is raised; keys renamed before it are committed.
+        Pairs are renamed in the order they were added, up to the first key whose fsync failed:
+        that key and every later one keep their previous files (their temps are removed, a failed
+        fsync is never retried) and its error is raised after the earlier keys are committed. On
+        a rename failure the remaining temps are removed, the directory is fsynced and the error
+        is raised; keys renamed before it are committed. ``committed`` names the committed keys.
+        """
+
+    @property
+    def committed(self) -> list[str]:
+        """The keys the last ``commit()`` renamed into place and made durable (also after it raised).
+
+        Empty after a failed directory fsync: no key is known to be durable then.
         """
 
     def abort(self) -> None:

@@ -640,25 +640,30 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         return entry
 
     def _write_entries(self, keys: list[StoreKey], *, warn_unwritten: bool) -> None:
-        """Write each key's pair in one group commit, then drop the written keys from memory.
+        """Write each key's pair in one group commit, then drop the committed keys from memory.
 
-        ``warn_unwritten``: warn about each entry left unwritten because its caching is off.
+        The commit renames the pairs in key order up to the first key whose write or fsync
+        failed, so the keys before it are processed and that key and the later ones keep their
+        previous state and files (SPEC's part-way rule). ``warn_unwritten``: warn about each
+        entry left unwritten because its caching is off.
         """
-        written: list[str] = []
         with self._directory().begin_commit(chunk_bytes=chunk_budget_bytes()) as batch:
             try:
                 for key in keys:
                     entry = self._offload_candidate(key, warn_unwritten=warn_unwritten)
                     if entry is not None:
                         self._store_entry(key, entry, batch=batch)
-                        written.append(key)
             except BaseException:
                 # Keys staged before the failure are complete: commit them, as if offloaded alone.
-                batch.commit()
-                self._forget(written)
+                try:
+                    batch.commit()
+                finally:
+                    self._forget(batch.committed)
                 raise
-            batch.commit()
-            self._forget(written)
+            try:
+                batch.commit()
+            finally:
+                self._forget(batch.committed)
 
     def _forget(self, keys: list[str]) -> None:
         for key in keys:

@@ -375,23 +375,40 @@ impl RenameGroup {
     ///
     /// # Errors
     /// On a rename failure the remaining temps are unlinked, the directory is fsynced (the
-    /// renames before it are kept) and the rename error is returned. A failing final
-    /// directory fsync is [`Error::Io`] with [`Op::DirFsync`].
-    pub fn commit(self) -> Result<()> {
+    /// renames before it are kept) and the rename error is returned with how many temps were
+    /// renamed. A failing final directory fsync is [`Error::Io`] with [`Op::DirFsync`], all
+    /// temps renamed.
+    pub fn commit(self) -> std::result::Result<(), RenameFailure> {
         if self.files.is_empty() {
             return Ok(());
         }
+        let total = self.files.len();
         let mut files = self.files.into_iter();
-        for mut file in files.by_ref() {
-            if let Err(err) = file.rename_into_place() {
+        for (renamed, mut file) in files.by_ref().enumerate() {
+            if let Err(error) = file.rename_into_place() {
                 drop(file);
                 drop(files);
                 // The rename error is what the caller needs; a second failure adds nothing.
                 let _ = self.dir.sync();
-                return Err(err);
+                return Err(RenameFailure { renamed, error });
             }
         }
-        self.dir.sync()
+        self.dir.sync().map_err(|error| RenameFailure { renamed: total, error })
+    }
+}
+
+/// Why a [`RenameGroup`] stopped, and how many of its temps were renamed before.
+#[derive(Debug)]
+pub struct RenameFailure {
+    /// How many temps were renamed into place, in order.
+    pub renamed: usize,
+    /// The failed rename, or the failed directory fsync after every rename.
+    pub error: Error,
+}
+
+impl From<RenameFailure> for Error {
+    fn from(failure: RenameFailure) -> Self {
+        failure.error
     }
 }
 

@@ -1,15 +1,16 @@
 //! Store commits: `<key>.npy` + `<key>.meta.json` pairs written to temps, then renamed
 //! together with one directory fsync.
 //!
-//! For each key the `.npy` temp is reserved (header + payload), gets its header and payload
-//! and is fsynced, then the sidecar temp is written and fsynced. [`CommitBatch::commit`]
-//! renames `.npy` then `.meta.json` for every key in order and fsyncs the directory once.
-//! Store commits are always durable.
+//! For each key the `.npy` temp is reserved (header + payload) and gets its header and payload,
+//! then the sidecar temp is written; both are handed to the batch's [`SyncPool`], whose threads
+//! fsync and close them while the next key is written. [`CommitBatch::commit`] waits for every
+//! fsync, then renames `.npy` then `.meta.json` for every key in order, up to the first key
+//! whose fsync failed, and fsyncs the directory once. Store commits are always durable.
 //!
-//! A batch holds O(1) descriptors however many keys it stages: each temp is closed once it is
-//! fsynced. Each key's temps are kept from sweeps and other writers by the key's writer lock
-//! ([`KeyLock`]), taken before its first temp is created and released with its last temp
-//! (committed or removed).
+//! A batch holds a bounded number of descriptors however many keys it stages: a temp is closed
+//! once it is fsynced, and the queue to the fsync threads is bounded. Each key's temps are kept
+//! from sweeps and other writers by the key's writer lock ([`KeyLock`]), taken before its first
+//! temp is created and released with its last temp (committed or removed).
 //!
 //! A batch never waits for a lock while it holds others: when a key's lock is held elsewhere,
 //! the batch first commits the keys it has staged (each key stays old or new, as always), then
@@ -18,14 +19,15 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-use crate::atomic::{ClosedTemp, PendingFile, RenameGroup};
+use crate::atomic::{PendingFile, RenameFailure, RenameGroup};
 use crate::checked::{add, to_u64};
 use crate::copy::ChunkBudget;
 use crate::dir::CacheDir;
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use crate::keylock::{KeyLock, writer_byte};
 use crate::names::PairNames;
 use crate::npy;
+use crate::sync_pool::{SyncPool, Ticket};
 use crate::write::PayloadWriter;
 
 /// What the header of a staged `.npy` says.
@@ -49,13 +51,13 @@ pub struct KeyWriter {
     guard: Arc<KeyLock>,
 }
 
-/// A key whose two temps are written, fsynced and closed, waiting for
-/// [`CommitBatch::commit`]. Dropping it unlinks both temps.
+/// A key whose two temps are written and handed to the fsync pool, waiting for
+/// [`CommitBatch::commit`]. Once the pool has settled them, dropping it unlinks both temps.
 #[derive(Debug)]
 pub struct StagedKey {
     key: String,
-    npy: ClosedTemp,
-    meta: ClosedTemp,
+    npy: Arc<Ticket>,
+    meta: Arc<Ticket>,
 }
 
 impl StagedKey {
@@ -90,7 +92,7 @@ impl KeyWriter {
         Ok(Self {
             key: key.to_owned(),
             names,
-            payload: PayloadWriter::new(file, header_len, nbytes, budget),
+            payload: PayloadWriter::new(file, header_len, nbytes, budget, true),
             guard,
         })
     }
@@ -100,25 +102,31 @@ impl KeyWriter {
         &self.key
     }
 
+    /// Where the payload starts in the `.npy` (right after the header).
+    pub fn payload_offset(&self) -> u64 {
+        self.payload.base()
+    }
+
     /// The writer of the payload, which starts right after the header.
     pub fn payload(&mut self) -> &mut PayloadWriter {
         &mut self.payload
     }
 
-    /// Checks the payload size, fsyncs and closes the `.npy` temp, then writes, fsyncs and
-    /// closes the sidecar temp.
+    /// Checks the payload size and hands the `.npy` temp to `pool`, then writes the sidecar
+    /// temp and hands it over too.
     ///
     /// # Errors
-    /// [`Error::SizeMismatch`] for a short payload; I/O errors of either temp. On error both
-    /// temps of this key are removed.
-    fn finish(self, meta: &[u8]) -> Result<StagedKey> {
+    /// [`Error::SizeMismatch`] for a short payload; I/O errors of the sidecar temp. On error
+    /// this key's temps are (or, once their fsync has run, will be) removed.
+    fn finish(self, meta: &[u8], pool: &Mutex<SyncPool>) -> Result<StagedKey> {
         let dir = self.payload.file().dir().clone();
-        let npy = self.payload.finish()?.close_synced(Arc::clone(&self.guard))?;
+        let npy = self.payload.finish()?;
+        let npy = lock(pool).submit(npy, Arc::clone(&self.guard));
         let meta_file = PendingFile::create(&dir, &self.names.meta)?;
         // No reservation for the sidecar: it is a few hundred bytes written with pwrite, which
         // reports ENOSPC itself, and it is never mapped, so there is no SIGBUS to prevent.
         meta_file.write_all_at(meta, 0)?;
-        let meta = meta_file.close_synced(self.guard)?;
+        let meta = lock(pool).submit(meta_file, self.guard);
         Ok(StagedKey {
             key: self.key,
             npy,
@@ -127,10 +135,15 @@ impl KeyWriter {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// A group commit in one directory: keys are staged one by one, then renamed together.
 ///
 /// All methods take `&self`; the staged list is behind a mutex taken only to push or take, so
-/// no file I/O and no callback ever runs while it is held. Dropping the batch removes every
+/// no file I/O and no callback ever runs while it is held (the pool's mutex is held while a
+/// temp is handed over, which may wait for room in its queue). Dropping the batch removes every
 /// staged temp.
 #[derive(Debug)]
 pub struct CommitBatch {
@@ -139,7 +152,9 @@ pub struct CommitBatch {
     // By lock byte. Weak: a lock lives exactly as long as a writer or a staged temp needs it;
     // keys of the batch whose bytes collide share one.
     locks: Mutex<HashMap<u64, Weak<KeyLock>>>,
+    pool: Mutex<SyncPool>,
     staged: Mutex<Vec<StagedKey>>,
+    committed: Mutex<Vec<String>>,
 }
 
 impl CommitBatch {
@@ -150,7 +165,9 @@ impl CommitBatch {
             dir: dir.clone(),
             budget,
             locks: Mutex::new(HashMap::new()),
+            pool: Mutex::new(SyncPool::default()),
             staged: Mutex::new(Vec::new()),
+            committed: Mutex::new(Vec::new()),
         }
     }
 
@@ -200,14 +217,15 @@ impl CommitBatch {
         KeyWriter::create(&self.dir, key, spec, nbytes, self.budget, guard)
     }
 
-    /// Finishes `writer` (payload size check, fsync and close of the `.npy` temp, sidecar temp
-    /// written from `meta`, fsynced and closed) and stages the key.
+    /// Finishes `writer` (payload size check; the sidecar temp written from `meta`), hands both
+    /// temps to the batch's fsync threads and stages the key. Their fsyncs are waited for by
+    /// [`CommitBatch::commit`], which reports a failed one.
     ///
     /// # Errors
-    /// [`Error::SizeMismatch`] for a short payload; I/O errors of either temp. On error both
-    /// temps of this key are removed; keys staged earlier stay staged.
+    /// [`Error::SizeMismatch`] for a short payload; I/O errors of the sidecar temp. On error
+    /// both temps of this key are removed; keys staged earlier stay staged.
     pub fn stage(&self, writer: KeyWriter, meta: &[u8]) -> Result<()> {
-        let staged = writer.finish(meta)?;
+        let staged = writer.finish(meta, &self.pool)?;
         self.staged.lock().unwrap_or_else(PoisonError::into_inner).push(staged);
         Ok(())
     }
@@ -246,24 +264,66 @@ impl CommitBatch {
         std::mem::take(&mut *self.staged.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Renames every staged pair (`.npy` first, then `.meta.json`, key by key) and fsyncs the
-    /// directory once (not at all when nothing is staged). The batch is empty afterwards and
+    /// Waits for the fsync of every staged temp, then renames each pair (`.npy` first, then
+    /// `.meta.json`, key by key) up to the first key whose fsync failed and fsyncs the
+    /// directory once (not at all when nothing is renamed). The batch is empty afterwards and
     /// may stage again.
     ///
     /// # Errors
-    /// As [`RenameGroup::commit`]: keys renamed before a failure stay committed, the remaining
-    /// temps are removed.
+    /// The error of the first key that could not be committed: its failed fsync (that key and
+    /// every later one keep their previous files, their temps are removed; the keys before it
+    /// are committed), or as [`RenameGroup::commit`]: keys renamed before a failed rename stay
+    /// committed, the remaining temps are removed. [`CommitBatch::committed`] names the keys
+    /// made durable; a failed directory fsync adds none.
     pub fn commit(&self) -> Result<()> {
+        let staged = self.take_staged();
+        lock(&self.pool).drain();
+        let mut committed = Vec::with_capacity(staged.len());
         let mut group = RenameGroup::new(&self.dir);
-        for key in self.take_staged() {
-            group.push(key.npy);
-            group.push(key.meta);
+        let mut failed = None;
+        for key in staged {
+            // Both outcomes are taken even after a failure, so every temp is dropped (unlinked).
+            let (npy, meta) = (key.npy.take(), key.meta.take());
+            if failed.is_some() {
+                continue;
+            }
+            match (npy, meta) {
+                (Ok(npy), Ok(meta)) => {
+                    group.push(npy);
+                    group.push(meta);
+                    committed.push(key.key);
+                }
+                (Err(err), _) | (_, Err(err)) => failed = Some(err),
+            }
         }
-        group.commit()
+        let outcome = match group.commit() {
+            Ok(()) => failed.map_or(Ok(()), Err),
+            Err(RenameFailure { renamed, error }) => {
+                // Keys are renamed two files at a time, `.npy` first: a key whose sidecar rename
+                // failed has its new payload in place with the old sidecar, which reads as the new
+                // value (the header is the truth), but it is not reported as committed.
+                committed.truncate(renamed / 2);
+                if matches!(error, Error::Io { op: Op::DirFsync, .. }) {
+                    committed.clear();
+                }
+                Err(error)
+            }
+        };
+        lock(&self.committed).extend(committed);
+        outcome
     }
 
-    /// Unlinks every staged temp. Idempotent.
+    /// The keys this batch's commits have renamed into place and made durable so far, in order
+    /// (also after a commit failed part-way, and including the commits a contended key lock
+    /// made [`CommitBatch::begin_key`] run).
+    pub fn committed(&self) -> Vec<String> {
+        lock(&self.committed).clone()
+    }
+
+    /// Unlinks every staged temp (after their fsyncs have run). Idempotent.
     pub fn abort(&self) {
-        drop(self.take_staged());
+        let staged = self.take_staged();
+        lock(&self.pool).drain();
+        drop(staged);
     }
 }

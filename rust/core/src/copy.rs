@@ -467,6 +467,9 @@ mod tests {
         fn fsync(&self, _: BorrowedFd<'_>) -> io::Result<()> {
             unsupported()
         }
+        fn start_writeback(&self, _: BorrowedFd<'_>, _: u64, _: u64) -> io::Result<()> {
+            unsupported()
+        }
         fn fsync_dir(&self, _: BorrowedFd<'_>) -> io::Result<()> {
             unsupported()
         }

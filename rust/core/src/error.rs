@@ -27,6 +27,8 @@ pub enum Op {
     Read,
     /// `fsync` of a file.
     Fsync,
+    /// Starting the writeback of a written range (`sync_file_range`), a hint ahead of an fsync.
+    Writeback,
     /// `fsync` of a directory.
     DirFsync,
     /// `renameat`.
@@ -49,7 +51,7 @@ pub enum Op {
 
 impl Op {
     /// Every operation, in a stable order (the fault seam reports counts in this order).
-    pub const ALL: [Op; 16] = [
+    pub const ALL: [Op; 17] = [
         Op::Open,
         Op::Create,
         Op::Mkdir,
@@ -57,6 +59,7 @@ impl Op {
         Op::Write,
         Op::Read,
         Op::Fsync,
+        Op::Writeback,
         Op::DirFsync,
         Op::Rename,
         Op::Unlink,
@@ -78,6 +81,7 @@ impl Op {
             Op::Write => "write",
             Op::Read => "read",
             Op::Fsync => "fsync",
+            Op::Writeback => "writeback",
             Op::DirFsync => "dir_fsync",
             Op::Rename => "rename",
             Op::Unlink => "unlink",

@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -62,6 +62,10 @@ pub trait Fs: Send + Sync + fmt::Debug {
     fn pread(&self, fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize>;
     /// `fsync(fd)` of a file.
     fn fsync(&self, fd: BorrowedFd<'_>) -> io::Result<()>;
+    /// `sync_file_range(fd, offset, len, SYNC_FILE_RANGE_WRITE)`: starts the writeback of a
+    /// written range without waiting for it. A hint: the fsync that follows is what reports
+    /// errors (this call leaves the file's error state for it).
+    fn start_writeback(&self, fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()>;
     /// `fsync(fd)` of a directory.
     fn fsync_dir(&self, dir: BorrowedFd<'_>) -> io::Result<()>;
     /// `renameat(dir, from, dir, to)`.
@@ -140,6 +144,11 @@ impl Fs for RealFs {
     fn fsync(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
         global_gate(Op::Fsync)?;
         Ok(rustix::fs::fsync(fd)?)
+    }
+
+    fn start_writeback(&self, fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+        global_gate(Op::Writeback)?;
+        sync_file_range_write(fd, offset, len)
     }
 
     fn fsync_dir(&self, dir: BorrowedFd<'_>) -> io::Result<()> {
@@ -235,6 +244,22 @@ impl Fs for RealFs {
 
     fn map_gate(&self, _path: &Path) -> io::Result<()> {
         global_gate(Op::Map)
+    }
+}
+
+/// `sync_file_range(fd, offset, len, SYNC_FILE_RANGE_WRITE)`.
+#[allow(unsafe_code)]
+fn sync_file_range_write(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    // SAFETY: sync_file_range only reads its integer arguments; the descriptor is borrowed, so
+    // it stays open for the duration of the call.
+    let status = unsafe { libc::sync_file_range(fd.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

@@ -22,9 +22,10 @@ pub mod npy;
 pub mod region;
 pub mod reserve;
 pub mod sweep;
+pub mod sync_pool;
 pub mod write;
 
-pub use atomic::{ClosedTemp, PendingFile, RenameGroup};
+pub use atomic::{ClosedTemp, PendingFile, RenameFailure, RenameGroup};
 pub use commit::{ArraySpec, CommitBatch, KeyWriter, StagedKey};
 pub use copy::ChunkBudget;
 pub use dir::CacheDir;

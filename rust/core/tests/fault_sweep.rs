@@ -172,11 +172,11 @@ fn sweep<T>(
 }
 
 fn write_dat(dir: &CacheDir, data: &[u8]) -> Result<(), Error> {
-    let mut writer = dir.begin_write("x.dat", data.len() as u64, ChunkBudget::new(1000))?;
+    let mut writer = dir.begin_write("x.dat", data.len() as u64, ChunkBudget::new(1000), true)?;
     for block in data.chunks(2500) {
         writer.write_block(block, &mut || Ok(()))?;
     }
-    dir.finish_write(writer, true).map(drop)
+    dir.finish_write(writer).map(drop)
 }
 
 #[test]
@@ -214,11 +214,12 @@ enum Finish {
 }
 
 impl Finish {
-    /// `ops` without the steps an aborted batch never reaches.
+    /// `ops` without the steps an aborted batch never reaches or never reports: it renames
+    /// nothing, and the fsyncs its threads ran are dropped with their temps, failed or not.
     fn reached(self, ops: &[Op]) -> Vec<Op> {
         ops.iter()
             .copied()
-            .filter(|op| self == Finish::Commit || !matches!(op, Op::Rename | Op::DirFsync))
+            .filter(|op| self == Finish::Commit || !matches!(op, Op::Rename | Op::DirFsync | Op::Fsync))
             .collect()
     }
 }
@@ -537,4 +538,60 @@ fn bounce_path_moves_at_most_the_budget_per_piece() {
         COPY_LEN.div_ceil(SMALL_BUDGET as usize),
         "one read per budget-sized piece"
     );
+}
+
+/// Whichever temp's fsync fails (the fsync threads run them in any order), the keys staged
+/// before that temp's key are committed, and that key and every later one keep their old pair:
+/// the order the store promises for a failure part-way through `offload`.
+#[test]
+fn a_failed_fsync_commits_exactly_the_keys_staged_before_the_failing_one() {
+    let keys = ["a", "b", "c", "d", "e"];
+    for nth in 1..=2 * keys.len() as u64 {
+        let (_tmp, root) = fresh_dir();
+        for key in keys {
+            fs::write(root.join(format!("{key}.npy")), OLD_NPY).unwrap();
+            fs::write(root.join(format!("{key}.meta.json")), OLD_META).unwrap();
+        }
+        let faulty = Arc::new(FaultyFs::new(Op::Fsync, nth, EIO));
+        let recording = Arc::new(RecordingFs::wrapping(faulty.clone()));
+        let dir = CacheDir::open_with(&root, false, recording.clone() as Arc<dyn Fs>).unwrap();
+        let shape = [4u64];
+        let spec = ArraySpec {
+            descr: "'|u1'",
+            fortran_order: false,
+            shape: &shape,
+        };
+        let batch = CommitBatch::new(&dir, ChunkBudget::new(SMALL_BUDGET));
+        for key in keys {
+            let mut writer = batch.begin_key(key, spec, 4).unwrap();
+            writer.payload().write_block(&[1, 2, 3, 4], &mut || Ok(())).unwrap();
+            batch.stage(writer, NEW_META).unwrap();
+        }
+
+        let err = batch.commit().unwrap_err();
+
+        let failed = recording
+            .calls()
+            .into_iter()
+            .find(|call| call.op == Op::Fsync && !call.ok)
+            .unwrap();
+        let failing_key = failed.name.split('.').next().unwrap().to_owned();
+        let position = keys.iter().position(|key| *key == failing_key).unwrap();
+        assert_eq!(err.raw_os_error(), Some(EIO), "#{nth}");
+        assert!(err.to_string().contains(&failed.name), "#{nth}: {err}");
+        assert_eq!(batch.committed(), keys[..position], "#{nth}");
+        for (index, key) in keys.iter().enumerate() {
+            let npy = fs::read(root.join(format!("{key}.npy"))).unwrap();
+            let meta = fs::read(root.join(format!("{key}.meta.json"))).unwrap();
+            if index < position {
+                assert_eq!(&npy[NPY_DATA_ALIGN as usize..], &[1, 2, 3, 4], "#{nth}: {key}");
+                assert_eq!(meta, NEW_META, "#{nth}: {key}");
+            } else {
+                assert_eq!(npy, OLD_NPY, "#{nth}: {key} is at or after the failing key");
+                assert_eq!(meta, OLD_META, "#{nth}: {key}");
+            }
+        }
+        assert_eq!(leftover_temps(&root), Vec::<String>::new(), "#{nth}");
+        assert_fsync_is_final(&recording.calls());
+    }
 }

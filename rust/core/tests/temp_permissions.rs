@@ -45,9 +45,9 @@ fn dat_write(root: &Path, final_perm: u32, at: &str) {
     let recording = Arc::new(RecordingFs::new());
     let dir = CacheDir::open_with(root, false, recording.clone() as Arc<dyn Fs>).unwrap();
 
-    let mut writer = dir.begin_write("x.dat", 4, ChunkBudget::new(4)).unwrap();
+    let mut writer = dir.begin_write("x.dat", 4, ChunkBudget::new(4), false).unwrap();
     writer.write_block(b"new!", &mut || Ok(())).unwrap();
-    dir.finish_write(writer, false).unwrap();
+    dir.finish_write(writer).unwrap();
 
     assert_created_within(&recording, &["x.dat.tmp"], final_perm, at);
     assert_eq!(perm_of(root, "x.dat"), final_perm, "{at}: the final mode");

@@ -129,10 +129,12 @@ impl PyCacheDir {
     ) -> PyResult<PyFileMapping> {
         let budget = ChunkBudget::new(chunk_bytes);
         let (source, total) = source_of(src, nbytes)?;
-        let mut writer = to_py(run_detached(py, || self.inner.begin_write(name, total, budget)))?;
+        let mut writer = to_py(run_detached(py, || {
+            self.inner.begin_write(name, total, budget, durable)
+        }))?;
         let pending = PendingPyErr::default();
         feed(py, &mut writer, source, &pending)?;
-        let mapping = to_py(run_detached(py, || self.inner.finish_write(writer, durable)))?;
+        let mapping = to_py(run_detached(py, || self.inner.finish_write(writer)))?;
         Ok(PyFileMapping::new(mapping))
     }
 
@@ -402,6 +404,11 @@ impl PyCommitBatch {
     #[getter]
     fn keys(&self) -> Vec<String> {
         self.inner.keys()
+    }
+
+    #[getter]
+    fn committed(&self) -> Vec<String> {
+        self.inner.committed()
     }
 
     fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {

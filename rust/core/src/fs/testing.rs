@@ -108,6 +108,11 @@ macro_rules! forward_through_hook {
             fn fsync(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
                 self.around(Op::Fsync, Target::File(fd), || self.inner.fsync(fd))
             }
+            fn start_writeback(&self, fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+                self.around(Op::Writeback, Target::File(fd), || {
+                    self.inner.start_writeback(fd, offset, len)
+                })
+            }
             fn fsync_dir(&self, dir: BorrowedFd<'_>) -> io::Result<()> {
                 self.around(Op::DirFsync, Target::Dir, || self.inner.fsync_dir(dir))
             }
@@ -369,6 +374,7 @@ fn syscall_of(op: Op, target: Target<'_>) -> &'static str {
         (Op::Write, _) => "pwrite",
         (Op::Read, _) => "pread",
         (Op::Fsync | Op::DirFsync, _) => "fsync",
+        (Op::Writeback, _) => "sync_file_range",
         (Op::Rename, _) => "renameat",
         (Op::Unlink, _) => "unlinkat",
         (Op::Stat, Target::Name(_)) => "fstatat",
