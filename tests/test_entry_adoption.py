@@ -148,6 +148,7 @@ def test_disable_caching_on_an_adopted_entry_keeps_writes_and_creates_nothing(st
 def test_materialisation_makes_this_process_the_owner(store_dir: Path) -> None:
     entry = _reload(store_dir, "k")
     entry._owner_pid = -1
+    entry.data[0, 0] = -2.0
 
     entry.offload()
 
@@ -158,7 +159,9 @@ def test_materialisation_makes_this_process_the_owner(store_dir: Path) -> None:
 def test_gc_removes_the_materialised_dat_but_never_the_codec_pair(store_dir: Path) -> None:
     (store_dir / "k.meta.json").write_text("{}")
     entry = _reload(store_dir, "k")
+    entry.data[0, 0] = -2.0
     entry.offload()
+    assert (store_dir / "k.dat").exists()
 
     del entry
     gc.collect()
@@ -175,12 +178,13 @@ def test_gc_of_an_unmaterialised_entry_leaves_the_directory_unchanged(store_dir:
     assert sorted(p.name for p in store_dir.iterdir()) == ["k.npy"]
 
 
-def test_automatic_offloading_materialises_at_construction(store_dir: Path) -> None:
+def test_automatic_offloading_at_construction_offloads_onto_the_payload_without_a_dat(store_dir: Path) -> None:
     entry = _reload(store_dir, "k", automatic_offloading=True)
 
     assert entry.offloaded
-    assert (store_dir / "k.dat").exists()
+    assert not (store_dir / "k.dat").exists()
     assert np.array_equal(entry[2], _source()[2])
+    assert not (store_dir / "k.dat").exists()
 
 
 def test_pickling_an_adopted_entry_materialises_first(store_dir: Path) -> None:
@@ -199,6 +203,7 @@ def test_fortran_ordered_payload_is_adopted_and_materialised_in_c_order(tmp_path
 
     entry = _reload(tmp_path, "f")
     assert not (tmp_path / "f.dat").exists()
+    entry.data[0, 0] = source[0, 0]  # a write, of the same value, makes the offload materialise
     entry.offload()
 
     assert np.array_equal(np.fromfile(tmp_path / "f.dat", dtype=np.float64).reshape(4, 5), source)
@@ -318,3 +323,74 @@ def test_read_only_entry_data_property_loads_read_only(store_dir: Path) -> None:
 
     assert not data.flags.writeable
     assert math.isclose(float(data.sum()), float(_source().sum()))
+
+
+# -- the first offload of an entry reopened from a store -----------------------------------------
+
+
+def test_offloading_an_unwritten_reloaded_entry_creates_no_dat_and_stays_on_the_payload(store_dir: Path) -> None:
+    entry = _reload(store_dir, "k")
+    assert np.array_equal(entry.data, _source()), "read in full, never written"
+    _rust._clear_faults()
+
+    entry.offload()
+
+    counts = _rust._op_counts()
+    assert not (store_dir / "k.dat").exists()
+    assert (counts["create"], counts["write"], counts["fsync"]) == (0, 0, 0)
+    assert entry.offloaded
+    np.testing.assert_array_equal(np.asarray(entry), _source())
+    assert not (store_dir / "k.dat").exists(), "reading it back maps the payload again"
+
+
+def test_one_written_page_makes_the_first_offload_materialise_the_dat_with_the_write(store_dir: Path) -> None:
+    entry = _reload(store_dir, "k")
+    entry.data[3, 4] = -7.0
+    expected = _source()
+    expected[3, 4] = -7.0
+
+    entry.offload()
+
+    assert np.array_equal(np.fromfile(store_dir / "k.dat", dtype=np.float64).reshape(4, 5), expected)
+    np.testing.assert_array_equal(np.asarray(entry), expected)
+    np.testing.assert_array_equal(np.load(store_dir / "k.npy"), _source())
+
+
+def test_a_write_through_a_view_taken_before_is_kept_by_the_first_offload(store_dir: Path) -> None:
+    entry = _reload(store_dir, "k")
+    view = entry[1:3]
+
+    view[0, 0] = 99.0
+    entry.offload()
+
+    assert np.fromfile(store_dir / "k.dat", dtype=np.float64).reshape(4, 5)[1, 0] == 99.0
+
+
+def test_an_unwritten_entry_loaded_read_write_maps_its_payload_copy_on_write(store_dir: Path) -> None:
+    entry = _reload(store_dir, "k")
+    entry.offload()
+
+    entry.load("r+")
+    mapping = mapping_of(entry.data)
+    entry.data[0, 1] = 5.0
+    entry.offload()
+
+    assert mapping is not None and mapping.mode == "c"
+    np.testing.assert_array_equal(np.load(store_dir / "k.npy"), _source())
+    assert np.fromfile(store_dir / "k.dat", dtype=np.float64)[1] == 5.0
+    assert entry[0, 1] == 5.0
+
+
+def test_loading_an_offloaded_reloaded_entry_zero_filled_writes_its_own_dat(store_dir: Path) -> None:
+    entry = _reload(store_dir, "k")
+    entry.offload()
+
+    entry.load("w+")
+    entry.data[0, 0] = 1.0
+    entry.offload()
+
+    expected = np.zeros((4, 5))
+    expected[0, 0] = 1.0
+    np.testing.assert_array_equal(np.asarray(entry), expected)
+    np.testing.assert_array_equal(np.load(store_dir / "k.npy"), _source())
+    assert (store_dir / "k.dat").exists()

@@ -48,13 +48,19 @@ def make_store(cache_dir: Path, **settings: Any) -> Store:
 
 
 def written_store(cache_dir: Path, *keys: str, **settings: Any) -> Store:
-    """A caching store whose keys each have a committed pair and a live, mapped entry."""
+    """A caching store whose keys each have a committed pair and a live entry offloaded to its ``.dat``.
+
+    A reloaded entry writes its ``.dat`` only once it was written: each entry is written (with the
+    value it has) before its offload, so every key has all three files.
+    """
     store = make_store(cache_dir, enable_caching=True, **settings)
     for key in keys:
         store.add_data_to_store(key, np.arange(4))
     store.offload(list(keys), pickle_container=True)
     for key in keys:
-        store[key].offload()
+        entry = store[key]
+        entry.data[0] = 0
+        entry.offload()
     return store
 
 

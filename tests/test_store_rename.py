@@ -40,8 +40,7 @@ def stored(cache_dir: Path, key: str, array: np.ndarray[Any, Any]) -> None:
     """Leave ``key``'s pair in ``cache_dir`` (a legacy key through a rename, as an older store would)."""
     writer = make_store(cache_dir, enable_caching=True, purge_disk_on_gc=False)
     writer.add_data_to_store("portable", array)
-    writer.offload("portable", pickle_container=True)
-    (cache_dir / "portable.dat").unlink()  # the writer's working file; the value is the pair
+    writer.offload("portable", pickle_container=True)  # the writer's working .dat goes with it
     if key != "portable":
         os.rename(cache_dir / "portable.npy", cache_dir / (key + ".npy"))
         os.rename(cache_dir / "portable.meta.json", cache_dir / (key + ".meta.json"))

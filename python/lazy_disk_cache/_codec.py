@@ -100,7 +100,7 @@ def sidecar_for(class_name: str, shape: tuple[int, ...], dtype: np.dtype[Any], f
     return json.dumps(meta, ensure_ascii=False).encode("utf-8")
 
 
-def stage_entry(batch: CommitBatch, cache_dir: Path, key: StoreKey, entry: LazyDiskCache) -> None:
+def stage_entry(batch: CommitBatch, cache_dir: Path, key: StoreKey, entry: LazyDiskCache) -> int:
     """Write ``entry`` to the temps of ``key`` in ``batch`` (renamed into place by ``commit()``).
 
     The payload is the entry's live buffer (1 copy; the core gathers a strided buffer into C order
@@ -108,7 +108,7 @@ def stage_entry(batch: CommitBatch, cache_dir: Path, key: StoreKey, entry: LazyD
     offloaded entry, its backing file (copied by the core without a user-space copy when that
     file lies directly in ``cache_dir``, else read through a read-only mapping). Object dtypes
     and masked arrays raise ``TypeError`` before anything is written; I/O failures raise
-    ``OSError``. Blocks on disk.
+    ``OSError``. Returns the offset of the payload in the ``.npy``. Blocks on disk.
     """
     with entry_lock(entry):
         shape, dtype = shape_and_dtype(entry)
@@ -117,7 +117,7 @@ def stage_entry(batch: CommitBatch, cache_dir: Path, key: StoreKey, entry: LazyD
         descr, meta = descr_text(dtype), encode_sidecar(entry, shape, dtype)
         copyable = copyable_file(entry)
         if copyable is not None and _lies_directly_in(copyable.path, cache_dir):
-            batch.add_npy(
+            return batch.add_npy(
                 key,
                 descr=descr,
                 fortran_order=False,
@@ -127,11 +127,12 @@ def stage_entry(batch: CommitBatch, cache_dir: Path, key: StoreKey, entry: LazyD
                 source_file=copyable.path.name,
                 source_offset=copyable.offset,
             )
-            return
         live = array_to_write(entry)
         check_cacheable_array(live)
         source = byte_view(np.asarray(live))
-        batch.add_npy(key, descr=descr, fortran_order=False, shape=shape, nbytes=nbytes, meta=meta, source=source)
+        return batch.add_npy(
+            key, descr=descr, fortran_order=False, shape=shape, nbytes=nbytes, meta=meta, source=source
+        )
 
 
 def _lies_directly_in(path: Path, cache_dir: Path) -> bool:

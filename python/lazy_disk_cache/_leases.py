@@ -121,6 +121,12 @@ class PathLease:
                 del _handed_off[self.path]
         return self._duty
 
+    def held_alone(self) -> bool:
+        """Whether this lease is the only live one on its path in this process (no copy holds it)."""
+        with _lock:
+            state = _paths.get(self.path)
+            return state is not None and state.leases == {self}
+
     def disarm(self) -> None:
         """Drop purge duty without removing anything; the hold stays."""
         if self._duty is not None:

@@ -70,6 +70,12 @@ class FileMapping:
 
     def flush(self) -> None:
         """``msync(MS_SYNC)`` for ``r+`` mappings, a no-op otherwise. Blocks; GIL released."""
+    def has_private_pages(self) -> bool:
+        """Whether a page of a ``c`` window was written (holds a private copy); ``False`` for ``r``/``r+``.
+
+        Reads ``/proc/self/pagemap`` for the window's pages (no data), stopping at the first written
+        one; ``True`` when that cannot be told. GIL released.
+        """
     if sys.version_info >= (3, 12):
         def __buffer__(self, flags: int, /) -> memoryview: ...
         def __release_buffer__(self, buffer: memoryview, /) -> None: ...
@@ -256,8 +262,11 @@ class CommitBatch:
         source: Buffer | Iterable[Buffer] | None = None,
         source_file: str | None = None,
         source_offset: int = 0,
-    ) -> None:
+    ) -> int:
         """Write ``<key>.npy.tmp`` (payload at byte 4096) and ``<key>.meta.json.tmp``; queue their fsyncs.
+
+        Returns the offset of the payload in the ``.npy`` (4096, or 64-aligned for a header too long
+        for one page or an empty payload).
 
         The payload comes from ``source`` (a buffer in any layout, written in C order, or
         buffers totalling ``nbytes``)

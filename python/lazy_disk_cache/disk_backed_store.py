@@ -71,8 +71,10 @@ from lazy_disk_cache.lazy_disk_cache import (
     LazyDiskCache,
     LazyDiskCacheConfig,
     LazyDiskCacheKw,
+    building_store_entry,
     chunk_budget_bytes,
     release_purge_duty,
+    settle_committed_entries,
 )
 from lazy_disk_cache.paths import (
     LEGACY_PICKLE_SUFFIX,
@@ -526,13 +528,14 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
             )
             dat = get_memmap_path(self._cache_dir, checked)
             dat_existed = os.path.lexists(dat)
-            entry = self._factory(
-                data,
-                enable_caching=caching,
-                cache_path=get_npy_path(self._cache_dir, checked),
-                automatic_offloading=offloading,
-                purge_disk_on_gc=purge,
-            )
+            with building_store_entry(dat):
+                entry = self._factory(
+                    data,
+                    enable_caching=caching,
+                    cache_path=get_npy_path(self._cache_dir, checked),
+                    automatic_offloading=offloading,
+                    purge_disk_on_gc=purge,
+                )
             try:
                 self._store[key] = self._check_T(entry)
             except BaseException:
@@ -645,45 +648,50 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         The commit renames the pairs in key order up to the first key whose write or fsync
         failed, so the keys before it are processed and that key and the later ones keep their
         previous state and files (SPEC's part-way rule). ``warn_unwritten``: warn about each
-        entry left unwritten because its caching is off.
+        entry left unwritten because its caching is off. A committed entry's working ``.dat`` is
+        released (``settle_committed_entries``), so the directory keeps one copy of each array.
         """
+        staged: dict[str, tuple[LazyDiskCache, int]] = {}
         with self._directory().begin_commit(chunk_bytes=chunk_budget_bytes()) as batch:
             try:
                 for key in keys:
                     entry = self._offload_candidate(key, warn_unwritten=warn_unwritten)
                     if entry is not None:
-                        self._store_entry(key, entry, batch=batch)
+                        staged[key] = (entry, self._store_entry(key, entry, batch=batch))
             except BaseException:
                 # Keys staged before the failure are complete: commit them, as if offloaded alone.
                 try:
                     batch.commit()
                 finally:
-                    self._forget(batch.committed)
+                    self._settle(batch.committed, staged)
                 raise
             try:
                 batch.commit()
             finally:
-                self._forget(batch.committed)
+                self._settle(batch.committed, staged)
 
-    def _forget(self, keys: list[str]) -> None:
-        for key in keys:
+    def _settle(self, committed: list[str], staged: dict[str, tuple[LazyDiskCache, int]]) -> None:
+        """Drop the committed keys from memory and release their entries' working files."""
+        for key in committed:
             self._store[key] = None
+        settle_committed_entries([staged[key] for key in committed])
 
-    def _store_entry(self, key: str, entry: LazyDiskCache, batch: CommitBatch | None = None) -> None:
+    def _store_entry(self, key: str, entry: LazyDiskCache, batch: CommitBatch | None = None) -> int:
         """Write ``entry`` as the ``<key>.npy`` + ``<key>.meta.json`` pair, atomically.
 
         With ``batch`` the pair is only staged (``batch.commit()`` renames it into place); without,
         it is committed at once (one directory fsync). Each file goes to an exclusive temp that is
         fsynced and renamed; on failure the temps are removed and the previous pair is intact.
-        ``TypeError`` for object dtypes, ``OSError`` (errno, filename) for I/O. Blocks on disk.
+        ``TypeError`` for object dtypes, ``OSError`` (errno, filename) for I/O. Returns the offset of
+        the payload in the ``.npy``. Blocks on disk.
         """
         checked = checked_store_key(key, self._cache_dir)
         if batch is not None:
-            stage_entry(batch, self._cache_dir, checked, entry)
-            return
+            return stage_entry(batch, self._cache_dir, checked, entry)
         with self._directory().begin_commit(chunk_bytes=chunk_budget_bytes()) as own_batch:
-            stage_entry(own_batch, self._cache_dir, checked, entry)
+            offset = stage_entry(own_batch, self._cache_dir, checked, entry)
             own_batch.commit()
+            return offset
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -741,7 +749,8 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
             )
         # Entry classes take the data first, then the LazyDiskCacheKw settings (like the factory).
         construct: Callable[..., T] = cls  # type: ignore[assignment]
-        return construct(array, **flags, cache_path=npy)
+        with building_store_entry(get_memmap_path(self._cache_dir, checked)):
+            return construct(array, **flags, cache_path=npy)
 
     def _read_npy(
         self, directory: CacheDir, npy: Path, flags_of: Callable[[], LazyDiskCacheKw], meta: Path

@@ -18,6 +18,8 @@ end of this module (``entry_lock``, ``array_to_write``, ``copyable_file``, ...):
 way code outside this module reaches an entry's private state.
 """
 
+import contextlib
+import contextvars
 import copy
 import errno
 import functools
@@ -31,7 +33,7 @@ import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar, Concatenate, Literal, NamedTuple, ParamSpec, Self, TypeVar
@@ -173,7 +175,11 @@ def _npy_beside(dat: Path) -> Path:
 
 
 class _AdoptedPayload(NamedTuple):
-    """Where an entry's data lives while its ``.dat`` is not materialised yet (store reload)."""
+    """Where an entry's data lives while it has no ``.dat``: the payload of its sibling ``.npy``.
+
+    A store entry is adopted when it is reloaded, and again when its pair is committed and its
+    working ``.dat`` removed (see ``settle_committed_entries``).
+    """
 
     offset: int
     order: Literal["C", "F"]
@@ -182,6 +188,12 @@ class _AdoptedPayload(NamedTuple):
 
 _last_used: Callable[[Any], int] = operator.attrgetter("_used_at")
 """How the budget's ledger reads an entry's last use back (a shared getter: it holds no entry)."""
+
+# The ``.dat`` of the entry a store is building right now (``building_store_entry``): an entry
+# constructed with exactly this ``.dat`` is the store's working copy.
+_store_entry_dat: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "lazy_disk_cache_store_entry_dat", default=None
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,6 +223,8 @@ class LazyDiskCache(ABC):
     _ephemeral: bool
     _adopted: _AdoptedPayload | None
     _backing_created: bool
+    _working_copy: bool
+    _path_exported: bool
     _dir_handle: CacheDir | None
     _finalizer: "weakref.finalize[Any, Any]"
     _lease: PathLease
@@ -240,6 +254,7 @@ class LazyDiskCache(ABC):
         self._dir_handle = None
         self._ephemeral = config.cache_path is None
         self._cache_path = None if config.cache_path is None else _entry_dat_path(config.cache_path)
+        self._working_copy = self._cache_path is not None and self._cache_path == _store_entry_dat.get()
         if self._enable_caching:
             check_cacheable_dtype(self._describe_shape_dtype()[1])
             self._convert_to_memmap()
@@ -314,6 +329,9 @@ class LazyDiskCache(ABC):
         adopted: _AdoptedPayload | None = state.get("_adopted")
         if adopted is None:
             return f"mapped on {str(path)!r}"
+        mapping = mapping_of(state.get("_mmap"))
+        if mapping is not None and mapping.mode == "r+":
+            return f"mapped on its released working file, stored in {str(_npy_beside(path))!r}"
         how = "read-only" if adopted.readonly else "copy-on-write"
         return f"mapped {how} from {str(_npy_beside(path))!r}"
 
@@ -413,11 +431,13 @@ class LazyDiskCache(ABC):
         _budget.ledger.check()
 
     def offload(self) -> None:
-        """MAPPED → OFFLOADED: flush the mapping (msync, durable entries only) and drop the buffer.
+        """MAPPED → OFFLOADED: flush the mapping (msync, durable ``.dat`` only) and drop the buffer.
 
         0 copies. Arrays and views handed out earlier stay valid. A no-op (logged) in RAM or when
-        already offloaded. An entry reloaded from a store first materialises its ``.dat`` (1 copy);
-        if that fails the ``OSError`` propagates and the entry keeps its buffer.
+        already offloaded. An entry reloaded from a store (or written to it) whose data is still
+        exactly the stored payload just drops its copy-on-write mapping, O(1); once a page of it
+        was written, the first offload materialises the ``.dat`` from the live buffer (1 copy); if
+        that fails the ``OSError`` propagates and the entry keeps its buffer.
         """
         with self._lock:
             if not self._enable_caching:
@@ -428,18 +448,21 @@ class LazyDiskCache(ABC):
             if not self._in_memory:
                 logger.info("%s: %s already offloaded to %s.", type(self).__name__, self._log_name(), self._cache_path)
                 return
-            if self._mmap is None or (self._adopted is not None and not self._adopted.readonly):
+            adopted = self._adopted
+            if self._mmap is None or (
+                adopted is not None and not adopted.readonly and not self._live_buffer_is_the_payload()
+            ):
                 self._convert_to_memmap()
             mapped = self._mmap
             _, _, live = self._describe_buffer()
-            if mapped is not None:
+            if mapped is not None and self._adopted is None:
                 if live is not mapped:
                     mapped[...] = live
                 mapping = mapping_of(mapped)
                 # msync(MS_SYNC) writes back every dirty page of the file, including all the pages a
                 # fresh conversion just wrote: as costly as an fsync. The shared page cache already
                 # makes the data visible to every later load, so only a durable .dat pays for it.
-                if mapping is not None and not self._purge_disk_on_gc:
+                if mapping is not None and self._backing_is_durable():
                     mapping.flush()
             self._drop_buffer()
             self._mmap = None
@@ -700,6 +723,55 @@ class LazyDiskCache(ABC):
 
     # -- conversion ----------------------------------------------------------------------------
 
+    def _backing_is_durable(self) -> bool:
+        """Whether the ``.dat`` must survive a power cut, so its writes are fsynced (SPEC §4.4).
+
+        Only with ``purge_disk_on_gc`` off, and never for a store's working copy (an entry built by
+        ``add_data_to_store`` or reloaded by the store): the store's committed ``.npy`` pair is what a
+        restart reads, never the ``.dat``, which is a working file only.
+        """
+        return not self._purge_disk_on_gc and not self.__dict__.get("_working_copy", False)
+
+    def _adopt_committed_payload(self, offset: int) -> None:
+        """Adopt the just-committed ``.npy`` payload at ``offset`` (see ``settle_committed_entries``)."""
+        path = self._cache_path
+        adopted = self._adopted
+        if path is None or not self._enable_caching:
+            return
+        if adopted is not None:
+            if not adopted.readonly:
+                self._adopted = _AdoptedPayload(offset, "C", readonly=False)
+            return
+        lease: PathLease | None = self.__dict__.get("_lease")
+        releasable = self.__dict__.get("_working_copy", False) and not self.__dict__.get("_path_exported", False)
+        if not releasable or lease is None or not lease.held_alone() or _is_symlink(path):
+            return
+        handle = self._dir_handle or self._directory()
+        failures = handle.unlink_all([path.name])
+        for name, error in failures:
+            logger.debug("Could not remove the working file %s in %s: %s", name, path.parent, error)
+        if failures:
+            return
+        self._adopted = _AdoptedPayload(offset, "C", readonly=False)
+        # As for a reloaded entry: no file of this entry is at the path any more, so the lease
+        # holds it without the right to delete until a materialisation creates one again.
+        self._backing_created = False
+        lease.owner_pid = None
+        logger.debug("%s on %s now reads the committed payload of %s", type(self).__name__, path, _npy_beside(path))
+
+    def _live_buffer_is_the_payload(self) -> bool:
+        """Whether an adopted entry's live buffer is still exactly its ``.npy`` payload.
+
+        True when the buffer is the copy-on-write mapping of the payload and no page of it was
+        written (the kernel's page map says so; when it cannot tell, it counts as written). Then
+        offloading needs no ``.dat``: dropping the buffer loses nothing. O(pages), reads no data.
+        """
+        mapped = self._mmap
+        if mapped is None or self._describe_buffer()[2] is not mapped:
+            return False
+        mapping = mapping_of(mapped)
+        return mapping is not None and mapping.mode == "c" and not mapping.has_private_pages()
+
     def _convert_to_memmap(self) -> None:
         """Write the data to a fresh, atomically committed ``.dat`` and adopt its mapping (→ MAPPED).
 
@@ -777,7 +849,7 @@ class LazyDiskCache(ABC):
         An empty ``source`` gives a one-byte ``.dat`` (one zero byte), as ``np.memmap`` writes it.
         """
         directory, name = self._write_location(create=True)
-        durable = not self._purge_disk_on_gc
+        durable = self._backing_is_durable()
         length = _dat_length(source.nbytes)
         payload = byte_view(source) if length == source.nbytes else bytes(length)
         return directory.write_file(name, payload, chunk_bytes=chunk_budget_bytes(), durable=durable)
@@ -803,18 +875,27 @@ class LazyDiskCache(ABC):
             else:
                 return as_memmap(mapping, shape, dtype, filename=str(path))
         shape = tuple(shape)
-        if adopted is not None and mode in _WRITING_MODES:
+        if adopted is not None and adopted.readonly and mode in _WRITING_MODES:
             refusal = PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
             refusal.add_note("the entry was reloaded from a read-only cache directory; load it with mode 'r' or 'c'")
             raise refusal
         if mode == "w+":
             directory, name = self._write_location()
             nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-            mapping = directory.write_zeroed(name, _dat_length(nbytes), durable=not self._purge_disk_on_gc)
+            mapping = directory.write_zeroed(name, _dat_length(nbytes), durable=self._backing_is_durable())
+            if adopted is not None:
+                # The zero-filled .dat is the data now, no longer the stored payload.
+                self._adopted = None
+                if not self._backing_created:
+                    self._take_ownership()
             return as_memmap(mapping, shape, dtype, filename=str(path))
         if adopted is not None:
+            # The committed payload is never mapped shared-writable (that would change the stored
+            # value without a commit): r+ maps it copy-on-write, and a written page makes the next
+            # offload materialise the .dat.
             npy_name = _npy_beside(path).name
-            return self._open_mapping(npy_name, shape, dtype, mode, offset=adopted.offset, order=adopted.order)
+            payload_mode: _MappingMode = "c" if mode == "r+" else mode
+            return self._open_mapping(npy_name, shape, dtype, payload_mode, offset=adopted.offset, order=adopted.order)
         try:
             return self._open_mapping(path.name, shape, dtype, mode)
         except OSError as exc:
@@ -972,6 +1053,8 @@ class LazyDiskCache(ABC):
                 self.offload()
             elif self._spill_path is not None:
                 self.load(self._reload_mode())
+            # A copy revived elsewhere may open the .dat by name: a store must not release it.
+            self._path_exported = True
             state = {key: value for key, value in self.__dict__.items() if key not in self._TRANSIENT_STATE}
             state["_purge_disk_on_gc"] = purge
             if self._spill_path is not None:
@@ -1034,6 +1117,7 @@ class LazyDiskCache(ABC):
             twin._mmap = None
             twin._adopted = None
             twin._backing_created = False
+            twin._working_copy = False
             twin._ephemeral = True
             twin._cache_path = None
             twin._purge_disk_on_gc = True
@@ -1093,6 +1177,7 @@ class LazyDiskCache(ABC):
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restore the state, a new lock and (purge on) purge duty under the pickled owner pid."""
         self.__dict__.update(state)
+        self.__dict__.setdefault("_working_copy", False)
         self._lock = threading.RLock()
         self._dir_handle = None
         if self._cache_path:
@@ -1139,12 +1224,21 @@ def array_to_write(entry: LazyDiskCache) -> NDArray[Any]:
     return entry._source_array()
 
 
-def copyable_file(entry: LazyDiskCache) -> CopyableFile | None:
-    """The file a writer may copy instead of reading an offloaded ``entry``'s array, or ``None``.
+# Below this size a loaded entry is written from its mapping: one pwrite costs less than opening
+# its file for an in-kernel copy. Above it the copy skips faulting the mapping in, and reflinks
+# where the file system can.
+_FILE_COPY_MIN_BYTES = 1 << 20
 
-    Normally the ``.dat`` (offset 0). An entry reloaded from a read-only directory never wrote a
-    ``.dat``: its data is still the payload of the sibling ``.npy``, which only C-ordered data can
-    be copied from. ``None`` while the entry is loaded or has no file. O(1), no I/O.
+
+def copyable_file(entry: LazyDiskCache) -> CopyableFile | None:
+    """The file a writer may copy instead of reading ``entry``'s array, or ``None``.
+
+    Normally the ``.dat`` (offset 0): while offloaded, and while loaded too when the live buffer is
+    the entry's own shared mapping of it (its writes are in the file's page cache) and holds at
+    least a MiB. An entry adopted from its store (reloaded, or whose pair was committed) has no
+    ``.dat``: its data is the payload of the sibling ``.npy`` while offloaded, or while loaded on
+    an unwritten copy-on-write mapping of it; only C-ordered payloads can be copied. ``None``
+    otherwise. O(1) but for the page-map read of a loaded adopted entry; no data is read.
     """
     with entry._lock:
         if entry._in_memory:
@@ -1155,6 +1249,20 @@ def copyable_file(entry: LazyDiskCache) -> CopyableFile | None:
         if path is None:
             return None
         adopted = entry._adopted
+        if entry._in_memory:
+            mapped = entry._mmap
+            if mapped is None or mapped.nbytes < _FILE_COPY_MIN_BYTES:
+                return None
+            if adopted is not None:
+                if adopted.order != "C" or not entry._live_buffer_is_the_payload():
+                    return None
+                return CopyableFile(_npy_beside(path), adopted.offset)
+            mapping = mapping_of(mapped)
+            if entry._describe_buffer()[2] is not mapped or mapping is None or mapping.mode != "r+":
+                return None
+            if Path(mapping.path).name != path.name or not mapped.flags.c_contiguous:
+                return None
+            return CopyableFile(path, 0)
         if adopted is None:
             return CopyableFile(path, 0)
         if adopted.order != "C":
@@ -1199,6 +1307,40 @@ def readable_file(entry: LazyDiskCache) -> ReadableFile:
         if adopted is None:
             return ReadableFile(path, 0, "C")
         return ReadableFile(_npy_beside(path), adopted.offset, adopted.order)
+
+
+@contextlib.contextmanager
+def building_store_entry(dat: Path) -> Iterator[None]:
+    """Mark the entry constructed inside the block whose ``.dat`` is ``dat`` as a store's working copy.
+
+    A store wraps its factory call (``add_data_to_store``) and its reload construction in this: the
+    entry's ``.dat`` is then a working file, written without fsyncs, since the store's committed
+    pair is what a restart reads (see ``LazyDiskCache._backing_is_durable``). Other entries built
+    inside, with other paths, are unaffected.
+    """
+    token = _store_entry_dat.set(dat)
+    try:
+        yield
+    finally:
+        _store_entry_dat.reset(token)
+
+
+def settle_committed_entries(committed: Sequence[tuple[LazyDiskCache, int]]) -> None:
+    """Release the working files of entries whose pairs a store just committed and dropped.
+
+    ``committed`` holds each entry with the offset of its payload in the new ``.npy``. A store's
+    working copy whose data sits in its ``.dat`` does not need that file any more: the committed
+    ``.npy`` holds the same bytes. The ``.dat`` is unlinked (unless another live object in this
+    process holds the same path, or a pickle of the entry may open it by name elsewhere) and the
+    entry becomes adopted by the ``.npy``, as if reloaded: its live buffer, if any, stays its
+    mapping (of the now nameless file), so writes through views handed out earlier are kept and
+    its next offload materialises a new ``.dat`` from it; offloaded, it maps the payload
+    copy-on-write. An entry that was already adopted follows its payload into the new ``.npy``.
+    Blocks on disk: one unlink per released file. Failures to unlink are logged and keep the file.
+    """
+    for entry, offset in committed:
+        with entry._lock:
+            entry._adopt_committed_payload(offset)
 
 
 def release_purge_duty(entry: LazyDiskCache) -> None:

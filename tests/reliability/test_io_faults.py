@@ -36,7 +36,8 @@ PATH_OPS = {
     "group-commit-from-buffers": _TEMP_OPS,
     "group-commit-from-dat-files": (*_TEMP_OPS, "copy"),
     "conversion": (*_TEMP_OPS, "map"),
-    "materialisation": (*_TEMP_OPS, "map"),
+    # A reloaded entry's .dat is a working file (the committed pair is the value): no fsyncs.
+    "materialisation": ("create", "reserve", "write", "rename", "map"),
 }
 KEYS = ("a", "b", "c")
 
@@ -167,7 +168,7 @@ class Conversion(Scenario):
 
 
 class Materialisation(Scenario):
-    """The first ``offload()`` of a reloaded, modified entry writes its ``m.dat``."""
+    """The first ``offload()`` of a reloaded, modified entry writes its ``m.dat`` (a working file)."""
 
     def __init__(self, directory: Path) -> None:
         super().__init__(directory)
@@ -197,8 +198,8 @@ class Materialisation(Scenario):
         if entry.offloaded or not np.array_equal(entry.data, new_value("m")):
             self.problems.append(f"materialisation, {op} failed at {_name(failure)}: the entry lost its buffer")
         seen = _read_dat(self.directory / "m.dat", "m")
-        # The add before the first commit left m.dat holding the old value.
-        allowed = {"old", "new"} if op in ("dir_fsync", "map") else {"old"}
+        # The commit released the add's working m.dat; only a failure after the rename sees one.
+        allowed = {"absent", "new"} if op == "map" else {"absent"}
         if seen not in allowed:
             self.problems.append(f"materialisation, {op} failed at {_name(failure)}: m.dat reads {seen}")
 
@@ -292,8 +293,10 @@ def test_a_failed_fsync_is_final_and_its_file_never_renamed_into_place(tmp_path:
         scenario = make(tmp_path / f"fsync-{nth}")
         failure, counts = _fails_with_eio(scenario, "fsync", nth)
 
-        if counts["fsync"] != nth:
-            problems.append(f"fsync #{nth} failed, yet {counts['fsync']} fsyncs ran: one was retried")
+        # A retry would add an fsync beyond the clean run's. (A group commit still fsyncs the temps of
+        # the keys staged after a failed one, on its fsync threads: they are dropped, not renamed.)
+        if counts["fsync"] > calls:
+            problems.append(f"fsync #{nth} failed, yet {counts['fsync']} of {calls} fsyncs ran: one was retried")
         if failure is not None:
             scenario.judge(failure, "fsync")
             if Path(str(failure.filename)).exists():

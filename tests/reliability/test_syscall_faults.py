@@ -3,10 +3,12 @@
 The core issues raw syscalls (invisible to LD_PRELOAD shims), so this is the only way to fail
 them from outside. A child stages three keys, group-commits them and converts a ``.dat``, all over
 old values; ``strace -e inject=<syscall>:error=EIO:when=N`` fails the N-th call of a syscall for
-every N a clean run makes. From the child's report and the trace: the error is EIO naming the
-failed file; after a failed ``fsync`` that file is neither fsynced again nor renamed; after a failed
-write or rename its temp is never renamed into place; no temp remains; every value reads as old
-or new, and the file whose syscall failed keeps its old value. Skipped where strace is missing or
+every N a clean run makes. strace counts per thread, and a group commit fsyncs on several threads,
+so one N may fail an fsync on each of them at once: every failed call is judged. From the child's
+report and the trace: the error is EIO naming a failed file; after a failed ``fsync`` that file is
+neither fsynced again nor renamed; after a failed write or rename its temp is never renamed into
+place; no temp remains; every value reads as old or new, and each file whose syscall failed keeps
+its old value. Skipped where strace is missing or
 ptrace is refused. ``LDC_STRACE_SYSCALLS`` (comma-separated; default ``fsync,rename``, the long
 configuration adds ``pwrite64``) chooses the syscalls.
 """
@@ -135,22 +137,23 @@ def _owner(path: str) -> str | None:
     return name.split(".", 1)[0] if name.endswith(".tmp") else None
 
 
-def _check_injection(report: dict[str, Any], calls: list[Call], directory: Path) -> list[str]:
+def _check_injection(report: dict[str, Any], calls: list[Call], directory: Path, nth: int) -> list[str]:
     problems = []
     injected = [index for index, call in enumerate(calls) if call.injected]
-    if len(injected) != 1:
-        return [f"expected one injected call, the trace shows {len(injected)}"]
-    failed = calls[injected[0]]
-    later = calls[injected[0] + 1 :]
-    failed_file = failed.source or failed.path
-    if report["step"] is None or report["errno"] != errno.EIO:
-        problems.append(f"{failed.name} on {failed_file} surfaced as {report}")
-    elif report["filename"] != failed_file:
-        problems.append(f"the error names {report['filename']!r}, the failed call was on {failed_file!r}")
-    if any(call.name in ("fsync", "fdatasync") and call.path == failed_file for call in later):
-        problems.append(f"{failed_file} was fsynced again after its {failed.name} failed")
-    if any(call.name in RENAMES and call.source == failed_file for call in later):
-        problems.append(f"{failed_file} was renamed after its {failed.name} failed")
+    if not injected and (nth == 1 or report["step"] is not None):
+        problems.append(f"no call was injected, yet the child reports {report}")
+    failed_files = [calls[index].source or calls[index].path for index in injected]
+    if injected:
+        if report["step"] is None or report["errno"] != errno.EIO:
+            problems.append(f"{calls[injected[0]].name} on {failed_files} surfaced as {report}")
+        elif report["filename"] not in failed_files:
+            problems.append(f"the error names {report['filename']!r}, the failed calls were on {failed_files}")
+    for index, failed_file in zip(injected, failed_files, strict=True):
+        failed, later = calls[index], calls[index + 1 :]
+        if any(call.name in ("fsync", "fdatasync") and call.path == failed_file for call in later):
+            problems.append(f"{failed_file} was fsynced again after its {failed.name} failed")
+        if any(call.name in RENAMES and call.source == failed_file for call in later):
+            problems.append(f"{failed_file} was renamed after its {failed.name} failed")
     temps = sorted(name for name in os.listdir(directory) if name.endswith(".tmp"))
     if temps:
         problems.append(f"temps left: {temps}")
@@ -158,9 +161,10 @@ def _check_injection(report: dict[str, Any], calls: list[Call], directory: Path)
     torn = {name: seen for name, seen in state.items() if seen not in ("old", "new")}
     if torn:
         problems.append(f"not old or new: {torn}")
-    owner = _owner(failed_file)
-    if owner is not None and not failed_file.endswith(".meta.json.tmp") and state.get(owner) != "old":
-        problems.append(f"{owner} reads {state.get(owner)} although its {failed.name} on {failed_file} failed")
+    for failed_file in failed_files:
+        owner = _owner(failed_file)
+        if owner is not None and not failed_file.endswith(".meta.json.tmp") and state.get(owner) != "old":
+            problems.append(f"{owner} reads {state.get(owner)} although a syscall on {failed_file} failed")
     return problems
 
 
@@ -185,7 +189,7 @@ def test_eio_injected_into_each_syscall_keeps_the_guarantees(tmp_path: Path, tem
             directory = tmp_path / f"{target}-{nth}"
             shutil.copytree(template, directory)
             report, faulted = _run(directory, tmp_path / f"{target}-{nth}.trace", f"{target}:error=EIO:when={nth}")
-            problems += [f"{target} #{nth}: {problem}" for problem in _check_injection(report, faulted, directory)]
+            problems += [f"{target} #{nth}: {problem}" for problem in _check_injection(report, faulted, directory, nth)]
             points += 1
 
     POINTS[syscall] = points

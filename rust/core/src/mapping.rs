@@ -225,6 +225,22 @@ impl Mapping {
         &self.path
     }
 
+    /// Whether some page of a copy-on-write window holds a private copy, i.e. was written, so
+    /// the window's bytes may differ from the file's. `false` for `r` and `r+` windows (their
+    /// pages are the file's) and empty ones.
+    ///
+    /// Reads `/proc/self/pagemap` for the window's pages: a written page of a private mapping
+    /// is anonymous (present without the file-page bit) or swapped out; an untouched or only read
+    /// page is absent or a page of the file. O(pages) with no data read; stops at the first
+    /// written page. `true` whenever that cannot be told (no `/proc`, an unreadable entry).
+    pub fn has_private_pages(&self) -> bool {
+        if self.mode != MappingMode::CopyOnWrite || self.len == 0 {
+            return false;
+        }
+        let start = self.ptr.as_ptr().addr();
+        private_pages_in(start, self.len).unwrap_or(true)
+    }
+
     /// `msync(MS_SYNC)` of the window for `r+`; a no-op for `r`, `c` and empty windows.
     ///
     /// # Errors
@@ -239,6 +255,44 @@ impl Mapping {
             _ => Ok(()),
         }
     }
+}
+
+/// Page-map entry bits (Documentation/admin-guide/mm/pagemap.rst).
+const PAGEMAP_PRESENT: u64 = 1 << 63;
+const PAGEMAP_SWAPPED: u64 = 1 << 62;
+const PAGEMAP_FILE_OR_SHARED: u64 = 1 << 61;
+/// How many page-map entries one read takes.
+const PAGEMAP_BATCH: usize = 4096;
+
+/// Whether a page of `[start, start + len)` of this process is private (anonymous or swapped).
+///
+/// # Errors
+/// Whatever opening or reading `/proc/self/pagemap` fails with.
+fn private_pages_in(start: usize, len: usize) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+
+    let page = rustix::param::page_size();
+    let first = start / page;
+    let last = (start + (len - 1)) / page;
+    let pagemap = std::fs::File::open("/proc/self/pagemap")?;
+    let mut entries = vec![0u8; PAGEMAP_BATCH * 8];
+    let mut next = first;
+    while next <= last {
+        let count = (last - next + 1).min(PAGEMAP_BATCH);
+        let buffer = entries.get_mut(..count * 8).unwrap_or_default();
+        pagemap.read_exact_at(buffer, (next as u64) * 8)?;
+        for raw in buffer.chunks_exact(8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(raw);
+            let entry = u64::from_ne_bytes(word);
+            let anonymous = entry & PAGEMAP_PRESENT != 0 && entry & PAGEMAP_FILE_OR_SHARED == 0;
+            if anonymous || entry & PAGEMAP_SWAPPED != 0 {
+                return Ok(true);
+            }
+        }
+        next += count;
+    }
+    Ok(false)
 }
 
 #[cfg(test)]
@@ -409,6 +463,55 @@ mod tests {
 
         assert!(matches!(err, Error::Io { op: Op::Stat, .. }), "{err}");
         assert_eq!(err.raw_os_error(), Some(Errno::IO.raw_os_error()));
+    }
+
+    fn write_byte(mapping: &Mapping, at: usize) {
+        assert!(at < mapping.len());
+        // SAFETY: the window is writable (`c` or `r+`) and valid for `len` bytes while `mapping`
+        // lives, `at` is inside it, and nothing else touches it during the test.
+        unsafe { mapping.as_ptr().add(at).write_volatile(0xEE) };
+    }
+
+    #[test]
+    fn a_copy_on_write_window_read_but_never_written_has_no_private_pages() {
+        let content = pattern(64 * PAGE);
+        let (_tmp, dir) = cache_with(&content, Arc::new(RealFs));
+        let mapping = Mapping::open(&dir, "k.dat", MappingMode::CopyOnWrite, to_u64(PAGE), None).unwrap();
+
+        assert!(!mapping.has_private_pages(), "untouched");
+        assert_eq!(window(&mapping), content[PAGE..], "read in full");
+        assert!(!mapping.has_private_pages(), "read in full");
+    }
+
+    #[test]
+    fn one_written_byte_anywhere_in_a_copy_on_write_window_is_a_private_page() {
+        let content = pattern(64 * PAGE);
+        let (tmp, dir) = cache_with(&content, Arc::new(RealFs));
+        for at in [0, 1, 5 * PAGE + 17, 63 * PAGE - 2 - PAGE / 2] {
+            let mapping = Mapping::open(&dir, "k.dat", MappingMode::CopyOnWrite, to_u64(PAGE / 2), None).unwrap();
+
+            write_byte(&mapping, at);
+
+            assert!(mapping.has_private_pages(), "byte {at}");
+        }
+        assert_eq!(
+            fs::read(tmp.path().join("k.dat")).unwrap(),
+            content,
+            "the file never changes"
+        );
+    }
+
+    #[test]
+    fn shared_windows_never_report_private_pages() {
+        let (_tmp, dir) = cache_with(&pattern(4 * PAGE), Arc::new(RealFs));
+        let read_write = Mapping::open(&dir, "k.dat", MappingMode::ReadWrite, 0, None).unwrap();
+        write_byte(&read_write, 10);
+        let read_only = Mapping::open(&dir, "k.dat", MappingMode::ReadOnly, 0, None).unwrap();
+        let empty = Mapping::open(&dir, "k.dat", MappingMode::CopyOnWrite, 0, Some(0)).unwrap();
+
+        assert!(!read_write.has_private_pages());
+        assert!(!read_only.has_private_pages());
+        assert!(!empty.has_private_pages());
     }
 
     #[test]

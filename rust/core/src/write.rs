@@ -78,6 +78,11 @@ impl PayloadWriter {
         &self.file
     }
 
+    /// Where the payload starts in the file.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
     /// Payload bytes written so far.
     pub fn written(&self) -> u64 {
         self.written

@@ -368,7 +368,7 @@ impl PyCommitBatch {
         source: Option<&Bound<'_, PyAny>>,
         source_file: Option<&str>,
         source_offset: u64,
-    ) -> PyResult<()> {
+    ) -> PyResult<u64> {
         let source = match (source, source_file) {
             (Some(source), None) => Some(source_of(source, Some(nbytes))?.0),
             (None, Some(_)) => None,
@@ -380,6 +380,7 @@ impl PyCommitBatch {
             shape: &shape,
         };
         let mut writer = to_py(run_detached(py, || self.inner.begin_key(key, spec, nbytes)))?;
+        let payload_offset = writer.payload_offset();
         let pending = PendingPyErr::default();
         match (source, source_file) {
             (Some(source), _) => feed(py, writer.payload(), source, &pending)?,
@@ -390,7 +391,8 @@ impl PyCommitBatch {
             }))?,
             (None, None) => {}
         }
-        to_py(run_detached(py, || self.inner.stage(writer, meta)))
+        to_py(run_detached(py, || self.inner.stage(writer, meta)))?;
+        Ok(payload_offset)
     }
 
     fn commit(&self, py: Python<'_>) -> PyResult<()> {

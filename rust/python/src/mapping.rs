@@ -88,6 +88,10 @@ impl PyFileMapping {
         to_py(run_detached(py, || self.inner.flush()))
     }
 
+    fn has_private_pages(&self, py: Python<'_>) -> bool {
+        run_detached(py, || self.inner.has_private_pages())
+    }
+
     #[allow(clippy::unused_self)] // Python calls it as a method.
     fn __reduce__(&self) -> PyResult<()> {
         Err(PyTypeError::new_err("cannot pickle 'FileMapping' object"))

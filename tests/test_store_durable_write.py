@@ -1,0 +1,209 @@
+"""A durable store write: what it fsyncs, and the working files it leaves (none).
+
+A store's entries (built by ``add_data_to_store`` or reloaded) keep their data in a working
+``<key>.dat`` that no restart ever reads: the committed ``<key>.npy`` + ``<key>.meta.json`` pair is
+the value. So the working file is written without fsyncs, and once the pair is committed and the
+store drops the entry, the file goes and a still-alive entry reads the committed payload instead.
+"""
+
+import copy
+import gc
+import os
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from lazy_disk_cache import _rust
+from lazy_disk_cache._memmap import mapping_of
+from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
+from lazy_disk_cache.disk_backed_store import DiskBackedStore
+from lazy_disk_cache.lazy_disk_cache import LazyDiskCacheConfig
+
+Store = DiskBackedStore[DiskBackedNDArray]
+
+
+@pytest.fixture(autouse=True)
+def _reset_faults() -> Iterator[None]:
+    _rust._clear_faults()
+    yield
+    _rust._clear_faults()
+
+
+def durable_store(cache_dir: Path, **settings: Any) -> Store:
+    config = LazyDiskCacheConfig(cache_path=cache_dir, enable_caching=True, purge_disk_on_gc=False, **settings)
+    return DiskBackedStore[DiskBackedNDArray](config=config, factory=DiskBackedNDArray)
+
+
+def syncs() -> tuple[int, int]:
+    counts = _rust._op_counts()
+    return counts["fsync"], counts["dir_fsync"]
+
+
+def names(directory: Path) -> list[str]:
+    return sorted(os.listdir(directory))
+
+
+def arrays(count: int) -> dict[str, np.ndarray[Any, Any]]:
+    return {f"k{index:03d}": np.full((16, 4), index, dtype=np.float32) for index in range(count)}
+
+
+# -- fsyncs ----------------------------------------------------------------------------------------
+
+
+def test_a_durable_store_write_fsyncs_two_files_per_key_and_the_directory_once(tmp_path: Path) -> None:
+    values = arrays(50)
+    store = durable_store(tmp_path)
+    _rust._clear_faults()
+
+    for key, value in values.items():
+        store.add_data_to_store(key, value)
+    after_adds = syncs()
+    store.offload(pickle_container=True)
+
+    assert after_adds == (0, 0), "the working .dat files are written without fsyncs"
+    assert syncs() == (2 * len(values), 1)
+
+
+def test_a_durable_store_write_leaves_only_the_committed_pairs(tmp_path: Path) -> None:
+    values = arrays(5)
+    store = durable_store(tmp_path)
+    for key, value in values.items():
+        store.add_data_to_store(key, value)
+
+    store.offload(pickle_container=True)
+
+    assert names(tmp_path) == sorted(f"{key}{suffix}" for key in values for suffix in (".meta.json", ".npy"))
+    reopened = durable_store(tmp_path)
+    for key, value in values.items():
+        np.testing.assert_array_equal(np.asarray(reopened[key]), value)
+
+
+def test_a_reloaded_entry_of_a_durable_store_materialises_its_dat_without_fsyncs(tmp_path: Path) -> None:
+    store = durable_store(tmp_path)
+    store.add_data_to_store("k", np.arange(8.0))
+    store.offload(pickle_container=True)
+    entry = durable_store(tmp_path)["k"]
+    entry.data[0] = -1.0
+    _rust._clear_faults()
+
+    entry.offload()
+
+    assert syncs() == (0, 0)
+    assert np.fromfile(tmp_path / "k.dat")[0] == -1.0
+
+
+def test_a_standalone_entry_with_purge_off_stays_durable(tmp_path: Path) -> None:
+    _rust._clear_faults()
+
+    entry = DiskBackedNDArray(np.arange(8.0), enable_caching=True, cache_path=tmp_path / "e", purge_disk_on_gc=False)
+    entry.data[0] = 5.0
+    entry.offload()
+
+    fsyncs, dir_fsyncs = syncs()
+    assert fsyncs == 1 and dir_fsyncs >= 1, "the .dat is fsynced, renamed, the directory fsynced"
+    assert _rust._op_counts()["map"] >= 1
+
+
+def test_an_entry_installed_with_setitem_keeps_its_own_durability(tmp_path: Path) -> None:
+    store = durable_store(tmp_path / "store")
+    _rust._clear_faults()
+
+    store["k"] = DiskBackedNDArray(
+        np.arange(8.0), enable_caching=True, cache_path=tmp_path / "own", purge_disk_on_gc=False
+    )
+
+    assert syncs()[0] == 1
+
+
+# -- the working .dat after the commit -------------------------------------------------------------
+
+
+def test_an_entry_still_alive_after_the_commit_reads_the_committed_payload(tmp_path: Path) -> None:
+    store = durable_store(tmp_path)
+    store.add_data_to_store("k", np.arange(6.0).reshape(2, 3))
+    entry = store["k"]
+
+    store.offload(pickle_container=True)
+
+    assert not (tmp_path / "k.dat").exists()
+    assert "released working file" in repr(entry)
+    released = mapping_of(entry.data)
+    entry.offload()
+    np.testing.assert_array_equal(np.asarray(entry), np.arange(6.0).reshape(2, 3))
+    assert (tmp_path / "k.dat").exists(), "a buffer on the released file is materialised again"
+    entry.offload()
+    assert released is not None and released.mode == "r+", "its live buffer stayed its own mapping"
+
+
+def test_writes_through_views_taken_before_the_commit_are_kept_by_the_next_offload(tmp_path: Path) -> None:
+    store = durable_store(tmp_path)
+    store.add_data_to_store("k", np.zeros(1024))
+    entry = store["k"]
+    view = entry[100:200]
+    store.offload(pickle_container=True)
+
+    view[5] = 42.0
+    entry.offload()
+
+    assert np.fromfile(tmp_path / "k.dat")[105] == 42.0
+    assert entry[105] == 42.0
+    assert np.load(tmp_path / "k.npy")[105] == 0.0, "the committed value changes only at a commit"
+
+
+def test_an_offloaded_entry_still_alive_after_the_commit_maps_the_payload_copy_on_write(tmp_path: Path) -> None:
+    store = durable_store(tmp_path)
+    store.add_data_to_store("k", np.arange(4.0))
+    entry = store["k"]
+    entry.offload()
+
+    store.offload(pickle_container=True)
+    entry.load()
+    mapping = mapping_of(entry.data)
+    entry.data[0] = 9.0
+
+    assert not (tmp_path / "k.dat").exists()
+    assert mapping is not None and mapping.mode == "c"
+    assert np.load(tmp_path / "k.npy")[0] == 0.0
+    entry.offload()
+    assert np.fromfile(tmp_path / "k.dat")[0] == 9.0
+
+
+def test_a_live_copy_on_the_same_path_keeps_the_working_dat(tmp_path: Path) -> None:
+    store = durable_store(tmp_path)
+    store.add_data_to_store("k", np.arange(4.0))
+    twin = copy.copy(store["k"])
+    twin.offload()
+
+    store.offload(pickle_container=True)
+
+    assert (tmp_path / "k.dat").exists()
+    np.testing.assert_array_equal(np.asarray(twin), np.arange(4.0))
+
+
+def test_a_pickled_entry_keeps_its_working_dat_for_copies_elsewhere(tmp_path: Path) -> None:
+    store = durable_store(tmp_path)
+    store.add_data_to_store("k", np.arange(4.0))
+    blob = pickle.dumps(store["k"])
+
+    store.offload(pickle_container=True)
+    gc.collect()
+
+    assert (tmp_path / "k.dat").exists()
+    np.testing.assert_array_equal(np.asarray(pickle.loads(blob)), np.arange(4.0))
+
+
+def test_a_store_that_purges_on_gc_releases_its_working_files_at_the_commit_too(tmp_path: Path) -> None:
+    config = LazyDiskCacheConfig(cache_path=tmp_path, enable_caching=True)
+    store = DiskBackedStore[DiskBackedNDArray](config=config, factory=DiskBackedNDArray)
+    store.add_data_to_store("a", np.arange(4.0))
+    entry = store["a"]
+
+    store.offload(pickle_container=True)
+    del entry
+    gc.collect()
+
+    assert names(tmp_path) == ["a.meta.json", "a.npy"]
