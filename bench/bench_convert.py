@@ -69,7 +69,11 @@ BEST_READ = "best page-cache read"
 NP_LOAD_RAM = "np.load into RAM"
 
 _PAGE = 4096
-KINDS = ("f32", "rec20", "strided", "fortran", "colstrided")
+KINDS = ("f32", "rec20", "strided", "fortran", "colstrided", "fortran-wide")
+# The strided kinds: their bytes are gathered into C order by the core.
+STRIDED_KINDS = ("strided", "fortran", "colstrided", "fortran-wide")
+# Columns of the wide Fortran-ordered kind: a power of two, the hardest stride for a cache.
+WIDE_COLUMNS = 4096
 
 # A 20-byte point record (x, y, z, intensity, class, flags, time): the structured-dtype case.
 RECORD20 = np.dtype(
@@ -87,10 +91,12 @@ RECORD20 = np.dtype(
 
 @dataclass(frozen=True)
 class Dataset:
-    """A source array: float32 (N, 4), 20-byte records, or a float32 (N, 4) that is not C-contiguous.
+    """A source array: float32 (N, 4), 20-byte records, or an array that is not C-contiguous.
 
     ``strided`` skips every other row (contiguous rows), ``fortran`` is column-major (the core
-    transposes it), ``colstrided`` skips every other column (no two items adjacent).
+    transposes it), ``colstrided`` skips every other column (no two items adjacent), and
+    ``fortran-wide`` is a column-major float64 (N, 4096): a transpose whose strides are powers of
+    two, which map many items onto the same cache sets.
     """
 
     kind: str
@@ -105,6 +111,7 @@ class Dataset:
             "strided": "float32 (N, 4), strided view a[::2]",
             "fortran": "float32 (N, 4), Fortran order",
             "colstrided": "float32 (N, 4), strided view a[:, ::2] of (N, 8)",
+            "fortran-wide": f"float64 (N, {WIDE_COLUMNS}), Fortran order",
         }
         return f"{names[self.kind]}, {format_bytes(self.nbytes)}"
 
@@ -114,6 +121,9 @@ class Dataset:
             count = self.nbytes // RECORD20.itemsize
             raw = rng.random((count * RECORD20.itemsize) // 4, dtype=np.float32)
             return raw.view(RECORD20)
+        if self.kind == "fortran-wide":
+            wide_rows = max(1, self.nbytes // (8 * WIDE_COLUMNS))
+            return np.asfortranarray(rng.random((wide_rows, WIDE_COLUMNS)))
         rows = self.nbytes // 16
         if self.kind == "strided":
             return rng.random((2 * rows, 4), dtype=np.float32)[::2]
@@ -231,7 +241,7 @@ def _convert_case(ds: Dataset, settings: Settings, impl: Impl, baselines: set[st
         "ours reserves the file's size before writing; the target is judged against plain os.write,"
         " and the reserved os.write row shows what reservation alone is worth on this file system",
     ]
-    if ds.kind in ("strided", "fortran", "colstrided"):
+    if ds.kind in STRIDED_KINDS:
         notes.append(
             "the page-cache limits write a contiguous copy of the same bytes; ours gathers them into"
             " C order through one bounce buffer"

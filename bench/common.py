@@ -154,7 +154,7 @@ class CaseResult:
     case_id: str
     title: str
     group: str
-    unit: Literal["s", "MiB"]
+    unit: Literal["s", "MiB", "B"]
     nbytes: int | None
     series: list[Series]
     notes: list[str] = field(default_factory=list)
@@ -331,9 +331,12 @@ def evaluate_target(target: Target, cases: dict[str, CaseResult], originals: dic
     """Judge a target; the original package, measured in its own process, is judged the same way."""
     case = cases.get(target.case_id)
     value = target.measure(case) if case is not None else math.nan
+    baseline = case.get(target.baseline) if case is not None and target.baseline else None
     if case is None or case.ours is None or not case.ours.ok:
         note = case.ours.note if case is not None and case.ours is not None else "not measured"
         verdict = note or "n/a"
+    elif baseline is not None and not baseline.ok:
+        verdict = f"n/a (baseline {baseline.note or 'not measured'})"
     else:
         verdict = "PASS" if target.passes(value) else "MISS"
     original_value = math.nan

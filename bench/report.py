@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from common import GIB, MIB, CaseResult, Series, TargetOutcome, format_seconds, paired_ratio
+from common import GIB, MIB, CaseResult, Series, TargetOutcome, format_bytes, format_seconds, paired_ratio
 
 __all__ = ["REFERENCE_BASELINE", "render_case", "render_report"]
 
@@ -14,7 +14,8 @@ REFERENCE_BASELINE = {
     "convert": "os.write to a fresh file (page cache)",
     "load": "raw open + mmap + close",
     "read": "best page-cache read",
-    "store-write": "hand-written group commit (same artefacts, same fsyncs)",
+    "store-write": "hand-written group commit, fsyncs on 8 threads (same artefacts, same durability)",
+    "store-disk": "hand-written group commit, fsyncs on 8 threads (same artefacts, same durability)",
     "store-reload": "np.load into RAM",
 }
 
@@ -22,8 +23,11 @@ _GROUP_TITLES = {
     "convert": "Conversion: `DiskBackedNDArray(a, enable_caching=True)` + `offload()`",
     "load": "`load()` latency",
     "read": "First full read after `load()`",
-    "store-write": "Store: durable write",
+    "store-write": "Store: durable write, end to end",
+    "store-disk": "Store: disk use after a durable write",
     "store-reload": "Store: reopen + reload",
+    "durable": "Durable entries against the original",
+    "reopen": "First `offload()` of an entry reopened from a store",
     "rss": "Peak extra resident memory",
 }
 
@@ -33,10 +37,14 @@ def _cell(series: Series, case: CaseResult) -> str:
         return series.note or "n/a"
     if case.unit == "MiB":
         return f"{series.median:.1f} MiB"
+    if case.unit == "B":
+        return format_bytes(int(series.median))
     return format_seconds(series.median)
 
 
 def _throughput(series: Series, case: CaseResult) -> str:
+    if case.unit == "B" and case.nbytes and series.ok:
+        return f"{series.median / case.nbytes:.2f}x payload"
     if case.unit != "s" or not case.nbytes or not series.ok:
         return ""
     rate = case.nbytes / series.median
@@ -44,7 +52,7 @@ def _throughput(series: Series, case: CaseResult) -> str:
 
 
 def _ours_vs(series: Series, case: CaseResult, ours: Series | None) -> str:
-    if ours is None or series is ours or case.unit != "s":
+    if ours is None or series is ours or case.unit not in ("s", "B"):
         return ""
     ratio = paired_ratio(series, ours)
     return "" if math.isnan(ratio) else f"{ratio:.2f}x"
@@ -74,6 +82,8 @@ def render_case(case: CaseResult, originals: dict[str, CaseResult], original_rea
     ours = case.ours
     if case.unit == "s":
         header = "| variant | kind | median | throughput | ours vs this (speed, >1 = ours faster) |"
+    elif case.unit == "B":
+        header = "| variant | kind | bytes on disk | per payload byte | ours vs this (>1 = ours uses less) |"
     else:
         header = "| variant | kind | peak extra RSS | | |"
     lines = [f"#### {case.title}", "", f"`{case.case_id}`", "", header, "|---|---|---:|---:|---:|"]
@@ -114,7 +124,8 @@ _METHOD = """\
   per repetition): above 1 means ours is faster.
 - Durability is compared like with like: our `.dat` under purge duty (the default) is not
   fsynced, so conversion is judged against `os.write` without fsync. Store writes are durable
-  (fsync of each file, then renames, then one directory fsync), and so is their baseline.
+  (fsync of each file, then renames, then one directory fsync), and so is their baseline; a
+  durable standalone entry is judged against the original and against `os.write` + fsync.
 - The page cache is warm for every read and load: files are read right after being written,
   and dropping caches is not possible here. Cold-cache reads are bounded by the disk instead.
 - This virtual machine returns free memory to its host within seconds, and faulting it back

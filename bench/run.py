@@ -25,7 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench_convert import BEST_READ, OS_WRITE, RAW_MMAP, convert_cases, load_and_read_cases
-from bench_store import GROUP_COMMIT, NP_LOAD_RAM, OFFLOAD_PART, reload_cases, write_cases
+from bench_durable import ORIGINAL_CONSTRUCT, ORIGINAL_REOPEN, WRITTEN_PART, durable_cases
+from bench_store import GROUP_COMMIT, NP_LOAD_MMAP, NP_LOAD_RAM, disk_cases, reload_cases, write_cases
 from common import BENCH_DIR, CaseResult, Impl, Settings, Target, environment, evaluate_target, load_impl
 from original import ensure_original, run_original
 from report import render_report
@@ -45,8 +46,10 @@ TARGETS = [
         for kind, label in (
             ("f32", "float32"),
             ("rec20", "20-byte records"),
+            ("strided", "row-strided float32"),
             ("fortran", "Fortran-ordered float32"),
             ("colstrided", "column-strided float32"),
+            ("fortran-wide", "Fortran-ordered float64 (N, 4096)"),
         )
         for size in ("small", "large")
     ),
@@ -58,20 +61,61 @@ TARGETS = [
         Target(f"read-f32-{size}", "speed", 0.9, BEST_READ, "first full read, {size}: >= 0.9x best read")
         for size in ("small", "large")
     ),
-    Target(
-        "store-write-many",
-        "time",
-        1.3,
-        GROUP_COMMIT,
-        "store durable write (offload(pickle_container=True)), {size}: <= 1.3x group commit",
-        part=OFFLOAD_PART,
+    *(
+        Target(
+            f"store-write-{name}",
+            "time",
+            1.3,
+            GROUP_COMMIT,
+            "durable store write end to end (adds + offload(pickle_container=True)), {size}:"
+            " <= 1.3x hand-written group commit",
+        )
+        for name in ("many", "big")
+    ),
+    *(
+        Target(
+            f"store-disk-{name}",
+            "time",
+            1.1,
+            GROUP_COMMIT,
+            "disk use after a durable store write, {size}: <= 1.1x hand-written group commit's",
+        )
+        for name in ("many", "big")
+    ),
+    *(
+        Target(
+            f"store-reload-{name}",
+            "time",
+            1.0,
+            NP_LOAD_MMAP,
+            "store reopen + reload, {size}: <= 1.0x np.load(mmap_mode='r')",
+        )
+        for name in ("many", "big")
     ),
     Target("store-reload-big", "speed", 10.0, NP_LOAD_RAM, "store reload, {size}: >= 10x faster than np.load"),
+    Target(
+        "durable-construct", "time", 1.0, ORIGINAL_CONSTRUCT, "durable entry construction, {size}: <= 1.0x original"
+    ),
+    Target(
+        "reopen-offload",
+        "time",
+        1.0,
+        ORIGINAL_REOPEN,
+        "first offload() of a reopened entry, {size}: <= 1.0x original",
+    ),
+    Target(
+        "reopen-offload",
+        "time",
+        1.0,
+        ORIGINAL_REOPEN,
+        "first offload() of a reopened entry, one element written, {size}: <= 1.0x original",
+        part=WRITTEN_PART,
+    ),
     Target("rss-large", "absolute", 80.0, None, "peak extra RSS converting {size}: <= 80 MiB"),
     Target("rss-huge", "absolute", 80.0, None, "peak extra RSS converting {size}: <= 80 MiB"),
 ]
 
-GROUPS = ("convert", "load", "store-write", "store-reload", "rss")
+GROUPS = ("convert", "load", "store-write", "store-disk", "store-reload", "durable", "rss")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -91,7 +135,9 @@ def _run_groups(
         "convert": lambda: convert_cases(settings, impl),
         "load": lambda: load_and_read_cases(settings, impl),
         "store-write": lambda: write_cases(settings, impl),
+        "store-disk": lambda: disk_cases(settings, impl),
         "store-reload": lambda: reload_cases(settings, impl),
+        "durable": lambda: durable_cases(settings, impl, original, reason),
         "rss": lambda: rss_cases(settings, impl, original, reason),
     }
     cases: list[CaseResult] = []
@@ -124,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         cases = _run_groups(settings, impl, groups, original, reason)
         originals: dict[str, CaseResult] = {}
         original_env: list[tuple[str, str]] = []
-        if original is not None and groups - {"rss"}:
+        if original is not None and groups - {"rss", "durable"}:
             originals, original_env, problem = run_original(settings, original)
             reason = problem or reason
         env = environment(settings.workdir)

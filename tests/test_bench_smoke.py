@@ -15,33 +15,35 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "bench" / "run.py"
 
+CONVERT_KINDS = ("f32", "rec20", "strided", "fortran", "colstrided", "fortran-wide")
+
 CASE_IDS = [
-    *(
-        f"convert-{kind}-{size}"
-        for kind in ("f32", "rec20", "strided", "fortran", "colstrided")
-        for size in ("small", "large")
-    ),
+    *(f"convert-{kind}-{size}" for kind in CONVERT_KINDS for size in ("small", "large")),
     *(f"{group}-f32-{size}" for group in ("load", "read") for size in ("small", "large")),
-    *(f"store-{op}-{name}" for op in ("write", "reload") for name in ("many", "big")),
+    *(f"store-{op}-{name}" for op in ("write", "disk", "reload") for name in ("many", "big")),
+    "durable-construct",
+    "reopen-offload",
     "rss-large",
     "rss-huge",
 ]
 
+# One entry per target row (a case may carry two targets).
 TARGET_CASES = [
-    "convert-f32-small",
-    "convert-f32-large",
-    "convert-rec20-small",
-    "convert-rec20-large",
-    "convert-fortran-small",
-    "convert-fortran-large",
-    "convert-colstrided-small",
-    "convert-colstrided-large",
+    *(f"convert-{kind}-{size}" for kind in CONVERT_KINDS for size in ("small", "large")),
     "load-f32-small",
     "load-f32-large",
     "read-f32-small",
     "read-f32-large",
     "store-write-many",
+    "store-write-big",
+    "store-disk-many",
+    "store-disk-big",
+    "store-reload-many",
     "store-reload-big",
+    "store-reload-big",
+    "durable-construct",
+    "reopen-offload",
+    "reopen-offload",
     "rss-large",
     "rss-huge",
 ]

@@ -9,6 +9,7 @@ the store reports what these helpers find, on its own logger.
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import math
 import os
@@ -20,8 +21,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lazy_disk_cache._buffers import byte_view
-from lazy_disk_cache._memmap import open_memmap
-from lazy_disk_cache._rust import CacheDir, CommitBatch
+from lazy_disk_cache._memmap import as_memmap
+from lazy_disk_cache._rust import CacheDir, CommitBatch, FileMapping, NpyHeader
 from lazy_disk_cache.lazy_disk_cache import (
     LazyDiskCache,
     LazyDiskCacheConfig,
@@ -42,8 +43,9 @@ __all__ = [
     "decode_layout",
     "descr_text",
     "encode_sidecar",
-    "map_payload",
+    "layout_of",
     "parse_sidecar",
+    "payload_memmap",
     "read_payload",
     "read_sidecar_bytes",
     "sidecar_flags",
@@ -149,11 +151,7 @@ def _lies_directly_in(path: Path, cache_dir: Path) -> bool:
 
 def read_sidecar_bytes(directory: CacheDir, path: Path) -> bytes:
     """Read the whole sidecar at ``path`` (in ``directory``). Blocks on disk."""
-    size = os.stat(path).st_size
-    buffer = bytearray(size)
-    if size:
-        directory.read_into(path.name, 0, buffer, chunk_bytes=chunk_budget_bytes())
-    return bytes(buffer)
+    return directory.read_file(path.name)
 
 
 def parse_sidecar(raw: bytes, key: str, path: Path) -> tuple[dict[str, Any], str]:
@@ -190,14 +188,21 @@ def parse_sidecar(raw: bytes, key: str, path: Path) -> tuple[dict[str, Any], str
 
 
 def decode_layout(directory: CacheDir, path: Path) -> PayloadLayout:
-    """Decode the ``.npy`` header at ``path`` and check the file holds the whole payload.
+    """Decode the ``.npy`` header at ``path`` and check the file holds the whole payload (see ``layout_of``).
 
-    One small read. A corrupt header, an object dtype or a file shorter than the header announces
+    One small read.
+    """
+    return layout_of(directory.read_header(path.name), path)
+
+
+def layout_of(header: NpyHeader, path: Path) -> PayloadLayout:
+    """The payload layout the decoded ``.npy`` header of ``path`` announces, checked against the file.
+
+    A header naming an invalid or object dtype, or announcing more payload than the file holds,
     raises ``ValueError`` naming the path; trailing bytes are ignored, as ``np.load`` does.
     """
-    header = directory.read_header(path.name)
     try:
-        dtype = np.lib.format.descr_to_dtype(ast.literal_eval(header.descr))
+        dtype = _dtype_of_descr(header.descr)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as exc:
         raise ValueError(f"{str(path)!r}: the .npy header holds an invalid descr {header.descr}") from exc
     if dtype.hasobject:
@@ -211,6 +216,17 @@ def decode_layout(directory: CacheDir, path: Path) -> PayloadLayout:
         )
     order: Literal["C", "F"] = "F" if header.fortran_order else "C"
     return PayloadLayout(shape, dtype, order, header.data_offset, nbytes)
+
+
+@functools.lru_cache(maxsize=256)
+def _dtype_of_descr(descr: str) -> np.dtype[Any]:
+    """The dtype a header's ``descr`` literal names, parsed safely as ``np.load`` does.
+
+    Cached: the keys of a store mostly share a few dtypes, and the parse is the costliest step of
+    reading a header. A dtype is immutable, so sharing one is safe.
+    """
+    dtype: np.dtype[Any] = np.lib.format.descr_to_dtype(ast.literal_eval(descr))
+    return dtype
 
 
 def sidecar_is_stale(meta: dict[str, Any], layout: PayloadLayout) -> bool:
@@ -241,13 +257,17 @@ def sidecar_flags(meta: dict[str, Any], key: str) -> LazyDiskCacheKw:
     )
 
 
-def map_payload(
-    directory: CacheDir, path: Path, layout: PayloadLayout, mode: Literal["r", "c"]
+def payload_memmap(
+    directory: CacheDir, path: Path, mapping: FileMapping, layout: PayloadLayout
 ) -> np.memmap[Any, np.dtype[Any]]:
-    """Map the payload at ``path`` read-only (``r``) or copy-on-write (``c``). O(1), reads no data."""
-    return open_memmap(
-        directory, path.name, layout.shape, layout.dtype, mode=mode, offset=layout.offset, order=layout.order
-    )
+    """The payload at ``path`` as an ``np.memmap`` over ``mapping``, a window from its offset to the end of the file.
+
+    ``layout_of`` has checked that the file holds the whole payload. A file with bytes past it (which
+    are ignored, as ``np.load`` does) is mapped again with a window of exactly the payload. O(1).
+    """
+    if mapping.length != layout.nbytes:
+        mapping = FileMapping.open(directory, path.name, mode=mapping.mode, offset=layout.offset, length=layout.nbytes)
+    return as_memmap(mapping, layout.shape, layout.dtype, layout.order)
 
 
 def read_payload(directory: CacheDir, path: Path, layout: PayloadLayout) -> NDArray[Any]:

@@ -157,6 +157,16 @@ class CacheDir:
     def read_header(self, name: str) -> NpyHeader:
         """Decode the ``.npy`` header of ``name`` (one small pread). Malformed → ``ValueError``."""
 
+    def read_npy(self, name: str, *, map_mode: Literal["r", "c"] | None = None) -> tuple[NpyHeader, FileMapping | None]:
+        """Decode the ``.npy`` header of ``name`` and, with ``map_mode``, map its payload, through one open.
+
+        The mapping's window runs from the header's data offset to the end of the file (a file
+        shorter than its header announces is the caller's to refuse). Malformed → ``ValueError``.
+        """
+
+    def read_file(self, name: str) -> bytes:
+        """Read all of the small file ``name`` (a sidecar). Blocks on disk; GIL released."""
+
     def read_into(self, name: str, offset: int, dest: Buffer, *, chunk_bytes: int) -> None:
         """Fill the writable C-contiguous ``dest`` from ``name`` at ``offset``.
 

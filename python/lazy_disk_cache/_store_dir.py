@@ -17,14 +17,11 @@ from typing import NamedTuple
 from lazy_disk_cache._directories import open_directory
 from lazy_disk_cache._leases import PathLease
 from lazy_disk_cache._rust import CacheDir
-from lazy_disk_cache.errors import StoreKeyError
 from lazy_disk_cache.paths import (
     NPY_SUFFIX,
-    get_npy_path,
     is_our_temp_name,
     key_from_npy_name,
     legacy_key_from_npy_name,
-    readable_store_key,
 )
 
 __all__ = [
@@ -95,7 +92,9 @@ def rescan(cache_dir: Path) -> RescanReport:
         key = key_from_npy_name(name)
         old_key = None if key is not None else legacy_key_from_npy_name(name)
         found = key if key is not None else old_key
-        if found is None or not _rebuilds(cache_dir, found, name):
+        # Both parsers check that the builder rebuilds exactly ``name`` from the key, and a key of
+        # either kind is one plain file name, so ``<cache_dir>/<key>.npy`` is this very entry.
+        if found is None:
             skipped.append(name)
             continue
         keys.append(found)
@@ -108,13 +107,6 @@ def _is_file(item: os.DirEntry[str]) -> bool:
     try:
         return item.is_file()
     except OSError:
-        return False
-
-
-def _rebuilds(cache_dir: Path, key: str, name: str) -> bool:
-    try:
-        return get_npy_path(cache_dir, readable_store_key(key, cache_dir)) == cache_dir / name
-    except StoreKeyError:
         return False
 
 

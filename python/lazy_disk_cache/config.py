@@ -43,8 +43,9 @@ class LazyDiskCacheKw(TypedDict, total=False):
 
 
 def _path_like_as_text(value: object) -> object:
-    # pydantic's lax Path validation takes a str or a Path, but not other os.PathLike objects.
-    return os.fspath(value) if isinstance(value, os.PathLike) else value
+    # pydantic's lax Path validation takes a str or a Path, but not other os.PathLike objects. A
+    # Path goes through as it is: turning it into text would only make pydantic parse it again.
+    return os.fspath(value) if isinstance(value, os.PathLike) and not isinstance(value, Path) else value
 
 
 @pydantic_dataclass(frozen=True, config=ConfigDict(arbitrary_types_allowed=True))

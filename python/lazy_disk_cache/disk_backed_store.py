@@ -7,8 +7,6 @@ several keys are grouped into one commit with a single directory fsync. Opening 
 the temps a crash left behind and adopts every ``<k>.npy`` it finds.
 """
 
-import contextlib
-import errno
 import logging
 import os
 import threading
@@ -22,6 +20,7 @@ from typing import (
     ClassVar,
     Generic,
     Literal,
+    NoReturn,
     Protocol,
     TypeGuard,
     TypeVar,
@@ -35,10 +34,9 @@ from typing_extensions import Unpack
 
 from lazy_disk_cache._codec import (
     SCHEMA_VERSION,
-    PayloadLayout,
-    decode_layout,
-    map_payload,
+    layout_of,
     parse_sidecar,
+    payload_memmap,
     read_payload,
     read_sidecar_bytes,
     sidecar_flags,
@@ -47,8 +45,9 @@ from lazy_disk_cache._codec import (
 )
 from lazy_disk_cache._directories import open_directory
 from lazy_disk_cache._key_locks import writer_lock_if_writable
+from lazy_disk_cache._memmap import mapping_of
 from lazy_disk_cache._purge import PurgePlan, artefact_names, detach_purge_duty, plan_purge, unlink_in_order
-from lazy_disk_cache._rust import CacheDir, CommitBatch
+from lazy_disk_cache._rust import CacheDir, CommitBatch, FileMapping, NpyHeader
 from lazy_disk_cache._store_dir import (
     choose_cache_dir,
     directory_refuses_writes,
@@ -71,7 +70,7 @@ from lazy_disk_cache.lazy_disk_cache import (
     LazyDiskCache,
     LazyDiskCacheConfig,
     LazyDiskCacheKw,
-    building_store_entry,
+    StoreEntryBuild,
     chunk_budget_bytes,
     release_purge_duty,
     settle_committed_entries,
@@ -176,50 +175,24 @@ def _resolve_lazy_disk_cache_class(name: str) -> type[LazyDiskCache]:
 
 _NO_DEFAULT: Any = object()
 
-# Reads of a file that another process replaced meanwhile are retried this many times.
-_REPLACED_READ_RETRIES = 20
 
+class _NamingTheSidecar:
+    """Add a note naming the sidecar to a ``ValueError`` raised inside; the message stays as pinned.
 
-def _file_identity(path: Path) -> tuple[int, int] | None:
-    """Device and inode of the file ``path`` names now, ``None`` when it names nothing."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return info.st_dev, info.st_ino
-
-
-_R = TypeVar("_R")
-
-
-def _read_stably(path: Path, read: Callable[[], _R]) -> _R:
-    """``read()`` of ``path``, retried while another process's commit replaced the file meanwhile.
-
-    A read that opens ``path`` by name more than once (a header, then the payload) could otherwise
-    combine two files. The file's identity is compared around the read; a read whose file changed
-    is done again, and its errors count only when the file did not change. Blocks on disk.
+    A class, not a generator: it wraps every reload, and costs next to nothing when nothing raises.
     """
-    for _ in range(_REPLACED_READ_RETRIES):
-        before = _file_identity(path)
-        try:
-            result = read()
-        except (ValueError, FileNotFoundError):
-            if _file_identity(path) == before:
-                raise
-            continue
-        if _file_identity(path) == before:
-            return result
-    raise OSError(errno.EAGAIN, "the file kept being replaced while it was read", str(path))
 
+    __slots__ = ("path",)
 
-@contextlib.contextmanager
-def _naming_the_sidecar(path: Path) -> Iterator[None]:
-    """Add a note naming the sidecar to a ``ValueError`` raised inside; the message stays as pinned."""
-    try:
-        yield
-    except ValueError as exc:
-        exc.add_note(f"while reading the sidecar {str(path)!r}")
-        raise
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, traceback: object) -> None:
+        if isinstance(exc, ValueError):
+            exc.add_note(f"while reading the sidecar {str(self.path)!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,7 +347,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
             entry = self._store.get(key)
             if entry is not None:
                 return entry
-            entry = self._load_entry(checked)
+            entry = self._load_entry(checked, tracked=key in self._store)
             self._store[key] = entry
             self._register(key, entry)
             return entry
@@ -528,11 +501,12 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
             )
             dat = get_memmap_path(self._cache_dir, checked)
             dat_existed = os.path.lexists(dat)
-            with building_store_entry(dat):
+            npy = get_npy_path(self._cache_dir, checked)
+            with StoreEntryBuild(npy):
                 entry = self._factory(
                     data,
                     enable_caching=caching,
-                    cache_path=get_npy_path(self._cache_dir, checked),
+                    cache_path=npy,
                     automatic_offloading=offloading,
                     purge_disk_on_gc=purge,
                 )
@@ -707,7 +681,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         """``<cache_dir>/<feature>.pkl``, a legacy file that is never read (validated and contained)."""
         return get_legacy_pickle_path(self._cache_dir, feature)
 
-    def _load_entry(self, key: str) -> T:
+    def _load_entry(self, key: str, *, tracked: bool = False) -> T:
         """Build the entry of ``key`` from its ``<key>.npy`` + ``<key>.meta.json`` pair.
 
         The ``.npy`` header decides shape, dtype and order; the sidecar the class and the flags
@@ -718,28 +692,28 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         """
         checked = readable_store_key(key, self._cache_dir)
         npy, meta = self._get_npy_path(checked), self._get_meta_path(checked)
-        legacy = self._get_legacy_pickle_path(checked)
-        complete = npy.exists() and meta.exists()
-        if not complete and legacy.exists():
-            logger.info(
-                "Legacy pre-Phase-2 cache file at %s is a pickle, which this package never reads; with no "
-                "complete .npy + .meta.json pair beside it, the key counts as missing. To keep its value, add "
-                "it to a store again and offload it with pickle_container=True.",
-                legacy,
-            )
-            raise KeyError(key)
-        # Temps are never read: a pair is only ever what the last completed rename left.
-        if not complete:
-            raise KeyError(key)
+        if not tracked and not (npy.exists() and meta.exists()):
+            # Only a key this store found on disk (``tracked``) is opened before its pair is seen to
+            # exist, so a miss of any other key makes no file operation.
+            self._miss(checked, key)
         directory = self._directory()
-        try:
-            with _naming_the_sidecar(meta):
-                raw = _read_stably(meta, lambda: read_sidecar_bytes(directory, meta))
-                sidecar, class_name = parse_sidecar(raw, key, meta)
-                cls = _resolve_lazy_disk_cache_class(class_name)
-            layout, flags, array = self._read_npy(directory, npy, lambda: sidecar_flags(sidecar, key), meta)
-        except FileNotFoundError:
-            raise KeyError(key) from None
+        # Temps are never read: a pair is only ever what the last completed rename left. Both
+        # halves are read before either is judged, so a missing one is a miss whatever the other
+        # holds, and a bad header is reported after the sidecar's own defects. The payload is
+        # mapped by the same open that reads the header (copy-on-write, or read-only in a
+        # directory this process may not write); a sidecar turning caching off drops the mapping.
+        map_mode: Literal["r", "c"] = "r" if directory_refuses_writes(self._cache_dir) else "c"
+        raw_sidecar, opened, header_error = self._read_pair(directory, npy, meta, map_mode)
+        if raw_sidecar is None or (opened is None and header_error is None):
+            self._miss(checked, key)
+        with _NamingTheSidecar(meta):
+            sidecar, class_name = parse_sidecar(raw_sidecar, key, meta)
+            cls = _resolve_lazy_disk_cache_class(class_name)
+        if opened is None:
+            # Not missing (that was a miss above): unreadable, reported after the sidecar's defects.
+            raise header_error or KeyError(key)
+        header, mapping = opened
+        layout = layout_of(header, npy)
         if sidecar_is_stale(sidecar, layout):
             logger.warning("sidecar for key %r is stale; the .npy header wins", key)
             warn_user(
@@ -747,31 +721,52 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
                 f"{layout.dtype}; the sidecar {str(meta)!r} says shape {sidecar.get('shape')!r}, dtype "
                 f"{sidecar.get('dtype')!r})"
             )
+        with _NamingTheSidecar(meta):
+            flags = sidecar_flags(sidecar, key)
+        array: NDArray[Any]
+        if flags["enable_caching"] and mapping is not None:
+            array = payload_memmap(directory, npy, mapping, layout)
+            mapping = mapping_of(array)
+        else:
+            mapping = None
+            array = read_payload(directory, npy, layout)
         # Entry classes take the data first, then the LazyDiskCacheKw settings (like the factory).
         construct: Callable[..., T] = cls  # type: ignore[assignment]
-        with building_store_entry(get_memmap_path(self._cache_dir, checked)):
+        with StoreEntryBuild(npy, mapping):
             return construct(array, **flags, cache_path=npy)
 
-    def _read_npy(
-        self, directory: CacheDir, npy: Path, flags_of: Callable[[], LazyDiskCacheKw], meta: Path
-    ) -> tuple[PayloadLayout, LazyDiskCacheKw, NDArray[Any]]:
-        """The header, the sidecar's flags (checked after the header) and the payload of ``npy``.
+    def _miss(self, checked: StoreKey, key: str) -> NoReturn:
+        """Raise the ``KeyError`` of a key without a complete pair (logging a legacy pickle beside it)."""
+        legacy = self._get_legacy_pickle_path(checked)
+        if legacy.exists():
+            logger.info(
+                "Legacy pre-Phase-2 cache file at %s is a pickle, which this package never reads; with no "
+                "complete .npy + .meta.json pair beside it, the key counts as missing. To keep its value, add "
+                "it to a store again and offload it with pickle_container=True.",
+                legacy,
+            )
+        raise KeyError(key)
 
-        The payload is mapped copy-on-write (read-only in a directory this process may not write)
-        when the flags enable caching, else read into RAM. Header and payload are of one file
-        (``_read_stably``).
+    @staticmethod
+    def _read_pair(
+        directory: CacheDir, npy: Path, meta: Path, map_mode: Literal["r", "c"]
+    ) -> tuple[bytes | None, tuple[NpyHeader, FileMapping | None] | None, OSError | ValueError | None]:
+        """The sidecar's bytes and the ``.npy`` header with its payload mapped in ``map_mode``.
+
+        ``None`` for a missing half (the key is then a miss). A header that cannot be read for
+        another reason comes back as its error, to be raised after the sidecar is judged. Blocks
+        on disk: two small reads and a mapping.
         """
-
-        def read() -> tuple[PayloadLayout, LazyDiskCacheKw, NDArray[Any]]:
-            layout = decode_layout(directory, npy)
-            with _naming_the_sidecar(meta):
-                flags = flags_of()
-            if not flags["enable_caching"]:
-                return layout, flags, read_payload(directory, npy, layout)
-            mode: Literal["r", "c"] = "r" if directory_refuses_writes(self._cache_dir) else "c"
-            return layout, flags, map_payload(directory, npy, layout, mode)
-
-        return _read_stably(npy, read)
+        try:
+            raw = read_sidecar_bytes(directory, meta)
+        except FileNotFoundError:
+            return None, None, None
+        try:
+            return raw, directory.read_npy(npy.name, map_mode=map_mode), None
+        except FileNotFoundError:
+            return raw, None, None
+        except (OSError, ValueError) as exc:
+            return raw, None, exc
 
     def _directory(self) -> CacheDir:
         return open_directory(self._cache_dir)

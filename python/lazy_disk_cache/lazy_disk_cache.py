@@ -18,7 +18,6 @@ end of this module (``entry_lock``, ``array_to_write``, ``copyable_file``, ...):
 way code outside this module reaches an entry's private state.
 """
 
-import contextlib
 import contextvars
 import copy
 import errno
@@ -33,7 +32,7 @@ import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar, Concatenate, Literal, NamedTuple, ParamSpec, Self, TypeVar
@@ -126,12 +125,16 @@ def _is_symlink(path: Path) -> bool:
         return False
 
 
-def _entry_dat_path(given: Path) -> Path:
-    """Turn a configured ``cache_path`` into the absolute ``.dat`` path (no symlink resolution)."""
+def _entry_dat_path(given: Path, *, given_is_a_file: bool = False) -> Path:
+    """Turn a configured ``cache_path`` into the absolute ``.dat`` path (no symlink resolution).
+
+    ``given_is_a_file``: the caller just opened ``given`` as a file (a store reloading its
+    ``.npy``), so only the ``.dat`` form needs checking.
+    """
     if not given.name:
         raise ValueError(f"cache_path {given!r} has an empty name; pass a file path")
     dat = given.absolute().with_suffix(MEMMAP_SUFFIX)
-    if given.is_dir() or dat.is_dir():
+    if (not given_is_a_file and given.is_dir()) or dat.is_dir():
         raise ValueError(
             f"cache_path {given!r} is an existing directory; pass a file path "
             "(the entry stores its data in '<name>.dat')"
@@ -189,10 +192,20 @@ class _AdoptedPayload(NamedTuple):
 _last_used: Callable[[Any], int] = operator.attrgetter("_used_at")
 """How the budget's ledger reads an entry's last use back (a shared getter: it holds no entry)."""
 
-# The ``.dat`` of the entry a store is building right now (``building_store_entry``): an entry
-# constructed with exactly this ``.dat`` is the store's working copy.
-_store_entry_dat: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
-    "lazy_disk_cache_store_entry_dat", default=None
+
+class _StoreBuild(NamedTuple):
+    """The entry a store is building right now (``StoreEntryBuild``).
+
+    An entry constructed with exactly this ``cache_path`` is the store's working copy; ``payload``
+    is the mapping of its own ``<key>.npy`` the store made for a reload (``None`` for an add).
+    """
+
+    cache_path: Path
+    payload: FileMapping | None
+
+
+_store_build: contextvars.ContextVar[_StoreBuild | None] = contextvars.ContextVar(
+    "lazy_disk_cache_store_build", default=None
 )
 
 
@@ -253,8 +266,12 @@ class LazyDiskCache(ABC):
         self._backing_created = False
         self._dir_handle = None
         self._ephemeral = config.cache_path is None
-        self._cache_path = None if config.cache_path is None else _entry_dat_path(config.cache_path)
-        self._working_copy = self._cache_path is not None and self._cache_path == _store_entry_dat.get()
+        build = _store_build.get()
+        self._working_copy = build is not None and config.cache_path == build.cache_path
+        reloading = self._working_copy and build is not None and build.payload is not None
+        self._cache_path = (
+            None if config.cache_path is None else _entry_dat_path(config.cache_path, given_is_a_file=reloading)
+        )
         if self._enable_caching:
             check_cacheable_dtype(self._describe_shape_dtype()[1])
             self._convert_to_memmap()
@@ -971,14 +988,17 @@ class LazyDiskCache(ABC):
         layout_ok = source.flags.c_contiguous or source.flags.f_contiguous
         if not layout_ok or source.nbytes != mapping.length or source.shape != shape or source.dtype != dtype:
             return False
-        mapped_path = Path(mapping.path)
-        if mapped_path.name != _npy_beside(path).name:
+        mapped_path = mapping.path
+        if os.path.basename(mapped_path) != path.name.removesuffix(MEMMAP_SUFFIX) + NPY_SUFFIX:
             return False
-        try:
-            if not os.path.samefile(mapped_path.parent, path.parent):
+        # The store that reloads this entry mapped this very payload itself; any other is checked.
+        build = _store_build.get()
+        if not (self.__dict__.get("_working_copy", False) and build is not None and build.payload is mapping):
+            try:
+                if not os.path.samefile(os.path.dirname(mapped_path), path.parent):
+                    return False
+            except OSError:
                 return False
-        except OSError:
-            return False
         order: Literal["C", "F"] = "C" if source.flags.c_contiguous else "F"
         buffer = source if isinstance(source, np.memmap) else as_memmap(mapping, shape, dtype, order)
         self._adopted = _AdoptedPayload(offset=mapping.offset, order=order, readonly=mapping.mode == "r")
@@ -1309,20 +1329,31 @@ def readable_file(entry: LazyDiskCache) -> ReadableFile:
         return ReadableFile(_npy_beside(path), adopted.offset, adopted.order)
 
 
-@contextlib.contextmanager
-def building_store_entry(dat: Path) -> Iterator[None]:
-    """Mark the entry constructed inside the block whose ``.dat`` is ``dat`` as a store's working copy.
+class StoreEntryBuild:
+    """Mark the entry constructed inside the block with ``cache_path`` as a store's working copy.
 
-    A store wraps its factory call (``add_data_to_store``) and its reload construction in this: the
-    entry's ``.dat`` is then a working file, written without fsyncs, since the store's committed
-    pair is what a restart reads (see ``LazyDiskCache._backing_is_durable``). Other entries built
-    inside, with other paths, are unaffected.
+    A store wraps its factory call (``add_data_to_store``) and its reload construction in this,
+    with the ``<key>.npy`` path it passes as ``cache_path``: the entry's ``.dat`` is then a working
+    file, written without fsyncs, since the store's committed pair is what a restart reads (see
+    ``LazyDiskCache._backing_is_durable``). A reload passes the mapping it made of that ``.npy``'s
+    payload, which the entry may then adopt without checking where it lies. Other entries built
+    inside, with other paths, are unaffected. (A class rather than a generator: it wraps every
+    reload.)
     """
-    token = _store_entry_dat.set(dat)
-    try:
-        yield
-    finally:
-        _store_entry_dat.reset(token)
+
+    __slots__ = ("_build", "_token")
+
+    def __init__(self, cache_path: Path, payload: FileMapping | None = None) -> None:
+        self._build = _StoreBuild(cache_path, payload)
+        self._token: contextvars.Token[_StoreBuild | None] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _store_build.set(self._build)
+
+    def __exit__(self, kind: object, exc: object, traceback: object) -> None:
+        if self._token is not None:
+            _store_build.reset(self._token)
+            self._token = None
 
 
 def settle_committed_entries(committed: Sequence[tuple[LazyDiskCache, int]]) -> None:

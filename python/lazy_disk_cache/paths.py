@@ -350,14 +350,16 @@ def _artefact_name(key: str, suffix: str) -> str:
 
 def _build(cache_dir: _StrPath, key: str, suffix: str) -> Path:
     checked = checked_store_key(key, cache_dir)
-    directory = Path(cache_dir)
-    candidate = directory / _artefact_name(checked, suffix)
+    directory = cache_dir if isinstance(cache_dir, Path) else Path(cache_dir)
+    name = _artefact_name(checked, suffix)
+    candidate = directory / name
     # The containment rule holds by construction here, with no need to resolve anything: the
     # candidate's parent is ``directory`` itself and its final component is one checked segment
     # (never '', '.' or '..'), which containment deliberately leaves unresolved. Checking it
     # anyway would cost two realpath walks per artefact name on every store operation. A
-    # ``StoreKey`` built by hand around the rule still cannot leave the directory.
-    if candidate.parent != directory or candidate.name in _DOT_NAMES:
+    # ``StoreKey`` built by hand around the rule still cannot leave the directory. (String tests:
+    # a name without a separator is the candidate's final component, and its parent ``directory``.)
+    if "/" in name or "\\" in name or name in _DOT_NAMES:
         ensure_contained(candidate, directory, checked)
     return candidate
 

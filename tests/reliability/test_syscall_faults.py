@@ -55,9 +55,29 @@ class Call:
     injected: bool
 
 
+_UNFINISHED = re.compile(r"^(?P<pid>\d+)\s+(?P<head>.*) <unfinished \.\.\.>$")
+_RESUMED = re.compile(r"^(?P<pid>\d+)\s+<\.\.\. \w+ resumed>(?P<tail>.*)$")
+
+
+def _joined(trace: str) -> list[str]:
+    """The trace's lines with every call that strace split (another thread's call came in between,
+    printed as ``<unfinished ...>`` then ``<... name resumed>``) joined back into one line, in the
+    order the calls returned."""
+    pending: dict[str, str] = {}
+    lines = []
+    for line in trace.splitlines():
+        if (unfinished := _UNFINISHED.match(line)) is not None:
+            pending[unfinished["pid"]] = unfinished["head"]
+        elif (resumed := _RESUMED.match(line)) is not None and resumed["pid"] in pending:
+            lines.append(f"{resumed['pid']} {pending.pop(resumed['pid'])}{resumed['tail']}")
+        else:
+            lines.append(line)
+    return lines
+
+
 def _parse(trace: str) -> list[Call]:
     calls = []
-    for line in trace.splitlines():
+    for line in _joined(trace):
         match = _LINE.match(line)
         if match is None:
             continue

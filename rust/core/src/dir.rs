@@ -173,6 +173,19 @@ impl CacheDir {
         Ok(fd)
     }
 
+    /// Reads the whole of the small file `name` (a sidecar): open, fstat, pread, close.
+    ///
+    /// # Errors
+    /// As [`CacheDir::open_read`] and [`CacheDir::file_len`]; [`Error::Io`] with [`Op::Read`];
+    /// [`Error::SizeMismatch`] when the file shrinks while it is read.
+    pub fn read_file(&self, name: &str) -> Result<Vec<u8>> {
+        let fd = self.open_read(name)?;
+        let len = crate::checked::to_usize(self.file_len(fd.as_fd(), name)?)?;
+        let mut bytes = vec![0u8; len];
+        copy::read_exact_at(self.fs(), fd.as_fd(), &self.path_of(name), &mut bytes, 0)?;
+        Ok(bytes)
+    }
+
     /// Fills `dest` from `name` at `offset` with `pread` in pieces of `budget`, calling
     /// `between` between pieces.
     ///

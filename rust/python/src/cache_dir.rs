@@ -10,10 +10,10 @@ use std::path::PathBuf;
 
 use lazy_disk_cache_core as ldc_core;
 use ldc_core::region::{self, BlockPlacement, BlockSource, RegionTarget};
-use ldc_core::{ArraySpec, CacheDir, ChunkBudget, CommitBatch, FileRange, NpyHeader, PayloadWriter};
+use ldc_core::{ArraySpec, CacheDir, ChunkBudget, CommitBatch, FileRange, MappingMode, NpyHeader, PayloadWriter};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyIterator, PyTuple};
+use pyo3::types::{PyBytes, PyIterator, PyTuple};
 
 use crate::buffer::{Bytes, Layout};
 use crate::detach::{run_detached, signal_check};
@@ -173,6 +173,32 @@ impl PyCacheDir {
     fn read_header(&self, py: Python<'_>, name: &str) -> PyResult<PyNpyHeader> {
         let inner = to_py(run_detached(py, || self.inner.read_header(name)))?;
         Ok(PyNpyHeader { inner })
+    }
+
+    #[pyo3(signature = (name, *, map_mode = None))]
+    fn read_npy(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        map_mode: Option<&str>,
+    ) -> PyResult<(PyNpyHeader, Option<PyFileMapping>)> {
+        let mode = match map_mode {
+            None => None,
+            Some("r") => Some(MappingMode::ReadOnly),
+            Some("c") => Some(MappingMode::CopyOnWrite),
+            Some(other) => {
+                return Err(PyValueError::new_err(format!(
+                    "map_mode must be 'r', 'c' or None, not {other:?}"
+                )));
+            }
+        };
+        let (inner, mapping) = to_py(run_detached(py, || self.inner.read_npy(name, mode)))?;
+        Ok((PyNpyHeader { inner }, mapping.map(PyFileMapping::new)))
+    }
+
+    fn read_file<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyBytes>> {
+        let bytes = to_py(run_detached(py, || self.inner.read_file(name)))?;
+        Ok(PyBytes::new(py, &bytes))
     }
 
     #[pyo3(signature = (name, offset, dest, *, chunk_bytes))]

@@ -4,7 +4,7 @@
 pub mod header;
 pub mod literal;
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 pub use header::{
     HeaderError, MAX_HEADER_LEN, NPY_ARRAY_ALIGN, NPY_DATA_ALIGN, NPY_MAGIC, NpyHeader, Preamble, decode_header,
@@ -15,6 +15,7 @@ use crate::checked::{to_u64, to_usize};
 use crate::copy::read_exact_at;
 use crate::dir::CacheDir;
 use crate::error::{Error, Result};
+use crate::mapping::{Mapping, MappingMode};
 
 impl CacheDir {
     /// Reads and decodes the `.npy` header of `name` (usually one 4 KiB pread).
@@ -28,22 +29,50 @@ impl CacheDir {
     /// [`Op::Read`]: crate::Op::Read
     pub fn read_header(&self, name: &str) -> Result<NpyHeader> {
         let fd = self.open_read(name)?;
+        self.header_of(fd.as_fd(), name)
+    }
+
+    /// Reads the `.npy` header of `name` and, with `map`, maps its payload in that mode, through
+    /// one open: the window runs from the header's data offset to the end of the file. O(1) for
+    /// the payload: nothing of it is read.
+    ///
+    /// # Errors
+    /// As [`CacheDir::read_header`] and [`Mapping::from_fd`].
+    pub fn read_npy(&self, name: &str, map: Option<MappingMode>) -> Result<(NpyHeader, Option<Mapping>)> {
+        let fd = self.open_read(name)?;
+        let header = self.header_of(fd.as_fd(), name)?;
+        let mapping = match map {
+            Some(mode) => Some(Mapping::from_fd(
+                self.fs(),
+                fd.as_fd(),
+                &self.path_of(name),
+                mode,
+                header.data_offset,
+                None,
+            )?),
+            None => None,
+        };
+        Ok((header, mapping))
+    }
+
+    /// Decodes the `.npy` header of the open file `fd`, named `name` in errors.
+    fn header_of(&self, fd: BorrowedFd<'_>, name: &str) -> Result<NpyHeader> {
         let path = self.path_of(name);
-        let file_len = self.file_len(fd.as_fd(), name)?;
+        let file_len = self.file_len(fd, name)?;
         let invalid = |reason: HeaderError| Error::InvalidHeader {
             path: path.clone(),
             reason,
         };
         let first = to_usize(file_len.min(NPY_DATA_ALIGN))?;
         let mut bytes = vec![0u8; first];
-        read_exact_at(self.fs(), fd.as_fd(), &path, &mut bytes, 0)?;
+        read_exact_at(self.fs(), fd, &path, &mut bytes, 0)?;
         let preamble = parse_preamble(&bytes).map_err(invalid)?;
         let end = preamble.data_offset_within(file_len).map_err(invalid)?;
         if end > to_u64(bytes.len()) {
             let already = bytes.len();
             bytes.resize(to_usize(end)?, 0);
             let rest = bytes.get_mut(already..).unwrap_or_default();
-            read_exact_at(self.fs(), fd.as_fd(), &path, rest, to_u64(already))?;
+            read_exact_at(self.fs(), fd, &path, rest, to_u64(already))?;
         }
         decode_header(&bytes, file_len).map_err(invalid)
     }
