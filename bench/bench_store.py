@@ -254,7 +254,9 @@ def disk_cases(
         items = store_set.make()
         variants = [
             _ours_disk(impl, items, work / "store-disk-ours"),
-            Variant(GROUP_COMMIT, "numpy", _disk_after(work / "store-disk-gc", functools.partial(_commit_by_hand, items))),
+            Variant(
+                GROUP_COMMIT, "numpy", _disk_after(work / "store-disk-gc", functools.partial(_commit_by_hand, items))
+            ),
         ]
         variants = [v for v in variants if v.role == impl.role or baselines is None or v.name in baselines]
         series = measure_interleaved(variants, reps=1, warmup=0)
