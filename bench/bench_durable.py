@@ -105,9 +105,7 @@ def _construct_case(
         " construction (or the write), after touching as much memory as it may use",
     ]
     title = f"durable entry construction: float32 (N, 4), {format_bytes(nbytes)}"
-    return CaseResult(
-        "durable-construct", title, "durable", "s", nbytes, series, notes, format_bytes(nbytes)
-    )
+    return CaseResult("durable-construct", title, "durable", "s", nbytes, series, notes, format_bytes(nbytes))
 
 
 def _reopen_case(
