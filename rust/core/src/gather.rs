@@ -3,9 +3,13 @@
 //! A source that is not C-contiguous (a strided view, a Fortran-ordered or transposed array) is
 //! described by its memory, the offset of its first element, its shape and its byte strides.
 //! [`StridedBytes::gather`] fills a buffer with the next bytes of its C-order serialisation:
-//! whole contiguous runs are copied with `memcpy`, a transposed pair of axes is copied in
-//! cache-sized tiles, and anything else element by element along the last axis. Only the
-//! caller's buffer is ever written, so transient memory is that buffer and nothing more.
+//! rows that are contiguous runs are copied run after run along one running offset; a
+//! transposed pair of axes whose columns are contiguous (a Fortran-ordered array) is copied in
+//! tiles, the columns' cache lines staged in a small buffer (wide arrays) or read in place (a
+//! few columns) and transposed 4 x 4 or 2 x 2 items at a time in SSE registers; other transposed
+//! pairs in cache-sized tiles; anything else element by element along the last axis. Only the
+//! caller's buffer (and a stack buffer of a few KiB) is ever written, so transient memory is that
+//! buffer and nothing more.
 
 // Byte offsets are `isize` because strides may be negative. `StridedBytes::new` checks that
 // every element lies inside the memory, so each offset computed below is in
@@ -178,6 +182,18 @@ impl<'a> StridedBytes<'a> {
         let mut filled = 0;
         while filled < out.len() && cursor.row < rows {
             let room = out.len() - filled;
+            if cursor.within == 0 && self.shape.len() >= 2 && self.rows_are_runs() && room >= 2 * row_bytes {
+                let slab = self.shape[self.shape.len() - 2];
+                let left_in_slab = slab - cursor.row % slab;
+                let block = (room / row_bytes).min(left_in_slab).min(rows - cursor.row);
+                if block >= 2 {
+                    let len = block * row_bytes;
+                    self.copy_runs(cursor.row, block, &mut out[filled..filled + len]);
+                    filled += len;
+                    cursor.row += block;
+                    continue;
+                }
+            }
             if cursor.within == 0 && self.is_transposed() && room >= 2 * row_bytes {
                 let slab = self.shape[self.shape.len() - 2];
                 let left_in_slab = slab - cursor.row % slab;
@@ -200,6 +216,44 @@ impl<'a> StridedBytes<'a> {
             }
         }
         filled
+    }
+
+    /// Copies `block` whole rows from `first` on (all in one slab of the last two axes) when each
+    /// row is one contiguous run: the rows are `stride` bytes apart, so one running offset walks
+    /// them with no index arithmetic per row, and short rows move as fixed-size copies.
+    fn copy_runs(&self, first: usize, block: usize, out: &mut [u8]) {
+        let row_bytes = self.row_bytes();
+        let stride = self.strides[self.shape.len() - 2];
+        let base = self.row_base(first) as isize;
+        macro_rules! fixed {
+            ($n:literal) => {{
+                let mut at = base;
+                for row in out.chunks_exact_mut($n) {
+                    let from = at as usize;
+                    row.copy_from_slice(&self.memory[from..from + $n]);
+                    at += stride;
+                }
+            }};
+        }
+        match row_bytes {
+            4 => fixed!(4),
+            8 => fixed!(8),
+            12 => fixed!(12),
+            16 => fixed!(16),
+            20 => fixed!(20),
+            24 => fixed!(24),
+            32 => fixed!(32),
+            48 => fixed!(48),
+            64 => fixed!(64),
+            _ => {
+                let mut at = base;
+                for row in out.chunks_exact_mut(row_bytes).take(block) {
+                    let from = at as usize;
+                    row.copy_from_slice(&self.memory[from..from + row_bytes]);
+                    at += stride;
+                }
+            }
+        }
     }
 
     /// Copies bytes `[within, within + out.len())` of `row`.
@@ -250,6 +304,19 @@ impl<'a> StridedBytes<'a> {
         let row_stride = self.strides[self.shape.len() - 2];
         let col_stride = self.inner_stride();
         let base = self.row_base(first) as isize;
+        if row_stride == size as isize && col_stride > 0 {
+            let handled = match size {
+                1 => self.copy_staged::<1>(base, block, out),
+                2 => self.copy_staged::<2>(base, block, out),
+                4 => self.copy_staged::<4>(base, block, out),
+                8 => self.copy_staged::<8>(base, block, out),
+                16 => self.copy_staged::<16>(base, block, out),
+                _ => 0,
+            };
+            if handled == block {
+                return;
+            }
+        }
         let edge = tile_edge(size);
         let by_column = edge * row_bytes <= SHORT_TILE_BYTES;
         for row0 in (0..block).step_by(edge) {
@@ -289,6 +356,229 @@ impl<'a> StridedBytes<'a> {
         }
     }
 }
+
+impl StridedBytes<'_> {
+    /// The transpose of an array whose columns are contiguous runs of `S`-byte items (a
+    /// Fortran-ordered array): `block` output rows from the row at `base`, tile by tile. A tile's
+    /// column runs (whole cache lines of each column) are first copied into a small staging
+    /// buffer, then the tile's output rows are assembled from it 4 x 4 items at a time and
+    /// written in runs. Copying whole lines into a contiguous buffer sidesteps the cache-set
+    /// conflicts of columns a power of two apart, which evict each other when a tile reads them
+    /// in place; a narrow array gets tall tiles, so per-tile work stays small. Returns how many
+    /// rows it wrote: all of them, or 0 when the rows are too few for one tile (the caller then
+    /// copies them another way).
+    fn copy_staged<const S: usize>(&self, base: isize, block: usize, out: &mut [u8]) -> usize
+    where
+        [u8; S]: Lane,
+    {
+        let line_items = (LINE_BYTES / S).max(1);
+        let row_len = self.row_len();
+        let row_bytes = row_len * S;
+        let col_stride = self.inner_stride();
+        if block < line_items {
+            return 0;
+        }
+        if row_len <= DIRECT_COLUMNS {
+            // So few column streams cannot conflict in the cache: transpose straight from them.
+            let start = base as usize;
+            let run = col_stride as usize;
+            let columns = &self.memory[start..start + (row_len - 1) * run + block * S];
+            let rows_out = &mut out[..(block - 1) * row_bytes + row_bytes];
+            assemble::<S>(columns, run, block, row_len, rows_out, row_bytes);
+            return block;
+        }
+        // Few columns per tile and many rows: each column is read in runs of several lines, which
+        // the hardware prefetches, rather than one line from each of many far-apart columns.
+        let tile_cols = row_len.min(TILE_COLUMNS);
+        let tile_rows = (STAGE_BYTES / (tile_cols * S) / line_items * line_items).max(line_items);
+        let mut stage = [0u8; STAGE_BYTES];
+        // Band by band of columns, all the rows of the block within a band: the band's columns
+        // (each in pages of its own when they are far apart) are visited once per call, in runs
+        // of lines, instead of once per tile row, which would miss the TLB on every line.
+        let mut band_start = 0;
+        while band_start < row_len {
+            let band_width = tile_cols.min(row_len - band_start);
+            let mut tile_start = 0;
+            while tile_start < block {
+                let tile_height = tile_rows.min(block - tile_start);
+                let run = tile_height * S;
+                for col in 0..band_width {
+                    let column = (base + col_stride * (band_start + col) as isize) as usize;
+                    let from = column + tile_start * S;
+                    stage[col * run..col * run + run].copy_from_slice(&self.memory[from..from + run]);
+                }
+                let first = tile_start * row_bytes + band_start * S;
+                let tile = &mut out[first..first + (tile_height - 1) * row_bytes + band_width * S];
+                assemble::<S>(
+                    &stage[..band_width * run],
+                    run,
+                    tile_height,
+                    band_width,
+                    tile,
+                    row_bytes,
+                );
+                tile_start += tile_height;
+            }
+            band_start += band_width;
+        }
+        block
+    }
+}
+
+/// An item of `S` bytes moved as one value (4 x 4 of them make a block of a transpose).
+trait Lane: Copy {
+    /// Reads the item at `at` in `bytes`, which must hold `S` bytes from `at` on.
+    fn load(bytes: &[u8], at: usize) -> Self;
+    /// Writes the item at `at` in `bytes`, which must hold `S` bytes from `at` on.
+    fn store(self, bytes: &mut [u8], at: usize);
+}
+
+impl<const S: usize> Lane for [u8; S] {
+    #[inline]
+    #[allow(unsafe_code)]
+    fn load(bytes: &[u8], at: usize) -> Self {
+        assert!(at + S <= bytes.len());
+        // SAFETY: the assertion keeps `[at, at + S)` inside `bytes`; the read is unaligned-safe
+        // and copies plain bytes.
+        unsafe { bytes.as_ptr().add(at).cast::<[u8; S]>().read_unaligned() }
+    }
+
+    #[inline]
+    #[allow(unsafe_code)]
+    fn store(self, bytes: &mut [u8], at: usize) {
+        assert!(at + S <= bytes.len());
+        // SAFETY: the assertion keeps `[at, at + S)` inside `bytes`, which we borrow mutably;
+        // the write is unaligned-safe.
+        unsafe { bytes.as_mut_ptr().add(at).cast::<[u8; S]>().write_unaligned(self) }
+    }
+}
+
+/// Writes the transpose of `stage` (`cols` column runs of `run` bytes, `rows` items each) into
+/// `out`, whose rows are `row_bytes` apart: in blocks the CPU transposes in registers where there
+/// is a kernel for the item size (4 and 8 bytes on x86-64), item by item elsewhere and at the
+/// ragged edges.
+#[inline]
+fn assemble<const S: usize>(stage: &[u8], run: usize, rows: usize, cols: usize, out: &mut [u8], row_bytes: usize)
+where
+    [u8; S]: Lane,
+{
+    let (whole_rows, whole_cols) = transpose_blocks::<S>(stage, run, rows, cols, out, row_bytes);
+    for row in 0..rows {
+        let first_col = if row < whole_rows { whole_cols } else { 0 };
+        for col in first_col..cols {
+            <[u8; S]>::load(stage, col * run + row * S).store(out, row * row_bytes + col * S);
+        }
+    }
+}
+
+/// Transposes the largest part of the tile made of whole register blocks; returns the rows and
+/// columns it covered (from 0).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[allow(unsafe_code)]
+// The unaligned SSE loads and stores take float pointers but accept any alignment.
+#[allow(clippy::cast_ptr_alignment)]
+fn transpose_blocks<const S: usize>(
+    stage: &[u8],
+    run: usize,
+    rows: usize,
+    cols: usize,
+    out: &mut [u8],
+    row_bytes: usize,
+) -> (usize, usize) {
+    use std::arch::x86_64::{
+        __m128, __m128i, _mm_loadu_ps, _mm_loadu_si128, _mm_movehl_ps, _mm_movelh_ps, _mm_storeu_ps, _mm_storeu_si128,
+        _mm_unpackhi_epi64, _mm_unpackhi_ps, _mm_unpacklo_epi64, _mm_unpacklo_ps,
+    };
+    // Every block below reads `rows_per` items of `cols_per` columns from `stage` and writes as
+    // many items of as many rows into `out`; these bounds keep all of them inside both slices.
+    let covered = |rows_per: usize, cols_per: usize| {
+        let (whole_rows, whole_cols) = (rows / rows_per * rows_per, cols / cols_per * cols_per);
+        let fits = whole_rows == 0
+            || whole_cols == 0
+            || (stage.len() >= (whole_cols - 1) * run + whole_rows * S
+                && out.len() >= (whole_rows - 1) * row_bytes + whole_cols * S);
+        if fits { (whole_rows, whole_cols) } else { (0, 0) }
+    };
+    match S {
+        4 => {
+            let (whole_rows, whole_cols) = covered(4, 4);
+            for row in (0..whole_rows).step_by(4) {
+                for col in (0..whole_cols).step_by(4) {
+                    // SAFETY: `covered` checked that the four 16-byte loads (4 items of columns
+                    // col..col + 4 from `row`) lie in `stage` and the four 16-byte stores (4
+                    // items of rows row..row + 4 from `col`) in `out`; loads and stores are
+                    // unaligned, SSE is part of x86-64.
+                    unsafe {
+                        let load = |column: usize| -> __m128 {
+                            _mm_loadu_ps(stage.as_ptr().add(column * run + row * 4).cast::<f32>())
+                        };
+                        let (a, b, c, d) = (load(col), load(col + 1), load(col + 2), load(col + 3));
+                        let (ab_lo, cd_lo) = (_mm_unpacklo_ps(a, b), _mm_unpacklo_ps(c, d));
+                        let (ab_hi, cd_hi) = (_mm_unpackhi_ps(a, b), _mm_unpackhi_ps(c, d));
+                        let transposed = [
+                            _mm_movelh_ps(ab_lo, cd_lo),
+                            _mm_movehl_ps(cd_lo, ab_lo),
+                            _mm_movelh_ps(ab_hi, cd_hi),
+                            _mm_movehl_ps(cd_hi, ab_hi),
+                        ];
+                        for (index, vector) in transposed.into_iter().enumerate() {
+                            let at = (row + index) * row_bytes + col * 4;
+                            _mm_storeu_ps(out.as_mut_ptr().add(at).cast::<f32>(), vector);
+                        }
+                    }
+                }
+            }
+            (whole_rows, whole_cols)
+        }
+        8 => {
+            let (whole_rows, whole_cols) = covered(2, 2);
+            for row in (0..whole_rows).step_by(2) {
+                for col in (0..whole_cols).step_by(2) {
+                    // SAFETY: as above, for 2 items of 2 columns and 2 items of 2 rows.
+                    unsafe {
+                        let load = |column: usize| -> __m128i {
+                            _mm_loadu_si128(stage.as_ptr().add(column * run + row * 8).cast::<__m128i>())
+                        };
+                        let (a, b) = (load(col), load(col + 1));
+                        let at = row * row_bytes + col * 8;
+                        _mm_storeu_si128(out.as_mut_ptr().add(at).cast::<__m128i>(), _mm_unpacklo_epi64(a, b));
+                        let next = at + row_bytes;
+                        _mm_storeu_si128(out.as_mut_ptr().add(next).cast::<__m128i>(), _mm_unpackhi_epi64(a, b));
+                    }
+                }
+            }
+            (whole_rows, whole_cols)
+        }
+        _ => (0, 0),
+    }
+}
+
+/// Without a register kernel every item is moved on its own (see `assemble`).
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+fn transpose_blocks<const S: usize>(
+    _stage: &[u8],
+    _run: usize,
+    _rows: usize,
+    _cols: usize,
+    _out: &mut [u8],
+    _row_bytes: usize,
+) -> (usize, usize) {
+    (0, 0)
+}
+
+/// Up to this many columns, a transposed copy reads them in place, without staging.
+const DIRECT_COLUMNS: usize = 8;
+
+/// The most columns one tile of a transposed copy reads.
+const TILE_COLUMNS: usize = 16;
+
+/// A cache line: a transposed tile reads whole lines of each column.
+const LINE_BYTES: usize = 64;
+
+/// Bytes of the staging buffer of a transposed copy: well inside the L1 data cache.
+const STAGE_BYTES: usize = 8 << 10;
 
 /// The most bytes a tile's output rows may span for the tile to be filled column by column.
 const SHORT_TILE_BYTES: usize = 32 << 10;
@@ -542,6 +832,79 @@ mod tests {
 
         for buffer_len in [8, 100, cols * itemsize * 2, cols * itemsize * 64 + 5, 1 << 20] {
             assert_eq!(gathered(&source, buffer_len), expected, "buffer {buffer_len}");
+        }
+    }
+
+    /// The layout of a Fortran-ordered `(rows, cols)` array of `itemsize`-byte items.
+    fn fortran(rows: usize, cols: usize, itemsize: usize) -> ([usize; 2], [isize; 2]) {
+        ([rows, cols], [itemsize as isize, (rows * itemsize) as isize])
+    }
+
+    #[test]
+    fn fortran_ordered_arrays_of_every_width_and_item_size_are_transposed_byte_exact() {
+        let shapes = [(1000, 3), (70, 40), (33, 1030), (4099, 5), (17, 17), (64, 8), (9, 2)];
+        for itemsize in [1, 2, 3, 4, 8, 12, 16] {
+            for (rows, cols) in shapes {
+                let memory = pattern(rows * cols * itemsize);
+                let (shape, strides) = fortran(rows, cols, itemsize);
+                let source = StridedBytes::new(&memory, 0, &shape, &strides, itemsize).unwrap();
+                let expected = naive(&memory, 0, &shape, &strides, itemsize);
+                let row_bytes = cols * itemsize;
+                for buffer_len in [2 * row_bytes, 2 * row_bytes + 5, (64 << 10) + 7, expected.len()] {
+                    assert_eq!(
+                        gathered(&source, buffer_len),
+                        expected,
+                        "({rows}, {cols}) x {itemsize} bytes, buffer {buffer_len}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_transposed_view_inside_a_larger_array_reads_only_its_items() {
+        // Columns 3..40 of rows 5..250 of a Fortran-ordered (300, 50) f32 array, and the same of
+        // a column-reversed view: the copy must stay inside the view's items.
+        let (rows, cols, itemsize) = (300usize, 50usize, 4usize);
+        let memory = pattern(rows * cols * itemsize);
+        let col_stride = (rows * itemsize) as isize;
+        let start = 3 * rows * itemsize + 5 * itemsize;
+        for (shape, strides, first) in [
+            ([245usize, 37usize], [itemsize as isize, col_stride], start),
+            (
+                [245, 37],
+                [itemsize as isize, -col_stride],
+                start + 36 * rows * itemsize,
+            ),
+        ] {
+            let source = StridedBytes::new(&memory, first, &shape, &strides, itemsize).unwrap();
+            let expected = naive(&memory, first, &shape, &strides, itemsize);
+            for buffer_len in [2 * 37 * itemsize, 4096, expected.len()] {
+                assert_eq!(
+                    gathered(&source, buffer_len),
+                    expected,
+                    "{strides:?}, buffer {buffer_len}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn row_strided_views_copy_their_rows_as_runs_byte_exact() {
+        for row_bytes in [4, 12, 16, 20, 64, 72] {
+            let rows = 500;
+            let memory = pattern(rows * 2 * row_bytes);
+            let shape = [rows, row_bytes / 4];
+            let strides = [2 * row_bytes as isize, 4];
+            let source = StridedBytes::new(&memory, 0, &shape, &strides, 4).unwrap();
+            let expected = naive(&memory, 0, &shape, &strides, 4);
+            for buffer_len in [2 * row_bytes, 3 * row_bytes + 1, 4096, expected.len()] {
+                assert_eq!(
+                    gathered(&source, buffer_len),
+                    expected,
+                    "rows of {row_bytes}, buffer {buffer_len}"
+                );
+            }
         }
     }
 
