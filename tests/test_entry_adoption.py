@@ -394,3 +394,51 @@ def test_loading_an_offloaded_reloaded_entry_zero_filled_writes_its_own_dat(stor
     np.testing.assert_array_equal(np.asarray(entry), expected)
     np.testing.assert_array_equal(np.load(store_dir / "k.npy"), _source())
     assert (store_dir / "k.dat").exists()
+
+
+def test_a_written_page_is_materialised_with_the_rest_copied_from_the_payload_file(store_dir: Path) -> None:
+    big = np.arange(512 * 1024, dtype=np.float64).reshape(1024, 512)
+    _stored(store_dir, "b", big)
+    entry = _reload(store_dir, "b")
+    entry.data[700, 3] = -1.0
+    expected = big.copy()
+    expected[700, 3] = -1.0
+    _rust._clear_faults()
+
+    entry.offload()
+
+    counts = _rust._op_counts()
+    assert counts["copy"] >= 1, "the unwritten pages are copied from the payload file"
+    assert counts["write"] == 1, "only the written page is written from memory"
+    np.testing.assert_array_equal(np.fromfile(store_dir / "b.dat", dtype=np.float64).reshape(1024, 512), expected)
+
+
+def test_an_offloaded_unwritten_entry_keeps_its_own_payload_when_a_newer_one_is_renamed_over_it(
+    store_dir: Path,
+) -> None:
+    entry = _reload(store_dir, "k")
+    entry.offload()
+
+    replacement = store_dir / "replacement.npy"
+    np.save(replacement, np.full((4, 5), 7.0))
+    os.replace(replacement, store_dir / "k.npy")
+
+    np.testing.assert_array_equal(np.asarray(entry), _source())
+    entry.data[0, 0] = 1.0
+    entry.offload()
+    expected = _source()
+    expected[0, 0] = 1.0
+    np.testing.assert_array_equal(np.fromfile(store_dir / "k.dat", dtype=np.float64).reshape(4, 5), expected)
+
+
+def test_a_write_through_a_view_kept_across_an_unwritten_offload_is_seen_by_the_next_load(store_dir: Path) -> None:
+    entry = _reload(store_dir, "k")
+    view = entry.data[2]
+    entry.offload()
+
+    view[1] = 55.0
+    entry.load()
+
+    assert entry[2, 1] == 55.0
+    entry.offload()
+    assert np.fromfile(store_dir / "k.dat", dtype=np.float64).reshape(4, 5)[2, 1] == 55.0

@@ -207,3 +207,32 @@ def test_a_store_that_purges_on_gc_releases_its_working_files_at_the_commit_too(
     gc.collect()
 
     assert names(tmp_path) == ["a.meta.json", "a.npy"]
+
+
+def test_an_offloaded_entry_keeps_its_committed_value_when_the_key_is_committed_again(tmp_path: Path) -> None:
+    store = durable_store(tmp_path)
+    store.add_data_to_store("k", np.arange(4.0))
+    first = store["k"]
+    first.offload()
+    store.offload(pickle_container=True)
+
+    store["k"] = DiskBackedNDArray(np.full(4, 9.0), enable_caching=True, purge_disk_on_gc=False)
+    store.offload(pickle_container=True)
+
+    np.testing.assert_array_equal(np.load(tmp_path / "k.npy"), np.full(4, 9.0))
+    np.testing.assert_array_equal(np.asarray(first), np.arange(4.0))
+
+
+def test_a_reloaded_entry_committed_after_its_name_was_replaced_writes_its_own_data(tmp_path: Path) -> None:
+    store = durable_store(tmp_path)
+    store.add_data_to_store("k", np.arange(2**18, dtype=np.float64))
+    store.offload(pickle_container=True)
+    entry = durable_store(tmp_path)["k"]
+    other = durable_store(tmp_path)
+    other["k"] = DiskBackedNDArray(np.zeros(2**18), enable_caching=True, purge_disk_on_gc=False)
+    other.offload(pickle_container=True)
+
+    store["k"] = entry
+    store.offload(pickle_container=True)
+
+    np.testing.assert_array_equal(np.load(tmp_path / "k.npy"), np.arange(2**18, dtype=np.float64))

@@ -65,6 +65,9 @@ class FileMapping:
         """Number of live buffer exports (memoryviews and the like)."""
 
     @property
+    def identity(self) -> tuple[int, int]:
+        """The mapped file's device and inode numbers, as they were when it was mapped."""
+    @property
     def path(self) -> str:
         """The mapped file's path, for messages and ``np.memmap.filename``."""
 
@@ -146,12 +149,15 @@ class CacheDir:
         *,
         chunk_bytes: int,
         durable: bool,
+        patch: FileMapping | None = None,
     ) -> FileMapping:
         """Atomically replace ``dst`` with bytes ``[src_offset, src_offset + length)`` of ``src``.
 
         Uses a reflink (``FICLONERANGE``) where both ranges are block-aligned, else
         ``copy_file_range`` in pieces of ``chunk_bytes``, else a bounce buffer of at most
-        ``chunk_bytes`` (and at most 4 MiB). Returns an ``r+`` mapping of ``dst``.
+        ``chunk_bytes`` (and at most 4 MiB). ``patch``, a ``c`` mapping of exactly that range,
+        supplies its written pages from memory instead (all of it when they cannot be told).
+        Returns an ``r+`` mapping of ``dst``.
         """
 
     def read_header(self, name: str) -> NpyHeader:

@@ -347,7 +347,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
             entry = self._store.get(key)
             if entry is not None:
                 return entry
-            entry = self._load_entry(checked, tracked=key in self._store)
+            entry = self._load_entry(checked)
             self._store[key] = entry
             self._register(key, entry)
             return entry
@@ -681,7 +681,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         """``<cache_dir>/<feature>.pkl``, a legacy file that is never read (validated and contained)."""
         return get_legacy_pickle_path(self._cache_dir, feature)
 
-    def _load_entry(self, key: str, *, tracked: bool = False) -> T:
+    def _load_entry(self, key: str) -> T:
         """Build the entry of ``key`` from its ``<key>.npy`` + ``<key>.meta.json`` pair.
 
         The ``.npy`` header decides shape, dtype and order; the sidecar the class and the flags
@@ -692,9 +692,9 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         """
         checked = readable_store_key(key, self._cache_dir)
         npy, meta = self._get_npy_path(checked), self._get_meta_path(checked)
-        if not tracked and not (npy.exists() and meta.exists()):
-            # Only a key this store found on disk (``tracked``) is opened before its pair is seen to
-            # exist, so a miss of any other key makes no file operation.
+        if key not in self._store and not (npy.exists() and meta.exists()):
+            # Only a key this store tracks (it found or wrote its pair) is opened before its pair is
+            # seen to exist, so a miss of any other key makes no file operation.
             self._miss(checked, key)
         directory = self._directory()
         # Temps are never read: a pair is only ever what the last completed rename left. Both
@@ -971,6 +971,9 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
     def _reload_offloaded(self, keys: list[StoreKey]) -> None:
         for key in [key for key in keys if self._store[key] is None]:
             try:
+                # The pickled keys are tracked but may have no pair any more: look before opening.
+                if not (self._get_npy_path(key).exists() and self._get_meta_path(key).exists()):
+                    self._miss(key, key)
                 entry = self._load_entry(key)
             except KeyError:
                 logger.warning("File for key %s not found in cache directory %s.", key, self._cache_dir)

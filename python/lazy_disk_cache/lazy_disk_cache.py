@@ -18,6 +18,7 @@ end of this module (``entry_lock``, ``array_to_write``, ``copyable_file``, ...):
 way code outside this module reaches an entry's private state.
 """
 
+import ast
 import contextvars
 import copy
 import errno
@@ -238,6 +239,7 @@ class LazyDiskCache(ABC):
     _backing_created: bool
     _working_copy: bool
     _path_exported: bool
+    _payload_mapping: FileMapping | None
     _dir_handle: CacheDir | None
     _finalizer: "weakref.finalize[Any, Any]"
     _lease: PathLease
@@ -263,6 +265,7 @@ class LazyDiskCache(ABC):
         self._mmap = None
         self._owner_pid = os.getpid()
         self._adopted = None
+        self._payload_mapping = None
         self._backing_created = False
         self._dir_handle = None
         self._ephemeral = config.cache_path is None
@@ -756,20 +759,27 @@ class LazyDiskCache(ABC):
         if path is None or not self._enable_caching:
             return
         if adopted is not None:
-            if not adopted.readonly:
-                self._adopted = _AdoptedPayload(offset, "C", readonly=False)
+            # Its data is the payload it adopted, which it keeps mapped (the new .npy holds the same).
             return
         lease: PathLease | None = self.__dict__.get("_lease")
         releasable = self.__dict__.get("_working_copy", False) and not self.__dict__.get("_path_exported", False)
         if not releasable or lease is None or not lease.held_alone() or _is_symlink(path):
             return
         handle = self._dir_handle or self._directory()
+        kept: FileMapping | None = None
+        if not self._in_memory:
+            # Offloaded, it will read the payload: map it now, so that a later commit renaming
+            # another payload over the name never changes what this entry holds.
+            shape, dtype = self._describe_shape_dtype()
+            nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+            kept = FileMapping.open(handle, _npy_beside(path).name, mode="c", offset=offset, length=nbytes)
         failures = handle.unlink_all([path.name])
         for name, error in failures:
             logger.debug("Could not remove the working file %s in %s: %s", name, path.parent, error)
         if failures:
             return
         self._adopted = _AdoptedPayload(offset, "C", readonly=False)
+        self._payload_mapping = kept
         # As for a reloaded entry: no file of this entry is at the path any more, so the lease
         # holds it without the right to delete until a materialisation creates one again.
         self._backing_created = False
@@ -807,13 +817,14 @@ class LazyDiskCache(ABC):
                 return
             if self._cache_path is None:
                 self._allocate_ephemeral()
-            mapping = self._write_backing(np.asarray(source))
+            mapping = self._write_adopted_backing(source) or self._write_backing(np.asarray(source))
             mapped = as_memmap(mapping, shape, dtype, filename=str(self._cache_path))
             self._mmap = mapped
             self._set_buffer(mapped)
             self._in_memory = True
             self._adopted = None
             self._release_spill()
+            self._payload_mapping = None
             if not self._backing_created:
                 self._take_ownership()
             logger.debug("Wrote %s to %s (%d bytes)", type(self).__name__, self._cache_path, mapped.nbytes)
@@ -842,6 +853,7 @@ class LazyDiskCache(ABC):
             self._set_buffer(np.array(live, copy=True) if array is None else array)
             self._mmap = None
             self._adopted = None
+            self._payload_mapping = None
 
     def _read_backing(
         self, mapped: np.memmap[Any, np.dtype[Any]], shape: tuple[int, ...], dtype: np.dtype[Any]
@@ -870,6 +882,32 @@ class LazyDiskCache(ABC):
         length = _dat_length(source.nbytes)
         payload = byte_view(source) if length == source.nbytes else bytes(length)
         return directory.write_file(name, payload, chunk_bytes=chunk_budget_bytes(), durable=durable)
+
+    def _write_adopted_backing(self, source: NDArray[Any]) -> FileMapping | None:
+        """Write an adopted entry's ``.dat`` from its payload file, patched with its written pages.
+
+        For a live buffer that is the copy-on-write mapping of a C-ordered payload: the pages
+        never written are copied from the ``.npy`` inside the kernel (reflinked where the file
+        system can), the written ones from the mapping. ``None`` when that does not apply (the
+        caller then writes from the buffer). Returns the ``r+`` mapping of the new ``.dat``.
+        """
+        adopted = self._adopted
+        mapping = mapping_of(source)
+        if adopted is None or adopted.order != "C" or source is not self._mmap or mapping is None:
+            return None
+        if mapping.mode != "c" or source.nbytes == 0 or source.nbytes != mapping.length:
+            return None
+        directory, name = self._write_location(create=True)
+        npy_name = _npy_beside(self._require_cache_path()).name
+        return directory.copy_range(
+            npy_name,
+            adopted.offset,
+            name,
+            source.nbytes,
+            chunk_bytes=chunk_budget_bytes(),
+            durable=self._backing_is_durable(),
+            patch=mapping,
+        )
 
     def _map_backing(self, mode: LoadMode) -> np.memmap[Any, np.dtype[Any]]:
         """Map the file that currently holds the data in ``mode`` (``w+``: zero-filled first).
@@ -903,16 +941,12 @@ class LazyDiskCache(ABC):
             if adopted is not None:
                 # The zero-filled .dat is the data now, no longer the stored payload.
                 self._adopted = None
+                self._payload_mapping = None
                 if not self._backing_created:
                     self._take_ownership()
             return as_memmap(mapping, shape, dtype, filename=str(path))
         if adopted is not None:
-            # The committed payload is never mapped shared-writable (that would change the stored
-            # value without a commit): r+ maps it copy-on-write, and a written page makes the next
-            # offload materialise the .dat.
-            npy_name = _npy_beside(path).name
-            payload_mode: _MappingMode = "c" if mode == "r+" else mode
-            return self._open_mapping(npy_name, shape, dtype, payload_mode, offset=adopted.offset, order=adopted.order)
+            return self._map_payload(adopted, shape, np.dtype(dtype), mode)
         try:
             return self._open_mapping(path.name, shape, dtype, mode)
         except OSError as exc:
@@ -920,6 +954,45 @@ class LazyDiskCache(ABC):
                 raise
         directory, name = self._write_location()
         return open_memmap(directory, name, shape, dtype, mode="r+", filename=str(path))
+
+    def _map_payload(
+        self, adopted: _AdoptedPayload, shape: tuple[int, ...], dtype: np.dtype[Any], mode: LoadMode
+    ) -> np.memmap[Any, np.dtype[Any]]:
+        """Map the adopted payload in ``mode`` (not ``w+``): the mapping the entry keeps, else ``<stem>.npy``.
+
+        The committed payload is never mapped shared-writable (that would change the stored value
+        without a commit): ``r+`` maps it copy-on-write, and a written page makes the next offload
+        materialise the ``.dat``. The kept mapping is the very file the entry adopted, whatever has
+        been renamed over its name since; without one (a copy revived from a pickle), the ``.npy``
+        is mapped by name, laid out as its header now says. O(1), reads no data.
+        """
+        path = self._require_cache_path()
+        kept = self.__dict__.get("_payload_mapping")
+        # A read-only payload mapping (a read-only directory) serves only read-only loads.
+        if kept is not None and (kept.mode == "c" or mode == "r"):
+            mapped = as_memmap(kept, shape, dtype, adopted.order, filename=str(path))
+            if mode == "r" and not mapped.flags.writeable:
+                return mapped
+            if mode == "r":
+                mapped.flags.writeable = False
+                mapped.mode = "r"
+            return mapped
+        npy_name = _npy_beside(path).name
+        payload_mode: Literal["r", "c"] = "r" if mode == "r" else "c"
+        handle = self._dir_handle or self._directory()
+        header, mapping = handle.read_npy(npy_name, map_mode=payload_mode)
+        nbytes = math.prod(shape) * dtype.itemsize
+        found = np.lib.format.descr_to_dtype(ast.literal_eval(header.descr))
+        if tuple(header.shape) != shape or found != dtype or mapping is None or mapping.length < nbytes:
+            raise ValueError(
+                f"{str(path.with_name(npy_name))!r} no longer holds the array of shape {shape} and dtype {dtype} "
+                "this entry was reloaded with"
+            )
+        if mapping.length != nbytes:
+            mapping = FileMapping.open(handle, npy_name, mode=payload_mode, offset=header.data_offset, length=nbytes)
+        order: Literal["C", "F"] = "F" if header.fortran_order else "C"
+        self._adopted = _AdoptedPayload(header.data_offset, order, adopted.readonly)
+        return as_memmap(mapping, shape, dtype, order, filename=str(path))
 
     def _open_mapping(
         self,
@@ -1002,6 +1075,7 @@ class LazyDiskCache(ABC):
         order: Literal["C", "F"] = "C" if source.flags.c_contiguous else "F"
         buffer = source if isinstance(source, np.memmap) else as_memmap(mapping, shape, dtype, order)
         self._adopted = _AdoptedPayload(offset=mapping.offset, order=order, readonly=mapping.mode == "r")
+        self._payload_mapping = mapping
         self._mmap = buffer
         self._set_buffer(buffer)
         self._in_memory = True
@@ -1053,6 +1127,7 @@ class LazyDiskCache(ABC):
         "_tracked",
         "_used_at",
         "_spill_lease",
+        "_payload_mapping",
     )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -1105,6 +1180,8 @@ class LazyDiskCache(ABC):
             )
             twin._lock = threading.RLock()
             twin._dir_handle = None
+            # The same data: an adopted entry's payload mapping is shared, like its buffer.
+            twin._payload_mapping = self.__dict__.get("_payload_mapping")
             if twin._cache_path is not None:
                 twin._hold_path()
                 if "_finalizer" in self.__dict__ and self._finalizer.alive:
@@ -1136,6 +1213,7 @@ class LazyDiskCache(ABC):
             twin._dir_handle = None
             twin._mmap = None
             twin._adopted = None
+            twin._payload_mapping = None
             twin._backing_created = False
             twin._working_copy = False
             twin._ephemeral = True
@@ -1198,6 +1276,7 @@ class LazyDiskCache(ABC):
         """Restore the state, a new lock and (purge on) purge duty under the pickled owner pid."""
         self.__dict__.update(state)
         self.__dict__.setdefault("_working_copy", False)
+        self._payload_mapping = None
         self._lock = threading.RLock()
         self._dir_handle = None
         if self._cache_path:
@@ -1257,8 +1336,9 @@ def copyable_file(entry: LazyDiskCache) -> CopyableFile | None:
     the entry's own shared mapping of it (its writes are in the file's page cache) and holds at
     least a MiB. An entry adopted from its store (reloaded, or whose pair was committed) has no
     ``.dat``: its data is the payload of the sibling ``.npy`` while offloaded, or while loaded on
-    an unwritten copy-on-write mapping of it; only C-ordered payloads can be copied. ``None``
-    otherwise. O(1) but for the page-map read of a loaded adopted entry; no data is read.
+    an unwritten copy-on-write mapping of it, as long as that name still holds the very file the
+    entry keeps mapped; only C-ordered payloads can be copied. ``None`` otherwise. O(1) but for a
+    ``stat`` and the page-map read of a loaded adopted entry; no data is read.
     """
     with entry._lock:
         if entry._in_memory:
@@ -1269,25 +1349,36 @@ def copyable_file(entry: LazyDiskCache) -> CopyableFile | None:
         if path is None:
             return None
         adopted = entry._adopted
-        if entry._in_memory:
-            mapped = entry._mmap
-            if mapped is None or mapped.nbytes < _FILE_COPY_MIN_BYTES:
-                return None
-            if adopted is not None:
-                if adopted.order != "C" or not entry._live_buffer_is_the_payload():
-                    return None
-                return CopyableFile(_npy_beside(path), adopted.offset)
-            mapping = mapping_of(mapped)
-            if entry._describe_buffer()[2] is not mapped or mapping is None or mapping.mode != "r+":
-                return None
-            if Path(mapping.path).name != path.name or not mapped.flags.c_contiguous:
-                return None
+        if adopted is not None:
+            return _copyable_payload(entry, adopted, path)
+        if not entry._in_memory:
             return CopyableFile(path, 0)
-        if adopted is None:
-            return CopyableFile(path, 0)
-        if adopted.order != "C":
+        mapped = entry._mmap
+        if mapped is None or mapped.nbytes < _FILE_COPY_MIN_BYTES:
             return None
-        return CopyableFile(_npy_beside(path), adopted.offset)
+        mapping = mapping_of(mapped)
+        if entry._describe_buffer()[2] is not mapped or mapping is None or mapping.mode != "r+":
+            return None
+        if Path(mapping.path).name != path.name or not mapped.flags.c_contiguous:
+            return None
+        return CopyableFile(path, 0)
+
+
+def _copyable_payload(entry: LazyDiskCache, adopted: _AdoptedPayload, path: Path) -> CopyableFile | None:
+    """The adopted payload file of ``entry`` when it may be copied for its data (see ``copyable_file``)."""
+    kept = entry.__dict__.get("_payload_mapping")
+    if adopted.order != "C" or kept is None:
+        return None
+    if entry._in_memory:
+        mapped = entry._mmap
+        if mapped is None or mapped.nbytes < _FILE_COPY_MIN_BYTES or not entry._live_buffer_is_the_payload():
+            return None
+    npy = _npy_beside(path)
+    try:
+        info = os.stat(npy)
+    except OSError:
+        return None
+    return CopyableFile(npy, adopted.offset) if (info.st_dev, info.st_ino) == kept.identity else None
 
 
 class ReadableFile(NamedTuple):

@@ -8,6 +8,7 @@
 #![allow(unsafe_code)]
 
 use std::fmt;
+use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
@@ -72,6 +73,7 @@ pub struct Mapping {
     len: usize,
     mode: MappingMode,
     path: PathBuf,
+    identity: (u64, u64),
 }
 
 // SAFETY: `Mapping` owns its memmap2 map (itself Send + Sync) and a pointer into it that is
@@ -128,7 +130,8 @@ impl Mapping {
         offset: u64,
         len: Option<u64>,
     ) -> Result<Self> {
-        let file_len = fs.fstat(fd).map_err(|err| Error::io(Op::Stat, path, err))?.len;
+        let file = fs.fstat(fd).map_err(|err| Error::io(Op::Stat, path, err))?;
+        let (file_len, identity) = (file.len, file.identity);
         let len = match len {
             Some(len) => len,
             None => file_len.checked_sub(offset).ok_or_else(|| Error::SizeMismatch {
@@ -155,6 +158,7 @@ impl Mapping {
                 len: 0,
                 mode,
                 path: path.into(),
+                identity,
             });
         }
         fs.map_gate(path).map_err(|err| Error::io(Op::Map, path, err))?;
@@ -191,6 +195,7 @@ impl Mapping {
             len: window_len,
             mode,
             path: path.into(),
+            identity,
         })
     }
 
@@ -225,6 +230,11 @@ impl Mapping {
         &self.path
     }
 
+    /// Which file is mapped (device and inode numbers): the file the path named when it was mapped.
+    pub fn identity(&self) -> (u64, u64) {
+        self.identity
+    }
+
     /// Whether some page of a copy-on-write window holds a private copy, i.e. was written, so
     /// the window's bytes may differ from the file's. `false` for `r` and `r+` windows (their
     /// pages are the file's) and empty ones.
@@ -237,8 +247,62 @@ impl Mapping {
         if self.mode != MappingMode::CopyOnWrite || self.len == 0 {
             return false;
         }
+        let mut found = false;
+        let scanned = scan_private_pages(self.ptr.as_ptr().addr(), self.len, |_| {
+            found = true;
+            false
+        });
+        found || scanned.is_err()
+    }
+
+    /// The byte ranges of the window that may differ from the file: the written pages of a
+    /// copy-on-write window (as [`Mapping::has_private_pages`] finds them), clipped to the window,
+    /// in order and merged; empty for `r` and `r+`. `None` when the page map cannot be read
+    /// (then all of it may differ).
+    pub fn private_ranges(&self) -> Option<Vec<Range<usize>>> {
+        if self.mode != MappingMode::CopyOnWrite || self.len == 0 {
+            return Some(Vec::new());
+        }
         let start = self.ptr.as_ptr().addr();
-        private_pages_in(start, self.len).unwrap_or(true)
+        let page = rustix::param::page_size();
+        let first_page = start / page * page;
+        let mut ranges: Vec<Range<usize>> = Vec::new();
+        scan_private_pages(start, self.len, |index| {
+            let from = (first_page + index * page).max(start) - start;
+            let to = (first_page + (index + 1) * page - start).min(self.len);
+            match ranges.last_mut() {
+                Some(last) if last.end == from => last.end = to,
+                _ => ranges.push(from..to),
+            }
+            true
+        })
+        .ok()?;
+        Some(ranges)
+    }
+
+    /// The window's bytes in `range`, to write them out.
+    ///
+    /// Python threads may write the mapped memory at any time, so the bytes can change while the
+    /// slice is read: a concurrent write may be torn in what is written out, the contract
+    /// `ndarray.tofile` has and that the binding's buffer intake shares.
+    ///
+    /// # Errors
+    /// [`Error::SizeMismatch`] when `range` reaches past the window.
+    pub fn window_bytes(&self, range: Range<usize>) -> Result<&[u8]> {
+        if range.start > range.end || range.end > self.len {
+            return Err(Error::SizeMismatch {
+                path: self.path.clone(),
+                expected: crate::checked::to_u64(range.end),
+                actual: crate::checked::to_u64(self.len),
+            });
+        }
+        if range.is_empty() {
+            return Ok(&[]);
+        }
+        // SAFETY: `range` lies inside the window (checked above), which is mapped and readable
+        // for `len` bytes while `self` lives; the slice borrows `self`, so it cannot outlive the
+        // mapping. Other threads may write these bytes meanwhile (see above); we only read them.
+        Ok(unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(range.start), range.len()) })
     }
 
     /// `msync(MS_SYNC)` of the window for `r+`; a no-op for `r`, `c` and empty windows.
@@ -264,11 +328,12 @@ const PAGEMAP_FILE_OR_SHARED: u64 = 1 << 61;
 /// How many page-map entries one read takes.
 const PAGEMAP_BATCH: usize = 4096;
 
-/// Whether a page of `[start, start + len)` of this process is private (anonymous or swapped).
+/// Calls `found` with the index (from the first page) of each private page (anonymous or
+/// swapped) of `[start, start + len)` of this process, in order, until it returns `false`.
 ///
 /// # Errors
 /// Whatever opening or reading `/proc/self/pagemap` fails with.
-fn private_pages_in(start: usize, len: usize) -> std::io::Result<bool> {
+fn scan_private_pages(start: usize, len: usize, mut found: impl FnMut(usize) -> bool) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
 
     let page = rustix::param::page_size();
@@ -281,18 +346,18 @@ fn private_pages_in(start: usize, len: usize) -> std::io::Result<bool> {
         let count = (last - next + 1).min(PAGEMAP_BATCH);
         let buffer = entries.get_mut(..count * 8).unwrap_or_default();
         pagemap.read_exact_at(buffer, (next as u64) * 8)?;
-        for raw in buffer.chunks_exact(8) {
+        for (offset, raw) in buffer.chunks_exact(8).enumerate() {
             let mut word = [0u8; 8];
             word.copy_from_slice(raw);
             let entry = u64::from_ne_bytes(word);
             let anonymous = entry & PAGEMAP_PRESENT != 0 && entry & PAGEMAP_FILE_OR_SHARED == 0;
-            if anonymous || entry & PAGEMAP_SWAPPED != 0 {
-                return Ok(true);
+            if (anonymous || entry & PAGEMAP_SWAPPED != 0) && !found(next - first + offset) {
+                return Ok(());
             }
         }
         next += count;
     }
-    Ok(false)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -499,6 +564,48 @@ mod tests {
             content,
             "the file never changes"
         );
+    }
+
+    #[test]
+    fn private_ranges_are_the_written_pages_clipped_to_the_window_and_merged() {
+        let content = pattern(16 * PAGE);
+        let (_tmp, dir) = cache_with(&content, Arc::new(RealFs));
+        // The window starts half a page into the file, as a payload after a header would.
+        let offset = PAGE / 2;
+        let mapping = Mapping::open(&dir, "k.dat", MappingMode::CopyOnWrite, to_u64(offset), None).unwrap();
+        let window_len = mapping.len();
+        assert_eq!(mapping.private_ranges().unwrap(), Vec::<Range<usize>>::new());
+
+        for at in [0, 3 * PAGE + 5, 4 * PAGE, 9 * PAGE, window_len - 1] {
+            write_byte(&mapping, at);
+        }
+
+        // Window byte `at` lies in file page (offset + at) / PAGE; its page spans the window
+        // bytes [page * PAGE - offset, (page + 1) * PAGE - offset), clipped to the window.
+        let page_of = |at: usize| {
+            let page = (offset + at) / PAGE;
+            (page * PAGE).saturating_sub(offset)..((page + 1) * PAGE - offset).min(window_len)
+        };
+        let expected = vec![
+            page_of(0),
+            page_of(3 * PAGE + 5).start..page_of(4 * PAGE).end,
+            page_of(9 * PAGE),
+            page_of(window_len - 1),
+        ];
+        assert_eq!(mapping.private_ranges().unwrap(), expected);
+        assert_eq!(mapping.window_bytes(0..2).unwrap(), [0xEE, content[offset + 1]]);
+    }
+
+    #[test]
+    fn window_bytes_past_the_window_are_refused() {
+        let (_tmp, dir) = cache_with(&pattern(PAGE), Arc::new(RealFs));
+        let mapping = Mapping::open(&dir, "k.dat", MappingMode::ReadOnly, 10, None).unwrap();
+
+        assert!(mapping.window_bytes(0..PAGE - 10).is_ok());
+        assert!(matches!(
+            mapping.window_bytes(0..PAGE - 9),
+            Err(Error::SizeMismatch { .. })
+        ));
     }
 
     #[test]

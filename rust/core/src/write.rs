@@ -5,7 +5,8 @@
 //! [`PayloadWriter`] is the one writer of a known number of payload bytes into a temp; a store
 //! commit uses it too, with the payload after the `.npy` header.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
 use std::sync::mpsc;
 use std::thread;
 
@@ -219,29 +220,96 @@ impl PayloadWriter {
         let remaining = self.expected - self.written;
         let src = dir.open_holding(src_name, src_offset, remaining)?;
         let src_path = dir.path_of(src_name);
-        let temp_path = self.file.temp_path();
-        // A durable payload is copied step by step, each step's writeback started behind it.
-        let step = if self.durable { WRITEBACK_STEP } else { remaining.max(1) };
-        let start = self.written;
+        self.copy_range(src.as_fd(), &src_path, src_offset, remaining, &mut true, between)
+    }
+
+    /// Fills the rest of the payload with the bytes of `patch`, a copy-on-write window of
+    /// `src_name` (in the same directory) from `src_offset`: the pages of `patch` that were
+    /// written come from its memory, every other range is copied from the file (reflink or
+    /// `copy_file_range`, no user-space copy). When the written pages cannot be told, all of it
+    /// comes from memory.
+    ///
+    /// # Errors
+    /// [`Error::SizeMismatch`] if `patch` does not hold exactly the rest of the payload or the
+    /// source is too short; as [`PayloadWriter::copy_from`] and [`PayloadWriter::write_block`].
+    pub fn copy_patched_from(
+        &mut self,
+        src_name: &str,
+        src_offset: u64,
+        patch: &Mapping,
+        between: Between<'_>,
+    ) -> Result<()> {
+        let remaining = self.expected - self.written;
+        if to_u64(patch.len()) != remaining {
+            return Err(Error::SizeMismatch {
+                path: patch.path().to_path_buf(),
+                expected: remaining,
+                actual: to_u64(patch.len()),
+            });
+        }
+        let dir = self.file.dir().clone();
+        let src = dir.open_holding(src_name, src_offset, remaining)?;
+        let src_path = dir.path_of(src_name);
+        let same_file = dir
+            .fs()
+            .fstat(src.as_fd())
+            .is_ok_and(|stat| stat.identity == patch.identity());
+        // Only the file `patch` maps holds its unwritten bytes: a file renamed over the name since
+        // (a newer commit) holds other ones, so everything then comes from the mapping.
+        let written = patch.private_ranges().filter(|_| same_file);
+        let Some(written) = written else {
+            return self.write_block(patch.window_bytes(0..patch.len())?, between);
+        };
         let mut first = true;
-        while self.written < self.expected {
-            copy::between_chunks(&mut first, between)?;
-            let len = step.min(self.expected - self.written);
-            let done = self.written - start;
+        let mut done = 0;
+        for range in written.into_iter().chain(std::iter::once(patch.len()..patch.len())) {
+            if done < range.start {
+                let len = to_u64(range.start - done);
+                let from = add(src_offset, to_u64(done))?;
+                self.copy_range(src.as_fd(), &src_path, from, len, &mut first, between)?;
+            }
+            if !range.is_empty() {
+                copy::between_chunks(&mut first, between)?;
+                self.write_block(patch.window_bytes(range.clone())?, between)?;
+            }
+            done = range.end;
+        }
+        Ok(())
+    }
+
+    /// Appends `len` bytes of the open file `src` from `src_offset`; a durable payload step by
+    /// step, each step's writeback started behind it. `between` runs between steps (`first`:
+    /// none has run yet).
+    fn copy_range(
+        &mut self,
+        src: BorrowedFd<'_>,
+        src_path: &Path,
+        src_offset: u64,
+        len: u64,
+        first: &mut bool,
+        between: Between<'_>,
+    ) -> Result<()> {
+        let temp_path = self.file.temp_path();
+        let step = if self.durable { WRITEBACK_STEP } else { len.max(1) };
+        let mut done = 0;
+        while done < len {
+            copy::between_chunks(first, between)?;
+            let piece = step.min(len - done);
+            let at = self.next_offset(piece)?;
             let from = RangeEnd {
-                fd: src.as_fd(),
-                path: &src_path,
+                fd: src,
+                path: src_path,
                 offset: add(src_offset, done)?,
             };
-            let at = add(self.base, self.written)?;
             let to = RangeEnd {
                 fd: self.file.fd(),
                 path: &temp_path,
                 offset: at,
             };
-            copy::copy_between(dir.fs(), from, to, len, self.budget, between)?;
-            self.written += len;
-            self.start_writeback(add(at, len)?);
+            copy::copy_between(self.file.dir().fs(), from, to, piece, self.budget, between)?;
+            self.written += piece;
+            done += piece;
+            self.start_writeback(add(at, piece)?);
         }
         Ok(())
     }
@@ -322,6 +390,27 @@ impl CacheDir {
         writer.copy_from(src.name, src.offset, between)?;
         self.finish_write(writer)
     }
+
+    /// As [`CacheDir::replace_with_range`], with the written pages of `patch` (a copy-on-write
+    /// window of that range of `src`) taking the place of the file's bytes: see
+    /// [`PayloadWriter::copy_patched_from`].
+    ///
+    /// # Errors
+    /// As [`CacheDir::replace_with_range`] and [`PayloadWriter::copy_patched_from`].
+    pub fn replace_with_patched_range(
+        &self,
+        src: FileRange<'_>,
+        patch: &Mapping,
+        dst: &str,
+        durable: bool,
+        budget: ChunkBudget,
+        between: Between<'_>,
+    ) -> Result<Mapping> {
+        validate_name(src.name)?;
+        let mut writer = self.begin_write(dst, src.len, budget, durable)?;
+        writer.copy_patched_from(src.name, src.offset, patch, between)?;
+        self.finish_write(writer)
+    }
 }
 
 #[cfg(test)]
@@ -363,6 +452,73 @@ mod tests {
         );
         assert_eq!(writer.written(), 2);
         assert_eq!(fs::read(tmp.path().join("k.dat.tmp")).unwrap(), b"ab\0\0");
+    }
+
+    #[test]
+    fn a_patched_copy_takes_written_pages_from_the_mapping_and_the_rest_from_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let page = 4096;
+        let payload: Vec<u8> = (0..40 * page).map(|index| (index % 249) as u8).collect();
+        let mut file = vec![0xAAu8; page];
+        file.extend_from_slice(&payload);
+        fs::write(tmp.path().join("k.npy"), &file).unwrap();
+        let recording = std::sync::Arc::new(crate::fs::RecordingFs::new());
+        let dir = CacheDir::open_with(tmp.path(), false, recording.clone()).unwrap();
+        let len = payload.len() as u64;
+        let patch = Mapping::open(&dir, "k.npy", MappingMode::CopyOnWrite, page as u64, Some(len)).unwrap();
+        let mut expected = payload.clone();
+        for at in [5, 17 * page + 3, 39 * page + 100] {
+            // SAFETY: the window is writable (`c`) and `at` lies inside it.
+            #[allow(unsafe_code)]
+            unsafe {
+                patch.as_ptr().add(at).write_volatile(0xEE);
+            }
+            expected[at] = 0xEE;
+        }
+        recording.clear();
+
+        let src = FileRange {
+            name: "k.npy",
+            offset: page as u64,
+            len,
+        };
+        dir.replace_with_patched_range(src, &patch, "k.dat", false, ChunkBudget::new(1 << 20), &mut no_pause())
+            .unwrap();
+
+        assert_eq!(fs::read(tmp.path().join("k.dat")).unwrap(), expected);
+        assert_eq!(
+            fs::read(tmp.path().join("k.npy")).unwrap(),
+            file,
+            "the source never changes"
+        );
+        let written: usize = recording
+            .calls()
+            .iter()
+            .filter(|call| call.op == crate::Op::Write)
+            .count();
+        assert_eq!(written, 3, "one pwrite per written page, the rest copied in the kernel");
+    }
+
+    #[test]
+    fn a_patched_copy_of_a_file_replaced_since_it_was_mapped_comes_from_the_mapping() {
+        let tmp = tempfile::tempdir().unwrap();
+        let old: Vec<u8> = (0..8 * 4096usize).map(|index| (index % 251) as u8).collect();
+        fs::write(tmp.path().join("k.npy"), &old).unwrap();
+        let dir = CacheDir::open(tmp.path(), false).unwrap();
+        let len = old.len() as u64;
+        let patch = Mapping::open(&dir, "k.npy", MappingMode::CopyOnWrite, 0, Some(len)).unwrap();
+        fs::write(tmp.path().join("new"), vec![0x55u8; old.len()]).unwrap();
+        fs::rename(tmp.path().join("new"), tmp.path().join("k.npy")).unwrap();
+
+        let src = FileRange {
+            name: "k.npy",
+            offset: 0,
+            len,
+        };
+        dir.replace_with_patched_range(src, &patch, "k.dat", false, ChunkBudget::new(1 << 20), &mut no_pause())
+            .unwrap();
+
+        assert_eq!(fs::read(tmp.path().join("k.dat")).unwrap(), old);
     }
 
     #[test]

@@ -144,7 +144,7 @@ impl PyCacheDir {
         Ok(PyFileMapping::new(mapping))
     }
 
-    #[pyo3(signature = (src, src_offset, dst, length, *, chunk_bytes, durable))]
+    #[pyo3(signature = (src, src_offset, dst, length, *, chunk_bytes, durable, patch = None))]
     #[allow(clippy::too_many_arguments)] // The signature is the .pyi's.
     fn copy_range(
         &self,
@@ -155,6 +155,7 @@ impl PyCacheDir {
         length: u64,
         chunk_bytes: u64,
         durable: bool,
+        patch: Option<&Bound<'_, PyFileMapping>>,
     ) -> PyResult<PyFileMapping> {
         let source = FileRange {
             name: src,
@@ -163,9 +164,15 @@ impl PyCacheDir {
         };
         let budget = ChunkBudget::new(chunk_bytes);
         let pending = PendingPyErr::default();
+        let patch = patch.map(|patch| patch.get().mapping());
         let mapping = pending.to_py(run_detached(py, || {
-            self.inner
-                .replace_with_range(source, dst, durable, budget, &mut signal_check(&pending))
+            let between = &mut signal_check(&pending);
+            match patch {
+                Some(patch) => self
+                    .inner
+                    .replace_with_patched_range(source, patch, dst, durable, budget, between),
+                None => self.inner.replace_with_range(source, dst, durable, budget, between),
+            }
         }))?;
         Ok(PyFileMapping::new(mapping))
     }

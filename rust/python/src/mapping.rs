@@ -33,6 +33,11 @@ impl PyFileMapping {
             exports: AtomicUsize::new(0),
         }
     }
+
+    /// The core mapping.
+    pub fn mapping(&self) -> &Mapping {
+        &self.inner
+    }
 }
 
 #[pymethods]
@@ -77,6 +82,11 @@ impl PyFileMapping {
     #[getter]
     fn exports(&self) -> usize {
         self.exports.load(Ordering::SeqCst)
+    }
+
+    #[getter]
+    fn identity(&self) -> (u64, u64) {
+        self.inner.identity()
     }
 
     #[getter]
