@@ -8,7 +8,6 @@ store drops the entry, the file goes and a still-alive entry reads the committed
 
 import copy
 import gc
-import os
 import pickle
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from lazy_disk_cache._memmap import mapping_of
 from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.disk_backed_store import DiskBackedStore
 from lazy_disk_cache.lazy_disk_cache import LazyDiskCacheConfig
+from listing import artefacts
 
 Store = DiskBackedStore[DiskBackedNDArray]
 
@@ -41,10 +41,6 @@ def durable_store(cache_dir: Path, **settings: Any) -> Store:
 def syncs() -> tuple[int, int]:
     counts = _rust._op_counts()
     return counts["fsync"], counts["dir_fsync"]
-
-
-def names(directory: Path) -> list[str]:
-    return sorted(os.listdir(directory))
 
 
 def arrays(count: int) -> dict[str, np.ndarray[Any, Any]]:
@@ -76,7 +72,7 @@ def test_a_durable_store_write_leaves_only_the_committed_pairs(tmp_path: Path) -
 
     store.offload(pickle_container=True)
 
-    assert names(tmp_path) == sorted(f"{key}{suffix}" for key in values for suffix in (".meta.json", ".npy"))
+    assert artefacts(tmp_path) == sorted(f"{key}{suffix}" for key in values for suffix in (".meta.json", ".npy"))
     reopened = durable_store(tmp_path)
     for key, value in values.items():
         np.testing.assert_array_equal(np.asarray(reopened[key]), value)
@@ -206,7 +202,7 @@ def test_a_store_that_purges_on_gc_releases_its_working_files_at_the_commit_too(
     del entry
     gc.collect()
 
-    assert names(tmp_path) == ["a.meta.json", "a.npy"]
+    assert artefacts(tmp_path) == ["a.meta.json", "a.npy"]
 
 
 def test_an_offloaded_entry_keeps_its_committed_value_when_the_key_is_committed_again(tmp_path: Path) -> None:

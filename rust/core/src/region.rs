@@ -125,7 +125,7 @@ impl Region {
         let mut group = RenameGroup::new(&dir);
         group.push(npy);
         group.push(meta);
-        group.commit()
+        group.commit().map_err(Error::from)
     }
 }
 

@@ -20,8 +20,8 @@ use std::thread::{self, JoinHandle};
 use rustix::io::Errno;
 
 use crate::atomic::{ClosedTemp, PendingFile};
-use crate::keylock::KeyLock;
 use crate::error::{Error, Op, Result};
+use crate::keylock::KeyLock;
 
 /// The most threads a pool runs: as many fsyncs in flight as a careful hand-written commit has.
 pub const MAX_THREADS: usize = 8;
