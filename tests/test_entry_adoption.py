@@ -366,19 +366,34 @@ def test_a_write_through_a_view_taken_before_is_kept_by_the_first_offload(store_
     assert np.fromfile(store_dir / "k.dat", dtype=np.float64).reshape(4, 5)[1, 0] == 99.0
 
 
-def test_an_unwritten_entry_loaded_read_write_maps_its_payload_copy_on_write(store_dir: Path) -> None:
+def test_reading_an_offloaded_reloaded_entry_maps_its_payload_copy_on_write(store_dir: Path) -> None:
     entry = _reload(store_dir, "k")
     entry.offload()
 
-    entry.load("r+")
     mapping = mapping_of(entry.data)
     entry.data[0, 1] = 5.0
+    assert not (store_dir / "k.dat").exists()
     entry.offload()
 
     assert mapping is not None and mapping.mode == "c"
     np.testing.assert_array_equal(np.load(store_dir / "k.npy"), _source())
     assert np.fromfile(store_dir / "k.dat", dtype=np.float64)[1] == 5.0
     assert entry[0, 1] == 5.0
+
+
+def test_an_explicit_read_write_load_writes_the_dat_from_the_payload_and_maps_it_shared(store_dir: Path) -> None:
+    entry = _reload(store_dir, "k")
+    entry.offload()
+
+    entry.load("r+")
+    mapping = mapping_of(entry.data)
+    entry.data[2, 2] = -3.0
+
+    assert mapping is not None and mapping.mode == "r+"
+    expected = _source()
+    expected[2, 2] = -3.0
+    np.testing.assert_array_equal(np.fromfile(store_dir / "k.dat", dtype=np.float64).reshape(4, 5), expected)
+    np.testing.assert_array_equal(np.load(store_dir / "k.npy"), _source())
 
 
 def test_loading_an_offloaded_reloaded_entry_zero_filled_writes_its_own_dat(store_dir: Path) -> None:

@@ -157,7 +157,6 @@ def test_an_offloaded_entry_still_alive_after_the_commit_maps_the_payload_copy_o
     entry.offload()
 
     store.offload(pickle_container=True)
-    entry.load()
     mapping = mapping_of(entry.data)
     entry.data[0] = 9.0
 

@@ -494,10 +494,13 @@ class LazyDiskCache(ABC):
         """OFFLOADED → MAPPED: map the ``.dat`` in ``mode``. O(1), reads no data.
 
         ``r`` read-only, ``r+`` read-write, ``c`` copy-on-write, ``w+`` zero-filled read-write.
-        A no-op unless offloaded; a spilled entry maps its spill file instead. A missing file
-        raises ``FileNotFoundError``, a short one ``ValueError``, an unknown mode ``ValueError``;
-        ``r+``/``w+`` on a ``.dat`` symlink that resolves outside its directory raise
-        ``StoreContainmentError``.
+        A no-op unless offloaded; a spilled entry maps its spill file instead. An entry adopted by
+        its store payload (reloaded, or whose pair was committed, and with no ``.dat``) maps that
+        payload for ``r`` and ``c``; ``r+`` first writes its ``.dat`` from the payload (copied in
+        the kernel, reflinked where the file system can: O(n) without a user-space copy) and maps
+        that shared. A missing file raises ``FileNotFoundError``, a short one ``ValueError``, an
+        unknown mode ``ValueError``; ``r+``/``w+`` on a ``.dat`` symlink that resolves outside its
+        directory raise ``StoreContainmentError``.
         """
         if mode not in _LOAD_MODES:
             raise ValueError(f"load mode must be one of 'r', 'r+', 'w+' or 'c'; got {mode!r}")
@@ -946,6 +949,8 @@ class LazyDiskCache(ABC):
                     self._take_ownership()
             return as_memmap(mapping, shape, dtype, filename=str(path))
         if adopted is not None:
+            if mode == "r+" and not adopted.readonly:
+                return self._materialise_payload(adopted, shape, np.dtype(dtype))
             return self._map_payload(adopted, shape, np.dtype(dtype), mode)
         try:
             return self._open_mapping(path.name, shape, dtype, mode)
@@ -954,6 +959,38 @@ class LazyDiskCache(ABC):
                 raise
         directory, name = self._write_location()
         return open_memmap(directory, name, shape, dtype, mode="r+", filename=str(path))
+
+    def _materialise_payload(
+        self, adopted: _AdoptedPayload, shape: tuple[int, ...], dtype: np.dtype[Any]
+    ) -> np.memmap[Any, np.dtype[Any]]:
+        """Write an offloaded adopted entry's ``.dat`` from its payload and map it ``r+`` (``load("r+")``).
+
+        A read-write load asks for the entry's own file, shared: the payload is copied into a fresh
+        ``.dat`` inside the kernel (reflinked where the file system can; pages written through views
+        of the payload mapping the entry keeps come from memory), and the entry is adopted no more.
+        """
+        path = self._require_cache_path()
+        directory, name = self._write_location(create=True)
+        kept = self.__dict__.get("_payload_mapping")
+        nbytes = math.prod(shape) * dtype.itemsize
+        mapping: FileMapping
+        if nbytes == 0 or adopted.order != "C":
+            mapping = self._write_backing(np.asarray(self._map_payload(adopted, shape, dtype, "r")))
+        else:
+            mapping = directory.copy_range(
+                _npy_beside(path).name,
+                adopted.offset,
+                name,
+                nbytes,
+                chunk_bytes=chunk_budget_bytes(),
+                durable=self._backing_is_durable(),
+                patch=kept if kept is not None and kept.mode == "c" else None,
+            )
+        self._adopted = None
+        self._payload_mapping = None
+        if not self._backing_created:
+            self._take_ownership()
+        return as_memmap(mapping, shape, dtype, filename=str(path))
 
     def _map_payload(
         self, adopted: _AdoptedPayload, shape: tuple[int, ...], dtype: np.dtype[Any], mode: LoadMode
@@ -1107,9 +1144,15 @@ class LazyDiskCache(ABC):
         return path
 
     def _reload_mode(self) -> LoadMode:
-        """The mode implicit loads use: ``r`` for an entry reloaded from a read-only directory."""
+        """The mode implicit loads use: ``r+``, but for an entry adopted by its store payload.
+
+        Such an entry maps the payload read-only (``r``, a read-only directory) or copy-on-write
+        (``c``): an implicit load (``data``, indexing, a ufunc) reads it in O(1) and writes no file.
+        """
         adopted = self._adopted
-        return "r" if adopted is not None and adopted.readonly else "r+"
+        if adopted is None:
+            return "r+"
+        return "r" if adopted.readonly else "c"
 
     def _run_hook(self, hook: Callable[[], None], message: str) -> None:
         try:
