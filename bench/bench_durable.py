@@ -59,6 +59,11 @@ def durable_nbytes(settings: Settings) -> int:
     return 8 * MIB if settings.quick else 1_200_000_000
 
 
+def _size_label(nbytes: int) -> str:
+    """``1.2 GB`` as the size was stated (decimal), else the usual binary label."""
+    return f"{nbytes / 1e9:.1f} GB" if nbytes % 100_000_000 == 0 else format_bytes(nbytes)
+
+
 def _child(name: str, role: Role, python: str | None, case: str, variant: str, nbytes: int, work: Path) -> Variant:
     if python is None:
         return Variant(name, role, None, "the original is not set up")
@@ -133,13 +138,14 @@ def _reopen_case(
         "a store with purge_disk_on_gc=False holding one key is reopened in a fresh process and the"
         " key taken with store[key] (the reopen rows); then its first offload() is timed",
         "ours maps the .npy payload copy-on-write at the reopen; an offload finding no page of it"
-        " written drops the mapping (no .dat), one written element makes it write the .dat from"
-        " the mapping (a working file, no fsync); the original reads the array into RAM and writes"
-        " its .dat at the reopen, then flushes it (msync) at the offload",
+        " written drops the mapping (no .dat); after one written element it writes the .dat, the"
+        " written page from the mapping and the rest from the .npy inside the kernel (a working"
+        " file, no fsync); the original reads the array into RAM and writes its .dat at the"
+        " reopen, then flushes it (msync) at the offload",
         "page cache warm: the store was written just before",
     ]
-    title = f"first offload() of an entry reopened from a store: float32 (N, 4), {format_bytes(nbytes)}"
-    return CaseResult("reopen-offload", title, "reopen", "s", nbytes, series, notes, format_bytes(nbytes))
+    title = f"first offload() of an entry reopened from a store: float32 (N, 4), {_size_label(nbytes)}"
+    return CaseResult("reopen-offload", title, "reopen", "s", nbytes, series, notes, _size_label(nbytes))
 
 
 def _write_store(impl: Impl, directory: Path, nbytes: int) -> None:

@@ -309,7 +309,7 @@ class Target:
             return "n/a"
         if self.kind == "absolute":
             return f"{value:.1f} MiB"
-        return f"{value:.2f}x"
+        return f"{value:.2f}x" if value >= 0.01 else f"{value:.4f}x"
 
     def rule(self) -> str:
         if self.kind == "absolute":
