@@ -8,6 +8,7 @@ store drops the entry, the file goes and a still-alive entry reads the committed
 
 import copy
 import gc
+import os
 import pickle
 from collections.abc import Iterator
 from pathlib import Path
@@ -231,3 +232,15 @@ def test_a_reloaded_entry_committed_after_its_name_was_replaced_writes_its_own_d
     store.offload(pickle_container=True)
 
     np.testing.assert_array_equal(np.load(tmp_path / "k.npy"), np.arange(2**18, dtype=np.float64))
+
+
+def test_a_dat_another_writer_renamed_over_the_working_file_is_left_alone(tmp_path: Path) -> None:
+    store = durable_store(tmp_path)
+    store.add_data_to_store("k", np.arange(4.0))
+    (tmp_path / "elsewhere.dat").write_bytes(b"another writer's file")
+    os.replace(tmp_path / "elsewhere.dat", tmp_path / "k.dat")
+
+    store.offload(pickle_container=True)
+
+    assert (tmp_path / "k.dat").read_bytes() == b"another writer's file"
+    np.testing.assert_array_equal(np.load(tmp_path / "k.npy"), np.arange(4.0))

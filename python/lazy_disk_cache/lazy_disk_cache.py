@@ -240,6 +240,7 @@ class LazyDiskCache(ABC):
     _working_copy: bool
     _path_exported: bool
     _payload_mapping: FileMapping | None
+    _dat_identity: tuple[int, int] | None
     _dir_handle: CacheDir | None
     _finalizer: "weakref.finalize[Any, Any]"
     _lease: PathLease
@@ -454,10 +455,12 @@ class LazyDiskCache(ABC):
         """MAPPED → OFFLOADED: flush the mapping (msync, durable ``.dat`` only) and drop the buffer.
 
         0 copies. Arrays and views handed out earlier stay valid. A no-op (logged) in RAM or when
-        already offloaded. An entry reloaded from a store (or written to it) whose data is still
-        exactly the stored payload just drops its copy-on-write mapping, O(1); once a page of it
-        was written, the first offload materialises the ``.dat`` from the live buffer (1 copy); if
-        that fails the ``OSError`` propagates and the entry keeps its buffer.
+        already offloaded. An entry adopted by its store payload (reloaded, or whose pair was
+        committed) whose buffer is still exactly that payload just drops its copy-on-write mapping,
+        O(1), and keeps the payload mapped for its next load. Once a page of it was written, the
+        offload writes the ``.dat``: the written pages from memory, the rest copied from the payload
+        inside the kernel (reflinked where the file system can); if that fails the ``OSError``
+        propagates and the entry keeps its buffer.
         """
         with self._lock:
             if not self._enable_caching:
@@ -766,7 +769,7 @@ class LazyDiskCache(ABC):
             return
         lease: PathLease | None = self.__dict__.get("_lease")
         releasable = self.__dict__.get("_working_copy", False) and not self.__dict__.get("_path_exported", False)
-        if not releasable or lease is None or not lease.held_alone() or _is_symlink(path):
+        if not releasable or lease is None or not lease.held_alone() or not self._dat_is_own_file(path):
             return
         handle = self._dir_handle or self._directory()
         kept: FileMapping | None = None
@@ -788,6 +791,16 @@ class LazyDiskCache(ABC):
         self._backing_created = False
         lease.owner_pid = None
         logger.debug("%s on %s now reads the committed payload of %s", type(self).__name__, path, _npy_beside(path))
+
+    def _dat_is_own_file(self, path: Path) -> bool:
+        """Whether ``path`` names, unlinked, the very ``.dat`` this entry last wrote (not a link,
+        nor a file another writer renamed over the name since)."""
+        written = self.__dict__.get("_dat_identity")
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return False
+        return written is not None and stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) == written
 
     def _live_buffer_is_the_payload(self) -> bool:
         """Whether an adopted entry's live buffer is still exactly its ``.npy`` payload.
@@ -821,6 +834,7 @@ class LazyDiskCache(ABC):
             if self._cache_path is None:
                 self._allocate_ephemeral()
             mapping = self._write_adopted_backing(source) or self._write_backing(np.asarray(source))
+            self._dat_identity = mapping.identity
             mapped = as_memmap(mapping, shape, dtype, filename=str(self._cache_path))
             self._mmap = mapped
             self._set_buffer(mapped)
@@ -988,6 +1002,7 @@ class LazyDiskCache(ABC):
             )
         self._adopted = None
         self._payload_mapping = None
+        self._dat_identity = mapping.identity
         if not self._backing_created:
             self._take_ownership()
         return as_memmap(mapping, shape, dtype, filename=str(path))
