@@ -109,8 +109,8 @@ def _construct_case(
         "each variant builds its source array in a child process of its own and times only the"
         " construction (or the write), after touching as much memory as it may use",
     ]
-    title = f"durable entry construction: float32 (N, 4), {format_bytes(nbytes)}"
-    return CaseResult("durable-construct", title, "durable", "s", nbytes, series, notes, format_bytes(nbytes))
+    title = f"durable entry construction: float32 (N, 4), {_size_label(nbytes)}"
+    return CaseResult("durable-construct", title, "durable", "s", nbytes, series, notes, _size_label(nbytes))
 
 
 def _reopen_case(
