@@ -9,6 +9,7 @@
 
 pub mod atomic;
 mod checked;
+pub mod checksum;
 pub mod commit;
 pub mod copy;
 pub mod dir;
@@ -25,6 +26,7 @@ pub mod sweep;
 pub mod write;
 
 pub use atomic::{ClosedTemp, PendingFile, RenameGroup};
+pub use checksum::Digest;
 pub use commit::{ArraySpec, CommitBatch, KeyWriter, StagedKey};
 pub use copy::ChunkBudget;
 pub use dir::CacheDir;
