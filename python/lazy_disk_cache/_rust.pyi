@@ -9,7 +9,7 @@ copy is interrupted (its temp is removed first).
 """
 
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from os import PathLike
 from types import TracebackType
 from typing import Literal, Self, final
@@ -26,6 +26,13 @@ TMP_SUFFIX: str
 LEGACY_PICKLE_SUFFIX: str
 # The key lock file every writer of a directory shares (``F_OFD_SETLK`` byte locks); never a key.
 LOCK_FILE_NAME: str
+
+# The checksum algorithm store writes record, as the prefix of the text ``"<name>:<hex digest>"``.
+CHECKSUM_ALGORITHM: str
+
+# Called from the working thread with the bytes moved since its previous call; what it raises stops
+# the operation (temps removed) and propagates.
+ChunkProgress = Callable[[int], object]
 
 MappingMode = Literal["r", "r+", "c"]
 
@@ -114,6 +121,7 @@ class CacheDir:
         nbytes: int | None = None,
         chunk_bytes: int,
         durable: bool,
+        progress: ChunkProgress | None = None,
     ) -> FileMapping:
         """Atomically replace ``name`` with the bytes of ``src`` and return an ``r+`` mapping of it.
 
@@ -125,7 +133,8 @@ class CacheDir:
         ``pwrite`` in pieces of at most ``chunk_bytes``, then (``durable`` only) fsyncs, renames
         over ``name`` and (``durable`` only) fsyncs the directory. The temp gets the existing destination's mode, else
         ``0666 & ~umask``. On any error the temp is removed and the destination is unchanged.
-        1 copy, GIL released between blocks.
+        ``progress`` hears the bytes written, between pieces (at most 64 MiB apart) and once more
+        when all are written, before the rename. 1 copy, GIL released between blocks.
         """
 
     def write_zeroed(self, name: str, nbytes: int, *, durable: bool) -> FileMapping:
@@ -146,6 +155,16 @@ class CacheDir:
         Uses a reflink (``FICLONERANGE``) where both ranges are block-aligned, else
         ``copy_file_range`` in pieces of ``chunk_bytes``, else a bounce buffer of at most
         ``chunk_bytes`` (and at most 4 MiB). Returns an ``r+`` mapping of ``dst``.
+        """
+
+    def checksum(self, name: str, *, progress: ChunkProgress | None = None) -> str:
+        """The checksum of the whole file ``name``: ``"<CHECKSUM_ALGORITHM>:<16 hex digits>"``.
+
+        Reads the file once, sequentially, through read-only mappings of 8 MiB at a time (the
+        resident memory it adds), and afterwards drops from the page cache exactly the pages it
+        brought in (pages cached before stay), so checking a store larger than RAM evicts nobody's
+        working set. ``progress`` hears the bytes read, between windows and once at the end.
+        Writes nothing; GIL released.
         """
 
     def read_header(self, name: str) -> NpyHeader:
@@ -250,19 +269,25 @@ class CommitBatch:
         fortran_order: bool,
         shape: Sequence[int],
         nbytes: int,
-        meta: bytes,
+        meta: bytes | Callable[[str | None], bytes],
         source: Buffer | Iterable[Buffer] | None = None,
         source_file: str | None = None,
         source_offset: int = 0,
-    ) -> None:
-        """Write and fsync ``<key>.npy.tmp`` (payload at byte 4096) and ``<key>.meta.json.tmp``.
+        progress: ChunkProgress | None = None,
+    ) -> str | None:
+        """Write and fsync ``<key>.npy.tmp`` (payload at byte 4096), then ``<key>.meta.json.tmp``.
 
         The payload comes from ``source`` (a buffer in any layout, written in C order, or
         buffers totalling ``nbytes``)
         or from ``nbytes`` bytes of the file ``source_file`` in this directory starting at
-        ``source_offset`` (reflink or ``copy_file_range``; no user-space copy). On failure this
-        key's temps are removed, the error is raised, and the keys added before it remain in the
-        batch, ready for ``commit()``.
+        ``source_offset`` (reflink or ``copy_file_range``; no user-space copy: the checksum then
+        reads the source once through read-only mappings). The whole ``.npy`` is hashed as it is
+        written; returns its checksum (as ``checksum()`` would compute it), or ``None`` while
+        checksums are switched off. ``meta`` is the sidecar, or a callable that builds it from
+        that checksum once the payload temp is fsynced. ``progress`` hears the payload bytes
+        written. On failure (``meta`` and ``progress`` raising included) this key's temps are
+        removed, the error is raised, and the keys added before it remain in the batch, ready
+        for ``commit()``.
         """
 
     def commit(self) -> None:
@@ -349,6 +374,9 @@ def _inject_fault(op: str, nth: int, errno: int) -> None:
     ``copy_file_range`` call), ``fsync``, ``dir_fsync``, ``rename``, ``unlink``, ``map``.
     Process-global; inert until called.
     """
+
+def _set_checksums(enabled: bool) -> None:
+    """Benchmark seam: whether store writes compute and record checksums (on by default)."""
 
 def _clear_faults() -> None:
     """Testing seam: drop every pending fault and reset the operation counters."""

@@ -2,9 +2,11 @@
 //! together with one directory fsync.
 //!
 //! For each key the `.npy` temp is reserved (header + payload), gets its header and payload
-//! and is fsynced, then the sidecar temp is written and fsynced. [`CommitBatch::commit`]
-//! renames `.npy` then `.meta.json` for every key in order and fsyncs the directory once.
-//! Store commits are always durable.
+//! and is fsynced ([`KeyWriter::finish_payload`]), then the sidecar temp is written and
+//! fsynced ([`CommitBatch::stage`]). The writer hashes the whole `.npy` as it writes it, so the
+//! sidecar, written second, can record the checksum. [`CommitBatch::commit`] renames `.npy`
+//! then `.meta.json` for every key in order and fsyncs the directory once: nothing is renamed
+//! before both temps of a key are fsynced. Store commits are always durable.
 //!
 //! A batch holds O(1) descriptors however many keys it stages: each temp is closed once it is
 //! fsynced. Each key's temps are kept from sweeps and other writers by the key's writer lock
@@ -20,6 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use crate::atomic::{ClosedTemp, PendingFile, RenameGroup};
 use crate::checked::{add, to_u64};
+use crate::checksum::{Digest, Hasher};
 use crate::copy::ChunkBudget;
 use crate::dir::CacheDir;
 use crate::error::{Error, Result};
@@ -47,6 +50,30 @@ pub struct KeyWriter {
     names: PairNames,
     payload: PayloadWriter,
     guard: Arc<KeyLock>,
+}
+
+/// A key whose `.npy` temp is written, fsynced and closed, with the checksum of the whole
+/// `.npy`, waiting for its sidecar ([`CommitBatch::stage`]). Dropping it unlinks the temp.
+#[derive(Debug)]
+pub struct WrittenPayload {
+    key: String,
+    names: PairNames,
+    npy: ClosedTemp,
+    digest: Option<Digest>,
+    guard: Arc<KeyLock>,
+}
+
+impl WrittenPayload {
+    /// The key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The checksum of the `.npy` temp, header included; `None` when checksums are switched off
+    /// ([`crate::checksum::set_enabled`]).
+    pub fn digest(&self) -> Option<Digest> {
+        self.digest
+    }
 }
 
 /// A key whose two temps are written, fsynced and closed, waiting for
@@ -87,10 +114,14 @@ impl KeyWriter {
         let file = PendingFile::create(dir, &names.npy)?;
         file.reserve(add(header_len, nbytes)?)?;
         file.write_all_at(&header, 0)?;
+        let hasher = Hasher::if_enabled().map(|mut hasher| {
+            hasher.update(&header);
+            hasher
+        });
         Ok(Self {
             key: key.to_owned(),
             names,
-            payload: PayloadWriter::new(file, header_len, nbytes, budget),
+            payload: PayloadWriter::new(file, header_len, nbytes, budget).hashing(hasher),
             guard,
         })
     }
@@ -105,15 +136,32 @@ impl KeyWriter {
         &mut self.payload
     }
 
-    /// Checks the payload size, fsyncs and closes the `.npy` temp, then writes, fsyncs and
-    /// closes the sidecar temp.
+    /// Checks the payload size, then fsyncs and closes the `.npy` temp; the result carries the
+    /// checksum of the whole file.
     ///
     /// # Errors
-    /// [`Error::SizeMismatch`] for a short payload; I/O errors of either temp. On error both
-    /// temps of this key are removed.
+    /// [`Error::SizeMismatch`] for a short payload; I/O errors of the temp, which is then
+    /// removed.
+    pub fn finish_payload(self) -> Result<WrittenPayload> {
+        let (file, digest) = self.payload.finish_hashed()?;
+        let npy = file.close_synced(Arc::clone(&self.guard))?;
+        Ok(WrittenPayload {
+            key: self.key,
+            names: self.names,
+            npy,
+            digest,
+            guard: self.guard,
+        })
+    }
+}
+
+impl WrittenPayload {
+    /// Writes, fsyncs and closes the sidecar temp from `meta`.
+    ///
+    /// # Errors
+    /// I/O errors of the sidecar temp. On error both temps of this key are removed.
     fn finish(self, meta: &[u8]) -> Result<StagedKey> {
-        let dir = self.payload.file().dir().clone();
-        let npy = self.payload.finish()?.close_synced(Arc::clone(&self.guard))?;
+        let dir = self.npy.dir().clone();
         let meta_file = PendingFile::create(&dir, &self.names.meta)?;
         // No reservation for the sidecar: it is a few hundred bytes written with pwrite, which
         // reports ENOSPC itself, and it is never mapped, so there is no SIGBUS to prevent.
@@ -121,7 +169,7 @@ impl KeyWriter {
         let meta = meta_file.close_synced(self.guard)?;
         Ok(StagedKey {
             key: self.key,
-            npy,
+            npy: self.npy,
             meta,
         })
     }
@@ -183,7 +231,8 @@ impl CommitBatch {
     /// Starts staging `key`: becomes its writer (see [`CommitBatch`] for what happens when
     /// another writer is), then creates `<key>.npy.tmp` (a temp of the key found there is a
     /// crash's leftover and is replaced), reserves header + `nbytes` and writes the header.
-    /// Feed the payload to the returned writer, then hand it to [`CommitBatch::stage`].
+    /// Feed the payload to the returned writer, finish it with [`KeyWriter::finish_payload`],
+    /// then hand the result and the sidecar to [`CommitBatch::stage`].
     ///
     /// # Errors
     /// [`Error::InvalidName`] for an illegal key, [`Error::AlreadyStaged`] for one already
@@ -200,14 +249,13 @@ impl CommitBatch {
         KeyWriter::create(&self.dir, key, spec, nbytes, self.budget, guard)
     }
 
-    /// Finishes `writer` (payload size check, fsync and close of the `.npy` temp, sidecar temp
-    /// written from `meta`, fsynced and closed) and stages the key.
+    /// Writes the sidecar temp of `payload` from `meta` (fsynced and closed) and stages the key.
     ///
     /// # Errors
-    /// [`Error::SizeMismatch`] for a short payload; I/O errors of either temp. On error both
-    /// temps of this key are removed; keys staged earlier stay staged.
-    pub fn stage(&self, writer: KeyWriter, meta: &[u8]) -> Result<()> {
-        let staged = writer.finish(meta)?;
+    /// I/O errors of the sidecar temp. On error both temps of this key are removed; keys
+    /// staged earlier stay staged.
+    pub fn stage(&self, payload: WrittenPayload, meta: &[u8]) -> Result<()> {
+        let staged = payload.finish(meta)?;
         self.staged.lock().unwrap_or_else(PoisonError::into_inner).push(staged);
         Ok(())
     }

@@ -23,11 +23,12 @@ pub mod npy;
 pub mod region;
 pub mod reserve;
 pub mod sweep;
+mod verify;
 pub mod write;
 
 pub use atomic::{ClosedTemp, PendingFile, RenameGroup};
 pub use checksum::Digest;
-pub use commit::{ArraySpec, CommitBatch, KeyWriter, StagedKey};
+pub use commit::{ArraySpec, CommitBatch, KeyWriter, StagedKey, WrittenPayload};
 pub use copy::ChunkBudget;
 pub use dir::CacheDir;
 pub use error::{Error, Op, Result};

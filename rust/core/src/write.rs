@@ -3,7 +3,8 @@
 //! then committed and mapped `r+`.
 //!
 //! [`PayloadWriter`] is the one writer of a known number of payload bytes into a temp; a store
-//! commit uses it too, with the payload after the `.npy` header.
+//! commit uses it too, with the payload after the `.npy` header, and has it hash what it writes
+//! in the same pass (see [`crate::checksum`]).
 
 use std::os::fd::AsFd;
 use std::sync::mpsc;
@@ -11,11 +12,12 @@ use std::thread;
 
 use crate::atomic::PendingFile;
 use crate::checked::{add, to_u64};
-use crate::copy::{self, Between, ChunkBudget, RangeEnd};
+use crate::checksum::{Digest, Hasher};
+use crate::copy::{self, Between, ChunkBudget, Moved, RangeEnd};
 use crate::dir::CacheDir;
 use crate::error::{Error, Result};
 use crate::gather::{GatherCursor, StridedBytes};
-use crate::mapping::{Mapping, MappingMode};
+use crate::mapping::{self, CacheUse, Mapping, MappingMode};
 use crate::names::validate_name;
 
 /// `len` bytes of the file `name` in the same directory, from `offset`.
@@ -29,7 +31,12 @@ pub struct FileRange<'a> {
     pub len: u64,
 }
 
-/// Writes exactly `expected` payload bytes into a [`PendingFile`], starting at `base`.
+/// How much of a contiguous block is hashed and then written at a time: small enough to still
+/// be in the CPU cache when `pwrite` copies it out, so hashing costs no second trip to memory.
+const HASHED_SLICE: usize = 1 << 20;
+
+/// Writes exactly `expected` payload bytes into a [`PendingFile`], starting at `base`; with a
+/// hasher, hashes every byte as it writes it.
 #[derive(Debug)]
 pub struct PayloadWriter {
     file: PendingFile,
@@ -37,6 +44,7 @@ pub struct PayloadWriter {
     expected: u64,
     written: u64,
     budget: ChunkBudget,
+    hasher: Option<Hasher>,
 }
 
 impl PayloadWriter {
@@ -49,7 +57,16 @@ impl PayloadWriter {
             expected,
             written: 0,
             budget,
+            hasher: None,
         }
+    }
+
+    /// Hashes every payload byte written from now on into `hasher`, which may already hold the
+    /// bytes before the payload (the `.npy` header). `None` hashes nothing.
+    #[must_use]
+    pub fn hashing(mut self, hasher: Option<Hasher>) -> Self {
+        self.hasher = hasher;
+        self
     }
 
     /// The temp being written.
@@ -86,7 +103,24 @@ impl PayloadWriter {
     pub fn write_block(&mut self, block: &[u8], between: Between<'_>) -> Result<()> {
         let len = to_u64(block.len());
         let at = self.next_offset(len)?;
-        self.file.write_at(block, at, self.budget, between)?;
+        match self.hasher.as_mut() {
+            None => self.file.write_at(block, at, self.budget, between)?,
+            Some(hasher) => {
+                let (fs, fd, path) = (self.file.dir().fs(), self.file.fd(), self.file.temp_path());
+                let mut first = true;
+                let mut moved = 0;
+                let mut at = at;
+                for piece in block.chunks(self.budget.piece_len()) {
+                    copy::between_chunks(&mut first, between, moved)?;
+                    for slice in piece.chunks(HASHED_SLICE) {
+                        hasher.update(slice);
+                        copy::write_all_at(fs, fd, &path, slice, at)?;
+                        at = add(at, to_u64(slice.len()))?;
+                    }
+                    moved = to_u64(piece.len());
+                }
+            }
+        }
         self.written += len;
         Ok(())
     }
@@ -106,7 +140,7 @@ impl PayloadWriter {
         if to_u64(half) >= len {
             let mut buffer = vec![0u8; half];
             let filled = source.gather(&mut GatherCursor::default(), &mut buffer);
-            return self.write_piece(buffer.get(..filled).unwrap_or_default(), at, &mut true, between);
+            return self.write_piece(buffer.get(..filled).unwrap_or_default(), at, (&mut true, 0), between);
         }
         let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(1);
         let (empty_tx, empty_rx) = mpsc::sync_channel::<Vec<u8>>(2);
@@ -129,11 +163,13 @@ impl PayloadWriter {
             // receive fails and it ends before the scope joins it.
             let (full_rx, empty_tx) = (full_rx, empty_tx);
             let mut first = true;
+            let mut moved = 0;
             let mut at = at;
             for (buffer, filled) in full_rx {
                 let piece = buffer.get(..filled).unwrap_or_default();
-                self.write_piece(piece, at, &mut first, between)?;
-                at = add(at, to_u64(filled))?;
+                self.write_piece(piece, at, (&mut first, moved), between)?;
+                moved = to_u64(filled);
+                at = add(at, moved)?;
                 // The helper may have finished already; the buffer is then simply dropped.
                 let _ = empty_tx.send(buffer);
             }
@@ -141,18 +177,33 @@ impl PayloadWriter {
         })
     }
 
-    /// Writes one gathered `piece` at `at`, calling `between` before every piece but the first.
-    fn write_piece(&mut self, piece: &[u8], at: u64, first: &mut bool, between: Between<'_>) -> Result<()> {
+    /// Writes (and hashes) one gathered `piece` at `at`, calling `between` with the `moved` bytes
+    /// of the previous piece before every piece but the first.
+    fn write_piece(
+        &mut self,
+        piece: &[u8],
+        at: u64,
+        (first, moved): (&mut bool, u64),
+        between: Between<'_>,
+    ) -> Result<()> {
         if piece.is_empty() {
             return Ok(());
         }
-        copy::between_chunks(first, between)?;
+        copy::between_chunks(first, between, moved)?;
+        if let Some(hasher) = self.hasher.as_mut() {
+            hasher.update(piece);
+        }
         copy::write_all_at(self.file.dir().fs(), self.file.fd(), &self.file.temp_path(), piece, at)?;
         self.written += to_u64(piece.len());
         Ok(())
     }
 
     /// Fills the rest of the payload from `src_name` (in the same directory) at `src_offset`.
+    ///
+    /// The bytes are reflinked or copied inside the kernel where the filesystem can, so they
+    /// never pass through user space; a hashing writer then reads the source once more, through
+    /// read-only mappings of [`mapping::READ_WINDOW`] bytes, right after each piece is copied
+    /// (bytes that went through a bounce buffer are hashed there).
     ///
     /// # Errors
     /// [`Error::InvalidName`]; [`Error::Io`] with [`Op::Open`] or [`Op::Stat`] for the source;
@@ -176,7 +227,29 @@ impl PayloadWriter {
             path: &temp_path,
             offset: add(self.base, self.written)?,
         };
-        copy::copy_between(dir.fs(), from, to, remaining, self.budget, between)?;
+        match self.hasher.as_mut() {
+            None => copy::copy_between(dir.fs(), from, to, remaining, self.budget, between, None)?,
+            Some(hasher) => {
+                let mut tap = |moved: Moved<'_>| match moved {
+                    Moved::Bounced(bytes) => {
+                        hasher.update(bytes);
+                        Ok(())
+                    }
+                    Moved::InKernel { offset, len } => mapping::read_mapped(
+                        dir.fs(),
+                        src.as_fd(),
+                        &src_path,
+                        (offset, len),
+                        CacheUse::Keep,
+                        &mut |bytes| {
+                            hasher.update(bytes);
+                            Ok(())
+                        },
+                    ),
+                };
+                copy::copy_between(dir.fs(), from, to, remaining, self.budget, between, Some(&mut tap))?;
+            }
+        }
         self.written = self.expected;
         Ok(())
     }
@@ -186,6 +259,14 @@ impl PayloadWriter {
     /// # Errors
     /// [`Error::SizeMismatch`] when fewer bytes were written than expected.
     pub fn finish(self) -> Result<PendingFile> {
+        self.finish_hashed().map(|(file, _)| file)
+    }
+
+    /// The finished temp and, for a hashing writer, the digest of everything it hashed.
+    ///
+    /// # Errors
+    /// As [`PayloadWriter::finish`].
+    pub fn finish_hashed(self) -> Result<(PendingFile, Option<Digest>)> {
         if self.written != self.expected {
             return Err(Error::SizeMismatch {
                 path: self.file.path(),
@@ -193,7 +274,8 @@ impl PayloadWriter {
                 actual: self.written,
             });
         }
-        Ok(self.file)
+        let digest = self.hasher.as_ref().map(Hasher::digest);
+        Ok((self.file, digest))
     }
 }
 
@@ -270,8 +352,8 @@ mod tests {
         (tmp, dir)
     }
 
-    fn no_pause() -> impl FnMut() -> Result<()> {
-        || Ok(())
+    fn no_pause() -> impl FnMut(u64) -> Result<()> {
+        |_| Ok(())
     }
 
     #[test]
@@ -346,7 +428,7 @@ mod tests {
         let mut writer = dir.begin_write("k.dat", 800, ChunkBudget::new(100)).unwrap();
 
         writer
-            .write_gathered(&fortran_source(&memory), &mut || {
+            .write_gathered(&fortran_source(&memory), &mut |_| {
                 pauses += 1;
                 Ok(())
             })
@@ -370,7 +452,7 @@ mod tests {
         let mut writer = dir.begin_write("k.dat", 800, ChunkBudget::new(100)).unwrap();
 
         let err = writer
-            .write_gathered(&fortran_source(&memory), &mut || Err(Error::Interrupted))
+            .write_gathered(&fortran_source(&memory), &mut |_| Err(Error::Interrupted))
             .unwrap_err();
 
         assert!(matches!(err, Error::Interrupted), "{err}");
