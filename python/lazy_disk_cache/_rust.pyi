@@ -32,7 +32,7 @@ CHECKSUM_ALGORITHM: str
 
 # Called from the working thread with the bytes moved since its previous call; what it raises stops
 # the operation (temps removed) and propagates.
-ChunkProgress = Callable[[int], object]
+_ChunkProgress = Callable[[int], object]
 
 MappingMode = Literal["r", "r+", "c"]
 
@@ -121,7 +121,7 @@ class CacheDir:
         nbytes: int | None = None,
         chunk_bytes: int,
         durable: bool,
-        progress: ChunkProgress | None = None,
+        progress: _ChunkProgress | None = None,
     ) -> FileMapping:
         """Atomically replace ``name`` with the bytes of ``src`` and return an ``r+`` mapping of it.
 
@@ -157,7 +157,7 @@ class CacheDir:
         ``chunk_bytes`` (and at most 4 MiB). Returns an ``r+`` mapping of ``dst``.
         """
 
-    def checksum(self, name: str, *, progress: ChunkProgress | None = None) -> str:
+    def checksum(self, name: str, *, progress: _ChunkProgress | None = None) -> str:
         """The checksum of the whole file ``name``: ``"<CHECKSUM_ALGORITHM>:<16 hex digits>"``.
 
         Reads the file once, sequentially, through read-only mappings of 8 MiB at a time (the
@@ -273,7 +273,7 @@ class CommitBatch:
         source: Buffer | Iterable[Buffer] | None = None,
         source_file: str | None = None,
         source_offset: int = 0,
-        progress: ChunkProgress | None = None,
+        progress: _ChunkProgress | None = None,
     ) -> str | None:
         """Write and fsync ``<key>.npy.tmp`` (payload at byte 4096), then ``<key>.meta.json.tmp``.
 
