@@ -184,7 +184,9 @@ class CacheDir:
         ``chunk_bytes`` is the budget of every payload the batch writes (as for ``write_file``).
         """
 
-    def sweep_temps(self, names: Sequence[str] | None = None) -> tuple[list[str], list[tuple[str, OSError]]]:
+    def sweep_temps(
+        self, names: Sequence[str] | None = None, *, dry_run: bool = False
+    ) -> tuple[list[str], list[tuple[str, OSError]]]:
         """Remove ``<key>.npy.tmp``, ``<key>.meta.json.tmp`` and ``<key>.dat.tmp`` left by a crash.
 
         With ``names``, only those names are candidates (the directory is not listed), so a
@@ -192,6 +194,8 @@ class CacheDir:
         temps a live writer holds locked, and the pair temps of every key whose writer lock
         (``lock_key``) is held in any process. Returns the removed names and the names that
         could not be removed with their errors. A read-only directory yields two empty lists.
+        ``dry_run`` (which needs ``names``; ``ValueError`` otherwise) decides the same way, locks
+        included, but removes nothing and returns the names it would remove.
         """
 
     def lock_key(self, key: str) -> KeyLock:

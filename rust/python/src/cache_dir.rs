@@ -244,10 +244,19 @@ impl PyCacheDir {
         }
     }
 
-    #[pyo3(signature = (names = None))]
+    #[pyo3(signature = (names = None, *, dry_run = false))]
     #[allow(clippy::needless_pass_by_value)] // PyO3 extracts arguments as owned values.
-    fn sweep_temps(&self, py: Python<'_>, names: Option<Vec<String>>) -> PyResult<(Vec<String>, Failures)> {
+    fn sweep_temps(
+        &self,
+        py: Python<'_>,
+        names: Option<Vec<String>>,
+        dry_run: bool,
+    ) -> PyResult<(Vec<String>, Failures)> {
+        if dry_run && names.is_none() {
+            return Err(PyValueError::new_err("a dry run needs the candidate names"));
+        }
         let report = to_py(run_detached(py, || match &names {
+            Some(names) if dry_run => self.inner.sweepable_temps(names),
             Some(names) => self.inner.sweep_named_temps(names),
             None => self.inner.sweep_temps(),
         }))?;
