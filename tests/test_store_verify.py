@@ -21,6 +21,7 @@ from lazy_disk_cache.integrity import (
     VerifyReport,
     verify_directory,
 )
+from lazy_disk_cache.lazy_disk_cache import stored_checksum
 from stored import VARIED_ARRAYS, flip_bit, open_store, write_original_pair, write_store
 
 NPY_HEADER_BYTES = 4096
@@ -276,3 +277,17 @@ def test_the_report_serialises_to_exactly_the_documented_json(tmp_path: Path) ->
     assert payload["checked"] == 3
     assert list(payload["damaged"]) == ["bad"]
     assert payload["unverified"] == ["old"]
+
+
+def test_a_reloaded_entry_carries_its_recorded_checksum_until_it_writes_its_own_file(tmp_path: Path) -> None:
+    write_store(tmp_path, {"k": np.arange(10)})
+    recorded = json.loads((tmp_path / "k.meta.json").read_text())["checksum"]
+    entry = open_store(tmp_path)["k"]
+
+    mapped = stored_checksum(entry)
+    token = entry.__dask_tokenize__()
+    entry.offload()  # writes the entry's own .dat: the recorded checksum no longer describes it
+
+    assert mapped == recorded
+    assert isinstance(token, tuple) and token[-1] == recorded
+    assert stored_checksum(entry) is None

@@ -18,6 +18,7 @@ from lazy_disk_cache.paths import (
     META_SUFFIX,
     NPY_SUFFIX,
     TMP_SUFFIX,
+    is_our_temp_name,
     split_artefact_name,
 )
 
@@ -36,7 +37,8 @@ class Inventory(NamedTuple):
     working: dict[str, int]
     """Keys with a ``<key>.dat`` working file (an entry's memory-mapped data), and its size."""
     temps: dict[str, int]
-    """Temp names the store writes (``<key>.npy.tmp``, ``.meta.json.tmp``, ``.dat.tmp``), and sizes."""
+    """Temp names the store writes and sweeps (``<key>.npy.tmp``, ``.meta.json.tmp``, ``.dat.tmp``
+    of a legal key), and their sizes."""
     legacy: list[str]
     """``<key>.pkl`` names: pickles of the original package, never read."""
     unknown: list[str]
@@ -68,7 +70,7 @@ def take_inventory(cache_dir: Path) -> Inventory:
         key, suffix = parts
         if suffix in groups:
             groups[suffix][key] = size
-        elif suffix in _TEMP_SUFFIXES:
+        elif suffix in _TEMP_SUFFIXES and is_our_temp_name(item.name):
             temps[item.name] = size
         elif suffix == LEGACY_PICKLE_SUFFIX:
             legacy.append(item.name)

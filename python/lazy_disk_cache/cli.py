@@ -208,7 +208,8 @@ def _describe_key(directory: CacheDir, cache_dir: Path, key: str, inventory: Inv
         problem = "missing payload (.npy)"
     if key in inventory.sidecars:
         try:
-            meta, class_name = parse_sidecar(read_sidecar_bytes(directory, get_meta_path(cache_dir, key)), key)
+            meta_path = get_meta_path(cache_dir, key)
+            meta, class_name = parse_sidecar(read_sidecar_bytes(directory, meta_path), key, meta_path)
             recorded = meta.get(CHECKSUM_FIELD)
             checksum = recorded if isinstance(recorded, str) else None
         except (ValueError, OSError) as exc:

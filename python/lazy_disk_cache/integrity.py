@@ -37,7 +37,7 @@ from lazy_disk_cache._directories import open_directory
 from lazy_disk_cache._inventory import take_inventory
 from lazy_disk_cache._progress import ProgressCallback, ProgressMeter, reporting
 from lazy_disk_cache._rust import CHECKSUM_ALGORITHM, CacheDir
-from lazy_disk_cache.paths import checked_store_key, get_meta_path, get_npy_path
+from lazy_disk_cache.paths import get_meta_path, get_npy_path, readable_store_key
 
 __all__ = [
     "CHECKSUM_MISMATCH",
@@ -116,8 +116,9 @@ def verify_directory(
 ) -> VerifyReport:
     """Verify the stored pairs of ``keys`` in ``cache_dir`` (every pair found there when ``None``).
 
-    ``StoreKeyError`` for an illegal key and ``KeyError`` for a key with neither file, before anything
-    is read. ``progress(done_bytes, total_bytes)`` is called from this thread at most about ten times a
+    Legacy keys (non-portable names the original wrote) are checked like any other. ``StoreKeyError``
+    for an illegal key and ``KeyError`` for a key with neither file, before anything is read.
+    ``progress(done_bytes, total_bytes)`` is called from this thread at most about ten times a
     second while payloads are read, and once at the end; what it raises stops the verification and
     propagates. ``OSError`` when the directory cannot be read; an I/O error (``EIO``) reading one file
     is reported as damage of its key instead. Blocks on disk; writes nothing.
@@ -125,7 +126,7 @@ def verify_directory(
     if keys is None:
         chosen = take_inventory(cache_dir).keys
     else:
-        chosen = [checked_store_key(key, cache_dir) for key in keys]
+        chosen = [readable_store_key(key, cache_dir) for key in keys]
         for key in chosen:
             if _identity(cache_dir, key) == (None, None):
                 raise KeyError(key)
@@ -184,7 +185,7 @@ def _check_structure(directory: CacheDir, cache_dir: Path, key: str) -> _Finding
     if not npy.is_file():
         return _Damaged(f"{MISSING_PAYLOAD}: {npy.name} does not exist beside {meta.name}")
     try:
-        sidecar, _ = parse_sidecar(read_sidecar_bytes(directory, meta), key)
+        sidecar, _ = parse_sidecar(read_sidecar_bytes(directory, meta), key, meta)
         sidecar_flags(sidecar, key)
     except ValueError as exc:
         return _Damaged(f"{INVALID_SIDECAR}: {exc}")

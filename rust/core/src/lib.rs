@@ -22,6 +22,7 @@ pub mod names;
 pub mod npy;
 pub mod region;
 pub mod reserve;
+pub mod sequential;
 pub mod sweep;
 mod verify;
 pub mod write;

@@ -8,7 +8,6 @@
 #![allow(unsafe_code)]
 
 use std::fmt;
-use std::num::NonZeroU64;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
@@ -242,136 +241,118 @@ impl Mapping {
     }
 }
 
-/// How much of a file a sequential read maps at a time: the bound of the resident memory the read
-/// adds, large enough that mapping and unmapping cost nothing next to the bytes.
-pub const READ_WINDOW: usize = 8 << 20;
-
-/// What a sequential read leaves in the page cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheUse {
-    /// The kernel decides, as for any read.
-    Keep,
-    /// The pages the read brought in are dropped again; pages cached before it stay. A store far
-    /// larger than RAM can be read without evicting anyone's working set.
-    LeaveAsFound,
+/// A read-only view of `[offset, offset + len)` of an open file, for reading it once; unmapped on
+/// drop.
+pub(crate) struct ReadWindow {
+    map: Option<Mmap>,
+    skip: usize,
 }
 
-/// Reads `[offset, offset + len)` of an open file in order through read-only mappings of
-/// [`READ_WINDOW`] bytes, handing each piece to `visit` (a piece is at most one window). The
-/// bytes are never copied. Each window is unmapped before the next is mapped, so the read adds
-/// at most one window to the resident memory.
-///
-/// With [`CacheUse::LeaveAsFound`], the page-cache residency of each window is recorded
-/// (`mincore`) before it is touched, and afterwards `posix_fadvise(DONTNEED)` drops only the
-/// pages that were not cached before. The kernel reveals residency only for files the caller
-/// owns or may write; for others every page counts as cached and nothing is dropped.
+impl ReadWindow {
+    /// Maps the range (`offset` need not be page-aligned: the mapping starts at the page holding
+    /// it). The caller has checked that the file holds the range.
+    ///
+    /// # Errors
+    /// [`Error::Io`] with [`Op::Map`].
+    pub(crate) fn map(fs: &dyn Fs, fd: BorrowedFd<'_>, path: &Path, offset: u64, len: u64) -> Result<Self> {
+        let page = to_u64(rustix::param::page_size());
+        let start = offset - offset % page;
+        let skip = to_usize(offset - start)?;
+        if len == 0 {
+            return Ok(Self { map: None, skip });
+        }
+        let map_len = to_usize(len)?.checked_add(skip).ok_or(Error::SizeOverflow)?;
+        fs.map_gate(path).map_err(|err| Error::io(Op::Map, path, err))?;
+        // SAFETY: memmap2 requires that the file is not truncated while mapped. Artefacts are never
+        // truncated (replacement is by rename), the caller checked the length against the range,
+        // and truncation by another process is outside the contract. The bytes are only read; they
+        // may change under us only as writes by other mappings of the file do, which the reader
+        // (a checksum) then simply sees.
+        let map = unsafe { MmapOptions::new().offset(start).len(map_len).map(fd.as_raw_fd()) }
+            .map_err(|err| Error::io(Op::Map, path, err))?;
+        Ok(Self { map: Some(map), skip })
+    }
+
+    /// The bytes of the range.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.map
+            .as_ref()
+            .and_then(|map| map.get(self.skip..))
+            .unwrap_or_default()
+    }
+}
+
+/// `struct cachestat_range` of `linux/mman.h`.
+#[repr(C)]
+struct CachestatRange {
+    off: u64,
+    len: u64,
+}
+
+/// `struct cachestat` of `linux/mman.h` (the kernel's field names).
+#[repr(C)]
+#[derive(Default)]
+#[allow(clippy::struct_field_names)]
+struct Cachestat {
+    nr_cache: u64,
+    nr_dirty: u64,
+    nr_writeback: u64,
+    nr_evicted: u64,
+    nr_recently_evicted: u64,
+}
+
+/// `cachestat(2)` (Linux 6.5), the same number on every architecture.
+const SYS_CACHESTAT: libc::c_long = 451;
+
+/// How many pages of `[offset, offset + len)` of an open file are in the page cache, counted by
+/// `cachestat` (one call, per cached folio rather than per page), or `None` where the kernel lacks
+/// it. Reads nothing of the file.
+pub(crate) fn cached_page_count(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Option<u64> {
+    let range = CachestatRange { off: offset, len };
+    let mut stat = Cachestat::default();
+    // SAFETY: cachestat reads the range struct and writes the stat struct, both live `#[repr(C)]`
+    // values laid out as `linux/mman.h` declares them; the descriptor is borrowed for the call and
+    // the flags must be 0.
+    let status = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            fd.as_raw_fd(),
+            &raw const range,
+            &raw mut stat,
+            0 as libc::c_uint,
+        )
+    };
+    (status == 0).then_some(stat.nr_cache)
+}
+
+/// Which pages of `[offset, offset + len)` of an open file are in the page cache, one `bool` per
+/// page (`mincore` on a read-only mapping of the range that is never touched, so asking changes
+/// nothing). `offset` must be page-aligned. The kernel reveals residency only for files the caller
+/// owns or may write; for others every page counts as cached.
 ///
 /// # Errors
-/// [`Error::SizeMismatch`] when the file is shorter than `offset + len` (checked before anything
-/// is mapped); [`Error::Io`] with [`Op::Stat`] or [`Op::Map`]; whatever `visit` returns.
-pub fn read_mapped(
-    fs: &dyn Fs,
-    fd: BorrowedFd<'_>,
-    path: &Path,
-    range: (u64, u64),
-    cache: CacheUse,
-    visit: &mut dyn FnMut(&[u8]) -> Result<()>,
-) -> Result<()> {
-    let (offset, len) = range;
-    let end = add(offset, len)?;
-    let file_len = fs.fstat(fd).map_err(|err| Error::io(Op::Stat, path, err))?.len;
-    if file_len < end {
-        return Err(Error::SizeMismatch {
-            path: path.into(),
-            expected: end,
-            actual: file_len,
-        });
+/// [`Error::Io`] with [`Op::Map`]. An empty range is an empty vector and maps nothing.
+pub(crate) fn cached_pages(fs: &dyn Fs, fd: BorrowedFd<'_>, path: &Path, offset: u64, len: u64) -> Result<Vec<bool>> {
+    if len == 0 {
+        return Ok(Vec::new());
     }
-    let page = to_u64(rustix::param::page_size());
-    let window = to_u64(READ_WINDOW);
-    let mut at = offset;
-    while at < end {
-        // Mappings start on a page boundary; the piece handed out starts at `at`.
-        let map_start = at - at % page;
-        let map_end = end.min(map_start.saturating_add(window));
-        read_window(fs, fd, path, (map_start, map_end), at, cache, visit)?;
-        at = map_end;
-    }
-    Ok(())
-}
-
-/// Maps `[map_start, map_end)`, hands out `[from, map_end)`, unmaps, restores the cache.
-fn read_window(
-    fs: &dyn Fs,
-    fd: BorrowedFd<'_>,
-    path: &Path,
-    (map_start, map_end): (u64, u64),
-    from: u64,
-    cache: CacheUse,
-    visit: &mut dyn FnMut(&[u8]) -> Result<()>,
-) -> Result<()> {
-    let map_len = to_usize(map_end - map_start)?;
+    let map_len = to_usize(len)?;
     fs.map_gate(path).map_err(|err| Error::io(Op::Map, path, err))?;
-    // SAFETY: memmap2 requires that the file is not truncated while mapped. Artefacts are never
-    // truncated (replacement is by rename), its length was checked against the range above,
-    // and truncation by another process is outside the contract. The slice handed to `visit`
-    // is only read; the pages are shared with other mappings of the file, which may write
-    // them concurrently only as the documented contract of the file's owner allows.
-    let map = unsafe { MmapOptions::new().offset(map_start).len(map_len).map(fd.as_raw_fd()) }
+    // SAFETY: memmap2 requires that the file is not truncated while mapped; this mapping is never
+    // read (only mincore looks at it, which reports residency and faults nothing in) and lives for
+    // this call only, so truncation meanwhile cannot fault us.
+    let map = unsafe { MmapOptions::new().offset(offset).len(map_len).map(fd.as_raw_fd()) }
         .map_err(|err| Error::io(Op::Map, path, err))?;
-    let cached_before = match cache {
-        CacheUse::Keep => None,
-        CacheUse::LeaveAsFound => {
-            // Advice only, but it matters: without it a page fault reads ahead past the window,
-            // into pages the next window would then count as cached before.
-            let _ = map.advise(memmap2::Advice::Random);
-            Some(resident_pages(&map, path)?)
-        }
-    };
-    // Advice only: read the window in one go rather than page fault by page fault. It reads
-    // exactly the window, never beyond it.
-    let _ = map.advise(memmap2::Advice::WillNeed);
-    let skip = to_usize(from - map_start)?;
-    let outcome = visit(map.get(skip..).unwrap_or_default());
-    drop(map);
-    if let Some(cached_before) = cached_before {
-        drop_pages_brought_in(fd, map_start, &cached_before);
-    }
-    outcome
-}
-
-/// Which pages of `map` are in the page cache (`mincore`, bit 0 of each byte).
-fn resident_pages(map: &memmap2::Mmap, path: &Path) -> Result<Vec<bool>> {
     let page = rustix::param::page_size();
-    let mut vector = vec![0u8; map.len().div_ceil(page)];
-    // SAFETY: `map` is a live mapping of `map.len()` bytes starting at a page boundary (mmap
-    // returns page-aligned addresses), and `vector` holds one byte per page of it, as mincore
-    // requires. mincore only writes `vector`.
-    let status = unsafe { libc::mincore(map.as_ptr().cast_mut().cast(), map.len(), vector.as_mut_ptr()) };
+    let mut vector = vec![0u8; map_len.div_ceil(page)];
+    // SAFETY: `map` is a live mapping of `map_len` bytes starting at a page boundary (mmap returns
+    // page-aligned addresses), and `vector` holds one byte per page of it, as mincore requires.
+    // mincore only writes `vector`.
+    let status = unsafe { libc::mincore(map.as_ptr().cast_mut().cast(), map_len, vector.as_mut_ptr()) };
     if status != 0 {
         return Err(Error::io(Op::Map, path, std::io::Error::last_os_error()));
     }
     Ok(vector.into_iter().map(|flags| flags & 1 == 1).collect())
-}
-
-/// `posix_fadvise(DONTNEED)` over each run of pages from `start` that was not cached before.
-/// Advice only, outside the seam: a failure leaves pages cached and changes nothing else.
-fn drop_pages_brought_in(fd: BorrowedFd<'_>, start: u64, cached_before: &[bool]) {
-    let page = to_u64(rustix::param::page_size());
-    let mut index = 0;
-    while index < cached_before.len() {
-        if cached_before[index] {
-            index += 1;
-            continue;
-        }
-        let run_start = index;
-        while index < cached_before.len() && !cached_before[index] {
-            index += 1;
-        }
-        let offset = start + to_u64(run_start) * page;
-        let len = NonZeroU64::new(to_u64(index - run_start) * page);
-        let _ = rustix::fs::fadvise(fd, offset, len, rustix::fs::Advice::DontNeed);
-    }
 }
 
 #[cfg(test)]
@@ -545,133 +526,17 @@ mod tests {
         assert_eq!(err.raw_os_error(), Some(Errno::IO.raw_os_error()));
     }
 
-    fn collect_read(dir: &CacheDir, range: (u64, u64), cache: CacheUse) -> (Vec<u8>, Vec<usize>) {
-        let file = fs::File::open(dir.path_of("k.dat")).unwrap();
-        let mut bytes = Vec::new();
-        let mut pieces = Vec::new();
-        read_mapped(
-            dir.fs(),
-            file.as_fd(),
-            &dir.path_of("k.dat"),
-            range,
-            cache,
-            &mut |piece| {
-                bytes.extend_from_slice(piece);
-                pieces.push(piece.len());
-                Ok(())
-            },
-        )
-        .unwrap();
-        (bytes, pieces)
-    }
-
     #[test]
-    fn read_mapped_hands_out_exactly_the_range_in_order_one_window_at_most_per_piece() {
-        let content = pattern(2 * READ_WINDOW + 3 * PAGE);
-        let (_tmp, dir) = cache_with(&content, Arc::new(RealFs));
-
-        for (offset, len) in [
-            (0, content.len()),
-            (PAGE + 7, READ_WINDOW),
-            (5, 2 * READ_WINDOW),
-            (100, 0),
-        ] {
-            let (bytes, pieces) = collect_read(&dir, (to_u64(offset), to_u64(len)), CacheUse::Keep);
-
-            assert_eq!(bytes, content[offset..offset + len], "{offset}+{len}");
-            assert!(pieces.iter().all(|&piece| piece <= READ_WINDOW), "{pieces:?}");
-        }
-    }
-
-    #[test]
-    fn read_mapped_refuses_a_range_past_the_end_before_mapping() {
+    fn cached_pages_of_an_empty_range_maps_nothing() {
         let recording = Arc::new(RecordingFs::new());
         let (_tmp, dir) = cache_with(&pattern(100), recording.clone());
         let file = fs::File::open(dir.path_of("k.dat")).unwrap();
         recording.clear();
 
-        let err = read_mapped(
-            dir.fs(),
-            file.as_fd(),
-            &dir.path_of("k.dat"),
-            (50, 51),
-            CacheUse::Keep,
-            &mut |_| Ok(()),
-        )
-        .unwrap_err();
+        let cached = cached_pages(dir.fs(), file.as_fd(), &dir.path_of("k.dat"), 0, 0).unwrap();
 
-        assert!(
-            matches!(
-                err,
-                Error::SizeMismatch {
-                    expected: 101,
-                    actual: 100,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(cached.is_empty());
         assert_eq!(map_calls(&recording), 0);
-    }
-
-    /// Which pages of the file are in the page cache now.
-    fn cached_pages(path: &Path) -> Vec<bool> {
-        let file = fs::File::open(path).unwrap();
-        let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
-        resident_pages(&map, path).unwrap()
-    }
-
-    fn evict(path: &Path) {
-        let file = fs::File::open(path).unwrap();
-        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
-    }
-
-    #[test]
-    fn leave_as_found_drops_the_pages_it_brought_in_and_keeps_those_cached_before() {
-        let content = pattern(READ_WINDOW + 64 * PAGE);
-        let (_tmp, dir) = cache_with(&content, Arc::new(RealFs));
-        let path = dir.path_of("k.dat");
-        fs::File::open(&path).unwrap().sync_all().unwrap();
-        evict(&path);
-        if cached_pages(&path).iter().any(|&cached| cached) {
-            eprintln!("skipped: this file system keeps pages cached after POSIX_FADV_DONTNEED");
-            return;
-        }
-        let warm = 40 * PAGE;
-        let mut buffer = vec![0u8; warm];
-        let file = fs::File::open(&path).unwrap();
-        rustix::io::pread(&file, &mut buffer, 0).unwrap();
-        let before = cached_pages(&path);
-
-        let (bytes, _) = collect_read(&dir, (0, to_u64(content.len())), CacheUse::LeaveAsFound);
-
-        assert_eq!(bytes, content);
-        let after = cached_pages(&path);
-        assert!(
-            before[..40].iter().all(|&cached| cached),
-            "the warm prefix was cached before"
-        );
-        assert_eq!(after[..40], before[..40], "pages cached before stay cached");
-        let cached_before_count = before.iter().filter(|&&c| c).count();
-        let cached_after_count = after.iter().filter(|&&c| c).count();
-        assert!(
-            after[40..].iter().zip(&before[40..]).all(|(&now, &then)| now == then),
-            "pages brought in were dropped again: {cached_before_count} cached before, {cached_after_count} after of {}",
-            after.len()
-        );
-    }
-
-    #[test]
-    fn keep_leaves_the_pages_it_read_cached() {
-        let content = pattern(16 * PAGE);
-        let (_tmp, dir) = cache_with(&content, Arc::new(RealFs));
-        let path = dir.path_of("k.dat");
-        fs::File::open(&path).unwrap().sync_all().unwrap();
-        evict(&path);
-
-        collect_read(&dir, (0, to_u64(content.len())), CacheUse::Keep);
-
-        assert!(cached_pages(&path).iter().all(|&cached| cached));
     }
 
     #[test]

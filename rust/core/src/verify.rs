@@ -2,49 +2,51 @@
 //! the page cache as it found it.
 //!
 //! Verification exists for stores larger than RAM, so it must not push the working set of other
-//! programs (or of this one) out of memory: it maps the file a window at a time (resident memory
-//! grows by one window at most) and drops again exactly the pages it brought in
+//! programs (or of this one) out of memory: it maps one window at a time (resident memory does
+//! not grow with the file) and drops again exactly the pages it brought in
 //! ([`CacheUse::LeaveAsFound`]). It never writes.
 
 use std::os::fd::AsFd;
 
 use crate::checked::to_u64;
 use crate::checksum::{Digest, Hasher};
-use crate::copy::{self, Between};
+use crate::copy::{Between, PIECE_CAP};
 use crate::dir::CacheDir;
 use crate::error::Result;
-use crate::mapping::{self, CacheUse};
+use crate::sequential::{self, CacheUse, Source};
 
 impl CacheDir {
-    /// The checksum of the whole file `name` (see [`crate::checksum`]) and its length, read sequentially
-    /// through read-only mappings. `between` runs between windows of
-    /// [`mapping::READ_WINDOW`] bytes with the bytes hashed since its previous call; it may
-    /// stop the read. Opens the file read-only and writes nothing.
+    /// The checksum of the whole file `name` (see [`crate::checksum`]) and its length, read
+    /// sequentially ([`sequential::read_sequential`]). `between` runs about every
+    /// [`PIECE_CAP`] bytes with the bytes hashed since its previous call (never after the last
+    /// piece); it may stop the read. Opens the file read-only and writes nothing.
     ///
     /// # Errors
     /// [`Error::InvalidName`](crate::Error::InvalidName); [`Error::Io`](crate::Error::Io) with
-    /// [`Op::Open`](crate::Op::Open), [`Op::Stat`](crate::Op::Stat) or [`Op::Map`](crate::Op::Map);
-    /// whatever `between` returns.
+    /// [`Op::Open`](crate::Op::Open), [`Op::Stat`](crate::Op::Stat), [`Op::Read`](crate::Op::Read)
+    /// or [`Op::Map`](crate::Op::Map); [`Error::SizeMismatch`](crate::Error::SizeMismatch) if the
+    /// file shrinks while it is read; whatever `between` returns.
     pub fn checksum_file(&self, name: &str, between: Between<'_>) -> Result<(Digest, u64)> {
         let fd = self.open_read(name)?;
         let len = self.file_len(fd.as_fd(), name)?;
         let path = self.path_of(name);
+        let source = Source {
+            fd: fd.as_fd(),
+            path: &path,
+            offset: 0,
+            len,
+        };
         let mut hasher = Hasher::new();
-        let mut first = true;
-        let mut moved = 0;
-        mapping::read_mapped(
-            self.fs(),
-            fd.as_fd(),
-            &path,
-            (0, len),
-            CacheUse::LeaveAsFound,
-            &mut |bytes| {
-                copy::between_chunks(&mut first, between, moved)?;
-                hasher.update(bytes);
-                moved = to_u64(bytes.len());
-                Ok(())
-            },
-        )?;
+        let mut unreported = 0;
+        sequential::read_sequential(self.fs(), source, CacheUse::LeaveAsFound, &mut |bytes| {
+            if unreported >= to_u64(PIECE_CAP) {
+                between(unreported)?;
+                unreported = 0;
+            }
+            hasher.update(bytes);
+            unreported += to_u64(bytes.len());
+            Ok(())
+        })?;
         Ok((hasher.digest(), len))
     }
 }
@@ -58,12 +60,11 @@ mod tests {
     use super::*;
     use crate::checksum::digest_of;
     use crate::error::Error;
-    use crate::mapping::READ_WINDOW;
 
     #[test]
-    fn checksum_of_a_file_spanning_several_windows_is_the_digest_of_its_bytes() {
+    fn checksum_of_a_file_of_several_pieces_is_the_digest_of_its_bytes_reported_every_64_mib() {
         let tmp = tempfile::tempdir().unwrap();
-        let data: Vec<u8> = (0..2 * READ_WINDOW + 12_345).map(|index| (index % 253) as u8).collect();
+        let data: Vec<u8> = (0..2 * PIECE_CAP + 12_345).map(|index| (index % 253) as u8).collect();
         fs::write(tmp.path().join("k.npy"), &data).unwrap();
         let dir = CacheDir::open(tmp.path(), false).unwrap();
         let mut moved = Vec::new();
@@ -77,7 +78,7 @@ mod tests {
 
         assert_eq!(digest, digest_of(&data));
         assert_eq!(len, to_u64(data.len()));
-        assert_eq!(moved, [to_u64(READ_WINDOW), to_u64(READ_WINDOW)]);
+        assert_eq!(moved, [to_u64(PIECE_CAP), to_u64(PIECE_CAP)]);
     }
 
     #[test]
@@ -95,7 +96,7 @@ mod tests {
     #[test]
     fn a_stopping_callback_stops_the_read_with_its_error() {
         let tmp = tempfile::tempdir().unwrap();
-        fs::write(tmp.path().join("k.npy"), vec![1u8; 2 * READ_WINDOW]).unwrap();
+        fs::write(tmp.path().join("k.npy"), vec![1u8; 2 * PIECE_CAP]).unwrap();
         let dir = CacheDir::open(tmp.path(), false).unwrap();
 
         let err = dir

@@ -17,8 +17,9 @@ use crate::copy::{self, Between, ChunkBudget, Moved, RangeEnd};
 use crate::dir::CacheDir;
 use crate::error::{Error, Result};
 use crate::gather::{GatherCursor, StridedBytes};
-use crate::mapping::{self, CacheUse, Mapping, MappingMode};
+use crate::mapping::{Mapping, MappingMode};
 use crate::names::validate_name;
+use crate::sequential::{self, CacheUse, Source};
 
 /// `len` bytes of the file `name` in the same directory, from `offset`.
 #[derive(Debug, Clone, Copy)]
@@ -201,9 +202,9 @@ impl PayloadWriter {
     /// Fills the rest of the payload from `src_name` (in the same directory) at `src_offset`.
     ///
     /// The bytes are reflinked or copied inside the kernel where the filesystem can, so they
-    /// never pass through user space; a hashing writer then reads the source once more, through
-    /// read-only mappings of [`mapping::READ_WINDOW`] bytes, right after each piece is copied
-    /// (bytes that went through a bounce buffer are hashed there).
+    /// never pass through user space; a hashing writer then reads the source once more, right
+    /// after each piece is copied, through read-only mappings ([`sequential::read_sequential`];
+    /// bytes that went through a bounce buffer are hashed there).
     ///
     /// # Errors
     /// [`Error::InvalidName`]; [`Error::Io`] with [`Op::Open`] or [`Op::Stat`] for the source;
@@ -235,17 +236,18 @@ impl PayloadWriter {
                         hasher.update(bytes);
                         Ok(())
                     }
-                    Moved::InKernel { offset, len } => mapping::read_mapped(
-                        dir.fs(),
-                        src.as_fd(),
-                        &src_path,
-                        (offset, len),
-                        CacheUse::Keep,
-                        &mut |bytes| {
+                    Moved::InKernel { offset, len } => {
+                        let source = Source {
+                            fd: src.as_fd(),
+                            path: &src_path,
+                            offset,
+                            len,
+                        };
+                        sequential::read_sequential(dir.fs(), source, CacheUse::Keep, &mut |bytes| {
                             hasher.update(bytes);
                             Ok(())
-                        },
-                    ),
+                        })
+                    }
                 };
                 copy::copy_between(dir.fs(), from, to, remaining, self.budget, between, Some(&mut tap))?;
             }
