@@ -33,8 +33,10 @@ pub struct FileRange<'a> {
 }
 
 /// How much of a contiguous block is hashed and then written at a time: small enough to still
-/// be in the CPU cache when `pwrite` copies it out, so hashing costs no second trip to memory.
-const HASHED_SLICE: usize = 1 << 20;
+/// be in the CPU cache when `pwrite` copies it out, so hashing costs no second trip to memory,
+/// and large enough that the page cache keeps the written data in large folios, which later
+/// mappings fault in cheaply.
+const HASHED_SLICE: usize = 4 << 20;
 
 /// Writes exactly `expected` payload bytes into a [`PendingFile`], starting at `base`; with a
 /// hasher, hashes every byte as it writes it.
