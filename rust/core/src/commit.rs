@@ -143,8 +143,11 @@ impl KeyWriter {
     /// [`Error::SizeMismatch`] for a short payload; I/O errors of the temp, which is then
     /// removed.
     pub fn finish_payload(self) -> Result<WrittenPayload> {
-        let (file, digest) = self.payload.finish_hashed()?;
+        let (file, digest) = self.payload.finish_parts()?;
         let npy = file.close_synced(Arc::clone(&self.guard))?;
+        // A hash still reading a copied payload's source finishes while the temp was fsynced.
+        // On error, dropping `npy` removes the temp.
+        let digest = digest.wait()?;
         Ok(WrittenPayload {
             key: self.key,
             names: self.names,

@@ -198,35 +198,14 @@ fn is_unsupported(err: &io::Error) -> bool {
         .any(|errno| err.raw_os_error() == Some(errno.raw_os_error()))
 }
 
-/// A range a copy has just moved, handed to its [`Tap`] in source order.
-#[derive(Debug, Clone, Copy)]
-pub enum Moved<'a> {
-    /// `len` bytes from `offset` in the source, moved inside the kernel (reflink or
-    /// `copy_file_range`): they never passed through user space.
-    InKernel {
-        /// Where the range starts in the source.
-        offset: u64,
-        /// How many bytes it holds.
-        len: u64,
-    },
-    /// Bytes that went through the bounce buffer.
-    Bounced(&'a [u8]),
-}
-
-/// Sees every range a copy moves, in order, once it is in the destination; an error stops the
-/// copy.
-pub type Tap<'a> = &'a mut dyn FnMut(Moved<'_>) -> Result<()>;
-
 /// Copies `len` bytes between two open files, `src` to `dst`: reflink, then
-/// `copy_file_range`, then a bounce buffer of [`ChunkBudget::bounce_len`] bytes. `tap`, when
-/// given, sees each moved range (a reflinked prefix in pieces of [`ChunkBudget::piece_len`],
-/// with `between` running between them as between copied pieces).
+/// `copy_file_range`, then a bounce buffer of [`ChunkBudget::bounce_len`] bytes.
 ///
 /// # Errors
 /// [`Error::Io`] with [`Op::Stat`] (the source's block size), [`Op::Copy`] (or [`Op::Read`] /
 /// [`Op::Write`] on the bounce path), [`Error::SizeMismatch`] if the source ends early, or
-/// whatever `between` or `tap` return. EOPNOTSUPP, EXDEV, EINVAL, ENOTTY and ENOSYS from a
-/// reflink or `copy_file_range` are not errors: the next mechanism takes over.
+/// whatever `between` returns. EOPNOTSUPP, EXDEV, EINVAL, ENOTTY and ENOSYS from a reflink or
+/// `copy_file_range` are not errors: the next mechanism takes over.
 pub fn copy_between(
     fs: &dyn Fs,
     src: RangeEnd<'_>,
@@ -234,28 +213,10 @@ pub fn copy_between(
     len: u64,
     budget: ChunkBudget,
     between: Between<'_>,
-    mut tap: Option<Tap<'_>>,
 ) -> Result<()> {
-    let cloned = clone_aligned_prefix(fs, src, dst, len)?;
-    let mut first = true;
-    let mut moved = 0;
-    let mut done = 0;
-    if let Some(tap) = tap.as_mut() {
-        while done < cloned {
-            between_chunks(&mut first, between, moved)?;
-            let piece = to_u64(budget.piece_len()).min(cloned - done);
-            tap(Moved::InKernel {
-                offset: add(src.offset, done)?,
-                len: piece,
-            })?;
-            moved = piece;
-            done += piece;
-        }
-    } else {
-        first = cloned == 0;
-        moved = cloned;
-        done = cloned;
-    }
+    let mut done = clone_aligned_prefix(fs, src, dst, len)?;
+    let mut first = done == 0;
+    let mut moved = done;
     let mut kernel_copy = true;
     let mut bounce: Vec<u8> = Vec::new();
     while done < len {
@@ -277,12 +238,6 @@ pub fn copy_between(
                 Ok(n) => {
                     moved = to_u64(n);
                     done = add(done, moved)?;
-                    if let Some(tap) = tap.as_mut() {
-                        tap(Moved::InKernel {
-                            offset: src_at,
-                            len: moved,
-                        })?;
-                    }
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) if is_unsupported(&err) => kernel_copy = false,
@@ -296,9 +251,6 @@ pub fn copy_between(
             let piece = bounce.get_mut(..take).unwrap_or_default();
             read_exact_at(fs, src.fd, src.path, piece, src_at)?;
             write_all_at(fs, dst.fd, dst.path, piece, dst_at)?;
-            if let Some(tap) = tap.as_mut() {
-                tap(Moved::Bounced(piece))?;
-            }
             moved = to_u64(piece.len());
             done = add(done, moved)?;
         }
@@ -818,7 +770,7 @@ mod tests {
             path: &dst_path,
             offset: 0,
         };
-        copy_between(&fs, from, to, 20_000, ChunkBudget::new(4096), &mut |_| Ok(()), None).unwrap_err()
+        copy_between(&fs, from, to, 20_000, ChunkBudget::new(4096), &mut |_| Ok(())).unwrap_err()
     }
 
     #[test]
