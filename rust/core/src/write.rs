@@ -124,12 +124,18 @@ impl PayloadWriter {
         let mut moved = 0;
         for piece in block.chunks(self.budget.piece_len()) {
             copy::between_chunks(&mut first, between, moved)?;
-            for slice in piece.chunks(WRITE_SLICE) {
+            let mut rest = piece;
+            while !rest.is_empty() {
+                // Slices end on multiples of WRITE_SLICE in the file (the payload of a .npy starts
+                // at 4096), so the page cache can hold them in large, naturally aligned folios.
+                let room = WRITE_SLICE - usize::try_from(at % to_u64(WRITE_SLICE)).unwrap_or(0);
+                let (slice, tail) = rest.split_at(room.min(rest.len()));
                 if let Some(hasher) = self.hasher.as_mut() {
                     hasher.update(slice);
                 }
                 copy::write_all_at(fs, fd, &path, slice, at)?;
                 at = add(at, to_u64(slice.len()))?;
+                rest = tail;
             }
             moved = to_u64(piece.len());
         }
