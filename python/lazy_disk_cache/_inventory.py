@@ -3,7 +3,7 @@
 One non-recursive listing and one ``stat`` per name (links are followed to tell a file from a
 directory, never to write). Nothing is opened, created or changed, so it works in a directory this
 process may only read. Names that are not artefacts of a legal key, directories and other file types
-are *unknown*: the store never touches them.
+are *unknown*: the store never touches them. The store's own key-lock file is not listed.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from lazy_disk_cache.paths import (
     LEGACY_PICKLE_SUFFIX,
+    LOCK_FILE_NAME,
     MEMMAP_SUFFIX,
     META_SUFFIX,
     NPY_SUFFIX,
@@ -62,6 +63,8 @@ def take_inventory(cache_dir: Path) -> Inventory:
     with os.scandir(cache_dir) as listing:
         items = sorted(listing, key=lambda item: item.name)
     for item in items:
+        if item.name == LOCK_FILE_NAME:
+            continue
         size = _regular_file_size(item)
         parts = split_artefact_name(item.name)
         if parts is None or size is None:
