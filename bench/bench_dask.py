@@ -86,7 +86,7 @@ def bench_cluster(root: Path, gib: float, repeats: int) -> None:
     size, chunk = rows * COLUMNS * 8 / MIB, CHUNK_ROWS * COLUMNS * 8 / MIB
     print(f"array: {rows} x {COLUMNS} float64 = {size:.0f} MiB, chunks of {chunk:.0f} MiB")
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
         Client(cluster),
     ):
         sums = _interleave(

@@ -8,6 +8,4 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./scripts/install.sh --release
 .venv/bin/python bench/run.py --out docs/benchmarks.md "$@"
 
-# The dask and many-process cases compare against zarr v3, a benchmark-only dependency.
-.venv/bin/python -m pip install --quiet "zarr==3.1.6"
 .venv/bin/python bench/bench_dask.py

@@ -122,3 +122,21 @@ def test_the_budget_benchmark_runs_quick_and_reports_each_call() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     for call in ("touch()", "check()", "touch() + check()", "with pinned(entry):"):
         assert re.search(rf"{re.escape(call)}\s+[\d.]+ ns/call\s+[\d.]+x no-op", proc.stdout), proc.stdout
+
+
+def test_the_integrity_benchmark_runs_quick_and_judges_each_target() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_integrity.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+        cwd=ROOT,
+    )
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    verdicts = re.findall(r"target [<>]= [\d.]+(?:x| MiB): (PASS|MISS)", proc.stdout)
+    assert len(verdicts) == 5, proc.stdout
+    assert "verify / best read throughput" in proc.stdout
+    assert proc.stdout.count("durable store write") == 3, proc.stdout
+    assert "peak extra RSS" in proc.stdout

@@ -41,7 +41,7 @@ def client() -> Iterator[Client]:
             threads_per_worker=1,
             processes=True,
             memory_limit=WORKER_MEMORY,
-            dashboard_address=None,
+            dashboard_address=":0",
         ) as cluster,
         Client(cluster) as connected,
     ):

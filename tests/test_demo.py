@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lazy_disk_cache.__main__ import main
+from lazy_disk_cache.cli import main
 
 
 def test_demo_walks_the_whole_cycle_and_removes_its_directory() -> None:
@@ -32,8 +32,7 @@ def test_demo_walks_the_whole_cycle_and_removes_its_directory() -> None:
 
 
 def test_demo_refuses_a_size_below_one_mib(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["demo", "--size-mib", "0"])
+    status = main(["demo", "--size-mib", "0"])
 
-    assert exit_info.value.code == 2
+    assert status == 2
     assert "--size-mib must be at least 1" in capsys.readouterr().err

@@ -22,7 +22,7 @@ CHILD = Path(__file__).parent / "child" / "entry_cluster_exit.py"
 def client() -> Iterator[Client]:
     """A real cluster of two worker processes, shared by this module's tests."""
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
         Client(cluster) as connected,
     ):
         yield connected

@@ -5,6 +5,7 @@ import os
 import signal
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -305,14 +306,21 @@ class _AlarmError(Exception):
     """Raised by the test's signal handler."""
 
 
-def _raise_alarm_inside_the_write(signum: int, frame: FrameType | None) -> None:
-    # The timer repeats; it only raises once the test function itself is running, i.e. from inside
-    # the native write's signal check, never from pytest's own code before the call.
-    if (
-        frame is not None
-        and frame.f_code is test_signal_handler_exception_between_chunks_aborts_and_removes_the_temp.__code__
-    ):
-        raise _AlarmError
+def _raise_alarm(signum: int, frame: FrameType | None) -> None:
+    raise _AlarmError
+
+
+def _signal_once_writing(thread_id: int, done: threading.Event) -> None:
+    """Send SIGALRM to ``thread_id`` once the native write has written its first piece.
+
+    The write releases the GIL between pieces, so this thread sees the counter move; the handler
+    then runs at the write's next signal check, never in the test's own code before or after it.
+    """
+    while not done.is_set():
+        if _rust._op_counts()["write"] >= 1:
+            signal.pthread_kill(thread_id, signal.SIGALRM)
+            return
+        time.sleep(0.0005)
 
 
 def test_signal_handler_exception_between_chunks_aborts_and_removes_the_temp(
@@ -320,13 +328,16 @@ def test_signal_handler_exception_between_chunks_aborts_and_removes_the_temp(
 ) -> None:
     (tmp_path / "x.dat").write_bytes(b"old content")
     payload = np.ones(256 << 20, dtype=np.uint8)
-    previous = signal.signal(signal.SIGALRM, _raise_alarm_inside_the_write)
+    previous = signal.signal(signal.SIGALRM, _raise_alarm)
+    done = threading.Event()
+    sender = threading.Thread(target=_signal_once_writing, args=(threading.get_ident(), done))
     try:
+        sender.start()
         with pytest.raises(_AlarmError):
-            signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
             cache_dir.write_file("x.dat", payload.data, chunk_bytes=64 << 10, durable=False)
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        done.set()
+        sender.join()
         signal.signal(signal.SIGALRM, previous)
 
     assert _rust._op_counts()["write"] >= 1

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -94,14 +95,15 @@ DTYPE_CASES: list[tuple[str, NDArray[Any]]] = [
 # -- what the store writes -----------------------------------------------------------------------
 
 
-def test_sidecar_is_one_line_of_json_with_the_documented_keys_in_order(tmp_path: Path) -> None:
+def test_sidecar_is_one_line_of_json_with_the_documented_keys_in_order_then_the_checksum(tmp_path: Path) -> None:
     store_and_offload(tmp_path, "tile", np.arange(6, dtype="<f4").reshape(2, 3), purge_disk_on_gc=False)
+    checksum = _rust.CacheDir.open(tmp_path).checksum("tile.npy")
 
     text = (tmp_path / "tile.meta.json").read_text(encoding="utf-8")
 
     assert text == (
         '{"schema_version": 1, "lazy_disk_cache_class": "DiskBackedNDArray", "shape": [2, 3], "dtype": "<f4", '
-        '"purge_disk_on_gc": false, "automatic_offloading": false, "enable_caching": true}'
+        f'"purge_disk_on_gc": false, "automatic_offloading": false, "enable_caching": true, "checksum": "{checksum}"}}'
     )
     assert json.loads(text) == {
         "schema_version": 1,
@@ -111,7 +113,9 @@ def test_sidecar_is_one_line_of_json_with_the_documented_keys_in_order(tmp_path:
         "purge_disk_on_gc": False,
         "automatic_offloading": False,
         "enable_caching": True,
+        "checksum": checksum,
     }
+    assert re.fullmatch(r"xxh3-64:[0-9a-f]{16}", checksum), checksum
 
 
 def test_sidecar_records_the_entry_flags(tmp_path: Path) -> None:

@@ -2,8 +2,11 @@
 
 The ``.npy`` header is the single source of truth for shape, dtype and memory order; the sidecar
 names the entry class and carries the entry's flags (and informational copies of shape and
-dtype). This module builds and checks both; the native core moves every byte. Nothing here logs:
-the store reports what these helpers find, on its own logger.
+dtype). After those fields it records the checksum of the whole ``.npy`` file, which the core
+computes while it writes the file (``"checksum": "xxh3-64:<16 hex digits>"``); the original package
+ignores the field, and sidecars without it stay valid. This module builds and checks both files;
+the native core moves every byte. Nothing here logs: the store reports what these helpers find, on
+its own logger.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ from numpy.typing import NDArray
 
 from lazy_disk_cache._buffers import byte_view
 from lazy_disk_cache._memmap import as_memmap
+from lazy_disk_cache._progress import current_chunk_progress
 from lazy_disk_cache._rust import CacheDir, CommitBatch, FileMapping, NpyHeader
 from lazy_disk_cache.lazy_disk_cache import (
     LazyDiskCache,
     LazyDiskCacheConfig,
     LazyDiskCacheKw,
+    StagedPayload,
     array_to_write,
     check_cacheable_array,
     check_cacheable_dtype,
@@ -38,8 +43,10 @@ from lazy_disk_cache.lazy_disk_cache import (
 from lazy_disk_cache.paths import StoreKey
 
 __all__ = [
+    "CHECKSUM_FIELD",
     "SCHEMA_VERSION",
     "PayloadLayout",
+    "TruncatedPayloadError",
     "decode_layout",
     "descr_text",
     "encode_sidecar",
@@ -55,10 +62,16 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+# The sidecar field holding the checksum of the whole .npy, written after every other field.
+CHECKSUM_FIELD = "checksum"
 
 # The sidecar's flag fields, in the order they are written.
 _FLAG_FIELDS = ("purge_disk_on_gc", "automatic_offloading", "enable_caching")
 _FLAG_DEFAULTS = LazyDiskCacheConfig()
+
+
+class TruncatedPayloadError(ValueError):
+    """A ``.npy`` file shorter than its header announces."""
 
 
 class PayloadLayout(NamedTuple):
@@ -80,60 +93,96 @@ def descr_text(dtype: np.dtype[Any]) -> str:
     return repr(np.lib.format.dtype_to_descr(dtype))
 
 
-def encode_sidecar(entry: LazyDiskCache, shape: tuple[int, ...], dtype: np.dtype[Any]) -> bytes:
-    """The schema-1 sidecar of ``entry``: one line of UTF-8 JSON, keys in the documented order."""
+def encode_sidecar(
+    entry: LazyDiskCache, shape: tuple[int, ...], dtype: np.dtype[Any], checksum: str | None = None
+) -> bytes:
+    """The schema-1 sidecar of ``entry``: one line of UTF-8 JSON, keys in the documented order.
+
+    ``checksum`` (the payload file's, from the core), when given, is the last field.
+    """
     flags = LazyDiskCacheKw(
         purge_disk_on_gc=entry.purge_disk_on_gc,
         automatic_offloading=entry.automatic_offloading,
         enable_caching=entry.cache_enabled,
     )
-    return sidecar_for(type(entry).__name__, shape, dtype, flags)
+    return sidecar_for(type(entry).__name__, shape, dtype, flags, checksum)
 
 
-def sidecar_for(class_name: str, shape: tuple[int, ...], dtype: np.dtype[Any], flags: LazyDiskCacheKw) -> bytes:
-    """The schema-1 sidecar of an entry of ``class_name`` with ``flags`` (all three required)."""
-    meta = {
+def sidecar_for(
+    class_name: str,
+    shape: tuple[int, ...],
+    dtype: np.dtype[Any],
+    flags: LazyDiskCacheKw,
+    checksum: str | None = None,
+) -> bytes:
+    """The schema-1 sidecar of an entry of ``class_name`` with ``flags`` (all three required).
+
+    ``checksum`` (the payload file's, from the core), when given, is the last field.
+    """
+    meta: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "lazy_disk_cache_class": class_name,
         "shape": list(shape),
         "dtype": dtype.str,
         **{field: flags[field] for field in _FLAG_FIELDS},  # type: ignore[literal-required]
     }
+    if checksum is not None:
+        meta[CHECKSUM_FIELD] = checksum
     return json.dumps(meta, ensure_ascii=False).encode("utf-8")
 
 
-def stage_entry(batch: CommitBatch, cache_dir: Path, key: StoreKey, entry: LazyDiskCache) -> int:
+def stage_entry(batch: CommitBatch, cache_dir: Path, key: StoreKey, entry: LazyDiskCache) -> StagedPayload:
     """Write ``entry`` to the temps of ``key`` in ``batch`` (renamed into place by ``commit()``).
 
     The payload is the entry's live buffer (1 copy; the core gathers a strided buffer into C order
     through a bounce buffer within the chunk budget, never a full temporary copy) or, for an
     offloaded entry, its backing file (copied by the core without a user-space copy when that
-    file lies directly in ``cache_dir``, else read through a read-only mapping). Object dtypes
-    and masked arrays raise ``TypeError`` before anything is written; I/O failures raise
-    ``OSError``. Returns the offset of the payload in the ``.npy``. Blocks on disk.
+    file lies directly in ``cache_dir``, else read through a read-only mapping). The core hashes
+    the ``.npy`` as it writes it; the sidecar, written once the payload is written, records the
+    checksum. Object dtypes and masked arrays raise ``TypeError`` before anything is written; I/O
+    failures raise ``OSError``. The payload bytes are reported to the progress meter of the
+    current context. Returns where the payload starts in the ``.npy`` and the file's checksum.
+    Blocks on disk.
     """
     with entry_lock(entry):
         shape, dtype = shape_and_dtype(entry)
         check_cacheable_dtype(dtype)
         nbytes = math.prod(shape) * dtype.itemsize
-        descr, meta = descr_text(dtype), encode_sidecar(entry, shape, dtype)
+        descr = descr_text(dtype)
+
+        def meta(checksum: str | None) -> bytes:
+            return encode_sidecar(entry, shape, dtype, checksum)
+
+        progress = current_chunk_progress()
         copyable = copyable_file(entry)
         if copyable is not None and _lies_directly_in(copyable.path, cache_dir):
-            return batch.add_npy(
+            return StagedPayload(
+                *batch.add_npy(
+                    key,
+                    descr=descr,
+                    fortran_order=False,
+                    shape=shape,
+                    nbytes=nbytes,
+                    meta=meta,
+                    source_file=copyable.path.name,
+                    source_offset=copyable.offset,
+                    progress=progress,
+                )
+            )
+        live = array_to_write(entry)
+        check_cacheable_array(live)
+        source = byte_view(np.asarray(live))
+        return StagedPayload(
+            *batch.add_npy(
                 key,
                 descr=descr,
                 fortran_order=False,
                 shape=shape,
                 nbytes=nbytes,
                 meta=meta,
-                source_file=copyable.path.name,
-                source_offset=copyable.offset,
+                source=source,
+                progress=progress,
             )
-        live = array_to_write(entry)
-        check_cacheable_array(live)
-        source = byte_view(np.asarray(live))
-        return batch.add_npy(
-            key, descr=descr, fortran_order=False, shape=shape, nbytes=nbytes, meta=meta, source=source
         )
 
 
@@ -210,7 +259,7 @@ def layout_of(header: NpyHeader, path: Path) -> PayloadLayout:
     shape = tuple(header.shape)
     nbytes = math.prod(shape) * dtype.itemsize
     if header.file_len < header.data_offset + nbytes:
-        raise ValueError(
+        raise TruncatedPayloadError(
             f"{str(path)!r} is shorter than its .npy header announces: {header.file_len} bytes, "
             f"expected at least {header.data_offset + nbytes}"
         )
@@ -270,8 +319,17 @@ def payload_memmap(
     return as_memmap(mapping, layout.shape, layout.dtype, layout.order)
 
 
-def read_payload(directory: CacheDir, path: Path, layout: PayloadLayout) -> NDArray[Any]:
-    """Read the payload at ``path`` into a new array (1 copy, GIL released). Blocks on disk."""
+def read_payload(
+    directory: CacheDir, path: Path, layout: PayloadLayout, mapping: FileMapping | None = None
+) -> NDArray[Any]:
+    """Read the payload at ``path`` into a new array (1 copy). Blocks on disk.
+
+    With ``mapping`` (of ``path``'s payload, made by the open that read its header) the bytes are
+    copied from it, so that a commit renaming another file over the name meanwhile cannot mix two
+    files; without, they are read from the file (GIL released).
+    """
+    if mapping is not None and layout.nbytes:
+        return np.array(payload_memmap(directory, path, mapping, layout), order="K")
     array = np.empty(layout.shape, dtype=layout.dtype, order=layout.order)
     if layout.nbytes:
         # A Fortran-ordered array's transpose is C-contiguous over the same bytes.

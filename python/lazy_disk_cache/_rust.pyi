@@ -9,7 +9,7 @@ copy is interrupted (its temp is removed first).
 """
 
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from os import PathLike
 from types import TracebackType
 from typing import Literal, Self, final
@@ -26,6 +26,13 @@ TMP_SUFFIX: str
 LEGACY_PICKLE_SUFFIX: str
 # The key lock file every writer of a directory shares (``F_OFD_SETLK`` byte locks); never a key.
 LOCK_FILE_NAME: str
+
+# The checksum algorithm store writes record, as the prefix of the text ``"<name>:<hex digest>"``.
+CHECKSUM_ALGORITHM: str
+
+# Called from the working thread with the bytes moved since its previous call; what it raises stops
+# the operation (temps removed) and propagates.
+_ChunkProgress = Callable[[int], object]
 
 MappingMode = Literal["r", "r+", "c"]
 
@@ -123,6 +130,7 @@ class CacheDir:
         nbytes: int | None = None,
         chunk_bytes: int,
         durable: bool,
+        progress: _ChunkProgress | None = None,
     ) -> FileMapping:
         """Atomically replace ``name`` with the bytes of ``src`` and return an ``r+`` mapping of it.
 
@@ -134,7 +142,8 @@ class CacheDir:
         ``pwrite`` in pieces of at most ``chunk_bytes``, then (``durable`` only) fsyncs, renames
         over ``name`` and (``durable`` only) fsyncs the directory. The temp gets the existing destination's mode, else
         ``0666 & ~umask``. On any error the temp is removed and the destination is unchanged.
-        1 copy, GIL released between blocks.
+        ``progress`` hears the bytes written, between pieces (at most 64 MiB apart) and once more
+        when all are written, before the rename. 1 copy, GIL released between blocks.
         """
 
     def write_zeroed(self, name: str, nbytes: int, *, durable: bool) -> FileMapping:
@@ -158,6 +167,16 @@ class CacheDir:
         ``chunk_bytes`` (and at most 4 MiB). ``patch``, a ``c`` mapping of exactly that range,
         supplies its written pages from memory instead (all of it when they cannot be told).
         Returns an ``r+`` mapping of ``dst``.
+        """
+
+    def checksum(self, name: str, *, progress: _ChunkProgress | None = None) -> str:
+        """The checksum of the whole file ``name``: ``"<CHECKSUM_ALGORITHM>:<16 hex digits>"``.
+
+        Reads the file once, sequentially, through read-only mappings of 8 MiB at a time (the
+        resident memory it adds), and afterwards drops from the page cache exactly the pages it
+        brought in (pages cached before stay), so checking a store larger than RAM evicts nobody's
+        working set. ``progress`` hears the bytes read, between windows and once at the end.
+        Writes nothing; GIL released.
         """
 
     def read_header(self, name: str) -> NpyHeader:
@@ -187,7 +206,9 @@ class CacheDir:
         ``chunk_bytes`` is the budget of every payload the batch writes (as for ``write_file``).
         """
 
-    def sweep_temps(self, names: Sequence[str] | None = None) -> tuple[list[str], list[tuple[str, OSError]]]:
+    def sweep_temps(
+        self, names: Sequence[str] | None = None, *, dry_run: bool = False
+    ) -> tuple[list[str], list[tuple[str, OSError]]]:
         """Remove ``<key>.npy.tmp``, ``<key>.meta.json.tmp`` and ``<key>.dat.tmp`` left by a crash.
 
         With ``names``, only those names are candidates (the directory is not listed), so a
@@ -195,6 +216,8 @@ class CacheDir:
         temps a live writer holds locked, and the pair temps of every key whose writer lock
         (``lock_key``) is held in any process. Returns the removed names and the names that
         could not be removed with their errors. A read-only directory yields two empty lists.
+        ``dry_run`` (which needs ``names``; ``ValueError`` otherwise) decides the same way, locks
+        included, but removes nothing and returns the names it would remove.
         """
 
     def lock_key(self, key: str) -> KeyLock:
@@ -274,23 +297,28 @@ class CommitBatch:
         fortran_order: bool,
         shape: Sequence[int],
         nbytes: int,
-        meta: bytes,
+        meta: bytes | Callable[[str | None], bytes],
         source: Buffer | Iterable[Buffer] | None = None,
         source_file: str | None = None,
         source_offset: int = 0,
-    ) -> int:
-        """Write ``<key>.npy.tmp`` (payload at byte 4096) and ``<key>.meta.json.tmp``; queue their fsyncs.
+        progress: _ChunkProgress | None = None,
+    ) -> tuple[int, str | None]:
+        """Write ``<key>.npy.tmp`` (payload at byte 4096), then ``<key>.meta.json.tmp``; queue their fsyncs.
 
-        Returns the offset of the payload in the ``.npy`` (4096, or 64-aligned for a header too long
-        for one page or an empty payload).
+        Returns where the payload starts in the ``.npy`` (4096, or 64-aligned for a header too long
+        for one page or an empty payload) and the checksum of the whole ``.npy`` (as ``checksum()``
+        would compute it; ``None`` while checksums are switched off).
 
         The payload comes from ``source`` (a buffer in any layout, written in C order, or
         buffers totalling ``nbytes``)
         or from ``nbytes`` bytes of the file ``source_file`` in this directory starting at
-        ``source_offset`` (reflink or ``copy_file_range``; no user-space copy). The writeback of a
-        large payload starts while it is written. On failure this key's temps are removed, the
-        error is raised, and the keys added before it remain in the batch, ready for ``commit()``.
-        A failed fsync is reported by ``commit()``.
+        ``source_offset`` (reflink or ``copy_file_range``; no user-space copy: the checksum then
+        reads the source once through read-only mappings). The writeback of a large payload starts
+        while it is written. The whole ``.npy`` is hashed as it is written. ``meta`` is the sidecar,
+        or a callable that builds it from that checksum once the payload is written. ``progress``
+        hears the payload bytes written. On failure (``meta`` and ``progress`` raising included)
+        this key's temps are removed, the error is raised, and the keys added before it remain in
+        the batch, ready for ``commit()``. A failed fsync is reported by ``commit()``.
         """
 
     def commit(self) -> None:
@@ -387,6 +415,9 @@ def _inject_fault(op: str, nth: int, errno: int) -> None:
     ``copy_file_range`` call), ``fsync``, ``dir_fsync``, ``rename``, ``unlink``, ``map``.
     Process-global; inert until called.
     """
+
+def _set_checksums(enabled: bool) -> None:
+    """Benchmark seam: whether store writes compute and record checksums (on by default)."""
 
 def _clear_faults() -> None:
     """Testing seam: drop every pending fault and reset the operation counters."""

@@ -30,6 +30,7 @@ __all__ = [
     "SweepReport",
     "choose_cache_dir",
     "directory_refuses_writes",
+    "is_stale_working_file",
     "lease_directory",
     "require_usable_directory",
     "rescan",
@@ -54,19 +55,20 @@ class RescanReport(NamedTuple):
     skipped: list[str]
 
 
-def sweep_orphan_temps(directory: CacheDir) -> SweepReport:
+def sweep_orphan_temps(directory: CacheDir, *, dry_run: bool = False) -> SweepReport:
     """Remove ``<key>.npy.tmp``, ``<key>.meta.json.tmp`` and ``<key>.dat.tmp`` left by a crash.
 
     Only names whose stem is a legal store key are candidates; the core unlinks those names
     (never a link's target), skips temps a live writer holds and stays silent in a read-only
     directory. A directory that cannot even be listed yields one failure for ``'.'``. Never
-    raises ``OSError``. Blocks on disk.
+    raises ``OSError``. With ``dry_run`` the core decides the same way but removes nothing, and
+    ``removed`` lists what it would remove. Blocks on disk.
     """
     try:
         candidates = [name for name in os.listdir(directory.path) if is_our_temp_name(name)]
         if not candidates:
             return SweepReport([], [])
-        removed, failed = directory.sweep_temps(candidates)
+        removed, failed = directory.sweep_temps(candidates, dry_run=dry_run)
     except OSError as exc:
         return SweepReport([], [(".", exc)])
     return SweepReport(removed, failed)
@@ -108,6 +110,22 @@ def _is_file(item: os.DirEntry[str]) -> bool:
         return item.is_file()
     except OSError:
         return False
+
+
+def is_stale_working_file(has_committed_pair: bool) -> bool:
+    """Whether garbage collection may remove a key's ``<key>.dat`` working file.
+
+    Never the only copy of data: a ``.dat`` without a committed ``<key>.npy`` + ``<key>.meta.json``
+    beside it holds the key's value. With a committed pair the ``.dat`` is a working copy, but an
+    entry in a live process may still map it, and its writes reach only the ``.dat`` until its next
+    commit; nothing tells yet whether such a process exists, so no ``.dat`` is stale.
+
+    TODO(per-key holder lock): return ``has_committed_pair and not held`` once every entry holds
+    its key's holder lock for as long as it maps the ``.dat``, and a failed non-blocking attempt
+    to take that lock tells a live holder apart.
+    """
+    del has_committed_pair  # Decides nothing until the holder lock exists (see the TODO).
+    return False
 
 
 class CacheDirChoice(NamedTuple):

@@ -8,6 +8,7 @@ the temps a crash left behind and adopts every ``<k>.npy`` it finds.
 """
 
 import logging
+import math
 import os
 import threading
 import weakref
@@ -33,6 +34,7 @@ from pydantic import ConfigDict, validate_call
 from typing_extensions import Unpack
 
 from lazy_disk_cache._codec import (
+    CHECKSUM_FIELD,
     SCHEMA_VERSION,
     layout_of,
     parse_sidecar,
@@ -46,6 +48,7 @@ from lazy_disk_cache._codec import (
 from lazy_disk_cache._directories import open_directory
 from lazy_disk_cache._key_locks import writer_lock_if_writable
 from lazy_disk_cache._memmap import mapping_of
+from lazy_disk_cache._progress import ProgressCallback, reporting
 from lazy_disk_cache._purge import PurgePlan, artefact_names, detach_purge_duty, plan_purge, unlink_in_order
 from lazy_disk_cache._rust import CacheDir, CommitBatch, FileMapping, NpyHeader
 from lazy_disk_cache._store_dir import (
@@ -66,14 +69,18 @@ from lazy_disk_cache.errors import (
     StorePurgeRefusedError,
     warn_user,
 )
+from lazy_disk_cache.integrity import VerifyReport, verify_directory
 from lazy_disk_cache.lazy_disk_cache import (
     LazyDiskCache,
     LazyDiskCacheConfig,
     LazyDiskCacheKw,
+    StagedPayload,
     StoreEntryBuild,
     chunk_budget_bytes,
     release_purge_duty,
+    remember_stored_checksum,
     settle_committed_entries,
+    shape_and_dtype,
 )
 from lazy_disk_cache.paths import (
     LEGACY_PICKLE_SUFFIX,
@@ -193,6 +200,11 @@ class _NamingTheSidecar:
     def __exit__(self, kind: object, exc: BaseException | None, traceback: object) -> None:
         if isinstance(exc, ValueError):
             exc.add_note(f"while reading the sidecar {str(self.path)!r}")
+
+
+def _payload_bytes(entry: LazyDiskCache) -> int:
+    shape, dtype = shape_and_dtype(entry)
+    return math.prod(shape) * dtype.itemsize
 
 
 # ---------------------------------------------------------------------------------------------
@@ -550,7 +562,13 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
 
     # -- offloading ----------------------------------------------------------------------------
 
-    def offload(self, keys: str | Iterable[str] | None = None, pickle_container: bool = False) -> None:
+    def offload(
+        self,
+        keys: str | Iterable[str] | None = None,
+        pickle_container: bool = False,
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> None:
         """Offload the entries of ``keys``: one ``str`` key, any iterable of keys, or all (``None``).
 
         An iterable (list, tuple, set, dict view, generator) is consumed once, before any effect.
@@ -559,18 +577,34 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         a ``str`` nor iterable raises ``TypeError``. Entries not in memory are skipped, so are entries
         with caching off. With ``pickle_container`` each entry is written as its codec pair, all keys
         in one commit with a single directory fsync, and dropped from memory (it reloads on access);
-        no pickle is involved. Otherwise each entry's own ``offload()`` runs. On an I/O failure the
-        keys before the failing one stay processed and the ``OSError`` propagates. Blocks on disk.
+        no pickle is involved; each sidecar records the checksum of its ``.npy``, computed while the
+        file is written. Otherwise each entry's own ``offload()`` runs. On an I/O failure the keys
+        before the failing one stay processed and the ``OSError`` propagates. Blocks on disk.
+
+        ``progress(done_bytes, total_bytes)``, if given, is called from this thread at most about
+        ten times a second while the entries' bytes are written, and once when the offload is
+        complete; an exception it raises stops the offload as an I/O failure would (the keys
+        written before stay processed, the current key's temps are removed) and propagates.
         """
         with self._lock:
             selected = self._select_for_offload(keys)
-            if pickle_container:
-                self._write_entries(selected, warn_unwritten=True)
-                return
-            for key in selected:
-                entry = self._offload_candidate(key)
-                if entry is not None:
-                    entry.offload()
+            with reporting(progress, self._bytes_to_offload(selected)) as meter:
+                if pickle_container:
+                    self._write_entries(selected, warn_unwritten=True)
+                    return
+                done = 0
+                for key in selected:
+                    entry = self._offload_candidate(key)
+                    if entry is not None:
+                        entry.offload()
+                        done += _payload_bytes(entry)
+                        if meter is not None:
+                            meter.reach(done)
+
+    def _bytes_to_offload(self, keys: list[StoreKey]) -> int:
+        """The payload bytes of the entries of ``keys`` an offload would write (no logging)."""
+        entries = [self._store[key] for key in keys]
+        return sum(_payload_bytes(entry) for entry in entries if entry is not None and entry.cache_enabled)
 
     def _select_for_offload(self, keys: object) -> list[StoreKey]:
         chosen: list[object]
@@ -625,7 +659,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         entry left unwritten because its caching is off. A committed entry's working ``.dat`` is
         released (``settle_committed_entries``), so the directory keeps one copy of each array.
         """
-        staged: dict[str, tuple[LazyDiskCache, int]] = {}
+        staged: dict[str, tuple[LazyDiskCache, StagedPayload]] = {}
         with self._directory().begin_commit(chunk_bytes=chunk_budget_bytes()) as batch:
             try:
                 for key in keys:
@@ -644,28 +678,46 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
             finally:
                 self._settle(batch.committed, staged)
 
-    def _settle(self, committed: list[str], staged: dict[str, tuple[LazyDiskCache, int]]) -> None:
+    def _settle(self, committed: list[str], staged: dict[str, tuple[LazyDiskCache, StagedPayload]]) -> None:
         """Drop the committed keys from memory and release their entries' working files."""
         for key in committed:
             self._store[key] = None
         settle_committed_entries([staged[key] for key in committed])
 
-    def _store_entry(self, key: str, entry: LazyDiskCache, batch: CommitBatch | None = None) -> int:
+    def _store_entry(self, key: str, entry: LazyDiskCache, batch: CommitBatch | None = None) -> StagedPayload:
         """Write ``entry`` as the ``<key>.npy`` + ``<key>.meta.json`` pair, atomically.
 
         With ``batch`` the pair is only staged (``batch.commit()`` renames it into place); without,
         it is committed at once (one directory fsync). Each file goes to an exclusive temp that is
         fsynced and renamed; on failure the temps are removed and the previous pair is intact.
-        ``TypeError`` for object dtypes, ``OSError`` (errno, filename) for I/O. Returns the offset of
-        the payload in the ``.npy``. Blocks on disk.
+        ``TypeError`` for object dtypes, ``OSError`` (errno, filename) for I/O. Returns where the
+        payload starts in the ``.npy`` and the file's checksum. Blocks on disk.
         """
         checked = checked_store_key(key, self._cache_dir)
         if batch is not None:
             return stage_entry(batch, self._cache_dir, checked, entry)
         with self._directory().begin_commit(chunk_bytes=chunk_budget_bytes()) as own_batch:
-            offset = stage_entry(own_batch, self._cache_dir, checked, entry)
+            staged = stage_entry(own_batch, self._cache_dir, checked, entry)
             own_batch.commit()
-            return offset
+            return staged
+
+    # -- integrity -----------------------------------------------------------------------------
+
+    def verify(self, keys: str | list[str] | None = None, *, progress: ProgressCallback | None = None) -> VerifyReport:
+        """Check the stored pairs of ``keys`` (every pair in the directory when ``None``) against damage.
+
+        Reads each ``.npy`` once, sequentially, with the GIL released, and compares its checksum with
+        the one its sidecar records; also checks that both halves of each pair exist, that the
+        sidecar is valid and that the header is valid and matches the file's size. Pairs written
+        without a checksum (by the original package, or before checksums existed) are reported as
+        unverified. The page cache is left as found, so a store larger than RAM verifies in flat
+        memory. Only what is on disk is checked: entries in memory are not written first.
+
+        ``StoreKeyError`` for an illegal key and ``KeyError`` for a key with neither file, before
+        anything is read. ``progress(done_bytes, total_bytes)`` as for ``offload``. Blocks on disk.
+        """
+        chosen = None if keys is None else [keys] if isinstance(keys, str) else list(keys)
+        return verify_directory(self._cache_dir, chosen, progress=progress)
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -728,12 +780,15 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
             array = payload_memmap(directory, npy, mapping, layout)
             mapping = mapping_of(array)
         else:
+            array = read_payload(directory, npy, layout, mapping)
             mapping = None
-            array = read_payload(directory, npy, layout)
         # Entry classes take the data first, then the LazyDiskCacheKw settings (like the factory).
         construct: Callable[..., T] = cls  # type: ignore[assignment]
         with StoreEntryBuild(npy, mapping):
-            return construct(array, **flags, cache_path=npy)
+            entry = construct(array, **flags, cache_path=npy)
+        checksum = sidecar.get(CHECKSUM_FIELD)
+        remember_stored_checksum(entry, checksum if isinstance(checksum, str) else None)
+        return entry
 
     def _miss(self, checked: StoreKey, key: str) -> NoReturn:
         """Raise the ``KeyError`` of a key without a complete pair (logging a legacy pickle beside it)."""

@@ -49,6 +49,7 @@ from lazy_disk_cache._buffers import byte_view
 from lazy_disk_cache._directories import open_directory
 from lazy_disk_cache._leases import PathLease, lease_backing_file
 from lazy_disk_cache._memmap import as_memmap, mapping_of, open_memmap
+from lazy_disk_cache._progress import ProgressCallback, current_chunk_progress, reporting
 from lazy_disk_cache._rust import CacheDir, FileMapping
 from lazy_disk_cache._spill_dir import new_spill_file
 from lazy_disk_cache.config import LazyDiskCacheConfig, LazyDiskCacheKw, refuse_unknown_settings
@@ -419,19 +420,26 @@ class LazyDiskCache(ABC):
 
     # -- transitions ---------------------------------------------------------------------------
 
-    def enable_caching(self) -> None:
+    def enable_caching(self, *, progress: ProgressCallback | None = None) -> None:
         """RAM → MAPPED: write the buffer to a fresh ``.dat`` and map it (then offload if automatic).
 
         1 copy, GIL released. Object dtypes raise ``TypeError`` before anything is written; an I/O
         failure raises ``OSError`` and leaves the entry in RAM and any previous ``.dat`` intact.
+        ``progress(done_bytes, total_bytes)``, if given, is called from this thread at most about
+        ten times a second while the bytes are written, and once when the conversion is complete; an
+        exception it raises stops the conversion like an I/O failure (the temp is removed, the entry
+        stays in RAM) and propagates. A conversion at construction (``enable_caching=True``) reports
+        no progress: the constructor's settings are the fixed ``LazyDiskCacheKw``.
         """
         with self._lock:
             if self._enable_caching:
                 return
-            check_cacheable_dtype(self._describe_shape_dtype()[1])
+            shape, dtype = self._describe_shape_dtype()
+            check_cacheable_dtype(dtype)
             self._enable_caching = True
             try:
-                self._convert_to_memmap()
+                with reporting(progress, math.prod(shape) * np.dtype(dtype).itemsize):
+                    self._convert_to_memmap()
             except BaseException:
                 self._enable_caching = False
                 raise
@@ -898,7 +906,9 @@ class LazyDiskCache(ABC):
         durable = self._backing_is_durable()
         length = _dat_length(source.nbytes)
         payload = byte_view(source) if length == source.nbytes else bytes(length)
-        return directory.write_file(name, payload, chunk_bytes=chunk_budget_bytes(), durable=durable)
+        return directory.write_file(
+            name, payload, chunk_bytes=chunk_budget_bytes(), durable=durable, progress=current_chunk_progress()
+        )
 
     def _write_adopted_backing(self, source: NDArray[Any]) -> FileMapping | None:
         """Write an adopted entry's ``.dat`` from its payload file, patched with its written pages.
@@ -1322,13 +1332,15 @@ class LazyDiskCache(ABC):
                 from dask.base import normalize_token  # imported here: only dask calls this hook
 
                 return (*head, normalize_token(self._source_array()))
+            checksum = None
             if self._adopted is not None:
                 path = _npy_beside(path)
+                checksum = stored_checksum(self)
             try:
                 info = os.stat(path)
             except OSError:
                 return (*head, str(path), None)
-            return (*head, str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+            return (*head, str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, checksum)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restore the state, a new lock and (purge on) purge duty under the pickled owner pid."""
@@ -1505,10 +1517,18 @@ class StoreEntryBuild:
             self._token = None
 
 
-def settle_committed_entries(committed: Sequence[tuple[LazyDiskCache, int]]) -> None:
+class StagedPayload(NamedTuple):
+    """Where a staged entry's payload starts in its new ``.npy``, and that file's checksum."""
+
+    offset: int
+    checksum: str | None
+
+
+def settle_committed_entries(committed: Sequence[tuple[LazyDiskCache, StagedPayload]]) -> None:
     """Release the working files of entries whose pairs a store just committed and dropped.
 
-    ``committed`` holds each entry with the offset of its payload in the new ``.npy``. A store's
+    ``committed`` holds each entry with the offset of its payload in the new ``.npy`` and that
+    file's checksum. A store's
     working copy whose data sits in its ``.dat`` does not need that file any more: the committed
     ``.npy`` holds the same bytes. The ``.dat`` is unlinked (unless another live object in this
     process holds the same path, or a pickle of the entry may open it by name elsewhere) and the
@@ -1518,9 +1538,29 @@ def settle_committed_entries(committed: Sequence[tuple[LazyDiskCache, int]]) -> 
     copy-on-write. An entry that was already adopted follows its payload into the new ``.npy``.
     Blocks on disk: one unlink per released file. Failures to unlink are logged and keep the file.
     """
-    for entry, offset in committed:
+    for entry, (offset, checksum) in committed:
         with entry._lock:
             entry._adopt_committed_payload(offset)
+            entry.__dict__["_stored_checksum"] = checksum
+
+
+def remember_stored_checksum(entry: LazyDiskCache, checksum: str | None) -> None:
+    """Record the checksum of the stored ``.npy`` a reloaded ``entry`` maps (its sidecar's)."""
+    with entry._lock:
+        entry.__dict__["_stored_checksum"] = checksum
+
+
+def stored_checksum(entry: LazyDiskCache) -> str | None:
+    """The recorded checksum of the ``.npy`` whose payload ``entry`` still maps, else ``None``.
+
+    Set when a store reloads the entry or commits its pair; meaningless (``None``) once the entry
+    wrote its own ``.dat``. O(1), no I/O.
+    """
+    with entry._lock:
+        if entry._adopted is None:
+            return None
+        checksum: str | None = entry.__dict__.get("_stored_checksum")
+        return checksum
 
 
 def release_purge_duty(entry: LazyDiskCache) -> None:

@@ -71,6 +71,7 @@ __all__ = [
     "key_from_npy_name",
     "legacy_key_from_npy_name",
     "readable_store_key",
+    "split_artefact_name",
     "validate_store_key",
     "violated_clause",
 ]
@@ -449,6 +450,20 @@ def legacy_key_from_npy_name(name: str) -> str | None:
         return None
     key = name[: -len(NPY_SUFFIX)]
     return key if is_legacy_store_key(key) and _artefact_name(key, NPY_SUFFIX) == name else None
+
+
+def split_artefact_name(name: str) -> tuple[str, str] | None:
+    """Return ``(key, suffix)`` for a store artefact name (``'k.meta.json.tmp'`` gives ``('k', '.meta.json.tmp')``).
+
+    The suffix is the longest artefact suffix ``name`` ends with (see ``artefact_suffix``); the key
+    must be readable (legal, or a legacy key) and rebuild exactly ``name``. ``None`` for anything
+    else. Pure string work.
+    """
+    suffix = artefact_suffix(name)
+    if suffix is None:
+        return None
+    key = name[: -len(suffix)]
+    return (key, suffix) if is_readable_store_key(key) and _artefact_name(key, suffix) == name else None
 
 
 def is_our_temp_name(name: str) -> bool:

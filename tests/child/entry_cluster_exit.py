@@ -19,7 +19,7 @@ def main() -> None:
     tempfile.tempdir = sys.argv[1]
     entry = DiskBackedNDArray(np.arange(8.0), enable_caching=True)
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
         Client(cluster) as client,
     ):
         total = client.submit(np.sum, entry).result()

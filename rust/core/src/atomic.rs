@@ -320,6 +320,11 @@ pub struct ClosedTemp {
 }
 
 impl ClosedTemp {
+    /// The directory the temp lives in.
+    pub fn dir(&self) -> &CacheDir {
+        &self.dir
+    }
+
     /// The destination name.
     pub fn name(&self) -> &str {
         &self.name
@@ -437,8 +442,8 @@ mod tests {
         pending.dir().fs().fstat(pending.fd()).unwrap().perm
     }
 
-    fn no_pause() -> impl FnMut() -> Result<()> {
-        || Ok(())
+    fn no_pause() -> impl FnMut(u64) -> Result<()> {
+        |_| Ok(())
     }
 
     #[test]

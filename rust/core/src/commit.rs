@@ -2,10 +2,13 @@
 //! together with one directory fsync.
 //!
 //! For each key the `.npy` temp is reserved (header + payload) and gets its header and payload,
-//! then the sidecar temp is written; both are handed to the batch's [`SyncPool`], whose threads
-//! fsync and close them while the next key is written. [`CommitBatch::commit`] waits for every
+//! which the writer hashes as it writes them; the finished temp goes to the batch's
+//! [`SyncPool`], whose threads fsync and close it while the rest goes on
+//! ([`KeyWriter::finish_payload`]). The sidecar temp, written second so that it can record the
+//! checksum, follows it there ([`CommitBatch::stage`]). [`CommitBatch::commit`] waits for every
 //! fsync, then renames `.npy` then `.meta.json` for every key in order, up to the first key
-//! whose fsync failed, and fsyncs the directory once. Store commits are always durable.
+//! whose fsync failed, and fsyncs the directory once: nothing is renamed before both temps of
+//! its key are fsynced. Store commits are always durable.
 //!
 //! A batch holds a bounded number of descriptors however many keys it stages: a temp is closed
 //! once it is fsynced, and the queue to the fsync threads is bounded. Each key's temps are kept
@@ -21,6 +24,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use crate::atomic::{PendingFile, RenameFailure, RenameGroup};
 use crate::checked::{add, to_u64};
+use crate::checksum::{Digest, Hasher};
 use crate::copy::ChunkBudget;
 use crate::dir::CacheDir;
 use crate::error::{Error, Op, Result};
@@ -49,6 +53,35 @@ pub struct KeyWriter {
     names: PairNames,
     payload: PayloadWriter,
     guard: Arc<KeyLock>,
+    // The batch's fsync threads, which take the temps once written.
+    pool: Arc<Mutex<SyncPool>>,
+}
+
+/// A key whose `.npy` temp is written and handed to the fsync pool, with the checksum of the
+/// whole `.npy`, waiting for its sidecar ([`CommitBatch::stage`]). Dropping it unlinks the temp
+/// (once its fsync has run).
+#[derive(Debug)]
+pub struct WrittenPayload {
+    key: String,
+    names: PairNames,
+    dir: CacheDir,
+    npy: Arc<Ticket>,
+    digest: Option<Digest>,
+    guard: Arc<KeyLock>,
+    pool: Arc<Mutex<SyncPool>>,
+}
+
+impl WrittenPayload {
+    /// The key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The checksum of the `.npy` temp, header included; `None` when checksums are switched off
+    /// ([`crate::checksum::set_enabled`]).
+    pub fn digest(&self) -> Option<Digest> {
+        self.digest
+    }
 }
 
 /// A key whose two temps are written and handed to the fsync pool, waiting for
@@ -69,13 +102,14 @@ impl StagedKey {
 
 impl KeyWriter {
     /// Creates `<key>.npy.tmp`, reserves header + `nbytes` and writes the header. `guard` is
-    /// the key's writer lock, which will protect the temps once they are closed.
+    /// the key's writer lock, which will protect the temps once they are closed; `pool` the
+    /// batch's fsync threads.
     fn create(
         dir: &CacheDir,
         key: &str,
         spec: ArraySpec<'_>,
         nbytes: u64,
-        budget: ChunkBudget,
+        (budget, pool): (ChunkBudget, &Arc<Mutex<SyncPool>>),
         guard: Arc<KeyLock>,
     ) -> Result<Self> {
         let names = PairNames::of(key)?;
@@ -89,11 +123,16 @@ impl KeyWriter {
         let file = PendingFile::create(dir, &names.npy)?;
         file.reserve(add(header_len, nbytes)?)?;
         file.write_all_at(&header, 0)?;
+        let hasher = Hasher::if_enabled().map(|mut hasher| {
+            hasher.update(&header);
+            hasher
+        });
         Ok(Self {
             key: key.to_owned(),
             names,
-            payload: PayloadWriter::new(file, header_len, nbytes, budget, true),
+            payload: PayloadWriter::new(file, header_len, nbytes, budget, true).hashing(hasher),
             guard,
+            pool: Arc::clone(pool),
         })
     }
 
@@ -112,24 +151,47 @@ impl KeyWriter {
         &mut self.payload
     }
 
-    /// Checks the payload size and hands the `.npy` temp to `pool`, then writes the sidecar
-    /// temp and hands it over too.
+    /// Checks the payload size and hands the `.npy` temp to the batch's fsync threads; the
+    /// result carries the checksum of the whole file.
     ///
     /// # Errors
-    /// [`Error::SizeMismatch`] for a short payload; I/O errors of the sidecar temp. On error
-    /// this key's temps are (or, once their fsync has run, will be) removed.
-    fn finish(self, meta: &[u8], pool: &Mutex<SyncPool>) -> Result<StagedKey> {
+    /// [`Error::SizeMismatch`] for a short payload; the errors of a background hash. On error the
+    /// temp is (or, once its fsync has run, will be) removed.
+    pub fn finish_payload(self) -> Result<WrittenPayload> {
         let dir = self.payload.file().dir().clone();
-        let npy = self.payload.finish()?;
-        let npy = lock(pool).submit(npy, Arc::clone(&self.guard));
+        let (file, digest) = self.payload.finish_parts()?;
+        let npy = lock(&self.pool).submit(file, Arc::clone(&self.guard));
+        // A hash still reading a copied payload's source finishes while the temp is fsynced.
+        // On error, dropping the ticket removes the temp.
+        let digest = digest.wait()?;
+        Ok(WrittenPayload {
+            key: self.key,
+            names: self.names,
+            dir,
+            npy,
+            digest,
+            guard: self.guard,
+            pool: self.pool,
+        })
+    }
+}
+
+impl WrittenPayload {
+    /// Writes the sidecar temp from `meta` and hands it to the fsync threads too.
+    ///
+    /// # Errors
+    /// I/O errors of the sidecar temp. On error both temps of this key are (or, once their
+    /// fsync has run, will be) removed.
+    fn finish(self, meta: &[u8]) -> Result<StagedKey> {
+        let dir = self.dir;
         let meta_file = PendingFile::create(&dir, &self.names.meta)?;
         // No reservation for the sidecar: it is a few hundred bytes written with pwrite, which
         // reports ENOSPC itself, and it is never mapped, so there is no SIGBUS to prevent.
         meta_file.write_all_at(meta, 0)?;
-        let meta = lock(pool).submit(meta_file, self.guard);
+        let meta = lock(&self.pool).submit(meta_file, self.guard);
         Ok(StagedKey {
             key: self.key,
-            npy,
+            npy: self.npy,
             meta,
         })
     }
@@ -152,7 +214,7 @@ pub struct CommitBatch {
     // By lock byte. Weak: a lock lives exactly as long as a writer or a staged temp needs it;
     // keys of the batch whose bytes collide share one.
     locks: Mutex<HashMap<u64, Weak<KeyLock>>>,
-    pool: Mutex<SyncPool>,
+    pool: Arc<Mutex<SyncPool>>,
     staged: Mutex<Vec<StagedKey>>,
     committed: Mutex<Vec<String>>,
 }
@@ -165,7 +227,7 @@ impl CommitBatch {
             dir: dir.clone(),
             budget,
             locks: Mutex::new(HashMap::new()),
-            pool: Mutex::new(SyncPool::default()),
+            pool: Arc::new(Mutex::new(SyncPool::default())),
             staged: Mutex::new(Vec::new()),
             committed: Mutex::new(Vec::new()),
         }
@@ -200,7 +262,8 @@ impl CommitBatch {
     /// Starts staging `key`: becomes its writer (see [`CommitBatch`] for what happens when
     /// another writer is), then creates `<key>.npy.tmp` (a temp of the key found there is a
     /// crash's leftover and is replaced), reserves header + `nbytes` and writes the header.
-    /// Feed the payload to the returned writer, then hand it to [`CommitBatch::stage`].
+    /// Feed the payload to the returned writer, finish it with [`KeyWriter::finish_payload`],
+    /// then hand the result and the sidecar to [`CommitBatch::stage`].
     ///
     /// # Errors
     /// [`Error::InvalidName`] for an illegal key, [`Error::AlreadyStaged`] for one already
@@ -214,18 +277,18 @@ impl CommitBatch {
     pub fn begin_key(&self, key: &str, spec: ArraySpec<'_>, nbytes: u64) -> Result<KeyWriter> {
         self.refuse_staged(key)?;
         let guard = self.key_lock(key)?;
-        KeyWriter::create(&self.dir, key, spec, nbytes, self.budget, guard)
+        KeyWriter::create(&self.dir, key, spec, nbytes, (self.budget, &self.pool), guard)
     }
 
-    /// Finishes `writer` (payload size check; the sidecar temp written from `meta`), hands both
-    /// temps to the batch's fsync threads and stages the key. Their fsyncs are waited for by
-    /// [`CommitBatch::commit`], which reports a failed one.
+    /// Writes the sidecar temp of `payload` from `meta`, hands it to the batch's fsync threads
+    /// and stages the key. The fsyncs of both temps are waited for by [`CommitBatch::commit`],
+    /// which reports a failed one.
     ///
     /// # Errors
-    /// [`Error::SizeMismatch`] for a short payload; I/O errors of the sidecar temp. On error
-    /// both temps of this key are removed; keys staged earlier stay staged.
-    pub fn stage(&self, writer: KeyWriter, meta: &[u8]) -> Result<()> {
-        let staged = writer.finish(meta, &self.pool)?;
+    /// I/O errors of the sidecar temp. On error both temps of this key are removed; keys
+    /// staged earlier stay staged.
+    pub fn stage(&self, payload: WrittenPayload, meta: &[u8]) -> Result<()> {
+        let staged = payload.finish(meta)?;
         self.staged.lock().unwrap_or_else(PoisonError::into_inner).push(staged);
         Ok(())
     }

@@ -560,7 +560,7 @@ mod tests {
         let mut dest = [0u8; 4];
 
         let err = dir
-            .read_into("k.dat", 8, &mut dest, ChunkBudget::new(4), &mut || Ok(()))
+            .read_into("k.dat", 8, &mut dest, ChunkBudget::new(4), &mut |_| Ok(()))
             .unwrap_err();
 
         match err {
@@ -571,7 +571,7 @@ mod tests {
             other => panic!("expected SizeMismatch, got {other:?}"),
         }
         assert_eq!(dest, [0; 4]);
-        dir.read_into("k.dat", 6, &mut dest, ChunkBudget::new(4), &mut || Ok(()))
+        dir.read_into("k.dat", 6, &mut dest, ChunkBudget::new(4), &mut |_| Ok(()))
             .unwrap();
         assert_eq!(&dest, b"6789");
     }

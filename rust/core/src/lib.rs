@@ -9,6 +9,7 @@
 
 pub mod atomic;
 mod checked;
+pub mod checksum;
 pub mod commit;
 pub mod copy;
 pub mod dir;
@@ -21,12 +22,15 @@ pub mod names;
 pub mod npy;
 pub mod region;
 pub mod reserve;
+pub mod sequential;
 pub mod sweep;
 pub mod sync_pool;
+mod verify;
 pub mod write;
 
 pub use atomic::{ClosedTemp, PendingFile, RenameFailure, RenameGroup};
-pub use commit::{ArraySpec, CommitBatch, KeyWriter, StagedKey};
+pub use checksum::Digest;
+pub use commit::{ArraySpec, CommitBatch, KeyWriter, StagedKey, WrittenPayload};
 pub use copy::ChunkBudget;
 pub use dir::CacheDir;
 pub use error::{Error, Op, Result};

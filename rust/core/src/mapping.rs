@@ -16,7 +16,7 @@ use std::ptr::NonNull;
 use memmap2::{Mmap, MmapMut, MmapOptions};
 use rustix::fs::OFlags;
 
-use crate::checked::{add, to_usize};
+use crate::checked::{add, to_u64, to_usize};
 use crate::dir::CacheDir;
 use crate::error::{Error, Op, Result};
 use crate::fs::Fs;
@@ -360,6 +360,120 @@ fn scan_private_pages(start: usize, len: usize, mut found: impl FnMut(usize) -> 
     Ok(())
 }
 
+/// A read-only view of `[offset, offset + len)` of an open file, for reading it once; unmapped on
+/// drop.
+pub(crate) struct ReadWindow {
+    map: Option<Mmap>,
+    skip: usize,
+}
+
+impl ReadWindow {
+    /// Maps the range (`offset` need not be page-aligned: the mapping starts at the page holding
+    /// it). The caller has checked that the file holds the range.
+    ///
+    /// # Errors
+    /// [`Error::Io`] with [`Op::Map`].
+    pub(crate) fn map(fs: &dyn Fs, fd: BorrowedFd<'_>, path: &Path, offset: u64, len: u64) -> Result<Self> {
+        let page = to_u64(rustix::param::page_size());
+        let start = offset - offset % page;
+        let skip = to_usize(offset - start)?;
+        if len == 0 {
+            return Ok(Self { map: None, skip });
+        }
+        let map_len = to_usize(len)?.checked_add(skip).ok_or(Error::SizeOverflow)?;
+        fs.map_gate(path).map_err(|err| Error::io(Op::Map, path, err))?;
+        // SAFETY: memmap2 requires that the file is not truncated while mapped. Artefacts are never
+        // truncated (replacement is by rename), the caller checked the length against the range,
+        // and truncation by another process is outside the contract. The bytes are only read; they
+        // may change under us only as writes by other mappings of the file do, which the reader
+        // (a checksum) then simply sees.
+        let map = unsafe { MmapOptions::new().offset(start).len(map_len).map(fd.as_raw_fd()) }
+            .map_err(|err| Error::io(Op::Map, path, err))?;
+        Ok(Self { map: Some(map), skip })
+    }
+
+    /// The bytes of the range.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.map
+            .as_ref()
+            .and_then(|map| map.get(self.skip..))
+            .unwrap_or_default()
+    }
+}
+
+/// `struct cachestat_range` of `linux/mman.h`.
+#[repr(C)]
+struct CachestatRange {
+    off: u64,
+    len: u64,
+}
+
+/// `struct cachestat` of `linux/mman.h` (the kernel's field names).
+#[repr(C)]
+#[derive(Default)]
+#[allow(clippy::struct_field_names)]
+struct Cachestat {
+    nr_cache: u64,
+    nr_dirty: u64,
+    nr_writeback: u64,
+    nr_evicted: u64,
+    nr_recently_evicted: u64,
+}
+
+/// `cachestat(2)` (Linux 6.5), the same number on every architecture.
+const SYS_CACHESTAT: libc::c_long = 451;
+
+/// How many pages of `[offset, offset + len)` of an open file are in the page cache, counted by
+/// `cachestat` (one call, per cached folio rather than per page), or `None` where the kernel lacks
+/// it. Reads nothing of the file.
+pub(crate) fn cached_page_count(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Option<u64> {
+    let range = CachestatRange { off: offset, len };
+    let mut stat = Cachestat::default();
+    // SAFETY: cachestat reads the range struct and writes the stat struct, both live `#[repr(C)]`
+    // values laid out as `linux/mman.h` declares them; the descriptor is borrowed for the call and
+    // the flags must be 0.
+    let status = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            fd.as_raw_fd(),
+            &raw const range,
+            &raw mut stat,
+            0 as libc::c_uint,
+        )
+    };
+    (status == 0).then_some(stat.nr_cache)
+}
+
+/// Which pages of `[offset, offset + len)` of an open file are in the page cache, one `bool` per
+/// page (`mincore` on a read-only mapping of the range that is never touched, so asking changes
+/// nothing). `offset` must be page-aligned. The kernel reveals residency only for files the caller
+/// owns or may write; for others every page counts as cached.
+///
+/// # Errors
+/// [`Error::Io`] with [`Op::Map`]. An empty range is an empty vector and maps nothing.
+pub(crate) fn cached_pages(fs: &dyn Fs, fd: BorrowedFd<'_>, path: &Path, offset: u64, len: u64) -> Result<Vec<bool>> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let map_len = to_usize(len)?;
+    fs.map_gate(path).map_err(|err| Error::io(Op::Map, path, err))?;
+    // SAFETY: memmap2 requires that the file is not truncated while mapped; this mapping is never
+    // read (only mincore looks at it, which reports residency and faults nothing in) and lives for
+    // this call only, so truncation meanwhile cannot fault us.
+    let map = unsafe { MmapOptions::new().offset(offset).len(map_len).map(fd.as_raw_fd()) }
+        .map_err(|err| Error::io(Op::Map, path, err))?;
+    let page = rustix::param::page_size();
+    let mut vector = vec![0u8; map_len.div_ceil(page)];
+    // SAFETY: `map` is a live mapping of `map_len` bytes starting at a page boundary (mmap returns
+    // page-aligned addresses), and `vector` holds one byte per page of it, as mincore requires.
+    // mincore only writes `vector`.
+    let status = unsafe { libc::mincore(map.as_ptr().cast_mut().cast(), map_len, vector.as_mut_ptr()) };
+    if status != 0 {
+        return Err(Error::io(Op::Map, path, std::io::Error::last_os_error()));
+    }
+    Ok(vector.into_iter().map(|flags| flags & 1 == 1).collect())
+}
+
 #[cfg(test)]
 // Tests state their expectations with unwrap/expect/panic; the workspace denies them elsewhere.
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -367,10 +481,11 @@ mod tests {
     use std::fs;
     use std::sync::Arc;
 
+    use std::os::fd::AsFd;
+
     use rustix::io::Errno;
 
     use super::*;
-    use crate::checked::to_u64;
     use crate::fs::{FaultyFs, RealFs, RecordingFs};
 
     const PAGE: usize = 4096;
@@ -619,6 +734,19 @@ mod tests {
         assert!(!read_write.has_private_pages());
         assert!(!read_only.has_private_pages());
         assert!(!empty.has_private_pages());
+    }
+
+    #[test]
+    fn cached_pages_of_an_empty_range_maps_nothing() {
+        let recording = Arc::new(RecordingFs::new());
+        let (_tmp, dir) = cache_with(&pattern(100), recording.clone());
+        let file = fs::File::open(dir.path_of("k.dat")).unwrap();
+        recording.clear();
+
+        let cached = cached_pages(dir.fs(), file.as_fd(), &dir.path_of("k.dat"), 0, 0).unwrap();
+
+        assert!(cached.is_empty());
+        assert_eq!(map_calls(&recording), 0);
     }
 
     #[test]

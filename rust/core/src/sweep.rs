@@ -44,7 +44,7 @@ impl CacheDir {
     /// names (including a key lock that cannot be tried) are reported in
     /// [`SweepReport::failed`] instead.
     pub fn sweep_temps(&self) -> Result<SweepReport> {
-        self.sweep_candidates(None)
+        self.sweep_candidates(None, false)
     }
 
     /// Like [`CacheDir::sweep_temps`], but only `names` are candidates (each still has to match
@@ -54,10 +54,19 @@ impl CacheDir {
     /// # Errors
     /// As [`CacheDir::sweep_temps`].
     pub fn sweep_named_temps(&self, names: &[String]) -> Result<SweepReport> {
-        self.sweep_candidates(Some(names))
+        self.sweep_candidates(Some(names), false)
     }
 
-    fn sweep_candidates(&self, only: Option<&[String]>) -> Result<SweepReport> {
+    /// What [`CacheDir::sweep_named_temps`] would remove, found the same way (locks included)
+    /// but removing nothing: [`SweepReport::removed`] lists the names it would unlink.
+    ///
+    /// # Errors
+    /// As [`CacheDir::sweep_temps`].
+    pub fn sweepable_temps(&self, names: &[String]) -> Result<SweepReport> {
+        self.sweep_candidates(Some(names), true)
+    }
+
+    fn sweep_candidates(&self, only: Option<&[String]>, dry_run: bool) -> Result<SweepReport> {
         let names = match only {
             Some(names) => names.to_vec(),
             None => self
@@ -67,7 +76,7 @@ impl CacheDir {
         };
         let mut report = SweepReport::default();
         for name in names.into_iter().filter(|name| is_temp_name(name)) {
-            match self.sweep_one(&name) {
+            match self.sweep_one(&name, dry_run) {
                 Ok(Outcome::Removed) => report.removed.push(name),
                 Ok(Outcome::Skipped) => {}
                 Err(err) => report.failed.push((name, err)),
@@ -76,7 +85,7 @@ impl CacheDir {
         Ok(report)
     }
 
-    fn sweep_one(&self, name: &str) -> Result<Outcome> {
+    fn sweep_one(&self, name: &str, dry_run: bool) -> Result<Outcome> {
         // Held until the unlink, so no writer of the key starts meanwhile.
         let _writer = match pair_temp_key(name) {
             Some(key) => match self.try_lock_key(key)? {
@@ -113,6 +122,9 @@ impl CacheDir {
             }
             FileKind::Dir | FileKind::Other => return Ok(Outcome::Skipped),
         };
+        if dry_run {
+            return Ok(Outcome::Removed);
+        }
         match fs.unlink(self.fd(), name) {
             Ok(()) => Ok(Outcome::Removed),
             Err(err) if is_gone(&err) => Ok(Outcome::Skipped),
@@ -234,5 +246,23 @@ mod tests {
             sorted(dir.sweep_temps().unwrap().removed),
             ["k.meta.json.tmp", "k.npy.tmp"].map(String::from)
         );
+    }
+
+    #[test]
+    fn a_dry_run_names_what_the_sweep_would_remove_and_removes_nothing() {
+        let (tmp, dir) = open_dir();
+        for name in ["a.npy.tmp", "b.dat.tmp"] {
+            fs::write(tmp.path().join(name), b"x").unwrap();
+        }
+        let held = PendingFile::create(&dir, "c.npy").unwrap();
+        let names = ["a.npy.tmp", "b.dat.tmp", "c.npy.tmp"].map(String::from);
+
+        let report = dir.sweepable_temps(&names).unwrap();
+
+        assert_eq!(sorted(report.removed), ["a.npy.tmp", "b.dat.tmp"].map(String::from));
+        for name in names {
+            assert!(tmp.path().join(&name).exists(), "{name}");
+        }
+        drop(held);
     }
 }

@@ -45,7 +45,7 @@ fn durable_write_creates_reserves_writes_fsyncs_renames_then_fsyncs_the_director
     let (dir, recording) = recorded_dir(tmp.path());
 
     let mut writer = dir.begin_write("x.dat", 10, ChunkBudget::new(4), true).unwrap();
-    writer.write_block(b"0123456789", &mut || Ok(())).unwrap();
+    writer.write_block(b"0123456789", &mut |_| Ok(())).unwrap();
     dir.finish_write(writer).unwrap();
 
     let calls = recording.calls();
@@ -104,7 +104,7 @@ fn a_dat_write_reserves_its_space_with_fallocate_before_writing() {
     let (dir, recording) = recorded_dir(tmp.path());
 
     let mut writer = dir.begin_write("x.dat", 10, ChunkBudget::new(4), false).unwrap();
-    writer.write_block(b"0123456789", &mut || Ok(())).unwrap();
+    writer.write_block(b"0123456789", &mut |_| Ok(())).unwrap();
     dir.finish_write(writer).unwrap();
 
     assert_fallocated_before_written(&recording.calls(), "x.dat.tmp");
@@ -184,8 +184,8 @@ const SPEC: ArraySpec<'static> = ArraySpec {
 
 fn stage_one(batch: &CommitBatch, key: &str) {
     let mut writer = batch.begin_key(key, SPEC, 4).unwrap();
-    writer.payload().write_block(&[1, 2, 3, 4], &mut || Ok(())).unwrap();
-    batch.stage(writer, b"{}").unwrap();
+    writer.payload().write_block(&[1, 2, 3, 4], &mut |_| Ok(())).unwrap();
+    batch.stage(writer.finish_payload().unwrap(), b"{}").unwrap();
 }
 
 fn stage_keys(dir: &CacheDir, count: usize) -> CommitBatch {
@@ -262,8 +262,8 @@ fn large_payloads_start_their_writeback_while_written_and_small_ones_never() {
     let batch = CommitBatch::new(&dir, ChunkBudget::new(1 << 30));
 
     let mut writer = batch.begin_key("big", spec, big.len() as u64).unwrap();
-    writer.payload().write_block(&big, &mut || Ok(())).unwrap();
-    batch.stage(writer, b"{}").unwrap();
+    writer.payload().write_block(&big, &mut |_| Ok(())).unwrap();
+    batch.stage(writer.finish_payload().unwrap(), b"{}").unwrap();
     stage_one(&batch, "small");
     batch.commit().unwrap();
 
@@ -345,8 +345,8 @@ fn two_thousand_key_batch_keeps_a_bounded_number_of_descriptors_open() {
     for index in 0..keys {
         let mut writer = batch.begin_key(&format!("k{index}"), SPEC, 4).unwrap();
         peak = peak.max(open_fds_under(&root));
-        writer.payload().write_block(&[1, 2, 3, 4], &mut || Ok(())).unwrap();
-        batch.stage(writer, b"{}").unwrap();
+        writer.payload().write_block(&[1, 2, 3, 4], &mut |_| Ok(())).unwrap();
+        batch.stage(writer.finish_payload().unwrap(), b"{}").unwrap();
         peak = peak.max(open_fds_under(&root));
     }
     batch.commit().unwrap();

@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lazy_disk_cache_core::fs::{Call, CopyPath, CopyPathFs, FaultyFs, Fs, RecordingFs};
-use lazy_disk_cache_core::{ArraySpec, CacheDir, ChunkBudget, CommitBatch, Error, FileRange, NPY_DATA_ALIGN, Op};
+use lazy_disk_cache_core::{
+    ArraySpec, CacheDir, ChunkBudget, CommitBatch, Error, FileRange, KeyWriter, NPY_DATA_ALIGN, Op,
+};
 
 const EIO: i32 = 5;
 
@@ -174,7 +176,7 @@ fn sweep<T>(
 fn write_dat(dir: &CacheDir, data: &[u8]) -> Result<(), Error> {
     let mut writer = dir.begin_write("x.dat", data.len() as u64, ChunkBudget::new(1000), true)?;
     for block in data.chunks(2500) {
-        writer.write_block(block, &mut || Ok(()))?;
+        writer.write_block(block, &mut |_| Ok(()))?;
     }
     dir.finish_write(writer).map(drop)
 }
@@ -250,7 +252,8 @@ fn group_commit(
         let added = batch
             .begin_key(key, spec, nbytes as u64)
             .and_then(|mut writer| fill(key, writer.payload()).map(|()| writer))
-            .and_then(|writer| batch.stage(writer, NEW_META));
+            .and_then(KeyWriter::finish_payload)
+            .and_then(|payload| batch.stage(payload, NEW_META));
         if let Err(err) = added {
             first_error = Some(err);
             break;
@@ -329,7 +332,7 @@ fn group_commit_survives_a_failure_at_every_step() {
             plant_old_pairs,
             |dir| {
                 group_commit(dir, finish, 5000, |key, writer| {
-                    writer.write_block(&live_payload(key), &mut || Ok(()))
+                    writer.write_block(&live_payload(key), &mut |_| Ok(()))
                 })
             },
             |root, op, nth, fired, calls| {
@@ -397,7 +400,7 @@ fn replace_with_range_survives_a_failure_at_every_step_on_every_copy_path() {
                     offset: NPY_DATA_ALIGN,
                     len: COPY_LEN as u64,
                 };
-                dir.replace_with_range(src, "x.dat", true, ChunkBudget::new(SMALL_BUDGET), &mut || Ok(()))
+                dir.replace_with_range(src, "x.dat", true, ChunkBudget::new(SMALL_BUDGET), &mut |_| Ok(()))
                     .map(drop)
             },
             |root, op, nth, fired, _calls| {
@@ -435,7 +438,7 @@ fn staged_key_from_a_file_survives_a_failure_at_every_step_on_every_copy_path() 
                 },
                 |dir| {
                     group_commit(dir, finish, COPY_LEN, |key, writer| {
-                        writer.copy_from(&format!("{key}.dat"), 0, &mut || Ok(()))
+                        writer.copy_from(&format!("{key}.dat"), 0, &mut |_| Ok(()))
                     })
                 },
                 |root, op, nth, fired, calls| {
@@ -471,7 +474,7 @@ fn replace_with_range_on(copy_path: CopyPath, src_offset: u64, len: usize) -> (V
         offset: src_offset,
         len: len as u64,
     };
-    dir.replace_with_range(src, "dst.dat", false, ChunkBudget::new(64 << 20), &mut || Ok(()))
+    dir.replace_with_range(src, "dst.dat", false, ChunkBudget::new(64 << 20), &mut |_| Ok(()))
         .unwrap();
 
     let expected = source[src_offset as usize..].to_vec();
@@ -523,7 +526,7 @@ fn bounce_path_moves_at_most_the_budget_per_piece() {
     let dir = CacheDir::open_with(&root, false, recording.clone() as Arc<dyn Fs>).unwrap();
 
     group_commit(&dir, Finish::Commit, COPY_LEN, |key, writer| {
-        writer.copy_from(&format!("{key}.dat"), 0, &mut || Ok(()))
+        writer.copy_from(&format!("{key}.dat"), 0, &mut |_| Ok(()))
     })
     .unwrap();
 
@@ -564,8 +567,8 @@ fn a_failed_fsync_commits_exactly_the_keys_staged_before_the_failing_one() {
         let batch = CommitBatch::new(&dir, ChunkBudget::new(SMALL_BUDGET));
         for key in keys {
             let mut writer = batch.begin_key(key, spec, 4).unwrap();
-            writer.payload().write_block(&[1, 2, 3, 4], &mut || Ok(())).unwrap();
-            batch.stage(writer, NEW_META).unwrap();
+            writer.payload().write_block(&[1, 2, 3, 4], &mut |_| Ok(())).unwrap();
+            batch.stage(writer.finish_payload().unwrap(), NEW_META).unwrap();
         }
 
         let err = batch.commit().unwrap_err();

@@ -46,7 +46,7 @@ fn dat_write(root: &Path, final_perm: u32, at: &str) {
     let dir = CacheDir::open_with(root, false, recording.clone() as Arc<dyn Fs>).unwrap();
 
     let mut writer = dir.begin_write("x.dat", 4, ChunkBudget::new(4), false).unwrap();
-    writer.write_block(b"new!", &mut || Ok(())).unwrap();
+    writer.write_block(b"new!", &mut |_| Ok(())).unwrap();
     dir.finish_write(writer).unwrap();
 
     assert_created_within(&recording, &["x.dat.tmp"], final_perm, at);
@@ -66,8 +66,8 @@ fn store_commit(root: &Path, final_perm: u32, at: &str) {
 
     let batch = CommitBatch::new(&dir, ChunkBudget::new(4));
     let mut writer = batch.begin_key("k", spec, 4).unwrap();
-    writer.payload().write_block(b"new!", &mut || Ok(())).unwrap();
-    batch.stage(writer, b"{}").unwrap();
+    writer.payload().write_block(b"new!", &mut |_| Ok(())).unwrap();
+    batch.stage(writer.finish_payload().unwrap(), b"{}").unwrap();
     batch.commit().unwrap();
 
     assert_created_within(&recording, &["k.npy.tmp", "k.meta.json.tmp"], final_perm, at);

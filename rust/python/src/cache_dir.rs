@@ -2,21 +2,23 @@
 //!
 //! A source buffer is written with the GIL released, gathered into C order by the core when
 //! it is strided; blocks of an iterable source are pulled with the GIL held. Between pieces
-//! of a long write the signal handlers run, so Ctrl-C removes the temp and raises. The chunk
-//! budget Python passes is handed to the core as it is; everything derived from it is derived
-//! there.
+//! of a long write the signal handlers run, so Ctrl-C removes the temp and raises, and an
+//! optional progress callable hears how many bytes moved. The chunk budget Python passes is
+//! handed to the core as it is; everything derived from it is derived there.
 
 use std::path::PathBuf;
 
 use lazy_disk_cache_core as ldc_core;
 use ldc_core::region::{self, BlockPlacement, BlockSource, RegionTarget};
-use ldc_core::{ArraySpec, CacheDir, ChunkBudget, CommitBatch, FileRange, MappingMode, NpyHeader, PayloadWriter};
+use ldc_core::{
+    ArraySpec, CacheDir, ChunkBudget, CommitBatch, Digest, FileRange, MappingMode, NpyHeader, PayloadWriter,
+};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyIterator, PyTuple};
 
 use crate::buffer::{Bytes, Layout};
-use crate::detach::{run_detached, signal_check};
+use crate::detach::{ChunkHook, run_detached};
 use crate::errors::{PendingPyErr, to_exception, to_py};
 use crate::mapping::PyFileMapping;
 use crate::region::{PyKeyLock, PyRegion};
@@ -77,10 +79,16 @@ fn source_of<'py>(src: &Bound<'py, PyAny>, nbytes: Option<u64>) -> PyResult<(Sou
 }
 
 /// Appends the bytes of one buffer to `writer`, the GIL released.
-fn append(py: Python<'_>, writer: &mut PayloadWriter, bytes: &Bytes, pending: &PendingPyErr) -> PyResult<()> {
+fn append(
+    py: Python<'_>,
+    writer: &mut PayloadWriter,
+    bytes: &Bytes,
+    pending: &PendingPyErr,
+    hook: &ChunkHook<'_>,
+) -> PyResult<()> {
     let layout = bytes.layout()?;
     pending.to_py(run_detached(py, || {
-        let between = &mut signal_check(pending);
+        let between = &mut hook.between();
         match &layout {
             Layout::Contiguous(block) => writer.write_block(block, between),
             Layout::Strided(source) => writer.write_gathered(source, between),
@@ -88,18 +96,44 @@ fn append(py: Python<'_>, writer: &mut PayloadWriter, bytes: &Bytes, pending: &P
     }))
 }
 
-/// Writes every block of `source` into `writer`.
-fn feed(py: Python<'_>, writer: &mut PayloadWriter, source: Source<'_>, pending: &PendingPyErr) -> PyResult<()> {
+/// Writes every block of `source` into `writer`, then reports the bytes not reported yet.
+fn feed(
+    py: Python<'_>,
+    writer: &mut PayloadWriter,
+    source: Source<'_>,
+    pending: &PendingPyErr,
+    hook: &ChunkHook<'_>,
+) -> PyResult<()> {
     match source {
-        Source::One(bytes) => append(py, writer, &bytes, pending),
+        Source::One(bytes) => append(py, writer, &bytes, pending, hook)?,
         Source::Blocks(blocks) => {
             for block in blocks {
-                append(py, writer, &Bytes::get(&block?)?, pending)?;
+                append(py, writer, &Bytes::get(&block?)?, pending, hook)?;
                 py.check_signals()?;
+                hook.catch_up(py, writer.written())?;
             }
-            Ok(())
         }
     }
+    hook.catch_up(py, writer.written())
+}
+
+/// The sidecar of a key: given as bytes, or built by a Python callable from the payload's
+/// checksum text (`None` when checksums are switched off).
+fn sidecar_bytes(meta: &Bound<'_, PyAny>, digest: Option<Digest>) -> PyResult<Vec<u8>> {
+    if let Ok(bytes) = meta.cast::<PyBytes>() {
+        return Ok(bytes.as_bytes().to_vec());
+    }
+    if !meta.is_callable() {
+        return Err(PyTypeError::new_err(
+            "meta must be bytes or a callable building them from the checksum",
+        ));
+    }
+    let checksum = digest.map(|digest| digest.to_string());
+    let built = meta.call1((checksum,))?;
+    built
+        .cast::<PyBytes>()
+        .map(|bytes| bytes.as_bytes().to_vec())
+        .map_err(|_| PyTypeError::new_err("the meta callable must return bytes"))
 }
 
 #[pymethods]
@@ -117,7 +151,8 @@ impl PyCacheDir {
         self.inner.path().to_string_lossy().into_owned()
     }
 
-    #[pyo3(signature = (name, src, *, nbytes = None, chunk_bytes, durable))]
+    #[pyo3(signature = (name, src, *, nbytes = None, chunk_bytes, durable, progress = None))]
+    #[allow(clippy::too_many_arguments)] // The signature is the .pyi's.
     fn write_file(
         &self,
         py: Python<'_>,
@@ -126,6 +161,7 @@ impl PyCacheDir {
         nbytes: Option<u64>,
         chunk_bytes: u64,
         durable: bool,
+        progress: Option<Py<PyAny>>,
     ) -> PyResult<PyFileMapping> {
         let budget = ChunkBudget::new(chunk_bytes);
         let (source, total) = source_of(src, nbytes)?;
@@ -133,7 +169,8 @@ impl PyCacheDir {
             self.inner.begin_write(name, total, budget, durable)
         }))?;
         let pending = PendingPyErr::default();
-        feed(py, &mut writer, source, &pending)?;
+        let hook = ChunkHook::new(&pending, progress);
+        feed(py, &mut writer, source, &pending, &hook)?;
         let mapping = to_py(run_detached(py, || self.inner.finish_write(writer)))?;
         Ok(PyFileMapping::new(mapping))
     }
@@ -164,9 +201,10 @@ impl PyCacheDir {
         };
         let budget = ChunkBudget::new(chunk_bytes);
         let pending = PendingPyErr::default();
+        let hook = ChunkHook::new(&pending, None);
         let patch = patch.map(|patch| patch.get().mapping());
         let mapping = pending.to_py(run_detached(py, || {
-            let between = &mut signal_check(&pending);
+            let between = &mut hook.between();
             match patch {
                 Some(patch) => self
                     .inner
@@ -220,10 +258,20 @@ impl PyCacheDir {
         let mut dest = Bytes::get_writable(dest)?;
         let budget = ChunkBudget::new(chunk_bytes);
         let pending = PendingPyErr::default();
+        let hook = ChunkHook::new(&pending, None);
         pending.to_py(run_detached(py, || {
             self.inner
-                .read_into(name, offset, dest.as_mut_slice(), budget, &mut signal_check(&pending))
+                .read_into(name, offset, dest.as_mut_slice(), budget, &mut hook.between())
         }))
+    }
+
+    #[pyo3(signature = (name, *, progress = None))]
+    fn checksum(&self, py: Python<'_>, name: &str, progress: Option<Py<PyAny>>) -> PyResult<String> {
+        let pending = PendingPyErr::default();
+        let hook = ChunkHook::new(&pending, progress);
+        let (digest, len) = pending.to_py(run_detached(py, || self.inner.checksum_file(name, &mut hook.between())))?;
+        hook.catch_up(py, len)?;
+        Ok(digest.to_string())
     }
 
     #[pyo3(signature = (*, chunk_bytes))]
@@ -233,10 +281,19 @@ impl PyCacheDir {
         }
     }
 
-    #[pyo3(signature = (names = None))]
+    #[pyo3(signature = (names = None, *, dry_run = false))]
     #[allow(clippy::needless_pass_by_value)] // PyO3 extracts arguments as owned values.
-    fn sweep_temps(&self, py: Python<'_>, names: Option<Vec<String>>) -> PyResult<(Vec<String>, Failures)> {
+    fn sweep_temps(
+        &self,
+        py: Python<'_>,
+        names: Option<Vec<String>>,
+        dry_run: bool,
+    ) -> PyResult<(Vec<String>, Failures)> {
+        if dry_run && names.is_none() {
+            return Err(PyValueError::new_err("a dry run needs the candidate names"));
+        }
         let report = to_py(run_detached(py, || match &names {
+            Some(names) if dry_run => self.inner.sweepable_temps(names),
             Some(names) => self.inner.sweep_named_temps(names),
             None => self.inner.sweep_temps(),
         }))?;
@@ -386,7 +443,8 @@ impl PyNpyHeader {
 #[pymethods]
 impl PyCommitBatch {
     #[pyo3(signature = (
-        key, *, descr, fortran_order, shape, nbytes, meta, source = None, source_file = None, source_offset = 0
+        key, *, descr, fortran_order, shape, nbytes, meta, source = None, source_file = None, source_offset = 0,
+        progress = None
     ))]
     #[allow(clippy::too_many_arguments, clippy::needless_pass_by_value)] // The signature is the .pyi's.
     fn add_npy(
@@ -397,11 +455,12 @@ impl PyCommitBatch {
         fortran_order: bool,
         shape: Vec<u64>,
         nbytes: u64,
-        meta: &[u8],
+        meta: &Bound<'_, PyAny>,
         source: Option<&Bound<'_, PyAny>>,
         source_file: Option<&str>,
         source_offset: u64,
-    ) -> PyResult<u64> {
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<(u64, Option<String>)> {
         let source = match (source, source_file) {
             (Some(source), None) => Some(source_of(source, Some(nbytes))?.0),
             (None, Some(_)) => None,
@@ -415,17 +474,24 @@ impl PyCommitBatch {
         let mut writer = to_py(run_detached(py, || self.inner.begin_key(key, spec, nbytes)))?;
         let payload_offset = writer.payload_offset();
         let pending = PendingPyErr::default();
+        let hook = ChunkHook::new(&pending, progress);
         match (source, source_file) {
-            (Some(source), _) => feed(py, writer.payload(), source, &pending)?,
-            (None, Some(file)) => pending.to_py(run_detached(py, || {
-                writer
-                    .payload()
-                    .copy_from(file, source_offset, &mut signal_check(&pending))
-            }))?,
+            (Some(source), _) => feed(py, writer.payload(), source, &pending, &hook)?,
+            (None, Some(file)) => {
+                pending.to_py(run_detached(py, || {
+                    writer.payload().copy_from(file, source_offset, &mut hook.between())
+                }))?;
+                hook.catch_up(py, writer.payload().written())?;
+            }
             (None, None) => {}
         }
-        to_py(run_detached(py, || self.inner.stage(writer, meta)))?;
-        Ok(payload_offset)
+        // The sidecar records the checksum, known once the payload is written. Dropping
+        // `payload` on an error below removes the temp.
+        let payload = to_py(run_detached(py, || writer.finish_payload()))?;
+        let digest = payload.digest();
+        let meta = sidecar_bytes(meta, digest)?;
+        to_py(run_detached(py, || self.inner.stage(payload, &meta)))?;
+        Ok((payload_offset, digest.map(|digest| digest.to_string())))
     }
 
     fn commit(&self, py: Python<'_>) -> PyResult<()> {

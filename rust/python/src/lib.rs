@@ -46,6 +46,16 @@ mod _rust {
     #[pymodule_export]
     const LOCK_FILE_NAME: &str = ldc_core::keylock::LOCK_FILE_NAME;
 
+    /// The name of the checksum algorithm new store writes record (`<name>:<hex digest>`).
+    #[pymodule_export]
+    const CHECKSUM_ALGORITHM: &str = ldc_core::checksum::ALGORITHM;
+
+    /// Benchmark seam: whether store writes compute and record checksums (on by default).
+    #[pyfunction]
+    fn _set_checksums(enabled: bool) {
+        ldc_core::checksum::set_enabled(enabled);
+    }
+
     /// The seam operations tests may fail.
     const INJECTABLE: [&str; 10] = [
         "create",
