@@ -332,7 +332,6 @@ impl PayloadWriter {
     ) -> Result<()> {
         let temp_path = self.file.temp_path();
         let at = self.next_offset(len)?;
-        copy::between_chunks(first, between, 0)?;
         let dir = self.file.dir().clone();
         let from = RangeEnd {
             fd: src,
@@ -361,16 +360,36 @@ impl PayloadWriter {
             }
             _ => None,
         };
-        let writeback = &mut self.writeback;
-        let mut copied_to = at;
-        let mut step = |moved: u64| {
-            copied_to += moved;
-            writeback.advance(dir.fs(), to.fd, copied_to);
-            between(moved)
-        };
-        // A failed copy drops `background`, which stops the hashing thread.
-        copy::copy_between(dir.fs(), from, to, len, self.budget, &mut step)?;
-        self.writeback.advance(dir.fs(), to.fd, add(at, len)?);
+        // A durable payload is copied step by step, each step ending on a multiple of
+        // WRITEBACK_STEP in the file, so that its writeback starts while the next one is copied.
+        let mut done = 0;
+        let mut unreported = 0;
+        while done < len {
+            let position = add(at, done)?;
+            let step_end = if self.writeback.durable {
+                (position - position % WRITEBACK_STEP).saturating_add(WRITEBACK_STEP)
+            } else {
+                u64::MAX
+            };
+            let piece = (len - done).min(step_end - position);
+            // The bytes of a step's last chunk are reported before the next step.
+            copy::between_chunks(first, between, unreported)?;
+            let from = RangeEnd {
+                offset: add(src_offset, done)?,
+                ..from
+            };
+            let to = RangeEnd { offset: position, ..to };
+            let mut reported = 0;
+            let mut report = |moved: u64| {
+                reported += moved;
+                between(moved)
+            };
+            // A failed copy drops `background`, which stops the hashing thread.
+            copy::copy_between(dir.fs(), from, to, piece, self.budget, &mut report)?;
+            unreported = piece - reported;
+            done += piece;
+            self.writeback.advance(dir.fs(), to.fd, add(at, done)?);
+        }
         self.written += len;
         if let (Some(hasher), None) = (hasher.as_mut(), &background) {
             hash_range(
