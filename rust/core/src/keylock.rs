@@ -11,15 +11,28 @@
 //! locked belongs to a live writer, and a writer holding the lock knows that any temp of its
 //! key is a crash's leftover.
 //!
+//! The odd byte after each writer byte is the key's *holder byte*, [`holder_byte`]. A process
+//! that has a live entry whose data is `<k>.dat` holds a shared lock on it ([`HolderLock`]),
+//! taken before the entry can create or map that file and kept until the process's last such
+//! entry is gone. Garbage collection removes a `.dat` only while it holds the holder byte
+//! exclusively ([`HolderProbe`], taken without waiting): then no process has an entry on it,
+//! and none can announce one until the probe ends. Nobody else ever locks a holder byte
+//! exclusively, and a probe lasts only for a few metadata calls, so taking a holder never
+//! waits for long: it retries for at most [`HOLD_RETRY_DELAYS`] and otherwise reports that it
+//! could not hold (its caller proceeds unannounced rather than fail).
+//!
 //! OFD locks belong to the open file description, so a process needs one descriptor per
 //! directory however many keys it holds, and a crashed process's locks vanish with it. Threads
-//! of one process share that description, which the kernel never makes conflict with itself,
-//! so the same exclusion is kept inside the process by a table of held bytes. A forked child
-//! inherits the description but not the right to use it: every use checks the pid, a child
-//! opens a description of its own, and a guard inherited across `fork` releases nothing.
+//! of one process share that description, which the kernel never makes conflict with itself
+//! (and on which a second lock of the same byte would merge with, not add to, the first), so
+//! the same exclusion is kept inside the process by a table of held writer bytes and a count of
+//! holders per holder byte. A forked child inherits the description but not the right to use
+//! it: every use checks the pid, a child opens a description of its own, and a guard inherited
+//! across `fork` releases nothing (the parent's locks stay the parent's).
 //!
-//! The lock file is created (mode `0666 & ~umask`, never through a link) by the first writer,
-//! never by a reader. It is protocol state, not an artefact: its open and its `fcntl` calls
+//! The lock file is created (mode `0666 & ~umask`, never through a link) by the first writer or
+//! holder; a process that cannot open it for writing (a read-only directory) neither writes nor
+//! holds. It is protocol state, not an artefact: its open and its `fcntl` calls
 //! bypass the [`crate::fs::Fs`] seam so that the artefact operations fault tests count and
 //! fail keep their numbering.
 //!
@@ -29,10 +42,12 @@
 //! file systems without POSIX byte-range locks give no guarantee.
 #![allow(unsafe_code)]
 
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
+use std::time::Duration;
 
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
@@ -62,6 +77,34 @@ pub fn writer_byte(stem: &str) -> u64 {
     (hash >> 3) << 1
 }
 
+/// The byte of the lock file whose shared locks mark the processes that hold an entry on
+/// `stem`'s `.dat`: the odd byte after [`writer_byte`]. Part of the on-disk protocol.
+pub fn holder_byte(stem: &str) -> u64 {
+    writer_byte(stem) + 1
+}
+
+/// How long [`CacheDir::hold_key`] waits between its attempts while a probe holds the byte: at
+/// most about 50 ms in all, many times the few metadata calls a probe lasts.
+pub const HOLD_RETRY_DELAYS: [Duration; 8] = [
+    Duration::from_micros(100),
+    Duration::from_micros(200),
+    Duration::from_micros(500),
+    Duration::from_millis(1),
+    Duration::from_millis(2),
+    Duration::from_millis(5),
+    Duration::from_millis(10),
+    Duration::from_millis(30),
+];
+
+/// This process's use of one holder byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HolderUse {
+    /// Locked shared, for this many [`HolderLock`]s.
+    Shared(usize),
+    /// Locked exclusively by a [`HolderProbe`].
+    Probing,
+}
+
 /// One open lock file, shared by every [`CacheDir`] of its directory in this process.
 #[derive(Debug)]
 pub(crate) struct LockFile {
@@ -72,6 +115,9 @@ pub(crate) struct LockFile {
     /// Bytes locked by a guard of this process (the description itself never conflicts).
     held: Mutex<Vec<u64>>,
     released: Condvar,
+    /// Holder bytes this process locks. The `fcntl` that changes a byte's lock runs under this
+    /// mutex, so the table and the kernel's view never disagree.
+    holders: Mutex<HashMap<u64, HolderUse>>,
 }
 
 /// The lock files this process has open, by (device, inode) of the file.
@@ -104,6 +150,7 @@ impl LockFile {
             identity,
             held: Mutex::new(Vec::new()),
             released: Condvar::new(),
+            holders: Mutex::new(HashMap::new()),
         });
         open.push(Arc::downgrade(&file));
         Ok(file)
@@ -148,6 +195,88 @@ impl LockFile {
         held.retain(|&other| other != byte);
         drop(held);
         self.released.notify_all();
+    }
+
+    /// Holds the holder byte `byte` shared, retrying while a probe has it
+    /// ([`HOLD_RETRY_DELAYS`]); `None` if it never got it.
+    fn hold(self: &Arc<Self>, byte: u64) -> Result<Option<HolderLock>> {
+        let mut delays = HOLD_RETRY_DELAYS.iter();
+        loop {
+            if let Some(lock) = self.try_hold(byte)? {
+                return Ok(Some(lock));
+            }
+            match delays.next() {
+                Some(&delay) => std::thread::sleep(delay),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    fn try_hold(self: &Arc<Self>, byte: u64) -> Result<Option<HolderLock>> {
+        let mut holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
+        match holders.get(&byte).copied() {
+            Some(HolderUse::Probing) => return Ok(None),
+            Some(HolderUse::Shared(count)) => {
+                let count = count.checked_add(1).ok_or(Error::SizeOverflow)?;
+                holders.insert(byte, HolderUse::Shared(count));
+            }
+            None => match ofd_lock(self.fd.as_fd(), byte, libc::F_RDLCK, false) {
+                Ok(true) => {
+                    holders.insert(byte, HolderUse::Shared(1));
+                }
+                Ok(false) => return Ok(None),
+                Err(err) => return Err(Error::io(Op::Lock, &self.path, err)),
+            },
+        }
+        Ok(Some(HolderLock {
+            file: Arc::clone(self),
+            byte,
+        }))
+    }
+
+    /// One holder of `byte` lets go; the last one unlocks it.
+    fn release_holder(&self, byte: u64) {
+        let mut holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
+        match holders.get(&byte).copied() {
+            Some(HolderUse::Shared(count)) if count > 1 => {
+                holders.insert(byte, HolderUse::Shared(count - 1));
+            }
+            Some(HolderUse::Shared(_)) => {
+                // Cannot fail for a lock we hold on an open descriptor; should it, the lock goes
+                // with the process.
+                let _ = ofd_lock(self.fd.as_fd(), byte, libc::F_UNLCK, false);
+                holders.remove(&byte);
+            }
+            Some(HolderUse::Probing) | None => {}
+        }
+    }
+
+    /// Locks the holder byte `byte` exclusively if no process (this one included) holds it;
+    /// `None` otherwise. Never waits.
+    fn probe(self: &Arc<Self>, byte: u64) -> Result<Option<HolderProbe>> {
+        let mut holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
+        if holders.contains_key(&byte) {
+            return Ok(None);
+        }
+        match ofd_lock(self.fd.as_fd(), byte, libc::F_WRLCK, false) {
+            Ok(true) => {
+                holders.insert(byte, HolderUse::Probing);
+                Ok(Some(HolderProbe {
+                    file: Arc::clone(self),
+                    byte,
+                }))
+            }
+            Ok(false) => Ok(None),
+            Err(err) => Err(Error::io(Op::Lock, &self.path, err)),
+        }
+    }
+
+    fn end_probe(&self, byte: u64) {
+        let mut holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
+        if holders.get(&byte) == Some(&HolderUse::Probing) {
+            let _ = ofd_lock(self.fd.as_fd(), byte, libc::F_UNLCK, false);
+            holders.remove(&byte);
+        }
     }
 }
 
@@ -210,7 +339,70 @@ impl Drop for KeyLock {
     }
 }
 
+/// This process's announcement that it holds an entry on a key's `.dat` (a shared lock on the
+/// key's [`holder_byte`]), withdrawn when dropped. The byte stays locked while any guard of this
+/// process on it lives; a guard inherited across `fork` withdraws nothing.
+#[derive(Debug)]
+pub struct HolderLock {
+    file: Arc<LockFile>,
+    byte: u64,
+}
+
+impl HolderLock {
+    /// The holder byte.
+    pub fn byte(&self) -> u64 {
+        self.byte
+    }
+}
+
+impl Drop for HolderLock {
+    fn drop(&mut self) {
+        if self.file.is_current() {
+            self.file.release_holder(self.byte);
+        }
+    }
+}
+
+/// Proof that no process holds an entry on a key's `.dat`: the key's holder byte locked
+/// exclusively, which keeps new holders out until dropped.
+#[derive(Debug)]
+pub struct HolderProbe {
+    file: Arc<LockFile>,
+    byte: u64,
+}
+
+impl Drop for HolderProbe {
+    fn drop(&mut self) {
+        if self.file.is_current() {
+            self.file.end_probe(self.byte);
+        }
+    }
+}
+
 impl CacheDir {
+    /// Announces that this process holds an entry whose data is `<stem>.dat`, until the guard is
+    /// dropped. Costs one `fcntl` for the first guard of the key in this process and none for
+    /// the others. Waits only while a garbage collection probes the key, for at most
+    /// [`HOLD_RETRY_DELAYS`]; `None` if the probe outlasted them. Creates the lock file on
+    /// first use.
+    ///
+    /// # Errors
+    /// As [`CacheDir::lock_key`] (a read-only directory refuses to open the lock file).
+    pub fn hold_key(&self, stem: &str) -> Result<Option<HolderLock>> {
+        crate::names::validate_name(stem)?;
+        self.lock_file()?.hold(holder_byte(stem))
+    }
+
+    /// Keeps every new holder of `stem` out if no process (this one included) holds an entry
+    /// on `<stem>.dat`; `None` when one does. Never waits.
+    ///
+    /// # Errors
+    /// As [`CacheDir::lock_key`].
+    pub fn probe_key_holders(&self, stem: &str) -> Result<Option<HolderProbe>> {
+        crate::names::validate_name(stem)?;
+        self.lock_file()?.probe(holder_byte(stem))
+    }
+
     /// Becomes the writer of `stem` (an artefact stem, i.e. a store key), waiting while another
     /// thread or process is. Creates the lock file on first use.
     ///
@@ -242,6 +434,7 @@ impl CacheDir {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use std::fs;
+    use std::os::fd::AsFd;
     use std::os::unix::fs::{PermissionsExt, symlink};
     use std::sync::mpsc;
     use std::thread;
@@ -264,6 +457,79 @@ mod tests {
             assert!(byte < 1 << 62, "{stem:?}");
         }
         assert_ne!(writer_byte("a"), writer_byte("b"));
+    }
+
+    /// A description of `dir`'s lock file of its own, as another process would have.
+    fn other_description(tmp: &tempfile::TempDir) -> fs::File {
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(tmp.path().join(LOCK_FILE_NAME))
+            .unwrap()
+    }
+
+    #[test]
+    fn the_holder_byte_is_the_odd_byte_after_the_writer_byte() {
+        for stem in ["k", "", "θ-ключ"] {
+            assert_eq!(holder_byte(stem), writer_byte(stem) + 1, "{stem:?}");
+            assert_eq!(holder_byte(stem) % 2, 1, "{stem:?}");
+        }
+    }
+
+    #[test]
+    fn a_held_key_keeps_probes_out_until_the_last_holder_of_the_process_goes() {
+        let (tmp, dir) = open_dir();
+        let other = CacheDir::open(tmp.path(), false).unwrap();
+
+        let first = dir.hold_key("k").unwrap().unwrap();
+        let second = other.hold_key("k").unwrap().unwrap();
+
+        assert!(dir.probe_key_holders("k").unwrap().is_none());
+        assert!(dir.probe_key_holders("j").unwrap().is_some(), "other keys are free");
+        drop(first);
+        assert!(dir.probe_key_holders("k").unwrap().is_none(), "one holder is left");
+        drop(second);
+        assert!(dir.probe_key_holders("k").unwrap().is_some());
+    }
+
+    #[test]
+    fn another_process_sees_a_held_key_as_held_and_may_hold_it_too() {
+        let (tmp, dir) = open_dir();
+        let held = dir.hold_key("k").unwrap().unwrap();
+        let elsewhere = other_description(&tmp);
+
+        let probed = ofd_lock(elsewhere.as_fd(), holder_byte("k"), libc::F_WRLCK, false).unwrap();
+        let shared = ofd_lock(elsewhere.as_fd(), holder_byte("k"), libc::F_RDLCK, false).unwrap();
+
+        assert!(!probed, "an exclusive probe elsewhere must fail while the key is held");
+        assert!(shared, "holders share the byte");
+        drop(held);
+    }
+
+    #[test]
+    fn a_probe_that_outlasts_the_retries_leaves_the_holder_unannounced_without_error() {
+        let (_tmp, dir) = open_dir();
+        let probe = dir.probe_key_holders("k").unwrap().unwrap();
+
+        let held = dir.hold_key("k").unwrap();
+
+        assert!(held.is_none());
+        drop(probe);
+        assert!(dir.hold_key("k").unwrap().is_some());
+    }
+
+    #[test]
+    fn holding_and_probing_a_key_leave_its_writer_byte_alone() {
+        let (_tmp, dir) = open_dir();
+
+        let held = dir.hold_key("k").unwrap().unwrap();
+        let writer = dir.try_lock_key("k").unwrap();
+        assert!(writer.is_some(), "a holder does not keep writers out");
+        drop(held);
+        let probe = dir.probe_key_holders("k").unwrap();
+
+        assert!(probe.is_some(), "a writer does not look like a holder");
+        drop((writer, probe));
     }
 
     #[test]
