@@ -31,6 +31,9 @@ pub struct FileStat {
     pub blksize: u64,
     /// Device and inode: which file this is, whatever its name now.
     pub identity: (u64, u64),
+    /// Last status change (`st_ctime`, seconds and nanoseconds): moves with every write to the
+    /// file, through a mapping too, and with every rename or `chmod` of it.
+    pub changed: (i64, u64),
 }
 
 /// The file types the core distinguishes.
@@ -285,6 +288,7 @@ fn file_stat(stat: &rustix::fs::Stat) -> FileStat {
         kind,
         blksize: u64::try_from(stat.st_blksize).unwrap_or(0),
         identity: (stat.st_dev, stat.st_ino),
+        changed: (stat.st_ctime, stat.st_ctime_nsec),
     }
 }
 

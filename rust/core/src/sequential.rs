@@ -13,6 +13,9 @@
 //! uncached pages of each window are read ahead (`POSIX_FADV_WILLNEED`), and once the window is
 //! unmapped `POSIX_FADV_DONTNEED` drops only its pages that were not cached before. A store far
 //! larger than RAM can be read without evicting anyone's working set.
+//!
+//! [`ranges_equal`] reads two ranges side by side the same way, to tell whether they hold the
+//! same bytes without holding either in memory.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU64;
@@ -20,6 +23,7 @@ use std::os::fd::BorrowedFd;
 use std::path::Path;
 
 use crate::checked::{add, to_u64};
+use crate::copy::{Between, PIECE_CAP};
 use crate::error::{Error, Op, Result};
 use crate::fs::Fs;
 use crate::mapping::{self, ReadWindow};
@@ -68,36 +72,115 @@ pub fn read_sequential(
     cache: CacheUse,
     visit: &mut dyn FnMut(&[u8]) -> Result<()>,
 ) -> Result<()> {
-    let end = add(source.offset, source.len)?;
-    let file_len = fs
-        .fstat(source.fd)
-        .map_err(|err| Error::io(Op::Stat, source.path, err))?
-        .len;
-    if file_len < end {
-        return Err(Error::SizeMismatch {
-            path: source.path.into(),
-            expected: end,
-            actual: file_len,
-        });
-    }
-    let mut residency = (cache == CacheUse::LeaveAsFound).then(|| Residency::starting_at(source.offset));
+    let mut pass = Pass::start(fs, source, cache)?;
+    let end = pass.end;
     let mut at = source.offset;
     while at < end {
         let window_end = end.min((at - at % READ_WINDOW).saturating_add(READ_WINDOW));
-        if let Some(residency) = residency.as_mut() {
-            residency.record_until(fs, source, end.min(window_end.saturating_add(RESIDENCY_LOOKAHEAD)))?;
-            residency.read_ahead(source.fd, window_end);
-        }
-        let window = ReadWindow::map(fs, source.fd, source.path, at, window_end - at)?;
+        let window = pass.window(at, window_end)?;
         let visited = visit(window.bytes());
         drop(window);
-        if let Some(residency) = residency.as_mut() {
-            residency.restore_until(source.fd, window_end);
-        }
+        pass.done_until(window_end);
         visited?;
         at = window_end;
     }
     Ok(())
+}
+
+/// Whether two ranges hold the same bytes: `false` at once for different lengths, else read
+/// side by side in windows of at most [`READ_WINDOW`] bytes each (so the read adds at most two
+/// windows to the resident memory), stopping at the first difference. `between` runs about
+/// every [`PIECE_CAP`] bytes compared with the bytes compared since its previous call; it may
+/// stop the comparison.
+///
+/// # Errors
+/// As [`read_sequential`], for either range; whatever `between` returns.
+pub fn ranges_equal(
+    fs: &dyn Fs,
+    first: Source<'_>,
+    second: Source<'_>,
+    cache: CacheUse,
+    between: Between<'_>,
+) -> Result<bool> {
+    if first.len != second.len {
+        return Ok(false);
+    }
+    let mut passes = [Pass::start(fs, first, cache)?, Pass::start(fs, second, cache)?];
+    let mut done = 0;
+    let mut unreported = 0;
+    while done < first.len {
+        if unreported >= to_u64(PIECE_CAP) {
+            between(unreported)?;
+            unreported = 0;
+        }
+        let at = add(first.offset, done)?;
+        let step = (first.len - done).min(READ_WINDOW - at % READ_WINDOW);
+        let [one, other] = &mut passes;
+        let (one_at, other_at) = (at, add(second.offset, done)?);
+        let one_window = one.window(one_at, one_at + step)?;
+        let other_window = other.window(other_at, other_at + step)?;
+        let same = one_window.bytes() == other_window.bytes();
+        drop((one_window, other_window));
+        one.done_until(one_at + step);
+        other.done_until(other_at + step);
+        if !same {
+            return Ok(false);
+        }
+        done += step;
+        unreported += step;
+    }
+    Ok(true)
+}
+
+/// One range being read in order: maps its windows and, with [`CacheUse::LeaveAsFound`], keeps
+/// the record of which pages to drop again.
+struct Pass<'a> {
+    fs: &'a dyn Fs,
+    source: Source<'a>,
+    end: u64,
+    residency: Option<Residency>,
+}
+
+impl<'a> Pass<'a> {
+    /// Checks that the file holds the range (before anything is read).
+    fn start(fs: &'a dyn Fs, source: Source<'a>, cache: CacheUse) -> Result<Self> {
+        let end = add(source.offset, source.len)?;
+        let file_len = fs
+            .fstat(source.fd)
+            .map_err(|err| Error::io(Op::Stat, source.path, err))?
+            .len;
+        if file_len < end {
+            return Err(Error::SizeMismatch {
+                path: source.path.into(),
+                expected: end,
+                actual: file_len,
+            });
+        }
+        let residency = (cache == CacheUse::LeaveAsFound).then(|| Residency::starting_at(source.offset));
+        Ok(Self {
+            fs,
+            source,
+            end,
+            residency,
+        })
+    }
+
+    /// Maps `[at, until)` of the range, recording residency ahead of it first.
+    fn window(&mut self, at: u64, until: u64) -> Result<ReadWindow> {
+        if let Some(residency) = self.residency.as_mut() {
+            let lookahead = self.end.min(until.saturating_add(RESIDENCY_LOOKAHEAD));
+            residency.record_until(self.fs, self.source, lookahead)?;
+            residency.read_ahead(self.source.fd, until);
+        }
+        ReadWindow::map(self.fs, self.source.fd, self.source.path, at, until - at)
+    }
+
+    /// The bytes before `until` were read (their window unmapped): drop the pages they brought in.
+    fn done_until(&mut self, until: u64) {
+        if let Some(residency) = self.residency.as_mut() {
+            residency.restore_until(self.source.fd, until);
+        }
+    }
 }
 
 /// Which pages were cached before the read reached them, from the first page not restored yet.
@@ -254,6 +337,56 @@ mod tests {
                 assert!(pieces.iter().all(|&piece| to_u64(piece) <= READ_WINDOW), "{pieces:?}");
             }
         }
+    }
+
+    fn compare(first: (&Path, usize), second: (&Path, usize), len: usize) -> bool {
+        let (one, other) = (File::open(first.0).unwrap(), File::open(second.0).unwrap());
+        let one = Source {
+            fd: one.as_fd(),
+            path: first.0,
+            offset: to_u64(first.1),
+            len: to_u64(len),
+        };
+        let other = Source {
+            fd: other.as_fd(),
+            path: second.0,
+            offset: to_u64(second.1),
+            len: to_u64(len),
+        };
+        ranges_equal(&RealFs, one, other, CacheUse::LeaveAsFound, &mut |_| Ok(())).unwrap()
+    }
+
+    #[test]
+    fn equal_ranges_at_different_offsets_compare_equal_and_one_changed_byte_anywhere_does_not() {
+        let content = pattern(2 * READ_WINDOW as usize + 3 * PAGE + 17);
+        let (_tmp, path) = written(&content);
+        let shifted_path = path.with_file_name("shifted");
+        fs::write(&shifted_path, [vec![9u8; PAGE + 3], content.clone()].concat()).unwrap();
+        let len = content.len();
+
+        assert!(compare((&path, 0), (&shifted_path, PAGE + 3), len));
+        for flipped in [0, READ_WINDOW as usize - 1, READ_WINDOW as usize, len - 1] {
+            let mut changed = content.clone();
+            changed[flipped] ^= 0x10;
+            fs::write(&shifted_path, &changed).unwrap();
+            assert!(!compare((&path, 0), (&shifted_path, 0), len), "byte {flipped}");
+        }
+    }
+
+    #[test]
+    fn ranges_of_different_lengths_are_not_equal() {
+        let (_tmp, path) = written(&pattern(100));
+        let file = File::open(&path).unwrap();
+        let source = |len| Source {
+            fd: file.as_fd(),
+            path: &path,
+            offset: 0,
+            len,
+        };
+
+        let equal = ranges_equal(&RealFs, source(10), source(11), CacheUse::Keep, &mut |_| Ok(())).unwrap();
+
+        assert!(!equal);
     }
 
     #[test]

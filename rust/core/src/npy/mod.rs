@@ -55,8 +55,11 @@ impl CacheDir {
         Ok((header, mapping))
     }
 
-    /// Decodes the `.npy` header of the open file `fd`, named `name` in errors.
-    fn header_of(&self, fd: BorrowedFd<'_>, name: &str) -> Result<NpyHeader> {
+    /// Reads and decodes the `.npy` header of the open file `fd`, named `name` (for errors).
+    ///
+    /// # Errors
+    /// As [`CacheDir::read_header`], except for the open.
+    pub(crate) fn header_of(&self, fd: BorrowedFd<'_>, name: &str) -> Result<NpyHeader> {
         let path = self.path_of(name);
         let file_len = self.file_len(fd, name)?;
         let invalid = |reason: HeaderError| Error::InvalidHeader {
