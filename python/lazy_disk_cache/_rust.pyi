@@ -36,6 +36,14 @@ _ChunkProgress = Callable[[int], object]
 
 MappingMode = Literal["r", "r+", "c"]
 
+# What ``CacheDir.collect_working_files`` did with a key's ``.dat``: removed (or would, in a dry run);
+# kept because an entry holds it, a writer writes the key, the key has no committed pair, the pair
+# holds other bytes (or cannot be read), it changed while compared, it is not a regular file, this
+# process may not lock the directory; or there was no such file.
+WorkingFileFate = Literal[
+    "removed", "held", "writing", "unpaired", "differs", "changed", "not-regular", "refused", "gone"
+]
+
 @final
 class FileMapping:
     """A memory mapping of one artefact file, exposed through the buffer protocol.
@@ -220,6 +228,30 @@ class CacheDir:
         included, but removes nothing and returns the names it would remove.
         """
 
+    def collect_working_files(
+        self, keys: Sequence[str], *, dry_run: bool = False
+    ) -> tuple[list[tuple[str, WorkingFileFate]], list[tuple[str, OSError]]]:
+        """Remove each ``<key>.dat`` of ``keys`` that no live entry holds and whose committed pair duplicates it.
+
+        Returns what became of each key's ``.dat`` and the keys that failed, each with its ``OSError``.
+        A ``.dat`` goes only when the key has a regular ``<key>.npy`` and ``<key>.meta.json``,
+        nobody holds the key (``hold_key``) or writes it (``lock_key``), and the ``.npy`` payload has
+        the ``.dat``'s length and bytes (compared byte for byte, GIL released, memory bounded by two
+        8 MiB windows, the page cache left as found); the locks are taken again, without waiting,
+        around the final check and the unlink. ``dry_run`` decides the same way and removes nothing.
+        A key this process may not lock (a read-only directory) is ``"refused"``. Ctrl-C stops it.
+        """
+
+    def hold_key(self, key: str) -> KeyHolder | None:
+        """Announce that this process holds an entry whose data is ``<key>.dat`` (a shared lock).
+
+        The first holder of a key in this process costs one ``fcntl``, later ones none; the key stays
+        held until this process's last ``KeyHolder`` of it is released. Waits (GIL released) only
+        while a garbage collection probes the key, at most about 50 ms; ``None`` if it outlasted
+        that. A directory whose lock file this process may not open for writing raises
+        ``PermissionError`` (or ``OSError(EROFS)``).
+        """
+
     def lock_key(self, key: str) -> KeyLock:
         """Become the writer of ``key`` in this directory, waiting (GIL released) for any other one.
 
@@ -369,6 +401,19 @@ class KeyLock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+@final
+class KeyHolder:
+    """This process's hold on a key's ``.dat`` (``CacheDir.hold_key``); released by ``release()`` or collection.
+
+    A holder inherited by a forked child releases nothing: the key stays held by its parent.
+    """
+
+    def release(self) -> None:
+        """Withdraw this hold (the key stays held while another of this process lives). Idempotent."""
+
+    @property
+    def held(self) -> bool: ...
 
 @final
 class Region:

@@ -12,6 +12,7 @@ use lazy_disk_cache_core as ldc_core;
 use ldc_core::region::{self, BlockPlacement, BlockSource, RegionTarget};
 use ldc_core::{
     ArraySpec, CacheDir, ChunkBudget, CommitBatch, Digest, FileRange, MappingMode, NpyHeader, PayloadWriter,
+    WorkingFileFate,
 };
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -21,7 +22,7 @@ use crate::buffer::{Bytes, Layout};
 use crate::detach::{ChunkHook, run_detached};
 use crate::errors::{PendingPyErr, to_exception, to_py};
 use crate::mapping::PyFileMapping;
-use crate::region::{PyKeyLock, PyRegion};
+use crate::region::{PyKeyHolder, PyKeyLock, PyRegion};
 
 /// Names that could not be removed, each with its `OSError`.
 type Failures = Vec<(String, Py<PyAny>)>;
@@ -42,6 +43,20 @@ pub struct PyNpyHeader {
 #[pyclass(name = "CommitBatch", module = "lazy_disk_cache._rust", frozen)]
 pub struct PyCommitBatch {
     inner: CommitBatch,
+}
+
+/// How Python names what became of a working file.
+fn fate_name(fate: WorkingFileFate) -> &'static str {
+    match fate {
+        WorkingFileFate::Removed => "removed",
+        WorkingFileFate::Held => "held",
+        WorkingFileFate::Writing => "writing",
+        WorkingFileFate::Unpaired => "unpaired",
+        WorkingFileFate::Differs => "differs",
+        WorkingFileFate::Changed => "changed",
+        WorkingFileFate::NotRegular => "not-regular",
+        WorkingFileFate::Gone => "gone",
+    }
 }
 
 /// Where payload bytes come from.
@@ -315,6 +330,41 @@ impl PyCacheDir {
             .into_iter()
             .map(|(name, err)| (name, to_exception(py, err)))
             .collect())
+    }
+
+    #[pyo3(signature = (keys, *, dry_run = false))]
+    #[allow(clippy::needless_pass_by_value)] // PyO3 extracts arguments as owned values.
+    fn collect_working_files(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        dry_run: bool,
+    ) -> PyResult<(Vec<(String, &'static str)>, Failures)> {
+        let pending = PendingPyErr::default();
+        let hook = ChunkHook::new(&pending, None);
+        let report = pending.to_py(run_detached(py, || {
+            self.inner.collect_working_files(&keys, dry_run, &mut hook.between())
+        }))?;
+        let mut fates: Vec<(String, &'static str)> = report
+            .fates
+            .into_iter()
+            .map(|(key, fate)| (key, fate_name(fate)))
+            .collect();
+        let mut failed = Vec::new();
+        for (key, err) in report.failed {
+            // A directory that is read-only to us cannot be collected; that is no error.
+            if err.is_permission_refusal() {
+                fates.push((key, "refused"));
+            } else {
+                failed.push((key, to_exception(py, err)));
+            }
+        }
+        Ok((fates, failed))
+    }
+
+    fn hold_key(&self, py: Python<'_>, key: &str) -> PyResult<Option<PyKeyHolder>> {
+        let holder = to_py(run_detached(py, || self.inner.hold_key(key)))?;
+        Ok(holder.map(PyKeyHolder::new))
     }
 
     fn lock_key(&self, py: Python<'_>, key: &str) -> PyResult<PyKeyLock> {

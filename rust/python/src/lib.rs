@@ -25,7 +25,7 @@ mod _rust {
     #[pymodule_export]
     use crate::mapping::PyFileMapping;
     #[pymodule_export]
-    use crate::region::{PyKeyLock, PyRegion};
+    use crate::region::{PyKeyHolder, PyKeyLock, PyRegion};
 
     #[pymodule_export]
     #[allow(non_upper_case_globals)]

@@ -1,10 +1,11 @@
-//! `KeyLock` and `Region`: a key's cross-process writer lock, and a reserved `.npy` temp that
-//! block writers fill and its owner commits (see `_rust.pyi`).
+//! `KeyLock`, `KeyHolder` and `Region`: a key's cross-process writer lock, a process's
+//! announcement that it holds an entry on a key's `.dat`, and a reserved `.npy` temp that block
+//! writers fill and its owner commits (see `_rust.pyi`).
 
 use std::sync::{Mutex, PoisonError};
 
 use lazy_disk_cache_core as ldc_core;
-use ldc_core::{KeyLock, Region};
+use ldc_core::{HolderLock, KeyLock, Region};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -48,6 +49,32 @@ impl PyKeyLock {
     ) {
         let _ = (exc_type, exc, tb);
         self.release();
+    }
+}
+
+/// This process's hold on a key's `.dat`, until released or collected (see `_rust.pyi`).
+#[pyclass(name = "KeyHolder", module = "lazy_disk_cache._rust", frozen)]
+pub struct PyKeyHolder {
+    inner: Mutex<Option<HolderLock>>,
+}
+
+impl PyKeyHolder {
+    pub fn new(lock: HolderLock) -> Self {
+        Self {
+            inner: Mutex::new(Some(lock)),
+        }
+    }
+}
+
+#[pymethods]
+impl PyKeyHolder {
+    fn release(&self) {
+        drop(self.inner.lock().unwrap_or_else(PoisonError::into_inner).take());
+    }
+
+    #[getter]
+    fn held(&self) -> bool {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner).is_some()
     }
 }
 
