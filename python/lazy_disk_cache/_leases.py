@@ -15,6 +15,15 @@ Several live objects in one process can stand for one file or directory: an entr
 A forked child gets a fresh lock, since another thread of the parent may have held it at the fork;
 its leases name the parent as owner, so it never removes anything.
 
+A lease on an entry's ``.dat`` in a cache directory may also *announce* the path to other processes
+(:meth:`PathLease.announce`): the first announcement on a path in this process takes the key's holder
+lock (``_key_locks.hold_key_if_writable``), and the last lease on the path releases it, so garbage
+collection elsewhere leaves the ``.dat`` alone while any object here holds it. That costs one
+``fcntl`` per path per process, none per lease or access. The holder belongs to the process that took
+it: in a forked child the inherited leases keep the parent's holder (which the child can never
+release: the core checks the pid), and the child's first announcement on such a path takes one of
+the child's own.
+
 What a lease removes is given by its creator: an entry's ``.dat`` (:func:`lease_backing_file`,
 here) or a store's private directory (``_store_dir.lease_directory``).
 """
@@ -31,6 +40,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from lazy_disk_cache._directories import open_directory
+from lazy_disk_cache._key_locks import hold_key_if_writable
+from lazy_disk_cache._rust import KeyHolder
 from lazy_disk_cache.paths import TMP_SUFFIX
 
 __all__ = ["PathLease", "lease_backing_file"]
@@ -40,13 +51,25 @@ logger = logging.getLogger("lazy_disk_cache.lazy_disk_cache")
 
 
 class _PathState:
-    """The live leases on one path and the owner pids of the duties left behind on it."""
+    """The live leases on one path, the owner pids of the duties left behind on it, and its announcement."""
 
-    __slots__ = ("duty_owners", "leases")
+    __slots__ = ("duty_owners", "holder", "holder_pid", "leases")
 
     def __init__(self) -> None:
         self.leases: set[PathLease] = set()
         self.duty_owners: set[int] = set()
+        self.holder: KeyHolder | None = None
+        """The key's holder lock, if the process ``holder_pid`` could take it."""
+        self.holder_pid: int | None = None
+        """The process that announced the path (whether or not it got the lock); ``None``: not announced."""
+
+    def announce(self, path: str) -> None:
+        """Take the holder lock of ``path``'s key for this process, unless this process already tried."""
+        pid = os.getpid()
+        if self.holder_pid != pid:
+            # A holder inherited from a parent stays the parent's: dropping it here releases nothing.
+            self.holder = hold_key_if_writable(Path(path))
+            self.holder_pid = pid
 
 
 class _HandedOff(NamedTuple):
@@ -127,6 +150,17 @@ class PathLease:
             state = _paths.get(self.path)
             return state is not None and state.leases == {self}
 
+    def announce(self) -> None:
+        """Keep the path announced to other processes until the last lease on it here goes.
+
+        For an entry's ``.dat`` in a cache directory (see the module docs). Idempotent; blocks briefly
+        on disk the first time a path is announced in this process.
+        """
+        with _lock:
+            state = _paths.get(self.path)
+            if state is not None and self in state.leases:
+                state.announce(self.path)
+
     def disarm(self) -> None:
         """Drop purge duty without removing anything; the hold stays."""
         if self._duty is not None:
@@ -169,6 +203,8 @@ class PathLease:
             remove = os.getpid() in state.duty_owners
             if remove:
                 _handed_off.pop(self.path, None)
+        if state.holder is not None:
+            state.holder.release()
         if remove:
             self._remove(self.path)
 

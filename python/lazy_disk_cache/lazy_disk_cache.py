@@ -579,7 +579,8 @@ class LazyDiskCache(ABC):
     def _hold_path(self) -> PathLease:
         """Hold this entry's ``.dat`` path for as long as the entry lives (armed or not); return the lease.
 
-        While any live object in this process holds the path, nothing deletes the file.
+        While any live object in this process holds the path, nothing deletes the file; while the
+        entry's data lives in its ``.dat``, garbage collection in other processes leaves it alone too.
         """
         lease: PathLease | None = self.__dict__.get("_lease")
         if lease is None:
@@ -589,7 +590,18 @@ class LazyDiskCache(ABC):
             owner = None if self._adopted is not None and not self._backing_created else self._owner_pid
             lease = lease_backing_file(self, str(self._cache_path), owner)
             self._lease = lease
+        if self._enable_caching and self._adopted is None:
+            self._announce_backing(lease)
         return lease
+
+    def _announce_backing(self, lease: PathLease) -> None:
+        """Keep this entry's ``.dat`` announced to garbage collection in other processes (``_leases``).
+
+        Only a ``.dat`` in a cache directory is announced: an ephemeral one lives in the temp
+        directory, which no collection visits. Costs an ``fcntl`` once per path and process.
+        """
+        if not self._ephemeral:
+            lease.announce()
 
     def _arm_purge(self) -> None:
         """Arm purge duty unless a live finalizer already holds it."""
@@ -1093,7 +1105,11 @@ class LazyDiskCache(ABC):
 
         The ``.dat`` and its temp must not be symlinks leading out of their directory
         (``StoreContainmentError``, raised before anything is written); a ``.dat`` symlink
-        resolving inside is followed, so the link itself survives the atomic replacement.
+        resolving inside is followed, so the link itself survives the atomic replacement. Every
+        writer of the ``.dat`` asks here first, so this is where the entry announces it (``_leases``):
+        once the directory, and so its lock file, can exist, and before the file does, since garbage
+        collection elsewhere must never take a fresh ``.dat`` (whose bytes may equal the stored
+        pair's) for a stale one.
         """
         path = self._require_cache_path()
         stem = path.name.removesuffix(MEMMAP_SUFFIX)
@@ -1104,12 +1120,15 @@ class LazyDiskCache(ABC):
         if _is_symlink(temp):
             ensure_write_contained(temp, path.parent, stem)
         if not linked:
-            return self._directory(create=create), path.name
-        target = Path(os.path.realpath(path))
-        try:
-            return open_directory(target.parent), target.name
-        except FileNotFoundError as exc:
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(target)) from exc
+            location = self._directory(create=create), path.name
+        else:
+            target = Path(os.path.realpath(path))
+            try:
+                location = open_directory(target.parent), target.name
+            except FileNotFoundError as exc:
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(target)) from exc
+        self._announce_backing(self._hold_path())
+        return location
 
     def _adopt_payload(self, source: object, shape: tuple[int, ...], dtype: np.dtype[Any]) -> bool:
         """Adopt a store-reloaded private/read-only mapping of ``<stem>.npy`` as the MAPPED buffer.
