@@ -16,6 +16,7 @@ import pytest
 from lazy_disk_cache import cli
 from lazy_disk_cache.cli import EXIT_DAMAGED, EXIT_ERROR, EXIT_OK, main
 from lazy_disk_cache.paths import LOCK_FILE_NAME
+from listing import artefacts
 from stored import flip_bit, write_original_pair, write_store
 
 CHILD = Path(__file__).parent / "child"
@@ -88,7 +89,7 @@ def test_ls_shows_a_broken_pair_without_failing(store_dir: Path, capsys: pytest.
 
 
 def _leave_working_files(store_dir: Path) -> None:
-    """The ``<key>.dat`` working files an entry of a process still running would hold."""
+    """The ``<key>.dat`` working files entries leave beside their pairs, holding the same bytes."""
     for key, array in ARRAYS.items():
         (store_dir / f"{key}.dat").write_bytes(array.tobytes())
 
@@ -219,18 +220,28 @@ def test_the_progress_bar_draws_in_place_and_ends_the_line_when_done() -> None:
     assert drawn.endswith("100%  1.0 GiB / 1.0 GiB\x1b[K\n")
 
 
-def test_gc_removes_temps_left_by_a_crash_and_keeps_pairs_and_working_files(store_dir: Path) -> None:
-    _leave_working_files(store_dir)
+def test_gc_removes_crash_temps_and_unheld_working_files_their_pairs_duplicate_and_keeps_every_pair(
+    store_dir: Path,
+) -> None:
     for name in ("crashed.npy.tmp", "crashed.meta.json.tmp", "points.dat.tmp"):
         (store_dir / name).write_bytes(b"left by a crash")
-    before = sorted(path.name for path in store_dir.iterdir() if not path.name.endswith(".tmp"))
+    _leave_working_files(store_dir)
+    (store_dir / "notes.dat").write_bytes(b"no pair")
+    pairs = sorted(path.name for path in store_dir.iterdir() if path.suffix in (".npy", ".json"))
 
     completed = run_cli("gc", str(store_dir))
 
     assert completed.returncode == EXIT_OK, completed.stderr
-    assert "removed crashed.npy.tmp" in completed.stdout.splitlines()
-    assert sorted(path.name for path in store_dir.iterdir()) == before
-    assert "kept 2 working files (labels.dat, points.dat)" in completed.stdout
+    assert completed.stdout.splitlines() == [
+        "removed crashed.meta.json.tmp",
+        "removed crashed.npy.tmp",
+        "removed points.dat.tmp",
+        "removed labels.dat",
+        "removed points.dat",
+        "kept notes.dat: no committed pair beside it, so it may be the only copy of its data",
+    ]
+    assert artefacts(store_dir) == sorted([*pairs, "notes.dat"])
+    assert run_cli("verify", str(store_dir)).returncode == EXIT_OK
 
 
 def test_gc_dry_run_says_what_it_would_remove_and_removes_nothing(store_dir: Path) -> None:

@@ -17,6 +17,7 @@ from lazy_disk_cache import _rust
 from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.disk_backed_store import DiskBackedStore
 from lazy_disk_cache.lazy_disk_cache import LazyDiskCacheConfig
+from listing import artefacts
 
 
 def _entry(tmp_path: Path, **settings: Any) -> DiskBackedNDArray:
@@ -24,7 +25,7 @@ def _entry(tmp_path: Path, **settings: Any) -> DiskBackedNDArray:
 
 
 def _files(directory: Path) -> list[str]:
-    return sorted(path.name for path in directory.iterdir())
+    return artefacts(directory)
 
 
 def test_a_pickle_round_trip_dropped_in_process_keeps_the_source_readable(private_tempdir: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from lazy_disk_cache import _rust
 from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
+from listing import artefacts
 
 CHILD = Path(__file__).parent / "child" / "entry_full_disk.py"
 
@@ -92,7 +93,7 @@ def test_failed_constructor_conversion_leaves_no_file(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         DiskBackedNDArray(np.arange(8), cache_path=tmp_path / "e", enable_caching=True)
 
-    assert list(tmp_path.iterdir()) == []
+    assert artefacts(tmp_path) == []
 
 
 def test_failed_zero_filling_load_keeps_the_entry_offloaded(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.lazy_disk_cache import release_purge_duty
+from listing import artefacts
 
 CHILD = Path(__file__).parent / "child" / "entry_exit_purge.py"
 
@@ -42,7 +43,7 @@ def test_gc_removes_the_dat_when_purge_is_on(tmp_path: Path) -> None:
     del entry
     _collect()
 
-    assert list(tmp_path.iterdir()) == []
+    assert artefacts(tmp_path) == []
 
 
 def test_gc_removes_a_stale_dat_temp_too(tmp_path: Path) -> None:
@@ -52,7 +53,7 @@ def test_gc_removes_a_stale_dat_temp_too(tmp_path: Path) -> None:
     del entry
     _collect()
 
-    assert list(tmp_path.iterdir()) == []
+    assert artefacts(tmp_path) == []
 
 
 def test_gc_never_touches_the_codec_pair(tmp_path: Path) -> None:
@@ -63,7 +64,7 @@ def test_gc_never_touches_the_codec_pair(tmp_path: Path) -> None:
     del entry
     _collect()
 
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.meta.json", "k.npy"]
+    assert artefacts(tmp_path) == ["k.meta.json", "k.npy"]
 
 
 def test_gc_of_an_ephemeral_entry_removes_its_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -74,7 +75,7 @@ def test_gc_of_an_ephemeral_entry_removes_its_temp_file(tmp_path: Path, monkeypa
     del entry
     _collect()
 
-    assert list(tmp_path.iterdir()) == []
+    assert artefacts(tmp_path) == []
 
 
 def test_disable_purge_detaches_without_deleting(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import pytest
 from lazy_disk_cache import DiskBackedNDArray, _progress
 from lazy_disk_cache import lazy_disk_cache as ldc
 from lazy_disk_cache._progress import MIN_INTERVAL_SECONDS, ProgressMeter
+from listing import artefacts
 from stored import open_store, write_store
 
 # 1 MiB pieces: an array of a few MiB crosses several chunk boundaries.
@@ -121,7 +122,7 @@ def test_an_exception_from_the_progress_callback_stops_the_conversion_and_leaves
         entry.enable_caching(progress=stop)
 
     assert not entry.cache_enabled
-    assert os.listdir(tmp_path) == []
+    assert artefacts(tmp_path) == []
     np.testing.assert_array_equal(np.asarray(entry), array)
 
 

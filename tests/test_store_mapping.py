@@ -226,7 +226,7 @@ def test_setitem_tracks_the_entry_and_writes_no_file(tmp_path: Path) -> None:
     store["k"] = value
 
     assert store["k"] is value
-    assert os.listdir(tmp_path) == []
+    assert artefacts(tmp_path) == []
 
 
 def test_setitem_overwrites_silently(tmp_path: Path) -> None:
@@ -548,7 +548,7 @@ def test_an_entry_rejected_by_add_data_to_store_leaves_no_file_behind(tmp_path: 
         store.add_data_to_store("k", np.arange(4))
 
     assert "k" not in store
-    assert os.listdir(tmp_path) == []
+    assert artefacts(tmp_path) == []
 
 
 def test_a_rejection_never_removes_a_dat_that_was_there_before(tmp_path: Path) -> None:
@@ -559,7 +559,7 @@ def test_a_rejection_never_removes_a_dat_that_was_there_before(tmp_path: Path) -
     with pytest.raises(TypeError, match="rejected by validator"):
         store.add_data_to_store("k", np.arange(4))
 
-    assert os.listdir(tmp_path) == ["k.dat"]
+    assert artefacts(tmp_path) == ["k.dat"]
 
 
 def test_a_rejected_entry_collected_later_never_removes_the_next_entry_file(tmp_path: Path) -> None:
@@ -572,7 +572,7 @@ def test_a_rejected_entry_collected_later_never_removes_the_next_entry_file(tmp_
     del rejection, store
     gc.collect()
 
-    assert os.listdir(tmp_path) == ["k.dat"]
+    assert artefacts(tmp_path) == ["k.dat"]
     np.testing.assert_array_equal(np.fromfile(tmp_path / "k.dat", dtype=np.arange(5).dtype), np.arange(5))
 
 

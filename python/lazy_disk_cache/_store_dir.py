@@ -1,4 +1,4 @@
-"""A store's directory: choosing it, sweeping crash temps, finding keys, and removing it at the end.
+"""A store's directory: choosing it, sweeping crash temps and stale working files, finding keys, removing it at the end.
 
 The scans are non-recursive and never follow a link to write. Nothing here logs or raises for a
 single bad name: the store reports the findings on its own logger. A directory the store created
@@ -11,26 +11,32 @@ import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from lazy_disk_cache._directories import open_directory
 from lazy_disk_cache._leases import PathLease
 from lazy_disk_cache._rust import CacheDir
 from lazy_disk_cache.paths import (
+    MEMMAP_SUFFIX,
     NPY_SUFFIX,
     is_our_temp_name,
     key_from_npy_name,
     legacy_key_from_npy_name,
 )
 
+if TYPE_CHECKING:
+    from lazy_disk_cache._rust import WorkingFileFate
+
 __all__ = [
     "CacheDirChoice",
     "RescanReport",
     "SweepReport",
+    "WorkingFilesReport",
     "choose_cache_dir",
+    "collect_stale_working_files",
     "directory_refuses_writes",
-    "is_stale_working_file",
     "lease_directory",
     "require_usable_directory",
     "rescan",
@@ -112,20 +118,45 @@ def _is_file(item: os.DirEntry[str]) -> bool:
         return False
 
 
-def is_stale_working_file(has_committed_pair: bool) -> bool:
-    """Whether garbage collection may remove a key's ``<key>.dat`` working file.
+class WorkingFilesReport(NamedTuple):
+    """Working files removed (in a dry run: removable), those kept with why, and names that failed."""
 
-    Never the only copy of data: a ``.dat`` without a committed ``<key>.npy`` + ``<key>.meta.json``
-    beside it holds the key's value. With a committed pair the ``.dat`` is a working copy, but an
-    entry in a live process may still map it, and its writes reach only the ``.dat`` until its next
-    commit; nothing tells yet whether such a process exists, so no ``.dat`` is stale.
+    removed: list[str]
+    kept: dict[str, str]
+    failed: list[tuple[str, OSError]]
 
-    TODO(per-key holder lock): return ``has_committed_pair and not held`` once every entry holds
-    its key's holder lock for as long as it maps the ``.dat``, and a failed non-blocking attempt
-    to take that lock tells a live holder apart.
+
+_KEPT_BECAUSE: dict[WorkingFileFate, str] = {
+    "held": "an entry in a live process holds it",
+    "writing": "a live writer is writing its key",
+    "unpaired": "no committed pair beside it, so it may be the only copy of its data",
+    "differs": "its committed pair holds other bytes, so it may be the only copy of its data",
+    "changed": "it changed while it was compared; the next gc decides",
+    "not-regular": "not a regular file",
+    "refused": "this process may not lock the directory",
+}
+
+
+def collect_stale_working_files(
+    directory: CacheDir, keys: Iterable[str], *, dry_run: bool = False
+) -> WorkingFilesReport:
+    """Remove each working file ``<key>.dat`` of ``keys`` that nobody needs any more.
+
+    That is one that no live entry in any process holds and whose committed pair holds exactly the
+    same bytes (``CacheDir.collect_working_files``). Never the only copy of data: a ``.dat`` without
+    a committed pair beside it, or with other bytes than its pair's payload, stays (a pickled entry
+    may still name it). With ``dry_run`` the core decides the same way, locks included, and
+    ``removed`` lists what it would remove. Reads every candidate ``.dat`` and its ``.npy`` once
+    (GIL released). ``KeyboardInterrupt`` stops it. Never raises ``OSError``: what fails for a
+    key is reported in ``failed``.
     """
-    del has_committed_pair  # Decides nothing until the holder lock exists (see the TODO).
-    return False
+    names = {key: key + MEMMAP_SUFFIX for key in keys}
+    if not names:
+        return WorkingFilesReport([], {}, [])
+    fates, failed = directory.collect_working_files(list(names), dry_run=dry_run)
+    removed = [names[key] for key, fate in fates if fate == "removed"]
+    kept = {names[key]: _KEPT_BECAUSE[fate] for key, fate in fates if fate in _KEPT_BECAUSE}
+    return WorkingFilesReport(removed, kept, [(names[key], error) for key, error in failed])
 
 
 class CacheDirChoice(NamedTuple):

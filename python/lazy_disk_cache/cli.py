@@ -5,7 +5,7 @@ Sub-commands::
     ls DIR [--json]                    one line per stored key: shape, dtype, bytes, class, checksum
     info DIR [--json]                  keys, bytes, working files, temps, unknown files, free space
     verify DIR [KEY ...] [--json]      check stored pairs for damage (exit 1 when any is damaged)
-    gc DIR [--dry-run]                 remove temps whose writer is gone
+    gc DIR [--dry-run]                 remove temps whose writer is gone, and working files no entry needs
     purge DIR KEY [KEY ...]            remove keys and all their files
     demo [--size-mib N]                walk an array and a store through offload and reload
 
@@ -36,12 +36,12 @@ from lazy_disk_cache._demo import run_demo
 from lazy_disk_cache._directories import open_directory
 from lazy_disk_cache._inventory import Inventory, take_inventory
 from lazy_disk_cache._rust import CacheDir
-from lazy_disk_cache._store_dir import is_stale_working_file, sweep_orphan_temps
+from lazy_disk_cache._store_dir import collect_stale_working_files, sweep_orphan_temps
 from lazy_disk_cache.config import LazyDiskCacheConfig
 from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.disk_backed_store import DiskBackedStore
 from lazy_disk_cache.integrity import VerifyReport, verify_directory
-from lazy_disk_cache.paths import get_memmap_path, get_meta_path, get_npy_path
+from lazy_disk_cache.paths import get_meta_path, get_npy_path
 
 __all__ = ["EXIT_DAMAGED", "EXIT_ERROR", "EXIT_OK", "PROG", "main"]
 
@@ -116,7 +116,9 @@ def _build_parser() -> _Parser:
     verify.add_argument("--quiet", action="store_true", help="no progress bar")
     verify.set_defaults(run=_run_verify)
 
-    gc = commands.add_parser("gc", help="remove temps whose writer is gone")
+    gc = commands.add_parser(
+        "gc", help="remove temps whose writer is gone and .dat files no entry holds that their pair duplicates"
+    )
     gc.add_argument("dir", type=Path, metavar="DIR")
     gc.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     gc.set_defaults(run=_run_gc)
@@ -359,23 +361,20 @@ def _print_verify_report(report: VerifyReport) -> None:
 def _run_gc(args: argparse.Namespace) -> int:
     cache_dir = _existing_directory(args.dir)
     inventory = take_inventory(cache_dir)
-    report = sweep_orphan_temps(open_directory(cache_dir), dry_run=args.dry_run)
+    directory = open_directory(cache_dir)
+    temps = sweep_orphan_temps(directory, dry_run=args.dry_run)
+    working = collect_stale_working_files(directory, inventory.working, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
-    for name in sorted(report.removed):
+    for name in [*sorted(temps.removed), *working.removed]:
         print(f"{verb} {name}")
-    for name in sorted(set(inventory.temps) - set(report.removed) - {name for name, _ in report.failed}):
+    for name in sorted(set(inventory.temps) - set(temps.removed) - {name for name, _ in temps.failed}):
         print(f"kept {name}: a live writer holds it")
-    kept = [
-        key
-        for key in inventory.working
-        if not is_stale_working_file(key in inventory.payloads and key in inventory.sidecars)
-    ]
-    if kept:
-        names = ", ".join(get_memmap_path(cache_dir, key).name for key in kept)
-        print(f"kept {len(kept)} working file{'s' if len(kept) != 1 else ''} ({names}): in use or the only copy")
-    for name, error in report.failed:
+    for name, reason in working.kept.items():
+        print(f"kept {name}: {reason}")
+    failed = [*temps.failed, *working.failed]
+    for name, error in failed:
         _print_error(f"{PROG}: error: could not remove {name}: {error}")
-    return EXIT_ERROR if report.failed else EXIT_OK
+    return EXIT_ERROR if failed else EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.disk_backed_store import DiskBackedStore
 from lazy_disk_cache.errors import StoreContainmentError, StoreKeyError, StorePurgeRefusedError
 from lazy_disk_cache.lazy_disk_cache import LazyDiskCacheConfig
+from listing import artefacts
 
 Store = DiskBackedStore[DiskBackedNDArray]
 
@@ -165,7 +166,7 @@ def test_a_dat_link_leading_outside_refuses_the_conversion_before_writing(tmp_pa
         DiskBackedNDArray(np.arange(3), cache_path=directory / "k", enable_caching=True)
 
     assert outside.read_bytes() == b"keep"
-    assert sorted(os.listdir(directory)) == ["k.dat"]
+    assert artefacts(directory) == ["k.dat"]
 
 
 def test_purge_refuses_when_any_artefact_links_outside_and_changes_nothing(tmp_path: Path) -> None:

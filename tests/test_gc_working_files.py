@@ -1,0 +1,185 @@
+"""``gc`` and working files: a ``.dat`` goes only when no live entry in any process holds it and its
+committed pair holds the same bytes; holders are counted per process, also across ``fork``."""
+
+import copy
+import gc
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from lazy_disk_cache import DiskBackedNDArray, _rust
+from lazy_disk_cache.cli import EXIT_OK
+from stored import open_store, write_store
+
+CHILD = Path(__file__).parent / "child"
+VALUES: dict[str, NDArray[Any]] = {
+    "big": np.arange(3 * 2**20 // 8, dtype=np.float64),
+    "small": np.arange(12, dtype=np.int16).reshape(3, 4),
+}
+HELD = "an entry in a live process holds it"
+
+
+def run_gc(directory: Path, *options: str) -> list[str]:
+    """``gc DIR`` in a process of its own; its output lines."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "lazy_disk_cache", "gc", str(directory), *options],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == EXIT_OK, completed.stderr
+    return completed.stdout.splitlines()
+
+
+def copy_payload_to_dat(directory: Path, key: str) -> None:
+    """A ``<key>.dat`` holding exactly the payload of the committed ``<key>.npy``."""
+    np.ascontiguousarray(np.load(directory / f"{key}.npy")).tofile(directory / f"{key}.dat")
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "store"
+    write_store(directory, VALUES)
+    gc.collect()
+    for key in VALUES:
+        copy_payload_to_dat(directory, key)
+    return directory
+
+
+@contextmanager
+def holder_process(directory: Path, mode: str, *keys: str) -> Iterator[list[str]]:
+    """Run ``entry_holder.py`` until it holds its entries; yield what it printed; let it go at the end."""
+    process = subprocess.Popen(
+        [sys.executable, str(CHILD / "entry_holder.py"), str(directory), mode, *keys],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None and process.stdin is not None
+        lines: list[str] = []
+        while not lines or lines[-1] != "holding":
+            line = process.stdout.readline()
+            assert line, process.stderr.read() if process.stderr else ""
+            lines.append(line.strip())
+        yield lines
+        process.stdin.write("go\n")
+        process.stdin.flush()
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_a_store_entry_in_another_process_keeps_its_dat_through_gc_until_that_process_exits(store_dir: Path) -> None:
+    with holder_process(store_dir, "store", "big"):
+        while_held = run_gc(store_dir)
+        kept = (store_dir / "big.dat").exists()
+
+    after_exit = run_gc(store_dir)
+
+    assert kept
+    assert while_held == ["removed small.dat", f"kept big.dat: {HELD}"]
+    assert after_exit == ["removed big.dat"]
+    assert sorted(path.name for path in store_dir.glob("*.dat")) == []
+    for key, value in VALUES.items():
+        np.testing.assert_array_equal(np.load(store_dir / f"{key}.npy"), value)
+
+
+def test_a_dat_whose_bytes_differ_from_its_pair_or_that_has_no_pair_survives_gc(store_dir: Path) -> None:
+    changed = np.load(store_dir / "small.npy")
+    changed[2, 3] += 1
+    changed.tofile(store_dir / "small.dat")
+    (store_dir / "orphan.dat").write_bytes(b"the only copy")
+    (store_dir / "big.dat").write_bytes((store_dir / "big.dat").read_bytes() + b"\0")
+
+    lines = run_gc(store_dir)
+
+    assert lines == [
+        "kept big.dat: its committed pair holds other bytes, so it may be the only copy of its data",
+        "kept orphan.dat: no committed pair beside it, so it may be the only copy of its data",
+        "kept small.dat: its committed pair holds other bytes, so it may be the only copy of its data",
+    ]
+    assert (store_dir / "orphan.dat").read_bytes() == b"the only copy"
+    np.testing.assert_array_equal(np.fromfile(store_dir / "small.dat", dtype=np.int16).reshape(3, 4), changed)
+
+
+def test_gc_dry_run_names_the_dat_it_would_remove_and_removes_nothing(store_dir: Path) -> None:
+    before = sorted(path.name for path in store_dir.iterdir())
+
+    lines = run_gc(store_dir, "--dry-run")
+
+    assert lines == ["would remove big.dat", "would remove small.dat"]
+    assert sorted(path.name for path in store_dir.iterdir()) == before
+
+
+def test_a_forked_child_exiting_leaves_its_parents_entries_announced(store_dir: Path) -> None:
+    with holder_process(store_dir, "fork", "big", "small") as printed:
+        after_child = run_gc(store_dir)
+        kept = [(store_dir / f"{key}.dat").exists() for key in VALUES]
+
+    after_parent = run_gc(store_dir)
+
+    assert printed == ["child exited 0", "holding"]
+    assert after_child == [f"kept big.dat: {HELD}", f"kept small.dat: {HELD}"]
+    assert kept == [True, True]
+    assert after_parent == ["removed big.dat", "removed small.dat"]
+
+
+def test_copies_of_an_entry_in_this_process_keep_its_dat_until_the_last_goes(store_dir: Path) -> None:
+    entry = DiskBackedNDArray(
+        VALUES["small"], cache_path=store_dir / "small", enable_caching=True, purge_disk_on_gc=False
+    )
+    twin = copy.copy(entry)
+    del entry
+    gc.collect()
+
+    with_copy = run_gc(store_dir)
+    del twin
+    gc.collect()
+    without = run_gc(store_dir)
+
+    assert with_copy == ["removed big.dat", f"kept small.dat: {HELD}"]
+    assert without == ["removed small.dat"]
+
+
+def test_an_entry_reloaded_from_a_store_announces_its_dat_only_once_its_data_lives_there(store_dir: Path) -> None:
+    directory = _rust.CacheDir.open(store_dir)
+    entry = open_store(store_dir)["small"]
+
+    while_adopted, _ = directory.collect_working_files(["small"], dry_run=True)
+    entry.data[0, 0] = 99
+    entry.offload()
+    once_written, _ = directory.collect_working_files(["small"], dry_run=True)
+
+    assert while_adopted == [("small", "removed")]
+    assert once_written == [("small", "held")]
+
+
+def test_holding_a_key_costs_one_lock_per_process_and_the_last_release_frees_it(tmp_path: Path) -> None:
+    directory = _rust.CacheDir.open(tmp_path)
+    write_store(tmp_path, {"k": VALUES["small"]})
+    gc.collect()
+    copy_payload_to_dat(tmp_path, "k")
+    first, second = directory.hold_key("k"), directory.hold_key("k")
+    assert first is not None and second is not None
+
+    first.release()
+    one_left, _ = directory.collect_working_files(["k"], dry_run=True)
+    second.release()
+    none_left, _ = directory.collect_working_files(["k"], dry_run=True)
+
+    assert (first.held, second.held) == (False, False)
+    assert one_left == [("k", "held")]
+    assert none_left == [("k", "removed")]
