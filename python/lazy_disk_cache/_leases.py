@@ -19,8 +19,8 @@ A lease on an entry's ``.dat`` in a cache directory may also *announce* the path
 (:meth:`PathLease.announce`): the first announcement on a path in this process takes the key's holder
 lock (``_key_locks.hold_key_if_writable``), and the last lease on the path releases it, so garbage
 collection elsewhere leaves the ``.dat`` alone while any object here holds it. That costs one
-``fcntl`` per path per process, none per lease or access. The holder belongs to the process that took
-it: in a forked child the inherited leases keep the parent's holder (which the child can never
+``fcntl`` per path per process, none per lease or access. The lock belongs to the process that took
+it: in a forked child the inherited leases keep the parent's lock (which the child can never
 release: the core checks the pid), and the child's first announcement on such a path takes one of
 the child's own.
 
@@ -53,23 +53,23 @@ logger = logging.getLogger("lazy_disk_cache.lazy_disk_cache")
 class _PathState:
     """The live leases on one path, the owner pids of the duties left behind on it, and its announcement."""
 
-    __slots__ = ("duty_owners", "holder", "holder_pid", "leases")
+    __slots__ = ("announced_by", "announcement", "duty_owners", "leases")
 
     def __init__(self) -> None:
         self.leases: set[PathLease] = set()
         self.duty_owners: set[int] = set()
-        self.holder: KeyHolder | None = None
-        """The key's holder lock, if the process ``holder_pid`` could take it."""
-        self.holder_pid: int | None = None
+        self.announcement: KeyHolder | None = None
+        """The key's holder lock, if the process ``announced_by`` could take it."""
+        self.announced_by: int | None = None
         """The process that announced the path (whether or not it got the lock); ``None``: not announced."""
 
     def announce(self, path: str) -> None:
         """Take the holder lock of ``path``'s key for this process, unless this process already tried."""
         pid = os.getpid()
-        if self.holder_pid != pid:
-            # A holder inherited from a parent stays the parent's: dropping it here releases nothing.
-            self.holder = hold_key_if_writable(Path(path))
-            self.holder_pid = pid
+        if self.announced_by != pid:
+            # An announcement inherited from a parent stays the parent's: dropping it here releases nothing.
+            self.announcement = hold_key_if_writable(Path(path))
+            self.announced_by = pid
 
 
 class _HandedOff(NamedTuple):
@@ -203,8 +203,8 @@ class PathLease:
             remove = os.getpid() in state.duty_owners
             if remove:
                 _handed_off.pop(self.path, None)
-        if state.holder is not None:
-            state.holder.release()
+        if state.announcement is not None:
+            state.announcement.release()
         if remove:
             self._remove(self.path)
 
