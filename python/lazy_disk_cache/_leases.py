@@ -17,12 +17,12 @@ its leases name the parent as owner, so it never removes anything.
 
 A lease on an entry's ``.dat`` in a cache directory may also *announce* the path to other processes
 (:meth:`PathLease.announce`): the first announcement on a path in this process takes the key's holder
-lock (``_key_locks.hold_key_if_writable``), and the last lease on the path releases it, so garbage
-collection elsewhere leaves the ``.dat`` alone while any object here holds it. That costs one
-``fcntl`` per path per process, none per lease or access. The lock belongs to the process that took
-it: in a forked child the inherited leases keep the parent's lock (which the child can never
-release: the core checks the pid), and the child's first announcement on such a path takes one of
-the child's own.
+lock (``_key_locks.hold_key_if_writable``; an announcement that could not take it is made again by
+the next one), and the last lease on the path releases it, so garbage collection elsewhere leaves the
+``.dat`` alone while any object here holds it. That costs one ``fcntl`` per path per process, none
+per lease or access. The lock belongs to the process that took it: in a forked child the inherited
+leases keep the parent's lock (which the child can never release: the core checks the pid), and the
+child's first announcement on such a path takes one of the child's own.
 
 What a lease removes is given by its creator: an entry's ``.dat`` (:func:`lease_backing_file`,
 here) or a store's private directory (``_store_dir.lease_directory``).
@@ -59,16 +59,22 @@ class _PathState:
         self.leases: set[PathLease] = set()
         self.duty_owners: set[int] = set()
         self.announcement: KeyHolder | None = None
-        """The key's holder lock, if the process ``announced_by`` could take it."""
+        """The key's holder lock, taken by the process ``announced_by``."""
         self.announced_by: int | None = None
-        """The process that announced the path (whether or not it got the lock); ``None``: not announced."""
 
     def announce(self, path: str) -> None:
-        """Take the holder lock of ``path``'s key for this process, unless this process already tried."""
+        """Take the holder lock of ``path``'s key for this process, unless this process holds it already.
+
+        An attempt that fails (no directory yet, a read-only one, a collection in the way) is made
+        again at the next announcement, so an entry whose directory appears later is still announced.
+        """
         pid = os.getpid()
-        if self.announced_by != pid:
+        if self.announcement is not None and self.announced_by == pid:
+            return
+        holder = hold_key_if_writable(Path(path))
+        if holder is not None:
             # An announcement inherited from a parent stays the parent's: dropping it here releases nothing.
-            self.announcement = hold_key_if_writable(Path(path))
+            self.announcement = holder
             self.announced_by = pid
 
 
@@ -154,7 +160,7 @@ class PathLease:
         """Keep the path announced to other processes until the last lease on it here goes.
 
         For an entry's ``.dat`` in a cache directory (see the module docs). Idempotent; blocks briefly
-        on disk the first time a path is announced in this process.
+        on disk until the path is announced in this process.
         """
         with _lock:
             state = _paths.get(self.path)
