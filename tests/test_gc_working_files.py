@@ -3,6 +3,7 @@ committed pair holds the same bytes; holders are counted per process, also acros
 
 import copy
 import gc
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +17,10 @@ from numpy.typing import NDArray
 
 from lazy_disk_cache import DiskBackedNDArray, _rust
 from lazy_disk_cache.cli import EXIT_OK
-from stored import open_store, write_store
+from lazy_disk_cache.paths import LOCK_FILE_NAME
+from listing import artefacts
+from stored import open_store, write_original_pair, write_store
+from unprivileged import read_only_directory, unprivileged_uid
 
 CHILD = Path(__file__).parent / "child"
 VALUES: dict[str, NDArray[Any]] = {
@@ -24,6 +28,7 @@ VALUES: dict[str, NDArray[Any]] = {
     "small": np.arange(12, dtype=np.int16).reshape(3, 4),
 }
 HELD = "an entry in a live process holds it"
+REFUSED = "this process may not lock the directory"
 
 
 def run_gc(directory: Path, *options: str) -> list[str]:
@@ -44,13 +49,18 @@ def copy_payload_to_dat(directory: Path, key: str) -> None:
     np.ascontiguousarray(np.load(directory / f"{key}.npy")).tofile(directory / f"{key}.dat")
 
 
-@pytest.fixture
-def store_dir(tmp_path: Path) -> Path:
-    directory = tmp_path / "store"
+def fill_store(directory: Path) -> None:
+    """Commit ``VALUES`` in ``directory``, each key with a ``.dat`` that no entry holds and its pair duplicates."""
     write_store(directory, VALUES)
     gc.collect()
     for key in VALUES:
         copy_payload_to_dat(directory, key)
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "store"
+    fill_store(directory)
     return directory
 
 
@@ -183,3 +193,54 @@ def test_holding_a_key_costs_one_lock_per_process_and_the_last_release_frees_it(
     assert (first.held, second.held) == (False, False)
     assert one_left == [("k", "held")]
     assert none_left == [("k", "removed")]
+
+
+def test_gc_without_the_lock_file_removes_the_dat_no_entry_holds_and_keeps_the_pairs(store_dir: Path) -> None:
+    (store_dir / LOCK_FILE_NAME).unlink()
+    pairs = sorted(f"{key}{suffix}" for key in VALUES for suffix in (".npy", ".meta.json"))
+
+    lines = run_gc(store_dir)
+
+    assert lines == ["removed big.dat", "removed small.dat"]
+    assert artefacts(store_dir) == pairs
+
+
+@pytest.mark.parametrize("lock_file", ["present", "absent"])
+def test_gc_in_a_directory_it_may_not_write_keeps_every_dat_and_changes_nothing(lock_file: str) -> None:
+    uid = unprivileged_uid()
+    with read_only_directory() as directory:
+        fill_store(directory)
+        if lock_file == "absent":
+            (directory / LOCK_FILE_NAME).unlink()
+        for path in directory.iterdir():
+            path.chmod(0o644)
+        directory.chmod(0o555)
+        before = sorted(os.listdir(directory))
+
+        completed = subprocess.run(
+            [sys.executable, str(CHILD / "cli_as_user.py"), "-" if uid is None else str(uid), "gc", str(directory)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+        assert completed.returncode == EXIT_OK, completed.stderr
+        assert completed.stdout.splitlines() == [f"kept big.dat: {REFUSED}", f"kept small.dat: {REFUSED}"]
+        assert sorted(os.listdir(directory)) == before
+
+
+def test_an_entry_in_a_directory_it_created_keeps_its_dat_through_gc_in_another_process(tmp_path: Path) -> None:
+    directory = tmp_path / "new"
+    entry = DiskBackedNDArray(
+        VALUES["small"], cache_path=directory / "small", enable_caching=True, purge_disk_on_gc=False
+    )
+    write_original_pair(directory, "small", VALUES["small"])
+
+    while_held = run_gc(directory)
+    del entry
+    gc.collect()
+    after = run_gc(directory)
+
+    assert while_held == [f"kept small.dat: {HELD}"]
+    assert after == ["removed small.dat"]

@@ -10,7 +10,6 @@ import pickle
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,10 +23,10 @@ from lazy_disk_cache.disk_backed_store import DiskBackedStore
 from lazy_disk_cache.errors import LazyDiskCacheWarning
 from lazy_disk_cache.lazy_disk_cache import LazyDiskCacheConfig
 from listing import artefacts
+from unprivileged import read_only_directory, unprivileged_uid
 
 LOGGER = "lazy_disk_cache.disk_backed_store"
 CHILDREN = Path(__file__).parent / "child"
-NOBODY = 65534
 
 Store = DiskBackedStore[DiskBackedNDArray]
 
@@ -207,30 +206,14 @@ def test_a_store_reopened_in_a_new_process_holds_identical_data(tmp_path: Path) 
             np.testing.assert_array_equal(dumped[key], array)
 
 
-def _can_drop_privileges() -> bool:
-    if os.geteuid() != 0:
-        return False
-    probe = subprocess.run(
-        [sys.executable, "-c", f"import os; os.setgid({NOBODY}); os.setuid({NOBODY})"], capture_output=True, timeout=60
-    )
-    return probe.returncode == 0
-
-
 @pytest.fixture
 def readonly_dir() -> Iterator[Path]:
-    """A world-traversable store directory (outside pytest's private root-only tree), removed afterwards."""
-    directory = Path(tempfile.mkdtemp(prefix="store-readonly-"))
-    directory.chmod(0o755)
-    try:
+    with read_only_directory() as directory:
         yield directory
-    finally:
-        directory.chmod(0o755)
-        shutil.rmtree(directory)
 
 
 def test_a_read_only_store_directory_loads_every_entry_and_creates_nothing(readonly_dir: Path) -> None:
-    if os.geteuid() == 0 and not _can_drop_privileges():
-        pytest.skip("running as root without the ability to switch to an unprivileged user")
+    uid = unprivileged_uid()
     arrays = {"mapped": np.arange(6.0).reshape(2, 3), "auto": np.arange(4), "ram": np.arange(3) * 7}
     write_keys(readonly_dir, {"mapped": arrays["mapped"]}, purge_disk_on_gc=False)
     write_keys(readonly_dir, {"auto": arrays["auto"]}, automatic_offloading=True)
@@ -242,7 +225,7 @@ def test_a_read_only_store_directory_loads_every_entry_and_creates_nothing(reado
         path.chmod(0o644)
     readonly_dir.chmod(0o555)
     before = sorted(os.listdir(readonly_dir))
-    drop = [str(NOBODY)] if os.geteuid() == 0 else []
+    drop = [] if uid is None else [str(uid)]
 
     completed = subprocess.run(
         [sys.executable, str(CHILDREN / "store_readonly_load.py"), str(readonly_dir), *drop],
