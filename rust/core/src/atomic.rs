@@ -26,7 +26,7 @@ use rustix::io::Errno;
 
 use crate::copy::{self, Between, ChunkBudget};
 use crate::dir::CacheDir;
-use crate::error::{Error, Op, Result};
+use crate::error::{Error, Op, Result, is_gone};
 use crate::fs::FileKind;
 use crate::keylock::KeyLock;
 use crate::names::{temp_name, validate_name};
@@ -70,7 +70,7 @@ impl PendingFile {
         let existing_perm = match fs.stat_nofollow(dir.fd(), name) {
             Ok(stat) if stat.kind == FileKind::File => Some(stat.perm),
             Ok(_) => None,
-            Err(err) if err.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => None,
+            Err(err) if is_gone(&err) => None,
             Err(err) => return Err(Error::io(Op::Stat, dir.path_of(name), err)),
         };
         let flags = OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDWR;
@@ -104,7 +104,7 @@ impl PendingFile {
             .identity;
         let named = match fs.stat_nofollow(dir.fd(), &pending.temp) {
             Ok(stat) => Some(stat.identity),
-            Err(err) if err.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => None,
+            Err(err) if is_gone(&err) => None,
             Err(err) => return Err(Error::io(Op::Stat, pending.temp_path(), err)),
         };
         if named != Some(ours) {
@@ -280,7 +280,6 @@ fn lock_waiting(dir: &CacheDir, fd: BorrowedFd<'_>, path: &std::path::Path) -> R
 fn remove_or_await(dir: &CacheDir, temp: &str) -> Result<()> {
     let fs = dir.fs();
     let path = dir.path_of(temp);
-    let is_gone = |err: &std::io::Error| err.raw_os_error() == Some(Errno::NOENT.raw_os_error());
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
     let holder = match fs.open(dir.fd(), temp, flags, 0) {
         Ok(fd) => Some(fd),

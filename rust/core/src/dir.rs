@@ -292,6 +292,15 @@ fn resolved_path(fd: BorrowedFd<'_>) -> io::Result<PathBuf> {
     std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
+/// A [`CacheDir`] on a fresh temporary directory (removed with the guard), for unit tests.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // A test that cannot make a temporary directory has nothing to test.
+pub(crate) fn open_temp_dir() -> (tempfile::TempDir, CacheDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = CacheDir::open(tmp.path(), false).unwrap();
+    (tmp, dir)
+}
+
 #[cfg(test)]
 // Tests state their expectations with unwrap/expect/panic; the workspace denies them elsewhere.
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -186,6 +186,12 @@ impl Error {
 /// Shorthand for core results.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Whether a failed call found no file of that name (`ENOENT`): it is gone, which whoever removes
+/// or inspects leftovers takes as nothing to do.
+pub(crate) fn is_gone(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(Errno::NOENT.raw_os_error())
+}
+
 #[cfg(test)]
 // Tests state their expectations with unwrap/expect/panic; the workspace denies them elsewhere.
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

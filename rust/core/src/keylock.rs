@@ -441,12 +441,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-
-    fn open_dir() -> (tempfile::TempDir, CacheDir) {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = CacheDir::open(tmp.path(), false).unwrap();
-        (tmp, dir)
-    }
+    use crate::dir::open_temp_dir;
 
     #[test]
     fn writer_byte_is_the_documented_fnv1a_hash_even_and_below_two_to_the_62() {
@@ -478,7 +473,7 @@ mod tests {
 
     #[test]
     fn a_held_key_keeps_probes_out_until_the_last_holder_of_the_process_goes() {
-        let (tmp, dir) = open_dir();
+        let (tmp, dir) = open_temp_dir();
         let other = CacheDir::open(tmp.path(), false).unwrap();
 
         let first = dir.hold_key("k").unwrap().unwrap();
@@ -494,7 +489,7 @@ mod tests {
 
     #[test]
     fn another_process_sees_a_held_key_as_held_and_may_hold_it_too() {
-        let (tmp, dir) = open_dir();
+        let (tmp, dir) = open_temp_dir();
         let held = dir.hold_key("k").unwrap().unwrap();
         let elsewhere = other_description(&tmp);
 
@@ -508,7 +503,7 @@ mod tests {
 
     #[test]
     fn a_probe_that_outlasts_the_retries_leaves_the_holder_unannounced_without_error() {
-        let (_tmp, dir) = open_dir();
+        let (_tmp, dir) = open_temp_dir();
         let probe = dir.probe_key_holders("k").unwrap().unwrap();
 
         let held = dir.hold_key("k").unwrap();
@@ -520,7 +515,7 @@ mod tests {
 
     #[test]
     fn holding_and_probing_a_key_leave_its_writer_byte_alone() {
-        let (_tmp, dir) = open_dir();
+        let (_tmp, dir) = open_temp_dir();
 
         let held = dir.hold_key("k").unwrap().unwrap();
         let writer = dir.try_lock_key("k").unwrap();
@@ -534,7 +529,7 @@ mod tests {
 
     #[test]
     fn a_held_key_refuses_a_second_writer_from_another_handle_until_dropped() {
-        let (tmp, dir) = open_dir();
+        let (tmp, dir) = open_temp_dir();
         let other = CacheDir::open(tmp.path(), false).unwrap();
 
         let held = dir.lock_key("k").unwrap();
@@ -547,7 +542,7 @@ mod tests {
 
     #[test]
     fn a_waiting_writer_proceeds_when_the_holder_lets_go() {
-        let (tmp, dir) = open_dir();
+        let (tmp, dir) = open_temp_dir();
         let held = dir.lock_key("k").unwrap();
         let (tx, rx) = mpsc::channel();
         let root = tmp.path().to_path_buf();
@@ -570,7 +565,7 @@ mod tests {
 
     #[test]
     fn every_handle_of_a_directory_shares_one_lock_file_description() {
-        let (tmp, dir) = open_dir();
+        let (tmp, dir) = open_temp_dir();
         let other = CacheDir::open(tmp.path(), false).unwrap();
 
         let first = dir.lock_file().unwrap();
@@ -581,7 +576,7 @@ mod tests {
 
     #[test]
     fn the_lock_file_gets_0666_under_the_umask_and_is_never_a_key() {
-        let (tmp, dir) = open_dir();
+        let (tmp, dir) = open_temp_dir();
         let reference = tmp.path().join("reference");
         fs::OpenOptions::new()
             .write(true)
@@ -599,7 +594,7 @@ mod tests {
 
     #[test]
     fn a_planted_lock_file_link_is_refused_and_its_target_untouched() {
-        let (tmp, dir) = open_dir();
+        let (tmp, dir) = open_temp_dir();
         let outside = tempfile::tempdir().unwrap();
         let target = outside.path().join("precious");
         fs::write(&target, b"keep").unwrap();

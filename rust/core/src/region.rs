@@ -377,6 +377,7 @@ mod tests {
 
     use super::*;
     use crate::NPY_DATA_ALIGN;
+    use crate::dir::open_temp_dir;
 
     const SHAPE: [u64; 2] = [5, 6];
     const ITEM: u64 = 2;
@@ -387,12 +388,6 @@ mod tests {
             fortran_order: false,
             shape: &SHAPE,
         }
-    }
-
-    fn open_dir() -> (tempfile::TempDir, CacheDir) {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = CacheDir::open(tmp.path(), false).unwrap();
-        (tmp, dir)
     }
 
     /// The C-order bytes of the (5, 6) u16 array whose element (i, j) is 10 i + j.
@@ -444,7 +439,7 @@ mod tests {
 
     #[test]
     fn blocks_of_partial_rows_land_at_their_c_order_offsets_and_commit_as_a_pair() {
-        let (tmp, dir) = open_dir();
+        let (tmp, dir) = open_temp_dir();
         let region = dir.reserve_region("k", spec(), 60, 42).unwrap();
         let at = target(&region);
         // Chunks (2, 4) over (5, 6): partial rows at the right edge and a short last row.
@@ -468,7 +463,7 @@ mod tests {
 
     #[test]
     fn a_strided_block_is_gathered_into_c_order() {
-        let (tmp, dir) = open_dir();
+        let (tmp, dir) = open_temp_dir();
         let region = dir.reserve_region("k", spec(), 60, 7).unwrap();
         let at = target(&region);
         // The whole array held transposed in memory: (6, 5) C order viewed as (5, 6).
@@ -502,7 +497,7 @@ mod tests {
 
     #[test]
     fn a_writer_of_an_aborted_or_replaced_reservation_gets_estale_and_writes_nothing() {
-        let (tmp, dir) = open_dir();
+        let (tmp, dir) = open_temp_dir();
         let first = dir.reserve_region("k", spec(), 60, 1).unwrap();
         let old = target(&first);
         drop(first);
@@ -522,7 +517,7 @@ mod tests {
 
     #[test]
     fn a_dropped_region_removes_its_temp_and_frees_the_key() {
-        let (tmp, dir) = open_dir();
+        let (tmp, dir) = open_temp_dir();
         let region = dir.reserve_region("k", spec(), 60, 1).unwrap();
         let at = target(&region);
 
@@ -536,7 +531,7 @@ mod tests {
 
     #[test]
     fn a_link_at_the_temp_name_is_never_written_through() {
-        let (tmp, dir) = open_dir();
+        let (tmp, dir) = open_temp_dir();
         let outside = tempfile::tempdir().unwrap();
         let precious = outside.path().join("precious");
         fs::write(&precious, vec![9u8; 5000]).unwrap();
@@ -551,7 +546,7 @@ mod tests {
 
     #[test]
     fn a_block_outside_the_array_or_of_the_wrong_size_is_refused_before_io() {
-        let (_tmp, dir) = open_dir();
+        let (_tmp, dir) = open_temp_dir();
         let region = dir.reserve_region("k", spec(), 60, 1).unwrap();
         let at = target(&region);
 

@@ -17,7 +17,7 @@ use rustix::fs::OFlags;
 use rustix::io::Errno;
 
 use crate::dir::CacheDir;
-use crate::error::{Error, Op, Result};
+use crate::error::{Error, Op, Result, is_gone};
 use crate::fs::FileKind;
 use crate::names::{is_temp_name, pair_temp_key};
 
@@ -96,7 +96,6 @@ impl CacheDir {
         };
         let fs = self.fs();
         let path = self.path_of(name);
-        let is_gone = |err: &std::io::Error| err.raw_os_error() == Some(Errno::NOENT.raw_os_error());
         let stat = match fs.stat_nofollow(self.fd(), name) {
             Ok(stat) => stat,
             Err(err) if is_gone(&err) => return Ok(Outcome::Skipped),
@@ -140,14 +139,8 @@ mod tests {
     use std::fs;
     use std::os::unix::fs::symlink;
 
-    use super::*;
     use crate::atomic::PendingFile;
-
-    fn open_dir() -> (tempfile::TempDir, CacheDir) {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = CacheDir::open(tmp.path(), false).unwrap();
-        (tmp, dir)
-    }
+    use crate::dir::open_temp_dir;
 
     fn sorted(mut names: Vec<String>) -> Vec<String> {
         names.sort();
@@ -156,7 +149,7 @@ mod tests {
 
     #[test]
     fn sweep_removes_our_temps_and_leaves_everything_else() {
-        let (tmp, dir) = open_dir();
+        let (tmp, dir) = open_temp_dir();
         for name in [
             "a.npy.tmp",
             "a.meta.json.tmp",
@@ -186,7 +179,7 @@ mod tests {
 
     #[test]
     fn sweep_unlinks_a_temp_named_symlink_without_touching_its_target() {
-        let (tmp, dir) = open_dir();
+        let (tmp, dir) = open_temp_dir();
         let outside = tempfile::tempdir().unwrap();
         let target = outside.path().join("precious");
         fs::write(&target, b"keep").unwrap();
@@ -201,7 +194,7 @@ mod tests {
 
     #[test]
     fn sweep_skips_a_temp_a_live_writer_holds() {
-        let (tmp, dir) = open_dir();
+        let (tmp, dir) = open_temp_dir();
         let pending = PendingFile::create(&dir, "k.npy").unwrap();
 
         let report = dir.sweep_temps().unwrap();
@@ -214,7 +207,7 @@ mod tests {
 
     #[test]
     fn named_sweep_only_considers_the_given_names_that_match_the_grammar() {
-        let (tmp, dir) = open_dir();
+        let (tmp, dir) = open_temp_dir();
         for name in ["a.npy.tmp", "b.npy.tmp", "c.npy"] {
             fs::write(tmp.path().join(name), b"x").unwrap();
         }
@@ -230,7 +223,7 @@ mod tests {
 
     #[test]
     fn sweep_leaves_the_pair_temps_of_a_locked_key_and_removes_the_others() {
-        let (tmp, dir) = open_dir();
+        let (tmp, dir) = open_temp_dir();
         for name in ["k.npy.tmp", "k.meta.json.tmp", "other.npy.tmp"] {
             fs::write(tmp.path().join(name), b"x").unwrap();
         }
@@ -250,7 +243,7 @@ mod tests {
 
     #[test]
     fn a_dry_run_names_what_the_sweep_would_remove_and_removes_nothing() {
-        let (tmp, dir) = open_dir();
+        let (tmp, dir) = open_temp_dir();
         for name in ["a.npy.tmp", "b.dat.tmp"] {
             fs::write(tmp.path().join(name), b"x").unwrap();
         }

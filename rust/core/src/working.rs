@@ -31,7 +31,7 @@ use rustix::io::Errno;
 
 use crate::copy::Between;
 use crate::dir::CacheDir;
-use crate::error::{Error, Op, Result};
+use crate::error::{Error, Op, Result, is_gone};
 use crate::fs::{FileKind, FileStat};
 use crate::keylock::{HolderProbe, KeyLock};
 use crate::names::{MEMMAP_SUFFIX, META_SUFFIX, NPY_SUFFIX};
@@ -248,10 +248,6 @@ impl CacheDir {
     }
 }
 
-fn is_gone(err: &std::io::Error) -> bool {
-    err.raw_os_error() == Some(Errno::NOENT.raw_os_error())
-}
-
 #[cfg(test)]
 // Tests state their expectations with unwrap/expect/panic; the workspace denies them elsewhere.
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -261,13 +257,8 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::dir::open_temp_dir;
     use crate::npy::encode_header;
-
-    fn open_dir() -> (tempfile::TempDir, CacheDir) {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = CacheDir::open(tmp.path(), false).unwrap();
-        (tmp, dir)
-    }
 
     fn payload(len: usize) -> Vec<u8> {
         (0..len).map(|index| (index % 241) as u8).collect()
@@ -295,7 +286,7 @@ mod tests {
 
     #[test]
     fn a_dat_identical_to_its_committed_pair_with_no_holder_is_removed_and_the_pair_kept() {
-        let (tmp, dir) = open_dir();
+        let (tmp, dir) = open_temp_dir();
         let bytes = payload(3 * 4096 + 5);
         write_pair(tmp.path(), "k", &bytes);
         fs::write(tmp.path().join("k.dat"), &bytes).unwrap();
@@ -309,7 +300,7 @@ mod tests {
 
     #[test]
     fn a_dat_that_differs_from_its_pair_in_one_byte_or_in_length_is_kept() {
-        let (tmp, dir) = open_dir();
+        let (tmp, dir) = open_temp_dir();
         let bytes = payload(10_000);
         write_pair(tmp.path(), "flipped", &bytes);
         write_pair(tmp.path(), "longer", &bytes);
@@ -330,7 +321,7 @@ mod tests {
 
     #[test]
     fn a_dat_without_a_whole_pair_is_kept() {
-        let (tmp, dir) = open_dir();
+        let (tmp, dir) = open_temp_dir();
         let bytes = payload(100);
         fs::write(tmp.path().join("alone.dat"), &bytes).unwrap();
         write_pair(tmp.path(), "half", &bytes);
@@ -349,7 +340,7 @@ mod tests {
 
     #[test]
     fn a_held_key_keeps_its_dat_until_its_holder_goes() {
-        let (tmp, dir) = open_dir();
+        let (tmp, dir) = open_temp_dir();
         let bytes = payload(100);
         write_pair(tmp.path(), "k", &bytes);
         fs::write(tmp.path().join("k.dat"), &bytes).unwrap();
@@ -364,7 +355,7 @@ mod tests {
 
     #[test]
     fn a_key_being_written_keeps_its_dat() {
-        let (tmp, dir) = open_dir();
+        let (tmp, dir) = open_temp_dir();
         let bytes = payload(100);
         write_pair(tmp.path(), "k", &bytes);
         fs::write(tmp.path().join("k.dat"), &bytes).unwrap();
@@ -379,7 +370,7 @@ mod tests {
 
     #[test]
     fn a_dry_run_names_what_would_go_and_removes_nothing() {
-        let (tmp, dir) = open_dir();
+        let (tmp, dir) = open_temp_dir();
         let bytes = payload(100);
         write_pair(tmp.path(), "k", &bytes);
         fs::write(tmp.path().join("k.dat"), &bytes).unwrap();
@@ -392,7 +383,7 @@ mod tests {
 
     #[test]
     fn a_linked_dat_and_a_linked_payload_are_left_alone() {
-        let (tmp, dir) = open_dir();
+        let (tmp, dir) = open_temp_dir();
         let outside = tempfile::tempdir().unwrap();
         let bytes = payload(100);
         fs::write(outside.path().join("target"), &bytes).unwrap();
@@ -417,7 +408,7 @@ mod tests {
 
     #[test]
     fn a_pair_with_an_unreadable_header_keeps_the_dat() {
-        let (tmp, dir) = open_dir();
+        let (tmp, dir) = open_temp_dir();
         let bytes = payload(100);
         fs::write(tmp.path().join("k.npy"), &bytes).unwrap();
         fs::write(tmp.path().join("k.meta.json"), b"{}").unwrap();
@@ -428,7 +419,7 @@ mod tests {
 
     #[test]
     fn an_invalid_key_fails_alone_and_a_stopping_callback_stops_the_collection() {
-        let (tmp, dir) = open_dir();
+        let (tmp, dir) = open_temp_dir();
         let bytes = payload(crate::copy::PIECE_CAP + 4096);
         write_pair(tmp.path(), "k", &bytes);
         fs::write(tmp.path().join("k.dat"), &bytes).unwrap();
@@ -453,7 +444,7 @@ mod tests {
 
     #[test]
     fn a_dat_replaced_or_announced_while_it_is_compared_is_left_for_the_next_collection() {
-        let (tmp, dir) = open_dir();
+        let (tmp, dir) = open_temp_dir();
         let bytes = payload(crate::copy::PIECE_CAP + 4096);
         for key in ["replaced", "announced"] {
             write_pair(tmp.path(), key, &bytes);
