@@ -12,29 +12,45 @@ use pyo3::prelude::*;
 use crate::detach::run_detached;
 use crate::errors::to_py;
 
+/// A guard Python may give up before its object is collected: taken out at most once.
+struct Slot<T>(Mutex<Option<T>>);
+
+impl<T> Slot<T> {
+    fn new(value: T) -> Self {
+        Self(Mutex::new(Some(value)))
+    }
+
+    /// The guard, unless it was taken already.
+    fn take(&self) -> Option<T> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    fn is_full(&self) -> bool {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).is_some()
+    }
+}
+
 /// A key's writer lock, held until released (see `_rust.pyi`).
 #[pyclass(name = "KeyLock", module = "lazy_disk_cache._rust", frozen)]
 pub struct PyKeyLock {
-    inner: Mutex<Option<KeyLock>>,
+    inner: Slot<KeyLock>,
 }
 
 impl PyKeyLock {
     pub fn new(lock: KeyLock) -> Self {
-        Self {
-            inner: Mutex::new(Some(lock)),
-        }
+        Self { inner: Slot::new(lock) }
     }
 }
 
 #[pymethods]
 impl PyKeyLock {
     fn release(&self) {
-        drop(self.inner.lock().unwrap_or_else(PoisonError::into_inner).take());
+        drop(self.inner.take());
     }
 
     #[getter]
     fn held(&self) -> bool {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner).is_some()
+        self.inner.is_full()
     }
 
     fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
@@ -55,33 +71,31 @@ impl PyKeyLock {
 /// This process's hold on a key's `.dat`, until released or collected (see `_rust.pyi`).
 #[pyclass(name = "KeyHolder", module = "lazy_disk_cache._rust", frozen)]
 pub struct PyKeyHolder {
-    inner: Mutex<Option<HolderLock>>,
+    inner: Slot<HolderLock>,
 }
 
 impl PyKeyHolder {
     pub fn new(lock: HolderLock) -> Self {
-        Self {
-            inner: Mutex::new(Some(lock)),
-        }
+        Self { inner: Slot::new(lock) }
     }
 }
 
 #[pymethods]
 impl PyKeyHolder {
     fn release(&self) {
-        drop(self.inner.lock().unwrap_or_else(PoisonError::into_inner).take());
+        drop(self.inner.take());
     }
 
     #[getter]
     fn held(&self) -> bool {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner).is_some()
+        self.inner.is_full()
     }
 }
 
 /// A reserved `<key>.npy.tmp` (see `_rust.pyi`).
 #[pyclass(name = "Region", module = "lazy_disk_cache._rust", frozen)]
 pub struct PyRegion {
-    inner: Mutex<Option<Region>>,
+    inner: Slot<Region>,
     temp_name: String,
     data_offset: u64,
     nbytes: u64,
@@ -95,12 +109,8 @@ impl PyRegion {
             data_offset: region.data_offset(),
             nbytes: region.nbytes(),
             nonce: region.nonce(),
-            inner: Mutex::new(Some(region)),
+            inner: Slot::new(region),
         }
-    }
-
-    fn take(&self) -> Option<Region> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
 }
 
@@ -128,18 +138,19 @@ impl PyRegion {
 
     #[getter]
     fn open(&self) -> bool {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner).is_some()
+        self.inner.is_full()
     }
 
     fn commit(&self, py: Python<'_>, meta: &[u8]) -> PyResult<()> {
         let region = self
+            .inner
             .take()
             .ok_or_else(|| PyValueError::new_err("the region was already committed or aborted"))?;
         to_py(run_detached(py, || region.commit(meta)))
     }
 
     fn abort(&self, py: Python<'_>) {
-        let region = self.take();
+        let region = self.inner.take();
         run_detached(py, || drop(region));
     }
 
