@@ -17,6 +17,7 @@ from lazy_disk_cache import cli
 from lazy_disk_cache.cli import EXIT_DAMAGED, EXIT_ERROR, EXIT_OK, main
 from lazy_disk_cache.paths import LOCK_FILE_NAME
 from listing import artefacts
+from paused_child import paused_child
 from stored import flip_bit, write_original_pair, write_store
 
 CHILD = Path(__file__).parent / "child"
@@ -260,36 +261,19 @@ def test_gc_while_another_process_is_writing_removes_only_dead_temps_and_leaves_
     tmp_path: Path, mode: str
 ) -> None:
     (tmp_path / "crashed.npy.tmp").write_bytes(b"left by a crash")
-    writer = subprocess.Popen(
-        [sys.executable, str(CHILD / "paused_writer.py"), str(tmp_path), mode],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert writer.stdout is not None and writer.stdin is not None
-        assert writer.stdout.readline().strip() == "paused", writer.stderr.read() if writer.stderr else ""
+    with paused_child(CHILD / "paused_writer.py", str(tmp_path), mode, ready="paused") as printed:
         temps_during = sorted(name for name in os.listdir(tmp_path) if name.endswith(".tmp"))
 
         gc_during = run_cli("gc", str(tmp_path))
 
         temps_after_gc = sorted(name for name in os.listdir(tmp_path) if name.endswith(".tmp"))
-        writer.stdin.write("go\n")
-        writer.stdin.flush()
-        out, err = writer.communicate(timeout=60)
-    finally:
-        if writer.poll() is None:
-            writer.kill()
-            writer.wait()
 
     assert gc_during.returncode == EXIT_OK, gc_during.stderr
     assert "crashed.npy.tmp" in temps_during
     assert temps_after_gc == [name for name in temps_during if name != "crashed.npy.tmp"], gc_during.stdout
     assert gc_during.stdout.splitlines()[0] == "removed crashed.npy.tmp"
     assert all(line.endswith(": a live writer holds it") for line in gc_during.stdout.splitlines()[1:])
-    assert writer.returncode == 0, err
-    assert out.strip() == "committed"
+    assert printed == ["paused", "committed"]
     assert (
         run_cli("verify", str(tmp_path)).stdout.splitlines()[-1]
         == "checked 2 keys: 2 verified, 0 damaged, 0 unverified"

@@ -6,8 +6,7 @@ import gc
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from lazy_disk_cache import DiskBackedNDArray, _rust
 from lazy_disk_cache.cli import EXIT_OK
 from lazy_disk_cache.paths import LOCK_FILE_NAME
 from listing import artefacts
+from paused_child import paused_child
 from stored import open_store, write_original_pair, write_store
 from unprivileged import read_only_directory, unprivileged_uid
 
@@ -64,32 +64,9 @@ def store_dir(tmp_path: Path) -> Path:
     return directory
 
 
-@contextmanager
-def holder_process(directory: Path, mode: str, *keys: str) -> Iterator[list[str]]:
-    """Run ``entry_holder.py`` until it holds its entries; yield what it printed; let it go at the end."""
-    process = subprocess.Popen(
-        [sys.executable, str(CHILD / "entry_holder.py"), str(directory), mode, *keys],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None and process.stdin is not None
-        lines: list[str] = []
-        while not lines or lines[-1] != "holding":
-            line = process.stdout.readline()
-            assert line, process.stderr.read() if process.stderr else ""
-            lines.append(line.strip())
-        yield lines
-        process.stdin.write("go\n")
-        process.stdin.flush()
-        _, err = process.communicate(timeout=60)
-        assert process.returncode == 0, err
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+def holder_process(directory: Path, mode: str, *keys: str) -> AbstractContextManager[list[str]]:
+    """``entry_holder.py`` holding its entries for the block; yields what it printed until then."""
+    return paused_child(CHILD / "entry_holder.py", str(directory), mode, *keys, ready="holding")
 
 
 def test_a_store_entry_in_another_process_keeps_its_dat_through_gc_until_that_process_exits(store_dir: Path) -> None:
