@@ -22,6 +22,17 @@ figures medians over repetitions of per-repetition ratios:
 * **peak extra RSS while verifying a 4 GiB store** whose pages are not cached (dropped with
   ``POSIX_FADV_DONTNEED`` first), in a child process: ``VmHWM`` after minus ``VmRSS`` before (the
   peak reset first), and how much the page cache grew. Target: at most 80 MiB.
+
+Two more measurements have no target; they back the figures ``docs/integrity.md`` and
+``docs/dask.md`` give for ``gc``:
+
+* **gc's comparison** of a working ``.dat`` (as its entry wrote it) with its pair's payload (1 GiB
+  each, in the page cache): ``CacheDir.collect_working_files`` in a dry run, against reading both
+  files with ``readinto`` into a reused 4 MiB and a reused 64 MiB buffer (the faster of the two
+  counts), interleaved. Throughput counts the bytes of one file: both are read in that time.
+* **the cost of announcing an entry** (``CacheDir.hold_key`` of a key nobody holds, released
+  untimed) while this process holds 0, 1,000, 10,000 and 50,000 other keys of the directory: Linux
+  keeps a file's byte locks in one list, so it grows with the locks held. Medians of 200 calls.
 """
 
 from __future__ import annotations
@@ -77,6 +88,18 @@ def _write_store(directory: Path, keys: int, key_bytes: int) -> None:
         store.offload(f"k{index:03d}", pickle_container=True)
     for dat in directory.glob("*.dat"):
         dat.unlink()
+
+
+def _leave_working_file(directory: Path, key: str) -> None:
+    """``<key>.dat`` beside the pair of ``key``, holding its payload, as an entry writes it (the entry gone)."""
+    entry = DiskBackedNDArray(
+        np.load(directory / f"{key}.npy", mmap_mode="r"),
+        cache_path=directory / key,
+        enable_caching=True,
+        purge_disk_on_gc=False,
+    )
+    del entry
+    collect_garbage()
 
 
 def _drop_from_cache(paths: list[Path]) -> None:
@@ -136,6 +159,70 @@ def bench_verify_throughput(workdir: Path, nbytes: int, reps: int) -> bool:
     )
     shutil.rmtree(directory)
     return passed
+
+
+def _read_both_with(buffer_bytes: int, paths: list[Path]) -> Callable[[], float]:
+    reads = [_read_with(buffer_bytes, path) for path in paths]
+    return lambda: sum(read() for read in reads)
+
+
+def bench_gc_compare(workdir: Path, nbytes: int, reps: int) -> None:
+    directory = workdir / "gc"
+    _write_store(directory, 1, nbytes)
+    _leave_working_file(directory, "k000")
+    payload, dat = directory / "k000.npy", directory / "k000.dat"
+    handle = _rust.CacheDir.open(directory)
+
+    def compare() -> float:
+        start = now()
+        fates, failed = handle.collect_working_files(["k000"], dry_run=True)
+        elapsed = now() - start
+        if fates != [("k000", "removed")] or failed:
+            raise RuntimeError(f"gc would not remove the duplicate .dat: {fates} {failed}")
+        return elapsed
+
+    variants = [
+        Variant("gc comparison", "ours", compare),
+        Variant("readinto both, 4 MiB buffer", "limit", _read_both_with(4 * MIB, [payload, dat])),
+        Variant("readinto both, 64 MiB buffer", "limit", _read_both_with(64 * MIB, [payload, dat])),
+    ]
+    _read_both_with(64 * MIB, [payload, dat])()  # every page cached before the first repetition
+    ours, small, large = measure_interleaved(variants, reps=reps, warmup=1)
+    best_read = [min(a, b) for a, b in zip(small.values, large.values, strict=True)]
+    ratio = statistics.median(read / mine for read, mine in zip(best_read, ours.values, strict=True))
+    size = dat.stat().st_size
+    print(f"gc comparison of a {format_bytes(size)} .dat with its pair, in the page cache ({reps} reps, medians):")
+    for series in (ours, small, large):
+        seconds = statistics.median(series.values)
+        print(f"  {series.name:<28} {seconds * 1000:8.1f} ms  {size / seconds / 1e9:6.2f} GB/s per file")
+    print(f"  gc comparison / best read of both files, throughput: {ratio:.2f}x")
+    shutil.rmtree(directory)
+
+
+def bench_holder_cost(workdir: Path, held_counts: list[int], calls: int) -> None:
+    directory = workdir / "holders"
+    directory.mkdir()
+    handle = _rust.CacheDir.open(directory)
+    held: list[_rust.KeyHolder | None] = []
+    print(f"announcing an entry (hold_key of a key nobody holds, medians of {calls} calls):")
+    for count in held_counts:
+        while len(held) < count:
+            held.append(handle.hold_key(f"held{len(held)}"))
+        if None in held:
+            raise RuntimeError("a key could not be held")
+        times = []
+        for call in range(calls):
+            start = now()
+            holder = handle.hold_key(f"probe{call}")
+            times.append(now() - start)
+            if holder is None:
+                raise RuntimeError("a probe key could not be held")
+            holder.release()
+        print(f"  with {count:>6,} keys held  {statistics.median(times) * 1e6:8.1f} us")
+    for holder in held:
+        if holder is not None:
+            holder.release()
+    shutil.rmtree(directory)
 
 
 def _offload_variant(
@@ -255,11 +342,15 @@ def main(argv: list[str]) -> int:
                 workdir, [("in RAM", 2, MIB, False), ("offloaded", 2, MIB, True), ("many", 20, 4096, False)], reps=2
             )
             bench_verify_rss(workdir, 2, 8 * MIB)
+            bench_gc_compare(workdir, 16 * MIB, reps=2)
+            bench_holder_cost(workdir, [0, 100, 1000], calls=20)
         else:
             bench_verify_throughput(workdir, GIB, reps=9)
             sets = [("in RAM", 4, 64 * MIB, False), ("offloaded", 4, 64 * MIB, True), ("many", 500, 4096, False)]
             bench_write_overhead(workdir, sets, reps=11)
             bench_verify_rss(workdir, 4, GIB)
+            bench_gc_compare(workdir, GIB, reps=7)
+            bench_holder_cost(workdir, [0, 1000, 10_000, 50_000], calls=200)
     return 0
 
 

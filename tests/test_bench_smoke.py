@@ -140,3 +140,5 @@ def test_the_integrity_benchmark_runs_quick_and_judges_each_target() -> None:
     assert "verify / best read throughput" in proc.stdout
     assert proc.stdout.count("durable store write") == 3, proc.stdout
     assert "peak extra RSS" in proc.stdout
+    assert re.search(r"gc comparison / best read of both files, throughput: [\d.]+x", proc.stdout), proc.stdout
+    assert len(re.findall(r"with +[\d,]+ keys held +[\d.]+ us", proc.stdout)) == 3, proc.stdout
