@@ -6,6 +6,7 @@ import gc
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -141,13 +142,34 @@ def test_copies_of_an_entry_in_this_process_keep_its_dat_until_the_last_goes(sto
     assert without == ["removed small.dat"]
 
 
-def test_an_entry_reloaded_from_a_store_announces_its_dat_only_once_its_data_lives_there(store_dir: Path) -> None:
+def _write_a_value_and_offload(entry: DiskBackedNDArray) -> None:
+    entry.data[0, 0] = 99
+    entry.offload()
+
+
+def _offload_and_load_read_write(entry: DiskBackedNDArray) -> None:
+    entry.offload()
+    entry.load("r+")
+
+
+def _offload_and_load_zero_filled(entry: DiskBackedNDArray) -> None:
+    entry.offload()
+    entry.load("w+")
+
+
+@pytest.mark.parametrize(
+    "materialise",
+    [_write_a_value_and_offload, _offload_and_load_read_write, _offload_and_load_zero_filled],
+    ids=["written-then-offloaded", "load-r+", "load-w+"],
+)
+def test_an_entry_reloaded_from_a_store_announces_its_dat_only_once_its_data_lives_there(
+    store_dir: Path, materialise: Callable[[DiskBackedNDArray], None]
+) -> None:
     directory = _rust.CacheDir.open(store_dir)
     entry = open_store(store_dir)["small"]
 
     while_adopted, _ = directory.collect_working_files(["small"], dry_run=True)
-    entry.data[0, 0] = 99
-    entry.offload()
+    materialise(entry)
     once_written, _ = directory.collect_working_files(["small"], dry_run=True)
 
     assert while_adopted == [("small", "removed")]
