@@ -153,37 +153,24 @@ def stage_entry(batch: CommitBatch, cache_dir: Path, key: StoreKey, entry: LazyD
         def meta(checksum: str | None) -> bytes:
             return encode_sidecar(entry, shape, dtype, checksum)
 
-        progress = current_chunk_progress()
         copyable = copyable_file(entry)
         if copyable is not None and _lies_directly_in(copyable.path, cache_dir):
-            return StagedPayload(
-                *batch.add_npy(
-                    key,
-                    descr=descr,
-                    fortran_order=False,
-                    shape=shape,
-                    nbytes=nbytes,
-                    meta=meta,
-                    source_file=copyable.path.name,
-                    source_offset=copyable.offset,
-                    progress=progress,
-                )
-            )
-        live = array_to_write(entry)
-        check_cacheable_array(live)
-        source = byte_view(np.asarray(live))
-        return StagedPayload(
-            *batch.add_npy(
-                key,
-                descr=descr,
-                fortran_order=False,
-                shape=shape,
-                nbytes=nbytes,
-                meta=meta,
-                source=source,
-                progress=progress,
-            )
+            source: dict[str, Any] = {"source_file": copyable.path.name, "source_offset": copyable.offset}
+        else:
+            live = array_to_write(entry)
+            check_cacheable_array(live)
+            source = {"source": byte_view(np.asarray(live))}
+        offset, checksum = batch.add_npy(
+            key,
+            descr=descr,
+            fortran_order=False,
+            shape=shape,
+            nbytes=nbytes,
+            meta=meta,
+            progress=current_chunk_progress(),
+            **source,
         )
+        return StagedPayload(offset, checksum)
 
 
 def _lies_directly_in(path: Path, cache_dir: Path) -> bool:
