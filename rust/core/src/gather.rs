@@ -179,28 +179,25 @@ impl<'a> StridedBytes<'a> {
         if row_bytes == 0 {
             return 0;
         }
+        // Whole rows of one slab of the last two axes move as a block: runs along one running
+        // offset, or a transposed pair of axes tile by tile.
+        let runs = self.shape.len() >= 2 && self.rows_are_runs();
+        let blocked = runs || self.is_transposed();
         let mut filled = 0;
         while filled < out.len() && cursor.row < rows {
             let room = out.len() - filled;
-            if cursor.within == 0 && self.shape.len() >= 2 && self.rows_are_runs() && room >= 2 * row_bytes {
+            if blocked && cursor.within == 0 && room >= 2 * row_bytes {
                 let slab = self.shape[self.shape.len() - 2];
                 let left_in_slab = slab - cursor.row % slab;
                 let block = (room / row_bytes).min(left_in_slab).min(rows - cursor.row);
                 if block >= 2 {
                     let len = block * row_bytes;
-                    self.copy_runs(cursor.row, block, &mut out[filled..filled + len]);
-                    filled += len;
-                    cursor.row += block;
-                    continue;
-                }
-            }
-            if cursor.within == 0 && self.is_transposed() && room >= 2 * row_bytes {
-                let slab = self.shape[self.shape.len() - 2];
-                let left_in_slab = slab - cursor.row % slab;
-                let block = (room / row_bytes).min(left_in_slab).min(rows - cursor.row);
-                if block >= 2 {
-                    let len = block * row_bytes;
-                    self.copy_tiled(cursor.row, block, &mut out[filled..filled + len]);
+                    let rows_out = &mut out[filled..filled + len];
+                    if runs {
+                        self.copy_runs(cursor.row, block, rows_out);
+                    } else {
+                        self.copy_tiled(cursor.row, block, rows_out);
+                    }
                     filled += len;
                     cursor.row += block;
                     continue;
