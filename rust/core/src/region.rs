@@ -419,6 +419,16 @@ mod tests {
         extent: [u64; 2],
         bytes: &[u8],
     ) -> Result<()> {
+        write_source(dir, at, start, extent, &BlockSource::Contiguous(bytes))
+    }
+
+    fn write_source(
+        dir: &CacheDir,
+        at: &(String, u64, u64, u64),
+        start: [u64; 2],
+        extent: [u64; 2],
+        source: &BlockSource<'_>,
+    ) -> Result<()> {
         write_block(
             dir,
             RegionTarget {
@@ -433,7 +443,7 @@ mod tests {
                 extent: &extent,
                 itemsize: ITEM,
             },
-            &BlockSource::Contiguous(bytes),
+            source,
         )
     }
 
@@ -472,23 +482,7 @@ mod tests {
             .collect();
         let source = BlockSource::Strided(StridedBytes::new(&memory, 0, &[5, 6], &[2, 10], 2).unwrap());
 
-        write_block(
-            &dir,
-            RegionTarget {
-                temp: &at.0,
-                nonce: at.1,
-                data_offset: at.2,
-                nbytes: at.3,
-            },
-            BlockPlacement {
-                shape: &SHAPE,
-                start: &[0, 0],
-                extent: &SHAPE,
-                itemsize: ITEM,
-            },
-            &source,
-        )
-        .unwrap();
+        write_source(&dir, &at, [0, 0], SHAPE, &source).unwrap();
         region.commit(b"{}").unwrap();
 
         let npy = fs::read(tmp.path().join("k.npy")).unwrap();
