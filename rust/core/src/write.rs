@@ -593,15 +593,18 @@ impl CacheDir {
     }
 
     /// Atomically replaces `dst` with the bytes of `src` and maps it `r+`; the bytes move in
-    /// pieces of `budget`.
+    /// pieces of `budget`. With `patch` (a copy-on-write window of that range of `src`), its
+    /// written pages take the place of the file's bytes: see [`PayloadWriter::copy_patched_from`].
     ///
     /// # Errors
-    /// As [`CacheDir::begin_write`], [`PayloadWriter::copy_from`] and [`CacheDir::finish_write`].
+    /// As [`CacheDir::begin_write`], [`PayloadWriter::copy_from`] (or
+    /// [`PayloadWriter::copy_patched_from`]) and [`CacheDir::finish_write`].
     /// On any error the temp is removed and `dst` is unchanged, unless the rename happened
     /// (a failing directory fsync or mapping leaves the new content in place).
     pub fn replace_with_range(
         &self,
         src: FileRange<'_>,
+        patch: Option<&Mapping>,
         dst: &str,
         durable: bool,
         budget: ChunkBudget,
@@ -609,28 +612,10 @@ impl CacheDir {
     ) -> Result<Mapping> {
         validate_name(src.name)?;
         let mut writer = self.begin_write(dst, src.len, budget, durable)?;
-        writer.copy_from(src.name, src.offset, between)?;
-        self.finish_write(writer)
-    }
-
-    /// As [`CacheDir::replace_with_range`], with the written pages of `patch` (a copy-on-write
-    /// window of that range of `src`) taking the place of the file's bytes: see
-    /// [`PayloadWriter::copy_patched_from`].
-    ///
-    /// # Errors
-    /// As [`CacheDir::replace_with_range`] and [`PayloadWriter::copy_patched_from`].
-    pub fn replace_with_patched_range(
-        &self,
-        src: FileRange<'_>,
-        patch: &Mapping,
-        dst: &str,
-        durable: bool,
-        budget: ChunkBudget,
-        between: Between<'_>,
-    ) -> Result<Mapping> {
-        validate_name(src.name)?;
-        let mut writer = self.begin_write(dst, src.len, budget, durable)?;
-        writer.copy_patched_from(src.name, src.offset, patch, between)?;
+        match patch {
+            Some(patch) => writer.copy_patched_from(src.name, src.offset, patch, between)?,
+            None => writer.copy_from(src.name, src.offset, between)?,
+        }
         self.finish_write(writer)
     }
 }
@@ -704,8 +689,15 @@ mod tests {
             offset: page as u64,
             len,
         };
-        dir.replace_with_patched_range(src, &patch, "k.dat", false, ChunkBudget::new(1 << 20), &mut no_pause())
-            .unwrap();
+        dir.replace_with_range(
+            src,
+            Some(&patch),
+            "k.dat",
+            false,
+            ChunkBudget::new(1 << 20),
+            &mut no_pause(),
+        )
+        .unwrap();
 
         assert_eq!(fs::read(tmp.path().join("k.dat")).unwrap(), expected);
         assert_eq!(
@@ -737,8 +729,15 @@ mod tests {
             offset: 0,
             len,
         };
-        dir.replace_with_patched_range(src, &patch, "k.dat", false, ChunkBudget::new(1 << 20), &mut no_pause())
-            .unwrap();
+        dir.replace_with_range(
+            src,
+            Some(&patch),
+            "k.dat",
+            false,
+            ChunkBudget::new(1 << 20),
+            &mut no_pause(),
+        )
+        .unwrap();
 
         assert_eq!(fs::read(tmp.path().join("k.dat")).unwrap(), old);
     }

@@ -400,8 +400,15 @@ fn replace_with_range_survives_a_failure_at_every_step_on_every_copy_path() {
                     offset: NPY_DATA_ALIGN,
                     len: COPY_LEN as u64,
                 };
-                dir.replace_with_range(src, "x.dat", true, ChunkBudget::new(SMALL_BUDGET), &mut |_| Ok(()))
-                    .map(drop)
+                dir.replace_with_range(
+                    src,
+                    None,
+                    "x.dat",
+                    true,
+                    ChunkBudget::new(SMALL_BUDGET),
+                    &mut |_| Ok(()),
+                )
+                .map(drop)
             },
             |root, op, nth, fired, _calls| {
                 let content = fs::read(root.join("x.dat")).unwrap();
@@ -474,7 +481,7 @@ fn replace_with_range_on(copy_path: CopyPath, src_offset: u64, len: usize) -> (V
         offset: src_offset,
         len: len as u64,
     };
-    dir.replace_with_range(src, "dst.dat", false, ChunkBudget::new(64 << 20), &mut |_| Ok(()))
+    dir.replace_with_range(src, None, "dst.dat", false, ChunkBudget::new(64 << 20), &mut |_| Ok(()))
         .unwrap();
 
     let expected = source[src_offset as usize..].to_vec();

@@ -220,12 +220,8 @@ impl PyCacheDir {
         let patch = patch.map(|patch| patch.get().mapping());
         let mapping = pending.to_py(run_detached(py, || {
             let between = &mut hook.between();
-            match patch {
-                Some(patch) => self
-                    .inner
-                    .replace_with_patched_range(source, patch, dst, durable, budget, between),
-                None => self.inner.replace_with_range(source, dst, durable, budget, between),
-            }
+            self.inner
+                .replace_with_range(source, patch, dst, durable, budget, between)
         }))?;
         Ok(PyFileMapping::new(mapping))
     }
