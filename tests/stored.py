@@ -24,9 +24,15 @@ VARIED_ARRAYS: dict[str, NDArray[Any]] = {
 }
 
 
-def open_store(cache_dir: Path) -> Store:
-    config = LazyDiskCacheConfig(enable_caching=True, cache_path=cache_dir, purge_disk_on_gc=False)
+def make_store(cache_dir: Path | None, **settings: Any) -> Store:
+    """A store of ``DiskBackedNDArray`` entries on ``cache_dir``, configured by ``settings``."""
+    config = LazyDiskCacheConfig(cache_path=cache_dir, **settings)
     return DiskBackedStore[DiskBackedNDArray](config=config, factory=DiskBackedNDArray)
+
+
+def open_store(cache_dir: Path) -> Store:
+    """A caching store on ``cache_dir`` that keeps its files when collected."""
+    return make_store(cache_dir, enable_caching=True, purge_disk_on_gc=False)
 
 
 def write_store(cache_dir: Path, arrays: dict[str, NDArray[Any]]) -> Store:
@@ -38,11 +44,14 @@ def write_store(cache_dir: Path, arrays: dict[str, NDArray[Any]]) -> Store:
     return store
 
 
-def write_original_pair(cache_dir: Path, key: str, array: NDArray[Any]) -> None:
-    """A pair as the original package writes it: ``np.save`` and a sidecar without a checksum."""
+def write_original_pair(cache_dir: Path, key: str, array: NDArray[Any], **overrides: Any) -> None:
+    """A pair as the original package writes it: ``np.save`` and a sidecar without a checksum.
+
+    ``overrides`` replace or add sidecar fields.
+    """
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.save(cache_dir / f"{key}.npy", array)
-    meta = {
+    meta: dict[str, Any] = {
         "schema_version": 1,
         "lazy_disk_cache_class": "DiskBackedNDArray",
         "shape": list(array.shape),
@@ -51,6 +60,12 @@ def write_original_pair(cache_dir: Path, key: str, array: NDArray[Any]) -> None:
         "automatic_offloading": False,
         "enable_caching": True,
     }
+    meta.update(overrides)
+    write_sidecar(cache_dir, key, meta)
+
+
+def write_sidecar(cache_dir: Path, key: str, meta: object) -> None:
+    """``meta`` as the JSON sidecar of ``key``."""
     (cache_dir / f"{key}.meta.json").write_text(json.dumps(meta), encoding="utf-8")
 
 

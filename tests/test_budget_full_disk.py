@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +28,7 @@ ELEMENTS = 4096
 ENTRY_BYTES = ELEMENTS * 8
 
 
-@pytest.fixture(autouse=True)
-def _reset_faults() -> Iterator[None]:
-    _rust._clear_faults()
-    yield
-    _rust._clear_faults()
+pytestmark = pytest.mark.usefixtures("clean_faults")
 
 
 def test_a_spill_into_a_full_disk_keeps_the_entry_in_ram_and_warns_once() -> None:

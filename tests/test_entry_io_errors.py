@@ -4,7 +4,6 @@ import errno
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +16,7 @@ from listing import artefacts
 CHILD = Path(__file__).parent / "child" / "entry_full_disk.py"
 
 
-@pytest.fixture(autouse=True)
-def _reset_faults() -> Iterator[None]:
-    _rust._clear_faults()
-    yield
-    _rust._clear_faults()
+pytestmark = pytest.mark.usefixtures("clean_faults")
 
 
 def _old_value(tmp_path: Path) -> DiskBackedNDArray:

@@ -21,35 +21,11 @@ from lazy_disk_cache.disk_backed_store import DiskBackedStore
 from lazy_disk_cache.errors import LazyDiskCacheWarning
 from lazy_disk_cache.lazy_disk_cache import CopyableFile, LazyDiskCacheConfig, copyable_file
 from listing import artefacts
+from stored import make_store, write_original_pair, write_sidecar
 
 LOGGER = "lazy_disk_cache.disk_backed_store"
 # The store writes payloads page-aligned (DESIGN.md §4.6); np.save aligns to 64 bytes.
 PAGE = 4096
-
-
-def make_store(cache_dir: Path, **settings: Any) -> DiskBackedStore[DiskBackedNDArray]:
-    config = LazyDiskCacheConfig(cache_path=cache_dir, **settings)
-    return DiskBackedStore[DiskBackedNDArray](config=config, factory=DiskBackedNDArray)
-
-
-def write_pair(cache_dir: Path, key: str, array: NDArray[Any], **overrides: Any) -> None:
-    """Write a pair the way the original does: np.save plus a hand-written sidecar."""
-    np.save(cache_dir / f"{key}.npy", array)
-    meta: dict[str, Any] = {
-        "schema_version": 1,
-        "lazy_disk_cache_class": "DiskBackedNDArray",
-        "shape": list(array.shape),
-        "dtype": array.dtype.str,
-        "purge_disk_on_gc": False,
-        "automatic_offloading": False,
-        "enable_caching": True,
-    }
-    meta.update(overrides)
-    write_sidecar(cache_dir, key, meta)
-
-
-def write_sidecar(cache_dir: Path, key: str, meta: object) -> None:
-    (cache_dir / f"{key}.meta.json").write_text(json.dumps(meta), encoding="utf-8")
 
 
 def npy_header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
@@ -246,7 +222,7 @@ def test_store_entry_commits_a_single_pair_on_its_own(tmp_path: Path) -> None:
 
 def test_a_pair_written_with_np_save_and_a_hand_written_sidecar_loads(tmp_path: Path) -> None:
     array = np.arange(6, dtype=np.float64).reshape(2, 3)
-    write_pair(tmp_path, "legacy", array)
+    write_original_pair(tmp_path, "legacy", array)
 
     reloaded = make_store(tmp_path)["legacy"]
 
@@ -257,7 +233,7 @@ def test_a_pair_written_with_np_save_and_a_hand_written_sidecar_loads(tmp_path: 
 
 def test_a_fortran_ordered_np_save_file_loads_with_its_order(tmp_path: Path) -> None:
     array = np.asfortranarray(np.arange(12, dtype=np.int32).reshape(3, 4))
-    write_pair(tmp_path, "f", array)
+    write_original_pair(tmp_path, "f", array)
 
     reloaded = np.asarray(make_store(tmp_path)["f"])
 
@@ -266,7 +242,7 @@ def test_a_fortran_ordered_np_save_file_loads_with_its_order(tmp_path: Path) -> 
 
 def test_a_fortran_ordered_reload_is_written_back_in_c_order(tmp_path: Path) -> None:
     array = np.asfortranarray(np.arange(12, dtype=np.int32).reshape(3, 4))
-    write_pair(tmp_path, "f", array)
+    write_original_pair(tmp_path, "f", array)
     store = make_store(tmp_path)
     store["f"]
 
@@ -287,7 +263,9 @@ def test_absent_flags_take_the_config_defaults(tmp_path: Path) -> None:
 
 
 def test_sidecar_flags_win_over_the_store_config(tmp_path: Path) -> None:
-    write_pair(tmp_path, "k", np.arange(3), enable_caching=False, purge_disk_on_gc=True, automatic_offloading=False)
+    write_original_pair(
+        tmp_path, "k", np.arange(3), enable_caching=False, purge_disk_on_gc=True, automatic_offloading=False
+    )
 
     reloaded = make_store(tmp_path, enable_caching=True, purge_disk_on_gc=False, automatic_offloading=True)["k"]
 
@@ -325,7 +303,7 @@ def test_a_matching_sidecar_logs_no_warning(tmp_path: Path, caplog: pytest.LogCa
 
 
 def test_trailing_bytes_after_the_payload_are_ignored(tmp_path: Path) -> None:
-    write_pair(tmp_path, "k", np.arange(4, dtype=np.int64))
+    write_original_pair(tmp_path, "k", np.arange(4, dtype=np.int64))
     with open(tmp_path / "k.npy", "ab") as handle:
         handle.write(b"trailing garbage")
 
@@ -360,7 +338,7 @@ def test_writes_before_the_first_offload_are_kept_and_never_reach_the_npy(tmp_pa
 
 
 def test_reload_with_caching_off_reads_into_ram(tmp_path: Path) -> None:
-    write_pair(tmp_path, "k", np.arange(5), enable_caching=False)
+    write_original_pair(tmp_path, "k", np.arange(5), enable_caching=False)
 
     reloaded = make_store(tmp_path)["k"]
 
@@ -371,7 +349,7 @@ def test_reload_with_caching_off_reads_into_ram(tmp_path: Path) -> None:
 
 
 def test_reload_of_an_automatic_offloading_entry_ends_offloaded(tmp_path: Path) -> None:
-    write_pair(tmp_path, "k", np.arange(5), automatic_offloading=True)
+    write_original_pair(tmp_path, "k", np.arange(5), automatic_offloading=True)
 
     reloaded = make_store(tmp_path)["k"]
 
@@ -410,7 +388,7 @@ def test_a_legacy_pickle_without_a_pair_is_a_logged_miss_and_never_opened(
 
 
 def test_a_legacy_pickle_next_to_a_complete_pair_is_ignored(tmp_path: Path) -> None:
-    write_pair(tmp_path, "k", np.arange(3))
+    write_original_pair(tmp_path, "k", np.arange(3))
     (tmp_path / "k.pkl").write_bytes(b"ignored")
 
     np.testing.assert_array_equal(np.asarray(make_store(tmp_path)["k"]), np.arange(3))
@@ -418,7 +396,7 @@ def test_a_legacy_pickle_next_to_a_complete_pair_is_ignored(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("missing", ["k.npy", "k.meta.json"])
 def test_a_torn_pair_is_a_miss(tmp_path: Path, missing: str) -> None:
-    write_pair(tmp_path, "k", np.arange(3))
+    write_original_pair(tmp_path, "k", np.arange(3))
     (tmp_path / missing).unlink()
     store = make_store(tmp_path)
 
@@ -429,7 +407,7 @@ def test_a_torn_pair_is_a_miss(tmp_path: Path, missing: str) -> None:
 
 
 def test_temps_are_never_read(tmp_path: Path) -> None:
-    write_pair(tmp_path, "k", np.arange(3))
+    write_original_pair(tmp_path, "k", np.arange(3))
     store = make_store(tmp_path)
     (tmp_path / "k.npy").rename(tmp_path / "k.npy.tmp")
     (tmp_path / "k.meta.json").rename(tmp_path / "k.meta.json.tmp")
@@ -439,7 +417,7 @@ def test_temps_are_never_read(tmp_path: Path) -> None:
 
 
 def test_invalid_json_raises_a_json_decode_error_naming_the_key_and_the_file(tmp_path: Path) -> None:
-    write_pair(tmp_path, "k", np.arange(3))
+    write_original_pair(tmp_path, "k", np.arange(3))
     (tmp_path / "k.meta.json").write_text("{not json")
 
     with pytest.raises(json.JSONDecodeError) as caught:
@@ -453,7 +431,7 @@ def test_invalid_json_raises_a_json_decode_error_naming_the_key_and_the_file(tmp
 
 
 def test_a_sidecar_that_is_not_utf8_raises_value_error_naming_the_key_and_the_file(tmp_path: Path) -> None:
-    write_pair(tmp_path, "k", np.arange(3))
+    write_original_pair(tmp_path, "k", np.arange(3))
     (tmp_path / "k.meta.json").write_bytes(b'{"schema_version": 1, "x": "\xff"}')
 
     with pytest.raises(ValueError) as caught:
@@ -466,7 +444,7 @@ def test_a_sidecar_that_is_not_utf8_raises_value_error_naming_the_key_and_the_fi
 
 @pytest.mark.parametrize("meta", [[], "text", 1, None], ids=repr)
 def test_a_sidecar_that_is_not_an_object_raises_valueerror(tmp_path: Path, meta: object) -> None:
-    write_pair(tmp_path, "k", np.arange(3))
+    write_original_pair(tmp_path, "k", np.arange(3))
     write_sidecar(tmp_path, "k", meta)
 
     with pytest.raises(ValueError) as caught:
@@ -483,7 +461,7 @@ def test_a_sidecar_that_is_not_an_object_raises_valueerror(tmp_path: Path, meta:
     ids=repr,
 )
 def test_schema_version_must_be_the_integer_one(tmp_path: Path, version: object, shown: str) -> None:
-    write_pair(tmp_path, "k", np.arange(3))
+    write_original_pair(tmp_path, "k", np.arange(3))
     meta = json.loads((tmp_path / "k.meta.json").read_text())
     if version == "missing":
         del meta["schema_version"]
@@ -499,7 +477,7 @@ def test_schema_version_must_be_the_integer_one(tmp_path: Path, version: object,
 
 @pytest.mark.parametrize("name", ["missing", None, 3, ["DiskBackedNDArray"]], ids=repr)
 def test_a_missing_or_non_string_class_raises_valueerror(tmp_path: Path, name: object) -> None:
-    write_pair(tmp_path, "k", np.arange(3))
+    write_original_pair(tmp_path, "k", np.arange(3))
     meta = json.loads((tmp_path / "k.meta.json").read_text())
     if name == "missing":
         del meta["lazy_disk_cache_class"]
@@ -514,7 +492,7 @@ def test_a_missing_or_non_string_class_raises_valueerror(tmp_path: Path, name: o
 
 
 def test_an_unknown_class_raises_valueerror_listing_the_allowed_ones(tmp_path: Path) -> None:
-    write_pair(tmp_path, "k", np.arange(3), lazy_disk_cache_class="builtins.eval")
+    write_original_pair(tmp_path, "k", np.arange(3), lazy_disk_cache_class="builtins.eval")
 
     with pytest.raises(ValueError) as caught:
         make_store(tmp_path)._load_entry("k")
@@ -524,7 +502,7 @@ def test_an_unknown_class_raises_valueerror_listing_the_allowed_ones(tmp_path: P
 
 
 def test_the_class_is_checked_before_the_npy_header(tmp_path: Path) -> None:
-    write_pair(tmp_path, "k", np.arange(3), lazy_disk_cache_class="Nope")
+    write_original_pair(tmp_path, "k", np.arange(3), lazy_disk_cache_class="Nope")
     (tmp_path / "k.npy").write_bytes(b"garbage")
 
     with pytest.raises(ValueError, match="Unknown lazy_disk_cache_class"):
@@ -537,7 +515,7 @@ def test_the_class_is_checked_before_the_npy_header(tmp_path: Path) -> None:
     ids=["empty", "garbage", "incomplete-dict", "bad-version"],
 )
 def test_a_corrupt_npy_header_raises_valueerror(tmp_path: Path, payload: bytes) -> None:
-    write_pair(tmp_path, "k", np.arange(3))
+    write_original_pair(tmp_path, "k", np.arange(3))
     (tmp_path / "k.npy").write_bytes(payload)
 
     with pytest.raises(ValueError):
@@ -545,7 +523,7 @@ def test_a_corrupt_npy_header_raises_valueerror(tmp_path: Path, payload: bytes) 
 
 
 def test_a_short_npy_raises_valueerror_naming_the_path(tmp_path: Path) -> None:
-    write_pair(tmp_path, "k", np.arange(100, dtype=np.float64))
+    write_original_pair(tmp_path, "k", np.arange(100, dtype=np.float64))
     path = tmp_path / "k.npy"
     os.truncate(path, path.stat().st_size - 8)
 
@@ -564,7 +542,7 @@ def test_an_object_dtype_npy_raises_valueerror(tmp_path: Path) -> None:
 @pytest.mark.parametrize("field", ["purge_disk_on_gc", "automatic_offloading", "enable_caching"])
 @pytest.mark.parametrize("value", [1, 0, "true", None, 1.0], ids=repr)
 def test_a_non_boolean_flag_raises_valueerror_naming_the_field(tmp_path: Path, field: str, value: object) -> None:
-    write_pair(tmp_path, "k", np.arange(3), **{field: value})
+    write_original_pair(tmp_path, "k", np.arange(3), **{field: value})
 
     with pytest.raises(ValueError) as caught:
         make_store(tmp_path)._load_entry("k")
@@ -574,7 +552,7 @@ def test_a_non_boolean_flag_raises_valueerror_naming_the_field(tmp_path: Path, f
 
 
 def test_flags_are_checked_after_the_npy_header(tmp_path: Path) -> None:
-    write_pair(tmp_path, "k", np.arange(3), enable_caching="yes")
+    write_original_pair(tmp_path, "k", np.arange(3), enable_caching="yes")
     (tmp_path / "k.npy").write_bytes(b"garbage")
 
     with pytest.raises(ValueError) as caught:
@@ -584,7 +562,7 @@ def test_flags_are_checked_after_the_npy_header(tmp_path: Path) -> None:
 
 
 def test_a_failed_load_leaves_tracking_unchanged(tmp_path: Path) -> None:
-    write_pair(tmp_path, "k", np.arange(3), schema_version=2)
+    write_original_pair(tmp_path, "k", np.arange(3), schema_version=2)
     store = make_store(tmp_path)
 
     with pytest.raises(ValueError):
@@ -604,7 +582,7 @@ def refusing_writes(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("refusing_writes")
 def test_a_directory_refusing_writes_maps_the_payload_read_only(tmp_path: Path) -> None:
-    write_pair(tmp_path, "k", np.arange(4.0))
+    write_original_pair(tmp_path, "k", np.arange(4.0))
 
     reloaded = make_store(tmp_path)["k"]
 
@@ -621,7 +599,7 @@ def test_a_directory_refusing_writes_maps_the_payload_read_only(tmp_path: Path) 
 
 @pytest.mark.usefixtures("refusing_writes")
 def test_an_offloaded_read_only_reload_offers_its_c_ordered_npy_payload_to_copy(tmp_path: Path) -> None:
-    write_pair(tmp_path, "k", np.arange(4.0))
+    write_original_pair(tmp_path, "k", np.arange(4.0))
     reloaded = make_store(tmp_path)["k"]
 
     reloaded.offload()
@@ -631,7 +609,7 @@ def test_an_offloaded_read_only_reload_offers_its_c_ordered_npy_payload_to_copy(
 
 @pytest.mark.usefixtures("refusing_writes")
 def test_an_offloaded_read_only_reload_of_fortran_data_offers_no_file_to_copy(tmp_path: Path) -> None:
-    write_pair(tmp_path, "k", np.asfortranarray(np.arange(12.0).reshape(3, 4)))
+    write_original_pair(tmp_path, "k", np.asfortranarray(np.arange(12.0).reshape(3, 4)))
     reloaded = make_store(tmp_path)["k"]
 
     reloaded.offload()
@@ -643,7 +621,7 @@ def test_an_offloaded_read_only_reload_of_fortran_data_offers_no_file_to_copy(tm
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_an_offloaded_read_only_reload_is_rewritten_from_its_npy_payload(tmp_path: Path, order: str) -> None:
     array = np.arange(12, dtype=np.int32).reshape(3, 4)
-    write_pair(tmp_path, "k", np.asfortranarray(array) if order == "F" else array)
+    write_original_pair(tmp_path, "k", np.asfortranarray(array) if order == "F" else array)
     store = make_store(tmp_path)
     store["k"].offload()
     _rust._clear_faults()

@@ -10,7 +10,6 @@ import copy
 import gc
 import os
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +22,16 @@ from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.disk_backed_store import DiskBackedStore
 from lazy_disk_cache.lazy_disk_cache import LazyDiskCacheConfig
 from listing import artefacts
+from stored import make_store
 
 Store = DiskBackedStore[DiskBackedNDArray]
 
 
-@pytest.fixture(autouse=True)
-def _reset_faults() -> Iterator[None]:
-    _rust._clear_faults()
-    yield
-    _rust._clear_faults()
+pytestmark = pytest.mark.usefixtures("clean_faults")
 
 
 def durable_store(cache_dir: Path, **settings: Any) -> Store:
-    config = LazyDiskCacheConfig(cache_path=cache_dir, enable_caching=True, purge_disk_on_gc=False, **settings)
-    return DiskBackedStore[DiskBackedNDArray](config=config, factory=DiskBackedNDArray)
+    return make_store(cache_dir, enable_caching=True, purge_disk_on_gc=False, **settings)
 
 
 def syncs() -> tuple[int, int]:

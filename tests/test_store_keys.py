@@ -15,16 +15,11 @@ from lazy_disk_cache import paths
 from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.disk_backed_store import DiskBackedStore
 from lazy_disk_cache.errors import StoreKeyError
-from lazy_disk_cache.lazy_disk_cache import LazyDiskCacheConfig
 from listing import artefacts
+from stored import make_store
 
 Store = DiskBackedStore[DiskBackedNDArray]
 Snapshot = dict[str, tuple[Any, ...]]
-
-
-def make_store(cache_dir: Path, **settings: Any) -> Store:
-    config = LazyDiskCacheConfig(cache_path=cache_dir, **settings)
-    return DiskBackedStore[DiskBackedNDArray](config=config, factory=DiskBackedNDArray)
 
 
 def snapshot(root: Path) -> Snapshot:

@@ -18,9 +18,9 @@ import pytest
 from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.disk_backed_store import DiskBackedStore
 from lazy_disk_cache.errors import LazyDiskCacheWarning, StoreKeyError
-from lazy_disk_cache.lazy_disk_cache import LazyDiskCacheConfig
 from lazy_disk_cache.paths import CLAUSE_ABSOLUTE, CLAUSE_LENGTH, CLAUSE_RESERVED, CLAUSE_TRAILING
 from listing import artefacts
+from stored import make_store
 
 Store = DiskBackedStore[DiskBackedNDArray]
 
@@ -33,11 +33,6 @@ LEGACY = {
     "trailing ": CLAUSE_TRAILING,
     "a" * 245: CLAUSE_LENGTH,
 }
-
-
-def make_store(cache_dir: Path, **settings: Any) -> Store:
-    config = LazyDiskCacheConfig(cache_path=cache_dir, **settings)
-    return DiskBackedStore[DiskBackedNDArray](config=config, factory=DiskBackedNDArray)
 
 
 def open_quietly(cache_dir: Path, **settings: Any) -> Store:

@@ -23,17 +23,13 @@ from lazy_disk_cache.disk_backed_store import DiskBackedStore
 from lazy_disk_cache.errors import LazyDiskCacheWarning
 from lazy_disk_cache.lazy_disk_cache import LazyDiskCacheConfig
 from listing import artefacts
+from stored import make_store
 from unprivileged import read_only_directory, unprivileged_uid
 
 LOGGER = "lazy_disk_cache.disk_backed_store"
 CHILDREN = Path(__file__).parent / "child"
 
 Store = DiskBackedStore[DiskBackedNDArray]
-
-
-def make_store(cache_dir: Path | None, **settings: Any) -> Store:
-    config = LazyDiskCacheConfig(cache_path=cache_dir, **settings)
-    return DiskBackedStore[DiskBackedNDArray](config=config, factory=DiskBackedNDArray)
 
 
 def write_keys(cache_dir: Path, arrays: dict[str, Any], **settings: Any) -> None:

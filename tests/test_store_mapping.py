@@ -22,13 +22,9 @@ from lazy_disk_cache.errors import LazyDiskCacheWarning, StoreContainmentError, 
 from lazy_disk_cache.lazy_disk_cache import LazyDiskCacheConfig
 from lazy_disk_cache.paths import CLAUSE_SEPARATOR
 from listing import artefacts
+from stored import make_store
 
 LOGGER = "lazy_disk_cache.disk_backed_store"
-
-
-def make_store(cache_dir: Path | None, **settings: Any) -> DiskBackedStore[DiskBackedNDArray]:
-    config = LazyDiskCacheConfig(cache_path=cache_dir, **settings)
-    return DiskBackedStore[DiskBackedNDArray](config=config, factory=DiskBackedNDArray)
 
 
 def entry(values: Any = (1, 2, 3), **settings: Any) -> DiskBackedNDArray:
@@ -123,8 +119,10 @@ def test_an_existing_file_as_cache_path_gives_a_temporary_directory_with_a_warni
     existing = tmp_path / "file"
     existing.write_bytes(b"keep me")
 
+    config = LazyDiskCacheConfig(cache_path=existing)
     with caplog.at_level(logging.WARNING, logger=LOGGER), pytest.warns(LazyDiskCacheWarning) as caught:
-        store = make_store(existing)
+        # Built here, not through a helper: the warning must point at this line's file.
+        store = DiskBackedStore[DiskBackedNDArray](config=config, factory=DiskBackedNDArray)
 
     assert store.cache_dir.parent == private_tempdir
     assert existing.read_bytes() == b"keep me"

@@ -19,23 +19,14 @@ from lazy_disk_cache import _rust
 from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.disk_backed_store import DiskBackedStore
 from lazy_disk_cache.errors import LazyDiskCacheWarning, StoreKeyError
-from lazy_disk_cache.lazy_disk_cache import LazyDiskCacheConfig
 from lazy_disk_cache.paths import CLAUSE_SEPARATOR
 from listing import artefacts
+from stored import make_store
 
 LOGGER = "lazy_disk_cache.disk_backed_store"
 
 
-@pytest.fixture(autouse=True)
-def _reset_faults() -> Iterator[None]:
-    _rust._clear_faults()
-    yield
-    _rust._clear_faults()
-
-
-def make_store(cache_dir: Path, **settings: Any) -> DiskBackedStore[DiskBackedNDArray]:
-    config = LazyDiskCacheConfig(cache_path=cache_dir, **settings)
-    return DiskBackedStore[DiskBackedNDArray](config=config, factory=DiskBackedNDArray)
+pytestmark = pytest.mark.usefixtures("clean_faults")
 
 
 def cached_store(cache_dir: Path, *keys: str, **settings: Any) -> DiskBackedStore[DiskBackedNDArray]:

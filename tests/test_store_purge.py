@@ -8,7 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,8 @@ from lazy_disk_cache.errors import (
     StorePurgeIncompleteError,
     StorePurgeRefusedError,
 )
-from lazy_disk_cache.lazy_disk_cache import LazyDiskCacheConfig
 from listing import artefacts
+from stored import make_store
 
 LOGGER = "lazy_disk_cache.disk_backed_store"
 CHILD = Path(__file__).parent / "child" / "store_purge_refused.py"
@@ -35,16 +35,7 @@ SIX = ("k.meta.json", "k.meta.json.tmp", "k.npy.tmp", "k.dat.tmp", "k.npy", "k.d
 Store = DiskBackedStore[DiskBackedNDArray]
 
 
-@pytest.fixture(autouse=True)
-def _reset_faults() -> Iterator[None]:
-    _rust._clear_faults()
-    yield
-    _rust._clear_faults()
-
-
-def make_store(cache_dir: Path, **settings: Any) -> Store:
-    config = LazyDiskCacheConfig(cache_path=cache_dir, **settings)
-    return DiskBackedStore[DiskBackedNDArray](config=config, factory=DiskBackedNDArray)
+pytestmark = pytest.mark.usefixtures("clean_faults")
 
 
 def written_store(cache_dir: Path, *keys: str, **settings: Any) -> Store:

@@ -19,15 +19,10 @@ from lazy_disk_cache import disk_backed_store as dbs
 from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.disk_backed_store import DiskBackedStore
 from lazy_disk_cache.errors import LazyDiskCacheWarning, StoreKeyError, StorePurgeRefusedError
-from lazy_disk_cache.lazy_disk_cache import LazyDiskCacheConfig
 from listing import artefacts
+from stored import make_store
 
 Store = DiskBackedStore[DiskBackedNDArray]
-
-
-def make_store(cache_dir: Path, **settings: Any) -> Store:
-    config = LazyDiskCacheConfig(cache_path=cache_dir, **settings)
-    return DiskBackedStore[DiskBackedNDArray](config=config, factory=DiskBackedNDArray)
 
 
 def open_quietly(cache_dir: Path, **settings: Any) -> Store:
