@@ -18,14 +18,11 @@ from lazy_disk_cache.paths import (
     MEMMAP_SUFFIX,
     META_SUFFIX,
     NPY_SUFFIX,
-    TMP_SUFFIX,
     is_our_temp_name,
     split_artefact_name,
 )
 
 __all__ = ["Inventory", "take_inventory"]
-
-_TEMP_SUFFIXES = frozenset(suffix + TMP_SUFFIX for suffix in (NPY_SUFFIX, META_SUFFIX, MEMMAP_SUFFIX))
 
 
 class Inventory(NamedTuple):
@@ -73,7 +70,7 @@ def take_inventory(cache_dir: Path) -> Inventory:
         key, suffix = parts
         if suffix in groups:
             groups[suffix][key] = size
-        elif suffix in _TEMP_SUFFIXES and is_our_temp_name(item.name):
+        elif is_our_temp_name(item.name):
             temps[item.name] = size
         elif suffix == LEGACY_PICKLE_SUFFIX:
             legacy.append(item.name)
