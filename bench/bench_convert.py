@@ -38,6 +38,7 @@ from common import (
     run_standalone,
     settle,
     unlink_quietly,
+    with_baselines,
 )
 
 __all__ = [
@@ -233,7 +234,7 @@ def _convert_case(ds: Dataset, settings: Settings, impl: Impl, baselines: set[st
             joblib_na,
         ),
     ]
-    variants = [v for v in variants if v.role == impl.role or baselines is None or v.name in baselines]
+    variants = with_baselines(variants, impl, baselines)
     reps = settings.large_reps if ds.size == "large" else settings.reps
     series = measure_interleaved(variants, reps=reps, warmup=settings.warmup, prewarm_bytes=ds.nbytes + 64 * MIB)
     notes = [
@@ -377,7 +378,7 @@ def _load_case(ds: Dataset, fx: _LoadFixture, settings: Settings, impl: Impl, ba
             joblib_na,
         ),
     ]
-    variants = [v for v in variants if v.role == impl.role or baselines is None or v.name in baselines]
+    variants = with_baselines(variants, impl, baselines)
     series = measure_interleaved(variants, reps=settings.reps, warmup=settings.warmup)
     notes = [f"each value is the median of {calls} opens; the mapping is dropped between opens"]
     title = f"load() latency: {ds.label}"
@@ -402,7 +403,7 @@ def _read_case(ds: Dataset, fx: _LoadFixture, settings: Settings, impl: Impl, ba
         Variant(NP_LOAD_MMAP + ", first full pass", "numpy", _median_of(passes, lambda: _np_load_pass(fx, dest))),
         Variant(NP_LOAD_RAM, "numpy", _median_of(passes, lambda: _np_load_ram(fx))),
     ]
-    variants = [v for v in variants if v.role == impl.role or baselines is None or v.name in baselines]
+    variants = with_baselines(variants, impl, baselines)
     series = measure_interleaved(variants, reps=settings.reps, warmup=settings.warmup, prewarm_bytes=ds.nbytes)
     series.append(_best_of(series, BEST_READ, (RAW_MMAP_READ, READINTO)))
     notes = [

@@ -41,6 +41,7 @@ from common import (
     now,
     run_standalone,
     settle,
+    with_baselines,
 )
 
 __all__ = [
@@ -258,7 +259,7 @@ def disk_cases(
                 GROUP_COMMIT, "numpy", _disk_after(work / "store-disk-gc", functools.partial(_commit_by_hand, items))
             ),
         ]
-        variants = [v for v in variants if v.role == impl.role or baselines is None or v.name in baselines]
+        variants = with_baselines(variants, impl, baselines)
         series = measure_interleaved(variants, reps=1, warmup=0)
         notes = [
             "bytes on disk: the blocks allocated to every file in the store's directory (st_blocks),"
@@ -344,7 +345,7 @@ def reload_cases(
                 joblib_na,
             ),
         ]
-        variants = [v for v in variants if v.role == impl.role or baselines is None or v.name in baselines]
+        variants = with_baselines(variants, impl, baselines)
         prewarm = store_set.count * store_set.entry_bytes
         series = measure_interleaved(variants, reps=settings.reps, warmup=settings.warmup, prewarm_bytes=prewarm)
         for directory in (ours_dir, base_dir, joblib_dir):

@@ -65,6 +65,7 @@ __all__ = [
     "run_standalone",
     "settle",
     "unlink_quietly",
+    "with_baselines",
 ]
 
 KIB = 1024
@@ -383,6 +384,11 @@ def load_impl(which: Literal["ours", "original"]) -> Impl:
     config_cls, config_na = _import_attr(f"{package}.lazy_disk_cache", "LazyDiskCacheConfig")
     store_na = store_na or array_na or config_na
     return Impl(label, role, array_cls, store_cls, config_cls, array_na, store_na)
+
+
+def with_baselines(variants: Sequence[Variant], impl: Impl, baselines: set[str] | None) -> list[Variant]:
+    """The variants of `impl`'s own role, and of the others those `baselines` names (all when None)."""
+    return [v for v in variants if v.role == impl.role or baselines is None or v.name in baselines]
 
 
 def format_seconds(seconds: float) -> str:
