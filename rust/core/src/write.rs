@@ -661,6 +661,24 @@ mod tests {
         assert_eq!(fs::read(tmp.path().join("k.dat.tmp")).unwrap(), b"ab\0\0");
     }
 
+    /// Replaces `k.dat` with `len` bytes of `k.npy` from `offset`, `patch` supplying its written pages.
+    fn copy_patched(dir: &CacheDir, patch: &Mapping, offset: u64, len: u64) {
+        let src = FileRange {
+            name: "k.npy",
+            offset,
+            len,
+        };
+        dir.replace_with_range(
+            src,
+            Some(patch),
+            "k.dat",
+            false,
+            ChunkBudget::new(1 << 20),
+            &mut no_pause(),
+        )
+        .unwrap();
+    }
+
     #[test]
     fn a_patched_copy_takes_written_pages_from_the_mapping_and_the_rest_from_the_file() {
         let tmp = tempfile::tempdir().unwrap();
@@ -684,20 +702,7 @@ mod tests {
         }
         recording.clear();
 
-        let src = FileRange {
-            name: "k.npy",
-            offset: page as u64,
-            len,
-        };
-        dir.replace_with_range(
-            src,
-            Some(&patch),
-            "k.dat",
-            false,
-            ChunkBudget::new(1 << 20),
-            &mut no_pause(),
-        )
-        .unwrap();
+        copy_patched(&dir, &patch, page as u64, len);
 
         assert_eq!(fs::read(tmp.path().join("k.dat")).unwrap(), expected);
         assert_eq!(
@@ -724,20 +729,7 @@ mod tests {
         fs::write(tmp.path().join("new"), vec![0x55u8; old.len()]).unwrap();
         fs::rename(tmp.path().join("new"), tmp.path().join("k.npy")).unwrap();
 
-        let src = FileRange {
-            name: "k.npy",
-            offset: 0,
-            len,
-        };
-        dir.replace_with_range(
-            src,
-            Some(&patch),
-            "k.dat",
-            false,
-            ChunkBudget::new(1 << 20),
-            &mut no_pause(),
-        )
-        .unwrap();
+        copy_patched(&dir, &patch, 0, len);
 
         assert_eq!(fs::read(tmp.path().join("k.dat")).unwrap(), old);
     }
