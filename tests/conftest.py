@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from extents import reflink_refusal
-from lazy_disk_cache import _rust
+from lazy_disk_cache import _rust, paths
 from loop_mount import loop_mount_refusal, make_filesystem, mount, release
 
 
@@ -24,6 +24,20 @@ def private_tempdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     directory.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(directory))
     return directory
+
+
+@pytest.fixture
+def judged_keys(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every key the key rule judges from now on, in order."""
+    judged: list[str] = []
+    real = paths._violated_clause
+
+    def counting(key: str) -> str | None:
+        judged.append(key)
+        return real(key)
+
+    monkeypatch.setattr(paths, "_violated_clause", counting)
+    return judged
 
 
 @pytest.fixture

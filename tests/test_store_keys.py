@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from hostile_keys import HOSTILE_KEYS, LEGACY_KEYS, LEGAL_KEYS, NOT_A_STR, HostileKey, key_id
-from lazy_disk_cache import paths
 from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.disk_backed_store import DiskBackedStore
 from lazy_disk_cache.errors import StoreKeyError
@@ -207,20 +206,6 @@ def test_a_planted_symlink_at_an_artefact_name_is_never_written_through(tmp_path
 
 
 # -- a key is checked once per operation, where it enters ----------------------------------------
-
-
-@pytest.fixture
-def judged_keys(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every key the key rule judges from now on, in order."""
-    judged: list[str] = []
-    real = paths._violated_clause
-
-    def counting(key: str) -> str | None:
-        judged.append(key)
-        return real(key)
-
-    monkeypatch.setattr(paths, "_violated_clause", counting)
-    return judged
 
 
 def _store_with_a_stored_key(cache_dir: Path) -> Store:
