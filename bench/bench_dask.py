@@ -10,6 +10,10 @@ Cases (each repeated, variants interleaved with a rotating start, medians of per
 * ``parallel-commit``: two processes committing 1,000 small keys each against one process
   committing 2,000.
 
+Every timed call starts with a synced page cache (``os.sync()`` outside the timing), so that no
+variant pays for the writeback of data the one before it left dirty; the zarr baseline's removal
+of its previous output also runs outside its timing.
+
 Needs the ``dask`` extra and ``zarr`` (``scripts/bench.sh`` installs it). Usage:
 ``bench_dask.py [--gib 1.0] [--repeats 5] [--dir PATH]``. Ratios > 1 mean ours is faster.
 """
@@ -17,6 +21,7 @@ Needs the ``dask`` extra and ``zarr`` (``scripts/bench.sh`` installs it). Usage:
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -46,12 +51,24 @@ def _store(directory: Path) -> DiskBackedStore[DiskBackedNDArray]:
     )
 
 
-def _interleave(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+def _interleave(
+    variants: dict[str, Callable[[], object]],
+    repeats: int,
+    prepare: dict[str, Callable[[], object]] | None = None,
+) -> dict[str, list[float]]:
+    """Time each variant ``repeats`` times, rotating the order; medians are taken by the caller.
+
+    Before every timed call (and outside its time) the variant's ``prepare`` step runs and the
+    page cache is synced, so that no variant pays for the writeback of data another one left dirty.
+    """
     names = list(variants)
     times: dict[str, list[float]] = {name: [] for name in names}
     for repetition in range(repeats):
         order = names[repetition % len(names) :] + names[: repetition % len(names)]
         for name in order:
+            if prepare is not None and name in prepare:
+                prepare[name]()
+            os.sync()
             start = time.perf_counter()
             variants[name]()
             times[name].append(time.perf_counter() - start)
@@ -106,10 +123,13 @@ def bench_cluster(root: Path, gib: float, repeats: int) -> None:
             store.store_dask("y", source + 1)
 
         def theirs() -> None:
-            shutil.rmtree(root / "y.zarr", ignore_errors=True)
             da.to_zarr(source + 1, str(root / "y.zarr"), compressors=None)
 
-        writes = _interleave({"store_dask (durable)": ours, "to_zarr (no fsync)": theirs}, repeats)
+        writes = _interleave(
+            {"store_dask (durable)": ours, "to_zarr (no fsync)": theirs},
+            repeats,
+            prepare={"to_zarr (no fsync)": lambda: shutil.rmtree(root / "y.zarr", ignore_errors=True)},
+        )
         _report("store_dask (LocalCluster, 2 process workers)", writes, "store_dask (durable)")
 
 
