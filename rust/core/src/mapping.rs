@@ -19,7 +19,7 @@ use rustix::fs::OFlags;
 use crate::checked::{add, to_u64, to_usize};
 use crate::dir::CacheDir;
 use crate::error::{Error, Op, Result};
-use crate::fs::Fs;
+use crate::fs::{FileStat, Fs};
 use crate::names::validate_name;
 
 /// How a file is mapped.
@@ -131,6 +131,22 @@ impl Mapping {
         len: Option<u64>,
     ) -> Result<Self> {
         let file = fs.fstat(fd).map_err(|err| Error::io(Op::Stat, path, err))?;
+        Self::from_stat(fs, fd, path, &file, mode, offset, len)
+    }
+
+    /// Maps the window of an already open file whose `fstat` the caller just made (`file`).
+    ///
+    /// # Errors
+    /// As [`Mapping::open`], except for the stat.
+    pub fn from_stat(
+        fs: &dyn Fs,
+        fd: BorrowedFd<'_>,
+        path: &Path,
+        file: &FileStat,
+        mode: MappingMode,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<Self> {
         let (file_len, identity) = (file.len, file.identity);
         let len = match len {
             Some(len) => len,

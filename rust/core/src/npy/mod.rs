@@ -5,6 +5,7 @@ pub mod header;
 pub mod literal;
 
 use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
 
 pub use header::{
     HeaderError, MAX_HEADER_LEN, NPY_ARRAY_ALIGN, NPY_DATA_ALIGN, NPY_MAGIC, NpyHeader, Preamble, decode_header,
@@ -14,7 +15,7 @@ pub use header::{
 use crate::checked::{to_u64, to_usize};
 use crate::copy::read_exact_at;
 use crate::dir::CacheDir;
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use crate::mapping::{Mapping, MappingMode};
 
 impl CacheDir {
@@ -40,12 +41,20 @@ impl CacheDir {
     /// As [`CacheDir::read_header`] and [`Mapping::from_fd`].
     pub fn read_npy(&self, name: &str, map: Option<MappingMode>) -> Result<(NpyHeader, Option<Mapping>)> {
         let fd = self.open_read(name)?;
-        let header = self.header_of(fd.as_fd(), name)?;
+        // One fstat serves the header check and the mapping: a reload of many small keys pays
+        // per system call, and an artefact is never truncated in place (replacement is by rename).
+        let path = self.path_of(name);
+        let file = self
+            .fs()
+            .fstat(fd.as_fd())
+            .map_err(|err| Error::io(Op::Stat, &path, err))?;
+        let header = self.header_within(fd.as_fd(), &path, file.len)?;
         let mapping = match map {
-            Some(mode) => Some(Mapping::from_fd(
+            Some(mode) => Some(Mapping::from_stat(
                 self.fs(),
                 fd.as_fd(),
-                &self.path_of(name),
+                &path,
+                &file,
                 mode,
                 header.data_offset,
                 None,
@@ -60,22 +69,29 @@ impl CacheDir {
     /// # Errors
     /// As [`CacheDir::read_header`], except for the open.
     pub(crate) fn header_of(&self, fd: BorrowedFd<'_>, name: &str) -> Result<NpyHeader> {
-        let path = self.path_of(name);
         let file_len = self.file_len(fd, name)?;
+        self.header_within(fd, &self.path_of(name), file_len)
+    }
+
+    /// Reads and decodes the `.npy` header of the open file `fd` at `path`, `file_len` bytes long.
+    ///
+    /// # Errors
+    /// As [`CacheDir::header_of`], except for the stat.
+    fn header_within(&self, fd: BorrowedFd<'_>, path: &Path, file_len: u64) -> Result<NpyHeader> {
         let invalid = |reason: HeaderError| Error::InvalidHeader {
-            path: path.clone(),
+            path: path.to_path_buf(),
             reason,
         };
         let first = to_usize(file_len.min(NPY_DATA_ALIGN))?;
         let mut bytes = vec![0u8; first];
-        read_exact_at(self.fs(), fd, &path, &mut bytes, 0)?;
+        read_exact_at(self.fs(), fd, path, &mut bytes, 0)?;
         let preamble = parse_preamble(&bytes).map_err(invalid)?;
         let end = preamble.data_offset_within(file_len).map_err(invalid)?;
         if end > to_u64(bytes.len()) {
             let already = bytes.len();
             bytes.resize(to_usize(end)?, 0);
             let rest = bytes.get_mut(already..).unwrap_or_default();
-            read_exact_at(self.fs(), fd, &path, rest, to_u64(already))?;
+            read_exact_at(self.fs(), fd, path, rest, to_u64(already))?;
         }
         decode_header(&bytes, file_len).map_err(invalid)
     }
