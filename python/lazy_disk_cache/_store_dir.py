@@ -38,6 +38,7 @@ __all__ = [
     "collect_stale_working_files",
     "directory_refuses_writes",
     "lease_directory",
+    "list_directory",
     "require_usable_directory",
     "rescan",
     "sweep_orphan_temps",
@@ -61,17 +62,30 @@ class RescanReport(NamedTuple):
     skipped: list[str]
 
 
-def sweep_orphan_temps(directory: CacheDir, *, dry_run: bool = False) -> SweepReport:
+def list_directory(cache_dir: Path) -> list[os.DirEntry[str]]:
+    """Every entry directly in ``cache_dir``: one listing, which a store open sweeps and rescans.
+
+    Raises the ``OSError`` of a directory that cannot be listed. Reads the directory.
+    """
+    with os.scandir(cache_dir) as listing:
+        return list(listing)
+
+
+def sweep_orphan_temps(
+    directory: CacheDir, *, dry_run: bool = False, listed: Iterable[os.DirEntry[str]] | None = None
+) -> SweepReport:
     """Remove ``<key>.npy.tmp``, ``<key>.meta.json.tmp`` and ``<key>.dat.tmp`` left by a crash.
 
     Only names whose stem is a legal store key are candidates; the core unlinks those names
     (never a link's target), skips temps a live writer holds and stays silent in a read-only
-    directory. A directory that cannot even be listed yields one failure for ``'.'``. Never
-    raises ``OSError``. With ``dry_run`` the core decides the same way but removes nothing, and
-    ``removed`` lists what it would remove. Blocks on disk.
+    directory. ``listed`` is the directory's listing when the caller just made one (see
+    ``list_directory``); else it is listed here. A directory that cannot even be listed yields
+    one failure for ``'.'``. Never raises ``OSError``. With ``dry_run`` the core decides the same
+    way but removes nothing, and ``removed`` lists what it would remove. Blocks on disk.
     """
     try:
-        candidates = [name for name in os.listdir(directory.path) if is_our_temp_name(name)]
+        names = os.listdir(directory.path) if listed is None else [item.name for item in listed]
+        candidates = [name for name in names if is_our_temp_name(name)]
         if not candidates:
             return SweepReport([], [])
         removed, failed = directory.sweep_temps(candidates, dry_run=dry_run)
@@ -80,22 +94,22 @@ def sweep_orphan_temps(directory: CacheDir, *, dry_run: bool = False) -> SweepRe
     return SweepReport(removed, failed)
 
 
-def rescan(cache_dir: Path) -> RescanReport:
+def rescan(cache_dir: Path, listed: Iterable[os.DirEntry[str]] | None = None) -> RescanReport:
     """List the keys with a ``<key>.npy`` regular file (or link to one) directly in ``cache_dir``.
 
     The key is the name without its final ``.npy``; it must be legal or legacy (see ``paths``) and
     rebuild the same path; other ``.npy`` names are skipped. ``.pkl``, ``.dat``-only and temp files
-    are never keys. Sorted by name. Reads the directory.
+    are never keys. Sorted by name. ``listed`` is the directory's listing when the caller just
+    made one (see ``list_directory``); else the directory is read here.
     """
     keys: list[str] = []
     legacy: list[str] = []
     skipped: list[str] = []
-    with os.scandir(cache_dir) as listing:
-        candidates = sorted(
-            item.name
-            for item in listing
-            if len(item.name) > len(NPY_SUFFIX) and item.name.endswith(NPY_SUFFIX) and _is_file(item)
-        )
+    candidates = sorted(
+        item.name
+        for item in (list_directory(cache_dir) if listed is None else listed)
+        if len(item.name) > len(NPY_SUFFIX) and item.name.endswith(NPY_SUFFIX) and _is_file(item)
+    )
     for name in candidates:
         key = key_from_npy_name(name)
         old_key = None if key is not None else legacy_key_from_npy_name(name)

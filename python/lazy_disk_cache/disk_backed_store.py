@@ -52,9 +52,11 @@ from lazy_disk_cache._progress import ProgressCallback, reporting
 from lazy_disk_cache._purge import PurgePlan, artefact_names, detach_purge_duty, plan_purge, unlink_in_order
 from lazy_disk_cache._rust import CacheDir, CommitBatch, FileMapping, NpyHeader
 from lazy_disk_cache._store_dir import (
+    SweepReport,
     choose_cache_dir,
     directory_refuses_writes,
     lease_directory,
+    list_directory,
     require_usable_directory,
     rescan,
     sweep_orphan_temps,
@@ -273,8 +275,16 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         self._cache_dir, self._owns_cache_dir = choice.path, choice.owned
         self._arm_directory_removal()
         directory = open_directory(self._cache_dir, create=True)
-        self._sweep_temps(directory)
-        self._rescan()
+        # One listing serves the sweep and the rescan. The sweep never removes a ``.npy``, so the
+        # rescan finds what a listing of its own would; one that cannot be made is reported by the
+        # sweep, then raised, as each would on its own.
+        try:
+            listed = list_directory(self._cache_dir)
+        except OSError as exc:
+            self._report_sweep(SweepReport([], [(".", exc)]))
+            raise
+        self._report_sweep(sweep_orphan_temps(directory, listed=listed))
+        self._rescan(listed)
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -291,8 +301,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         if self._owns_cache_dir and self._purge_disk_on_gc:
             self._directory_finalizer = lease_directory(self, self._cache_dir, self._owner_pid).arm()
 
-    def _sweep_temps(self, directory: CacheDir) -> None:
-        report = sweep_orphan_temps(directory)
+    def _report_sweep(self, report: SweepReport) -> None:
         for name in report.removed:
             logger.info("Removed orphaned temp file %r from cache directory %r.", name, str(self._cache_dir))
         for name, error in report.failed:
@@ -300,8 +309,8 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
                 "Could not remove orphaned temp file %r in cache directory %r: %s", name, str(self._cache_dir), error
             )
 
-    def _rescan(self) -> list[str]:
-        report = rescan(self._cache_dir)
+    def _rescan(self, listed: list[os.DirEntry[str]] | None = None) -> list[str]:
+        report = rescan(self._cache_dir, listed)
         directory = str(self._cache_dir)
         for name in report.skipped:
             logger.warning("Skipping %r in cache directory %r: its name is not a legal store key.", name, directory)
