@@ -19,6 +19,7 @@ import pytest
 from lazy_disk_cache import DiskBackedNDArray, DiskBackedStore, LazyDiskCacheConfig, _rust
 from lazy_disk_cache.dask import TARGET_CHUNK_BYTES, default_chunks
 from lazy_disk_cache.paths import LOCK_FILE_NAME
+from stored import write_original_pair
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -354,3 +355,38 @@ def test_without_dask_the_bridges_raise_import_error_naming_the_extra(tmp_path: 
     lines = output.stdout.strip().splitlines()
     assert len(lines) == 3, output.stdout + output.stderr
     assert all("lazy_disk_cache[dask]" in line for line in lines)
+
+
+# -- entries whose stored pair is committed again --------------------------------------------------
+
+
+def _original_fortran_key(directory: Path) -> tuple[DiskBackedStore[DiskBackedNDArray], np.ndarray]:
+    """A key as the original package writes it: np.save of a Fortran-ordered array (128-byte header)."""
+    value = np.asfortranarray(_sample())
+    directory.mkdir(exist_ok=True)
+    write_original_pair(directory, "k", value)
+    return _store(directory), value
+
+
+def test_an_offloaded_entry_reads_its_key_committed_again_in_another_layout(tmp_path: Path) -> None:
+    store, value = _original_fortran_key(tmp_path)
+    entry = store["k"]
+    entry.offload()
+
+    store.offload(pickle_container=True)  # rewrites k.npy in C order, its payload at byte 4096
+
+    assert np.array_equal(entry.to_dask(chunks=(64, 10)).compute(), value)
+    assert np.array_equal(np.asarray(entry), value)
+
+
+def test_a_loaded_entry_refuses_readers_by_name_once_its_npy_is_replaced(tmp_path: Path) -> None:
+    store, value = _original_fortran_key(tmp_path)
+    entry = store["k"]  # loaded: its live buffer maps the original file
+    store.offload(pickle_container=True)
+    entry.offload()
+
+    with pytest.raises(ValueError, match="has been replaced since"):
+        entry.to_dask()
+    entry.load("r+")  # writes its own .dat from the mapping it kept
+    entry.offload()
+    assert np.array_equal(entry.to_dask(chunks=(64, 10)).compute(), value)

@@ -785,7 +785,12 @@ class LazyDiskCache(ABC):
         if path is None or not self._enable_caching:
             return
         if adopted is not None:
-            # Its data is the payload it adopted, which it keeps mapped (the new .npy holds the same).
+            # Its data is the payload it adopted, which it keeps mapped; the new .npy holds the same
+            # bytes, but perhaps at another offset or in another order (an .npy the original wrote).
+            # An offloaded entry adopts the new file, which readers by name then find; a loaded one
+            # keeps its mapping, and readers by name are refused once the name holds another file.
+            if not self._in_memory:
+                self._map_committed_payload(path, offset, readonly=adopted.readonly)
             return
         lease: PathLease | None = self.__dict__.get("_lease")
         releasable = self.__dict__.get("_working_copy", False) and not self.__dict__.get("_path_exported", False)
@@ -796,9 +801,7 @@ class LazyDiskCache(ABC):
         if not self._in_memory:
             # Offloaded, it will read the payload: map it now, so that a later commit renaming
             # another payload over the name never changes what this entry holds.
-            shape, dtype = self._describe_shape_dtype()
-            nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-            kept = FileMapping.open(handle, _npy_beside(path).name, mode="c", offset=offset, length=nbytes)
+            kept = self._committed_payload_mapping(path, offset)
         failures = handle.unlink_all([path.name])
         for name, error in failures:
             logger.debug("Could not remove the working file %s in %s: %s", name, path.parent, error)
@@ -811,6 +814,18 @@ class LazyDiskCache(ABC):
         self._backing_created = False
         lease.owner_pid = None
         logger.debug("%s on %s now reads the committed payload of %s", type(self).__name__, path, _npy_beside(path))
+
+    def _committed_payload_mapping(self, path: Path, offset: int) -> FileMapping:
+        """A copy-on-write mapping of the payload at ``offset`` of the ``.npy`` just committed beside ``path``."""
+        shape, dtype = self._describe_shape_dtype()
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        handle = self._dir_handle or self._directory()
+        return FileMapping.open(handle, _npy_beside(path).name, mode="c", offset=offset, length=nbytes)
+
+    def _map_committed_payload(self, path: Path, offset: int, *, readonly: bool) -> None:
+        """Make an offloaded adopted entry adopt the C-ordered payload its store just committed."""
+        self._payload_mapping = self._committed_payload_mapping(path, offset)
+        self._adopted = _AdoptedPayload(offset, "C", readonly=readonly)
 
     def _dat_is_own_file(self, path: Path) -> bool:
         """Whether ``path`` names, unlinked, the very ``.dat`` this entry last wrote (not a link,
@@ -1453,6 +1468,15 @@ def copyable_file(entry: LazyDiskCache) -> CopyableFile | None:
         return CopyableFile(path, 0)
 
 
+def _identity_of(path: Path) -> tuple[int, int] | None:
+    """Device and inode of the file ``path`` names, ``None`` when it names none (one ``stat``)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
 def _copyable_payload(entry: LazyDiskCache, adopted: _AdoptedPayload, path: Path) -> CopyableFile | None:
     """The adopted payload file of ``entry`` when it may be copied for its data (see ``copyable_file``)."""
     kept = entry.__dict__.get("_payload_mapping")
@@ -1463,11 +1487,7 @@ def _copyable_payload(entry: LazyDiskCache, adopted: _AdoptedPayload, path: Path
         if mapped is None or mapped.nbytes < _FILE_COPY_MIN_BYTES or not entry._live_buffer_is_the_payload():
             return None
     npy = _npy_beside(path)
-    try:
-        info = os.stat(npy)
-    except OSError:
-        return None
-    return CopyableFile(npy, adopted.offset) if (info.st_dev, info.st_ino) == kept.identity else None
+    return CopyableFile(npy, adopted.offset) if _identity_of(npy) == kept.identity else None
 
 
 class ReadableFile(NamedTuple):
@@ -1485,7 +1505,8 @@ def readable_file(entry: LazyDiskCache) -> ReadableFile:
     sibling ``.npy`` payload of an entry reloaded from a read-only directory. ``ValueError`` when no
     file holds the value: caching is off (the data is only in RAM), or the live buffer is a private
     copy-on-write mapping (a store reload, or ``load("c")``) whose writes, if any, never reach a
-    file; ``offload()`` writes such an entry's ``.dat`` first. O(1), no I/O.
+    file; ``offload()`` writes such an entry's ``.dat`` first; or the ``.npy`` an adopted entry keeps
+    mapped has been replaced under its name since. O(1): one ``stat`` for an adopted entry.
     """
     with entry._lock:
         path = entry._cache_path
@@ -1506,7 +1527,14 @@ def readable_file(entry: LazyDiskCache) -> ReadableFile:
             )
         if adopted is None:
             return ReadableFile(path, 0, "C")
-        return ReadableFile(_npy_beside(path), adopted.offset, adopted.order)
+        npy = _npy_beside(path)
+        kept = entry.__dict__.get("_payload_mapping")
+        if kept is not None and _identity_of(npy) != kept.identity:
+            raise ValueError(
+                f"the {npy.name} this {name} adopted has been replaced since (by a later commit), so no "
+                "file by that name holds its value any more; call load('r+'), which writes its own .dat"
+            )
+        return ReadableFile(npy, adopted.offset, adopted.order)
 
 
 class StoreEntryBuild:
