@@ -13,7 +13,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 
@@ -109,16 +109,10 @@ impl SyncPool {
             job.run();
             return ticket;
         };
-        let job = match queue.try_send(job) {
-            Ok(()) => return ticket,
-            Err(TrySendError::Full(job)) => match queue.send(job) {
-                Ok(()) => return ticket,
-                Err(returned) => returned.0,
-            },
-            Err(TrySendError::Disconnected(job)) => job,
-        };
-        // Every thread is gone (none could be started): do it here.
-        job.run();
+        // Blocks while the queue is full; should the receiving end be gone, the job runs here.
+        if let Err(returned) = queue.send(job) {
+            returned.0.run();
+        }
         ticket
     }
 
