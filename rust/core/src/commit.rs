@@ -197,6 +197,7 @@ impl WrittenPayload {
     }
 }
 
+/// Locks `mutex`; a poisoned one is taken over, as nothing panics while holding these.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -237,12 +238,7 @@ impl CommitBatch {
     /// When another writer holds it, the batch commits what it has staged before waiting.
     fn key_lock(&self, key: &str) -> Result<Arc<KeyLock>> {
         let byte = writer_byte(key);
-        let held = self
-            .locks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&byte)
-            .and_then(Weak::upgrade);
+        let held = lock(&self.locks).get(&byte).and_then(Weak::upgrade);
         if let Some(guard) = held {
             return Ok(guard);
         }
@@ -253,7 +249,7 @@ impl CommitBatch {
             self.dir.lock_key(key)?
         };
         let guard = Arc::new(guard);
-        let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut locks = lock(&self.locks);
         locks.retain(|_, lock| lock.strong_count() > 0);
         locks.insert(byte, Arc::downgrade(&guard));
         Ok(guard)
@@ -289,7 +285,7 @@ impl CommitBatch {
     /// staged earlier stay staged.
     pub fn stage(&self, payload: WrittenPayload, meta: &[u8]) -> Result<()> {
         let staged = payload.finish(meta)?;
-        self.staged.lock().unwrap_or_else(PoisonError::into_inner).push(staged);
+        lock(&self.staged).push(staged);
         Ok(())
     }
 
@@ -306,25 +302,19 @@ impl CommitBatch {
 
     /// Whether `key` is staged.
     pub fn contains(&self, key: &str) -> bool {
-        self.staged
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .any(|staged| staged.key() == key)
+        lock(&self.staged).iter().any(|staged| staged.key() == key)
     }
 
     /// The staged keys, in staging order.
     pub fn keys(&self) -> Vec<String> {
-        self.staged
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.staged)
             .iter()
             .map(|staged| staged.key().to_owned())
             .collect()
     }
 
     fn take_staged(&self) -> Vec<StagedKey> {
-        std::mem::take(&mut *self.staged.lock().unwrap_or_else(PoisonError::into_inner))
+        std::mem::take(&mut *lock(&self.staged))
     }
 
     /// Waits for the fsync of every staged temp, then renames each pair (`.npy` first, then
