@@ -142,7 +142,7 @@ impl PayloadWriter {
     pub fn write_block(&mut self, block: &[u8], between: Between<'_>) -> Result<()> {
         let len = to_u64(block.len());
         let mut at = self.next_offset(len)?;
-        let (fs, fd, path) = (self.file.dir().fs(), self.file.fd(), self.file.temp_path());
+        let path = self.file.temp_path();
         let mut first = true;
         let mut moved = 0;
         for piece in block.chunks(self.budget.piece_len()) {
@@ -153,12 +153,7 @@ impl PayloadWriter {
                 // at 4096), so the page cache can hold them in large, naturally aligned folios.
                 let room = WRITE_SLICE - usize::try_from(at % to_u64(WRITE_SLICE)).unwrap_or(0);
                 let (slice, tail) = rest.split_at(room.min(rest.len()));
-                if let Some(hasher) = self.hasher.as_mut() {
-                    hasher.update(slice);
-                }
-                copy::write_all_at(fs, fd, &path, slice, at)?;
-                at = add(at, to_u64(slice.len()))?;
-                self.writeback.advance(fs, fd, at);
+                at = self.write_slice(slice, at, &path)?;
                 rest = tail;
             }
             moved = to_u64(piece.len());
@@ -232,14 +227,22 @@ impl PayloadWriter {
             return Ok(());
         }
         copy::between_chunks(first, between, moved)?;
-        if let Some(hasher) = self.hasher.as_mut() {
-            hasher.update(piece);
-        }
-        copy::write_all_at(self.file.dir().fs(), self.file.fd(), &self.file.temp_path(), piece, at)?;
+        self.write_slice(piece, at, &self.file.temp_path())?;
         self.written += to_u64(piece.len());
-        let end = add(at, to_u64(piece.len()))?;
-        self.writeback.advance(self.file.dir().fs(), self.file.fd(), end);
         Ok(())
+    }
+
+    /// Hashes `slice` (while it is still in the CPU cache), writes it at `at` of the temp, whose
+    /// path is `path`, and starts the writeback of the steps it completes; returns where it ends.
+    fn write_slice(&mut self, slice: &[u8], at: u64, path: &Path) -> Result<u64> {
+        if let Some(hasher) = self.hasher.as_mut() {
+            hasher.update(slice);
+        }
+        let (fs, fd) = (self.file.dir().fs(), self.file.fd());
+        copy::write_all_at(fs, fd, path, slice, at)?;
+        let end = add(at, to_u64(slice.len()))?;
+        self.writeback.advance(fs, fd, end);
+        Ok(end)
     }
 
     /// Fills the rest of the payload from `src_name` (in the same directory) at `src_offset`.
