@@ -550,6 +550,23 @@ fn bounce_path_moves_at_most_the_budget_per_piece() {
     );
 }
 
+/// A new batch on `dir` with every key of `keys` staged: payload `[1, 2, 3, 4]`, sidecar `NEW_META`.
+fn staged_batch(dir: &CacheDir, keys: &[&str]) -> CommitBatch {
+    let shape = [4u64];
+    let spec = ArraySpec {
+        descr: "'|u1'",
+        fortran_order: false,
+        shape: &shape,
+    };
+    let batch = CommitBatch::new(dir, ChunkBudget::new(SMALL_BUDGET));
+    for key in keys {
+        let mut writer = batch.begin_key(key, spec, 4).unwrap();
+        writer.payload().write_block(&[1, 2, 3, 4], &mut |_| Ok(())).unwrap();
+        batch.stage(writer.finish_payload().unwrap(), NEW_META).unwrap();
+    }
+    batch
+}
+
 /// Whichever temp's fsync fails (the fsync threads run them in any order), the keys staged
 /// before that temp's key are committed, and that key and every later one keep their old pair:
 /// the order the store promises for a failure part-way through `offload`.
@@ -565,18 +582,7 @@ fn a_failed_fsync_commits_exactly_the_keys_staged_before_the_failing_one() {
         let faulty = Arc::new(FaultyFs::new(Op::Fsync, nth, EIO));
         let recording = Arc::new(RecordingFs::wrapping(faulty.clone()));
         let dir = CacheDir::open_with(&root, false, recording.clone() as Arc<dyn Fs>).unwrap();
-        let shape = [4u64];
-        let spec = ArraySpec {
-            descr: "'|u1'",
-            fortran_order: false,
-            shape: &shape,
-        };
-        let batch = CommitBatch::new(&dir, ChunkBudget::new(SMALL_BUDGET));
-        for key in keys {
-            let mut writer = batch.begin_key(key, spec, 4).unwrap();
-            writer.payload().write_block(&[1, 2, 3, 4], &mut |_| Ok(())).unwrap();
-            batch.stage(writer.finish_payload().unwrap(), NEW_META).unwrap();
-        }
+        let batch = staged_batch(&dir, &keys);
 
         let err = batch.commit().unwrap_err();
 
@@ -603,5 +609,24 @@ fn a_failed_fsync_commits_exactly_the_keys_staged_before_the_failing_one() {
         }
         assert_eq!(leftover_temps(&root), Vec::<String>::new(), "#{nth}");
         assert_fsync_is_final(&recording.calls());
+    }
+}
+
+/// A commit stopped by a failed rename reports as committed only the keys whose two files were
+/// both renamed before it (not a key whose sidecar rename failed), and one whose final
+/// directory fsync fails reports none, since none is known durable.
+#[test]
+fn a_failed_rename_or_directory_fsync_reports_only_the_keys_made_durable() {
+    let renames = (1..=2 * KEYS.len()).map(|nth| (Op::Rename, nth, &KEYS[..(nth - 1) / 2]));
+    for (op, nth, durable) in renames.chain([(Op::DirFsync, 1, &KEYS[..0])]) {
+        let (_tmp, root) = fresh_dir();
+        let faulty = Arc::new(FaultyFs::new(op, nth as u64, EIO));
+        let dir = CacheDir::open_with(&root, false, faulty as Arc<dyn Fs>).unwrap();
+        let batch = staged_batch(&dir, &KEYS);
+
+        let err = batch.commit().unwrap_err();
+
+        assert_eq!(err.raw_os_error(), Some(EIO), "{op:?} #{nth}");
+        assert_eq!(batch.committed(), durable, "{op:?} #{nth}");
     }
 }
