@@ -324,6 +324,34 @@ fn batch_holds_each_staged_keys_writer_lock_until_it_commits() {
     assert!(after, "commit releases the locks");
 }
 
+#[test]
+fn a_batch_commits_its_staged_keys_before_waiting_for_a_key_held_elsewhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = CacheDir::open(tmp.path(), false).unwrap();
+    let other = CacheDir::open(tmp.path(), false).unwrap();
+    let held = other.lock_key("k1").unwrap();
+    let batch = CommitBatch::new(&dir, ChunkBudget::new(4));
+    stage_one(&batch, "k0");
+
+    std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| stage_one(&batch, "k1"));
+        // A bound, not a speed target: k0 appears only if the batch committed it before waiting.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !tmp.path().join("k0.npy").exists() {
+            assert!(std::time::Instant::now() < deadline, "k0 was never committed");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!waiter.is_finished(), "k1 waits while its lock is held elsewhere");
+        assert_eq!(batch.committed(), ["k0"]);
+        drop(held);
+        waiter.join().unwrap();
+    });
+    batch.commit().unwrap();
+
+    assert_eq!(batch.committed(), ["k0", "k1"]);
+    assert_eq!(artefacts(tmp.path()).len(), 4);
+}
+
 /// How many of this process's descriptors point into `root` (other tests' files live elsewhere).
 fn open_fds_under(root: &Path) -> usize {
     std::fs::read_dir("/proc/self/fd")
