@@ -319,11 +319,6 @@ pub struct ClosedTemp {
 }
 
 impl ClosedTemp {
-    /// The directory the temp lives in.
-    pub fn dir(&self) -> &CacheDir {
-        &self.dir
-    }
-
     /// The destination name.
     pub fn name(&self) -> &str {
         &self.name
