@@ -333,6 +333,11 @@ impl PayloadWriter {
         first: &mut bool,
         between: Between<'_>,
     ) -> Result<()> {
+        if len == 0 {
+            // Nothing to copy or hash; a hash of the payload's end still running must not be
+            // replaced by this range's (absent) one.
+            return Ok(());
+        }
         let temp_path = self.file.temp_path();
         let at = self.next_offset(len)?;
         let dir = self.file.dir().clone();

@@ -171,3 +171,20 @@ fn a_non_hashing_writer_reports_no_digest() {
 
     assert_eq!(digest, None);
 }
+
+/// `copy_from` fills the rest of the payload: once it is full, another call copies nothing and
+/// must leave the hash of the first copy, still running on its thread, in place.
+#[test]
+fn an_empty_copy_after_a_concurrently_hashed_one_keeps_the_digest_of_the_whole_npy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let len = (9 << 20) + 77;
+    fs::write(tmp.path().join("k.dat"), payload(len)).unwrap();
+    let dir = CacheDir::open(tmp.path(), false).unwrap();
+
+    let (digest, _) = commit_key(&dir, 1 << 20, "k", len, |writer, between| {
+        writer.payload().copy_from("k.dat", 0, between).unwrap();
+        writer.payload().copy_from("k.dat", len as u64, between).unwrap();
+    });
+
+    assert_eq!(digest, Some(whole_file_digest(&tmp.path().join("k.npy"))));
+}
