@@ -697,4 +697,33 @@ mod tests {
 
         assert!(recording.calls().is_empty(), "{:?}", recording.calls());
     }
+
+    #[test]
+    fn creating_a_temp_a_live_writer_holds_waits_until_that_writer_is_done() {
+        let (tmp, dir) = real_dir();
+        let mut first = PendingFile::create(&dir, "k.dat").unwrap();
+        first.write_all_at(b"first", 0).unwrap();
+        let (created, waited) = std::sync::mpsc::channel();
+
+        std::thread::scope(|scope| {
+            let dir = &dir;
+            let second = scope.spawn(move || {
+                let second = PendingFile::create(dir, "k.dat");
+                created.send(()).unwrap();
+                second
+            });
+            assert!(
+                waited.recv_timeout(std::time::Duration::from_millis(200)).is_err(),
+                "created while the first writer held the temp"
+            );
+            first.commit(false).unwrap();
+            drop(first);
+            let second = second.join().unwrap().unwrap();
+
+            assert_eq!(fs::read(tmp.path().join("k.dat")).unwrap(), b"first");
+            assert_eq!(fs::read(tmp.path().join("k.dat.tmp")).unwrap(), b"", "a fresh temp");
+            drop(second);
+        });
+        assert!(!tmp.path().join("k.dat.tmp").exists());
+    }
 }
