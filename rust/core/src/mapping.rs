@@ -308,8 +308,8 @@ impl Mapping {
         if range.start > range.end || range.end > self.len {
             return Err(Error::SizeMismatch {
                 path: self.path.clone(),
-                expected: crate::checked::to_u64(range.end),
-                actual: crate::checked::to_u64(self.len),
+                expected: to_u64(range.end),
+                actual: to_u64(self.len),
             });
         }
         if range.is_empty() {
