@@ -34,7 +34,7 @@ use crate::dir::CacheDir;
 use crate::error::{Error, Op, Result, is_gone};
 use crate::fs::{FileKind, FileStat};
 use crate::keylock::{HolderProbe, KeyLock};
-use crate::names::{MEMMAP_SUFFIX, META_SUFFIX, NPY_SUFFIX};
+use crate::names::{MEMMAP_SUFFIX, PairNames};
 use crate::sequential::{self, CacheUse, Source};
 
 /// What became of a key's working file.
@@ -113,10 +113,8 @@ impl CacheDir {
     }
 
     fn collect_working_file(&self, key: &str, dry_run: bool, between: Between<'_>) -> Result<WorkingFileFate> {
-        crate::names::validate_name(key)?;
+        let PairNames { npy, meta } = PairNames::of(key)?;
         let dat = format!("{key}{MEMMAP_SUFFIX}");
-        let npy = format!("{key}{NPY_SUFFIX}");
-        let meta = format!("{key}{META_SUFFIX}");
         match self.kind_of(&dat)? {
             None => return Ok(WorkingFileFate::Gone),
             Some(FileKind::File) => {}
