@@ -204,16 +204,17 @@ impl CacheDir {
         npy_file: &Opened,
         between: Between<'_>,
     ) -> Result<bool> {
-        let header = match self.header_of(npy_file.fd.as_fd(), npy) {
+        let (dat_path, npy_path) = (self.path_of(dat), self.path_of(npy));
+        // The length the file was opened with: the unchanged-check at the end compares with it.
+        let header = match self.header_within(npy_file.fd.as_fd(), &npy_path, npy_file.stat.len) {
             Ok(header) => header,
             Err(Error::InvalidHeader { .. }) => return Ok(false),
             Err(err) => return Err(err),
         };
         let payload_len = header.file_len.saturating_sub(header.data_offset);
-        if payload_len != dat_file.stat.len || header.file_len != npy_file.stat.len {
+        if payload_len != dat_file.stat.len {
             return Ok(false);
         }
-        let (dat_path, npy_path) = (self.path_of(dat), self.path_of(npy));
         let working = Source {
             fd: dat_file.fd.as_fd(),
             path: &dat_path,
