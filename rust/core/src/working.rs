@@ -472,4 +472,23 @@ mod tests {
         assert!(holder.is_some());
         assert!(root.join("replaced.dat").exists() && root.join("announced.dat").exists());
     }
+
+    #[test]
+    fn a_payload_that_grows_in_place_while_it_is_compared_leaves_the_dat() {
+        let (tmp, dir) = open_temp_dir();
+        let bytes = payload(crate::copy::PIECE_CAP + 4096);
+        write_pair(tmp.path(), "k", &bytes);
+        fs::write(tmp.path().join("k.dat"), &bytes).unwrap();
+        let npy = tmp.path().join("k.npy");
+        let mut grow = |_| {
+            let mut file = fs::OpenOptions::new().append(true).open(&npy).unwrap();
+            std::io::Write::write_all(&mut file, b"more").unwrap();
+            Ok(())
+        };
+
+        let report = dir.collect_working_files(&["k".to_owned()], false, &mut grow).unwrap();
+
+        assert_eq!(report.fates, [("k".to_owned(), WorkingFileFate::Changed)]);
+        assert!(tmp.path().join("k.dat").exists());
+    }
 }
