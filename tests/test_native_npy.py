@@ -99,6 +99,24 @@ def test_numpy_saved_file_is_decoded_and_mapped_at_data_offset(
     np.testing.assert_array_equal(_mapped(cache_dir, "saved.npy"), array)
 
 
+def test_read_npy_maps_the_payload_on_request_and_refuses_a_writable_map_mode(
+    tmp_path: Path, cache_dir: _rust.CacheDir
+) -> None:
+    array = np.arange(6, dtype=np.int32)
+    np.save(tmp_path / "saved.npy", array)
+
+    header, mapping = cache_dir.read_npy("saved.npy", map_mode="c")
+    _, unmapped = cache_dir.read_npy("saved.npy")
+
+    assert unmapped is None
+    assert mapping is not None
+    assert (mapping.mode, mapping.offset) == ("c", header.data_offset)
+    np.testing.assert_array_equal(np.frombuffer(mapping, dtype=np.int32), array)  # type: ignore[call-overload]
+    for mode in ("r+", "w"):
+        with pytest.raises(ValueError, match="map_mode"):
+            cache_dir.read_npy("saved.npy", map_mode=mode)  # type: ignore[arg-type]
+
+
 def test_format_2_header_is_decoded(tmp_path: Path, cache_dir: _rust.CacheDir) -> None:
     array = np.arange(4, dtype=np.uint16)
     with open(tmp_path / "v2.npy", "wb") as handle:

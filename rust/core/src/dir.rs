@@ -18,7 +18,7 @@ use rustix::io::Errno;
 
 use crate::checked::{add, to_u64};
 use crate::copy::{self, Between, ChunkBudget};
-use crate::error::{Error, Op, Result};
+use crate::error::{Error, Op, Result, is_gone};
 use crate::fs::{Fs, RealFs};
 use crate::keylock::LockFile;
 use crate::names::validate_name;
@@ -232,7 +232,7 @@ impl CacheDir {
             let name = name.as_ref();
             match self.fs().unlink(self.fd(), name) {
                 Ok(()) => removed_any = true,
-                Err(err) if err.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {}
+                Err(err) if is_gone(&err) => {}
                 Err(err) => failed.push((name.to_owned(), Error::io(Op::Unlink, self.path_of(name), err))),
             }
         }
@@ -261,9 +261,7 @@ fn open_creating(fs: &dyn Fs, absolute: &Path) -> Result<OwnedFd> {
         walked.push(name);
         current = match fs.open(current.as_fd(), name, DIR_FLAGS, 0) {
             Ok(fd) => fd,
-            Err(err) if err.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {
-                create_child(fs, current.as_fd(), name, &walked)?
-            }
+            Err(err) if is_gone(&err) => create_child(fs, current.as_fd(), name, &walked)?,
             Err(err) => return Err(Error::io(Op::Open, &walked, err)),
         };
     }

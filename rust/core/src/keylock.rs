@@ -412,11 +412,9 @@ impl CacheDir {
     pub fn lock_key(&self, stem: &str) -> Result<KeyLock> {
         crate::names::validate_name(stem)?;
         let file = self.lock_file()?;
-        file.lock(writer_byte(stem), true)?.ok_or(Error::Io {
-            op: Op::Lock,
-            path: file.path.clone(),
-            source: io::Error::from(Errno::AGAIN),
-        })
+        // A waiting lock never reports contention; the error is only built should it.
+        file.lock(writer_byte(stem), true)?
+            .ok_or_else(|| Error::io(Op::Lock, &file.path, io::Error::from(Errno::AGAIN)))
     }
 
     /// Becomes the writer of `stem` if nobody is; `None` otherwise. Never waits.

@@ -146,10 +146,10 @@ pub struct BlockPlacement<'a> {
 /// The contiguous runs of a placed block in the file: `count` runs of `run_bytes` each.
 #[derive(Debug)]
 struct Runs {
-    /// Axes before the first axis a run spans (the run's own axis is `outer.len()`).
+    /// Axes before the run's own axis (which is `outer_extent.len()`; 0 for a scalar).
     outer_extent: Vec<u64>,
     outer_start: Vec<u64>,
-    /// Bytes between consecutive indices of each outer axis, and of the run's axis.
+    /// Bytes between consecutive indices of each outer axis.
     outer_stride: Vec<u64>,
     base: u64,
     run_bytes: u64,
@@ -198,8 +198,7 @@ impl Runs {
                 .checked_mul(strides[run_axis])
                 .ok_or(Error::SizeOverflow)?,
         };
-        let outer = run_axis.min(shape.len());
-        let count = extent[..outer]
+        let count = extent[..run_axis]
             .iter()
             .try_fold(1u64, |acc, &len| acc.checked_mul(len))
             .ok_or(Error::SizeOverflow)?;
@@ -210,9 +209,9 @@ impl Runs {
                 .ok_or(Error::SizeOverflow)?,
         };
         Ok(Self {
-            outer_extent: extent[..outer].to_vec(),
-            outer_start: start[..outer].to_vec(),
-            outer_stride: strides[..outer].to_vec(),
+            outer_extent: extent[..run_axis].to_vec(),
+            outer_start: start[..run_axis].to_vec(),
+            outer_stride: strides[..run_axis].to_vec(),
             base,
             run_bytes,
             count: if run_bytes == 0 { 0 } else { count },

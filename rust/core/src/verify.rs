@@ -59,14 +59,14 @@ mod tests {
 
     use super::*;
     use crate::checksum::digest_of;
+    use crate::dir::open_temp_dir;
     use crate::error::Error;
 
     #[test]
     fn checksum_of_a_file_of_several_pieces_is_the_digest_of_its_bytes_reported_every_64_mib() {
-        let tmp = tempfile::tempdir().unwrap();
+        let (tmp, dir) = open_temp_dir();
         let data: Vec<u8> = (0..2 * PIECE_CAP + 12_345).map(|index| (index % 253) as u8).collect();
         fs::write(tmp.path().join("k.npy"), &data).unwrap();
-        let dir = CacheDir::open(tmp.path(), false).unwrap();
         let mut moved = Vec::new();
 
         let (digest, len) = dir
@@ -83,9 +83,8 @@ mod tests {
 
     #[test]
     fn checksum_of_an_empty_file_is_the_digest_of_nothing() {
-        let tmp = tempfile::tempdir().unwrap();
+        let (tmp, dir) = open_temp_dir();
         fs::write(tmp.path().join("k.npy"), b"").unwrap();
-        let dir = CacheDir::open(tmp.path(), false).unwrap();
 
         let (digest, len) = dir.checksum_file("k.npy", &mut |_| Ok(())).unwrap();
 
@@ -95,9 +94,8 @@ mod tests {
 
     #[test]
     fn a_stopping_callback_stops_the_read_with_its_error() {
-        let tmp = tempfile::tempdir().unwrap();
+        let (tmp, dir) = open_temp_dir();
         fs::write(tmp.path().join("k.npy"), vec![1u8; 2 * PIECE_CAP]).unwrap();
-        let dir = CacheDir::open(tmp.path(), false).unwrap();
 
         let err = dir
             .checksum_file("k.npy", &mut |_| Err(Error::Interrupted))
@@ -108,8 +106,7 @@ mod tests {
 
     #[test]
     fn a_missing_file_is_an_open_error_naming_it() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = CacheDir::open(tmp.path(), false).unwrap();
+        let (_tmp, dir) = open_temp_dir();
 
         let err = dir.checksum_file("gone.npy", &mut |_| Ok(())).unwrap_err();
 

@@ -34,7 +34,7 @@ use crate::dir::CacheDir;
 use crate::error::{Error, Op, Result, is_gone};
 use crate::fs::{FileKind, FileStat};
 use crate::keylock::{HolderProbe, KeyLock};
-use crate::names::{MEMMAP_SUFFIX, META_SUFFIX, NPY_SUFFIX};
+use crate::names::{MEMMAP_SUFFIX, PairNames};
 use crate::sequential::{self, CacheUse, Source};
 
 /// What became of a key's working file.
@@ -113,10 +113,8 @@ impl CacheDir {
     }
 
     fn collect_working_file(&self, key: &str, dry_run: bool, between: Between<'_>) -> Result<WorkingFileFate> {
-        crate::names::validate_name(key)?;
+        let PairNames { npy, meta } = PairNames::of(key)?;
         let dat = format!("{key}{MEMMAP_SUFFIX}");
-        let npy = format!("{key}{NPY_SUFFIX}");
-        let meta = format!("{key}{META_SUFFIX}");
         match self.kind_of(&dat)? {
             None => return Ok(WorkingFileFate::Gone),
             Some(FileKind::File) => {}
@@ -206,16 +204,17 @@ impl CacheDir {
         npy_file: &Opened,
         between: Between<'_>,
     ) -> Result<bool> {
-        let header = match self.header_of(npy_file.fd.as_fd(), npy) {
+        let (dat_path, npy_path) = (self.path_of(dat), self.path_of(npy));
+        // The length the file was opened with: the unchanged-check at the end compares with it.
+        let header = match self.header_within(npy_file.fd.as_fd(), &npy_path, npy_file.stat.len) {
             Ok(header) => header,
             Err(Error::InvalidHeader { .. }) => return Ok(false),
             Err(err) => return Err(err),
         };
         let payload_len = header.file_len.saturating_sub(header.data_offset);
-        if payload_len != dat_file.stat.len || header.file_len != npy_file.stat.len {
+        if payload_len != dat_file.stat.len {
             return Ok(false);
         }
-        let (dat_path, npy_path) = (self.path_of(dat), self.path_of(npy));
         let working = Source {
             fd: dat_file.fd.as_fd(),
             path: &dat_path,
@@ -472,5 +471,24 @@ mod tests {
         assert_eq!(announced.fates, [("announced".to_owned(), WorkingFileFate::Held)]);
         assert!(holder.is_some());
         assert!(root.join("replaced.dat").exists() && root.join("announced.dat").exists());
+    }
+
+    #[test]
+    fn a_payload_that_grows_in_place_while_it_is_compared_leaves_the_dat() {
+        let (tmp, dir) = open_temp_dir();
+        let bytes = payload(crate::copy::PIECE_CAP + 4096);
+        write_pair(tmp.path(), "k", &bytes);
+        fs::write(tmp.path().join("k.dat"), &bytes).unwrap();
+        let npy = tmp.path().join("k.npy");
+        let mut grow = |_| {
+            let mut file = fs::OpenOptions::new().append(true).open(&npy).unwrap();
+            std::io::Write::write_all(&mut file, b"more").unwrap();
+            Ok(())
+        };
+
+        let report = dir.collect_working_files(&["k".to_owned()], false, &mut grow).unwrap();
+
+        assert_eq!(report.fates, [("k".to_owned(), WorkingFileFate::Changed)]);
+        assert!(tmp.path().join("k.dat").exists());
     }
 }

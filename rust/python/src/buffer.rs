@@ -3,8 +3,8 @@
 #![allow(unsafe_code)]
 
 use lazy_disk_cache_core as ldc_core;
-use ldc_core::StridedBytes;
 use ldc_core::gather::extent;
+use ldc_core::{BlockSource, StridedBytes};
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -15,14 +15,6 @@ use crate::errors::to_py;
 #[derive(Debug)]
 pub struct Bytes {
     buf: PyUntypedBuffer,
-}
-
-/// How the bytes of a source buffer lie in memory.
-pub enum Layout<'a> {
-    /// One C-contiguous run.
-    Contiguous(&'a [u8]),
-    /// Items at byte strides, to be gathered into C order.
-    Strided(StridedBytes<'a>),
 }
 
 impl Bytes {
@@ -53,9 +45,9 @@ impl Bytes {
     }
 
     /// The bytes of a source in the layout they have.
-    pub fn layout(&self) -> PyResult<Layout<'_>> {
+    pub fn layout(&self) -> PyResult<BlockSource<'_>> {
         if self.buf.is_c_contiguous() {
-            return Ok(Layout::Contiguous(self.contiguous()));
+            return Ok(BlockSource::Contiguous(self.contiguous()));
         }
         let (shape, strides, itemsize) = (self.buf.shape(), self.buf.strides(), self.buf.item_size());
         let (low, high) = to_py(extent(shape, strides, itemsize))?;
@@ -73,7 +65,7 @@ impl Bytes {
             unsafe { std::slice::from_raw_parts(self.buf.buf_ptr().cast::<u8>().offset(low), span) }
         };
         let start = low.unsigned_abs();
-        Ok(Layout::Strided(to_py(StridedBytes::new(
+        Ok(BlockSource::Strided(to_py(StridedBytes::new(
             memory, start, shape, strides, itemsize,
         ))?))
     }

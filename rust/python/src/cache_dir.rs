@@ -18,7 +18,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyIterator, PyTuple};
 
-use crate::buffer::{Bytes, Layout};
+use crate::buffer::Bytes;
 use crate::detach::{ChunkHook, run_detached};
 use crate::errors::{PendingPyErr, to_exception, to_py};
 use crate::mapping::PyFileMapping;
@@ -105,8 +105,8 @@ fn append(
     pending.to_py(run_detached(py, || {
         let between = &mut hook.between();
         match &layout {
-            Layout::Contiguous(block) => writer.write_block(block, between),
-            Layout::Strided(source) => writer.write_gathered(source, between),
+            BlockSource::Contiguous(block) => writer.write_block(block, between),
+            BlockSource::Strided(source) => writer.write_gathered(source, between),
         }
     }))
 }
@@ -410,7 +410,7 @@ impl PyCacheDir {
         itemsize: u64,
     ) -> PyResult<()> {
         let bytes = Bytes::get(source)?;
-        let layout = bytes.layout()?;
+        let source = bytes.layout()?;
         let target = RegionTarget {
             temp,
             nonce,
@@ -422,10 +422,6 @@ impl PyCacheDir {
             start: &start,
             extent: &extent,
             itemsize,
-        };
-        let source = match layout {
-            Layout::Contiguous(block) => BlockSource::Contiguous(block),
-            Layout::Strided(strided) => BlockSource::Strided(strided),
         };
         to_py(run_detached(py, || {
             region::write_block(&self.inner, target, placement, &source)

@@ -30,7 +30,8 @@ impl CacheDir {
     /// [`Op::Read`]: crate::Op::Read
     pub fn read_header(&self, name: &str) -> Result<NpyHeader> {
         let fd = self.open_read(name)?;
-        self.header_of(fd.as_fd(), name)
+        let file_len = self.file_len(fd.as_fd(), name)?;
+        self.header_within(fd.as_fd(), &self.path_of(name), file_len)
     }
 
     /// Reads the `.npy` header of `name` and, with `map`, maps its payload in that mode, through
@@ -64,20 +65,11 @@ impl CacheDir {
         Ok((header, mapping))
     }
 
-    /// Reads and decodes the `.npy` header of the open file `fd`, named `name` (for errors).
-    ///
-    /// # Errors
-    /// As [`CacheDir::read_header`], except for the open.
-    pub(crate) fn header_of(&self, fd: BorrowedFd<'_>, name: &str) -> Result<NpyHeader> {
-        let file_len = self.file_len(fd, name)?;
-        self.header_within(fd, &self.path_of(name), file_len)
-    }
-
     /// Reads and decodes the `.npy` header of the open file `fd` at `path`, `file_len` bytes long.
     ///
     /// # Errors
-    /// As [`CacheDir::header_of`], except for the stat.
-    fn header_within(&self, fd: BorrowedFd<'_>, path: &Path, file_len: u64) -> Result<NpyHeader> {
+    /// As [`CacheDir::read_header`], except for the open and the stat.
+    pub(crate) fn header_within(&self, fd: BorrowedFd<'_>, path: &Path, file_len: u64) -> Result<NpyHeader> {
         let invalid = |reason: HeaderError| Error::InvalidHeader {
             path: path.to_path_buf(),
             reason,
