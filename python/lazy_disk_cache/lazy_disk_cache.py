@@ -272,7 +272,12 @@ class LazyDiskCache(ABC):
         self._dir_handle = None
         self._ephemeral = config.cache_path is None
         build = _store_build.get()
-        self._working_copy = build is not None and config.cache_path == build.cache_path
+        # Compared as text: on POSIX that is what Path equality means, without its per-call cost.
+        self._working_copy = (
+            build is not None
+            and config.cache_path is not None
+            and os.fspath(config.cache_path) == os.fspath(build.cache_path)
+        )
         reloading = self._working_copy and build is not None and build.payload is not None
         self._cache_path = (
             None if config.cache_path is None else _entry_dat_path(config.cache_path, given_is_a_file=reloading)
