@@ -836,11 +836,13 @@ class LazyDiskCache(ABC):
         """Whether ``path`` names, unlinked, the very ``.dat`` this entry last wrote (not a link,
         nor a file another writer renamed over the name since)."""
         written = self.__dict__.get("_dat_identity")
+        if written is None:
+            return False
         try:
             info = os.lstat(path)
         except OSError:
             return False
-        return written is not None and stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) == written
+        return stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) == written
 
     def _live_buffer_is_the_payload(self) -> bool:
         """Whether an adopted entry's live buffer is still exactly its ``.npy`` payload.
