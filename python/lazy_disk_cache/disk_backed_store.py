@@ -675,17 +675,13 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
                     entry = self._offload_candidate(key, warn_unwritten=warn_unwritten)
                     if entry is not None:
                         staged[key] = (entry, self._store_entry(key, entry, batch=batch))
-            except BaseException:
-                # Keys staged before the failure are complete: commit them, as if offloaded alone.
+            finally:
+                # Also after a failure: the keys staged before it are complete, so they are committed,
+                # as if offloaded alone, and the failure propagates.
                 try:
                     batch.commit()
                 finally:
                     self._settle(batch.committed, staged)
-                raise
-            try:
-                batch.commit()
-            finally:
-                self._settle(batch.committed, staged)
 
     def _settle(self, committed: list[str], staged: dict[str, tuple[LazyDiskCache, StagedPayload]]) -> None:
         """Drop the committed keys from memory and release their entries' working files."""
