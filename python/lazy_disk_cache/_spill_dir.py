@@ -121,13 +121,13 @@ def sweep_orphan_spill_dirs(parent: Path) -> list[Path]:
     """
     removed: list[Path] = []
     try:
-        candidates = [entry for entry in os.scandir(parent) if _orphan_pid(entry.name) is not None]
+        candidates = [(entry, pid) for entry in os.scandir(parent) if (pid := _orphan_pid(entry.name)) is not None]
     except OSError:
         logger.debug("Could not list %s for orphaned spill directories", parent, exc_info=True)
         return removed
-    for entry in candidates:
+    for entry, pid in candidates:
         path = Path(entry.path)
-        if _remove_if_orphaned(path, _orphan_pid(entry.name) or 0):
+        if _remove_if_orphaned(path, pid):
             removed.append(path)
     return removed
 

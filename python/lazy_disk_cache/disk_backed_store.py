@@ -675,17 +675,13 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
                     entry = self._offload_candidate(key, warn_unwritten=warn_unwritten)
                     if entry is not None:
                         staged[key] = (entry, self._store_entry(key, entry, batch=batch))
-            except BaseException:
-                # Keys staged before the failure are complete: commit them, as if offloaded alone.
+            finally:
+                # Also after a failure: the keys staged before it are complete, so they are committed,
+                # as if offloaded alone, and the failure propagates.
                 try:
                     batch.commit()
                 finally:
                     self._settle(batch.committed, staged)
-                raise
-            try:
-                batch.commit()
-            finally:
-                self._settle(batch.committed, staged)
 
     def _settle(self, committed: list[str], staged: dict[str, tuple[LazyDiskCache, StagedPayload]]) -> None:
         """Drop the committed keys from memory and release their entries' working files."""
@@ -1035,9 +1031,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
     def _reload_offloaded(self, keys: list[StoreKey]) -> None:
         for key in [key for key in keys if self._store[key] is None]:
             try:
-                # The pickled keys are tracked but may have no pair any more: look before opening.
-                if not (self._get_npy_path(key).exists() and self._get_meta_path(key).exists()):
-                    self._miss(key, key)
+                # A tracked key whose pair is gone is a miss (KeyError) in _load_entry's own reads.
                 entry = self._load_entry(key)
             except KeyError:
                 logger.warning("File for key %s not found in cache directory %s.", key, self._cache_dir)

@@ -272,7 +272,12 @@ class LazyDiskCache(ABC):
         self._dir_handle = None
         self._ephemeral = config.cache_path is None
         build = _store_build.get()
-        self._working_copy = build is not None and config.cache_path == build.cache_path
+        # Compared as text: on POSIX that is what Path equality means, without its per-call cost.
+        self._working_copy = (
+            build is not None
+            and config.cache_path is not None
+            and os.fspath(config.cache_path) == os.fspath(build.cache_path)
+        )
         reloading = self._working_copy and build is not None and build.payload is not None
         self._cache_path = (
             None if config.cache_path is None else _entry_dat_path(config.cache_path, given_is_a_file=reloading)
@@ -831,11 +836,13 @@ class LazyDiskCache(ABC):
         """Whether ``path`` names, unlinked, the very ``.dat`` this entry last wrote (not a link,
         nor a file another writer renamed over the name since)."""
         written = self.__dict__.get("_dat_identity")
+        if written is None:
+            return False
         try:
             info = os.lstat(path)
         except OSError:
             return False
-        return written is not None and stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) == written
+        return stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) == written
 
     def _live_buffer_is_the_payload(self) -> bool:
         """Whether an adopted entry's live buffer is still exactly its ``.npy`` payload.
@@ -1427,22 +1434,14 @@ def array_to_write(entry: LazyDiskCache) -> NDArray[Any]:
     return entry._source_array()
 
 
-# Below this size a loaded entry is written from its mapping: one pwrite costs less than opening
-# its file for an in-kernel copy. Above it the copy skips faulting the mapping in, and reflinks
-# where the file system can.
-_FILE_COPY_MIN_BYTES = 1 << 20
-
-
 def copyable_file(entry: LazyDiskCache) -> CopyableFile | None:
-    """The file a writer may copy instead of reading ``entry``'s array, or ``None``.
+    """The file a writer may copy instead of reading an offloaded ``entry``'s array, or ``None``.
 
-    Normally the ``.dat`` (offset 0): while offloaded, and while loaded too when the live buffer is
-    the entry's own shared mapping of it (its writes are in the file's page cache) and holds at
-    least a MiB. An entry adopted from its store (reloaded, or whose pair was committed) has no
-    ``.dat``: its data is the payload of the sibling ``.npy`` while offloaded, or while loaded on
-    an unwritten copy-on-write mapping of it, as long as that name still holds the very file the
-    entry keeps mapped; only C-ordered payloads can be copied. ``None`` otherwise. O(1) but for a
-    ``stat`` and the page-map read of a loaded adopted entry; no data is read.
+    Normally the ``.dat`` (offset 0), or the spill file of a spilled entry. An entry adopted from
+    its store (reloaded, or whose pair was committed) has no ``.dat``: its data is the payload of
+    the sibling ``.npy``, as long as that name still holds the very file the entry keeps mapped;
+    only C-ordered payloads can be copied. ``None`` while the entry is loaded (its live buffer is
+    written instead) or has no file. O(1) but for a ``stat`` of an adopted entry; no data is read.
     """
     with entry._lock:
         if entry._in_memory:
@@ -1455,16 +1454,6 @@ def copyable_file(entry: LazyDiskCache) -> CopyableFile | None:
         adopted = entry._adopted
         if adopted is not None:
             return _copyable_payload(entry, adopted, path)
-        if not entry._in_memory:
-            return CopyableFile(path, 0)
-        mapped = entry._mmap
-        if mapped is None or mapped.nbytes < _FILE_COPY_MIN_BYTES:
-            return None
-        mapping = mapping_of(mapped)
-        if entry._describe_buffer()[2] is not mapped or mapping is None or mapping.mode != "r+":
-            return None
-        if Path(mapping.path).name != path.name or not mapped.flags.c_contiguous:
-            return None
         return CopyableFile(path, 0)
 
 
@@ -1482,10 +1471,6 @@ def _copyable_payload(entry: LazyDiskCache, adopted: _AdoptedPayload, path: Path
     kept = entry.__dict__.get("_payload_mapping")
     if adopted.order != "C" or kept is None:
         return None
-    if entry._in_memory:
-        mapped = entry._mmap
-        if mapped is None or mapped.nbytes < _FILE_COPY_MIN_BYTES or not entry._live_buffer_is_the_payload():
-            return None
     npy = _npy_beside(path)
     return CopyableFile(npy, adopted.offset) if _identity_of(npy) == kept.identity else None
 
