@@ -221,6 +221,18 @@ def test_the_progress_bar_draws_in_place_and_ends_the_line_when_done() -> None:
     assert drawn.endswith("100%  1.0 GiB / 1.0 GiB\x1b[K\n")
 
 
+def test_the_progress_bar_draws_the_finished_line_once_when_the_total_is_reported_twice() -> None:
+    stream = io.StringIO()
+    bar = cli._ProgressBar("verify", stream)
+
+    bar(1024**3, 1024**3)
+    bar(1024**3, 1024**3)
+
+    drawn = stream.getvalue()
+    assert drawn.count("\r") == 1
+    assert drawn.count("\n") == 1
+
+
 def test_gc_removes_crash_temps_and_unheld_working_files_their_pairs_duplicate_and_keeps_every_pair(
     store_dir: Path,
 ) -> None:
