@@ -6,13 +6,16 @@ Cases (each repeated, variants interleaved with a rotating start, medians of per
   ``da.from_zarr`` of the same data (zarr v3, uncompressed, same chunks) and against
   ``da.from_array(np.load(mmap_mode="r"))``.
 * ``store_dask``: ``store.store_dask(key, x + 1)`` (durable: fsync + directory fsync) against
-  ``da.to_zarr`` of the same array (uncompressed, not fsynced).
+  ``da.to_zarr`` of the same array (uncompressed, not fsynced), twice: to a fresh key (both
+  writers' previous output removed outside the timing) and replacing an existing key (ours
+  committing over its previous pair, ``to_zarr(mode="w")`` removing its previous array, both
+  inside the timing).
 * ``parallel-commit``: two processes committing 1,000 small keys each against one process
   committing 2,000.
 
 Every timed call starts with a synced page cache (``os.sync()`` outside the timing), so that no
-variant pays for the writeback of data the one before it left dirty; both writers' removal of
-their previous output (a purge, an ``rmtree``) runs outside their timing too.
+variant pays for the writeback of data the one before it left dirty; in the fresh-key case both
+writers' removal of their previous output (a purge, an ``rmtree``) runs outside their timing too.
 
 Needs the ``dask`` extra and ``zarr`` (``scripts/bench.sh`` installs it). Usage:
 ``bench_dask.py [--gib 1.0] [--repeats 5] [--dir PATH]``. Ratios > 1 mean ours is faster.
@@ -142,7 +145,31 @@ def bench_cluster(root: Path, gib: float, repeats: int) -> None:
             repeats,
             prepare={"store_dask (durable)": _purge_output(store), "to_zarr (no fsync)": _remove_zarr_output(root)},
         )
-        _report("store_dask (LocalCluster, 2 process workers)", writes, "store_dask (durable)")
+        _report("store_dask, fresh key (LocalCluster, 2 process workers)", writes, "store_dask (durable)")
+
+        # A user who writes the same key again pays for replacing the previous output: ours
+        # commits over the previous pair, to_zarr(mode="w") removes the previous array first.
+        def theirs_replacing() -> None:
+            da.to_zarr(source + 1, str(root / "y.zarr"), compressors=None, mode="w")
+
+        def ensure_ours() -> None:
+            if "y" not in store:
+                ours()
+
+        def ensure_theirs() -> None:
+            if not (root / "y.zarr").exists():
+                theirs()
+
+        replacing = _interleave(
+            {"store_dask (durable)": ours, "to_zarr (no fsync)": theirs_replacing},
+            repeats,
+            prepare={"store_dask (durable)": ensure_ours, "to_zarr (no fsync)": ensure_theirs},
+        )
+        _report(
+            "store_dask, replacing an existing key (LocalCluster, 2 process workers)",
+            replacing,
+            "store_dask (durable)",
+        )
 
 
 _COMMITTER = textwrap.dedent(

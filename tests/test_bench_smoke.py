@@ -142,3 +142,24 @@ def test_the_integrity_benchmark_runs_quick_and_judges_each_target() -> None:
     assert "peak extra RSS" in proc.stdout
     assert re.search(r"gc comparison / best read of both files, throughput: [\d.]+x", proc.stdout), proc.stdout
     assert len(re.findall(r"with +[\d,]+ keys held +[\d.]+ us", proc.stdout)) == 3, proc.stdout
+
+
+def test_the_dask_benchmark_runs_small_and_reports_every_case() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_dask.py"), "--gib", "0.125", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+        cwd=ROOT,
+    )
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for case in (
+        "to_dask-sum",
+        "store_dask, fresh key",
+        "store_dask, replacing an existing key",
+        "parallel-commit",
+    ):
+        assert f"\n{case} (" in proc.stdout, proc.stdout
+    assert len(re.findall(r"ratio .+ / .+: median [\d.]+x", proc.stdout)) == 5, proc.stdout

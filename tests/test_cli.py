@@ -221,6 +221,36 @@ def test_the_progress_bar_draws_in_place_and_ends_the_line_when_done() -> None:
     assert drawn.endswith("100%  1.0 GiB / 1.0 GiB\x1b[K\n")
 
 
+def test_the_progress_bar_draws_the_finished_line_once_when_the_total_is_reported_twice() -> None:
+    stream = io.StringIO()
+    bar = cli._ProgressBar("verify", stream)
+
+    bar(1024**3, 1024**3)
+    bar(1024**3, 1024**3)
+
+    drawn = stream.getvalue()
+    assert drawn.count("\r") == 1
+    assert drawn.count("\n") == 1
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("quiet", "drawn"), [(False, True), (True, False)], ids=["terminal", "quiet"])
+def test_verify_draws_a_bar_on_a_terminal_stderr_unless_quiet(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch, quiet: bool, drawn: bool
+) -> None:
+    stderr = _Terminal()
+    monkeypatch.setattr(sys, "stderr", stderr)
+
+    status = main(["verify", str(store_dir), *(["--quiet"] if quiet else [])])
+
+    assert status == EXIT_OK
+    assert ("verify [" in stderr.getvalue()) is drawn
+
+
 def test_gc_removes_crash_temps_and_unheld_working_files_their_pairs_duplicate_and_keeps_every_pair(
     store_dir: Path,
 ) -> None:

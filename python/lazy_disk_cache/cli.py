@@ -318,14 +318,20 @@ class _ProgressBar:
     def __init__(self, label: str, stream: TextIO) -> None:
         self._label = label
         self._stream = stream
+        self._ended = False
 
     def __call__(self, done: int, total: int) -> None:
+        # A meter's last periodic call may already reach the total before its final call: the
+        # finished line is drawn once, not again on a line of its own.
+        if self._ended:
+            return
         fraction = 1.0 if total == 0 else done / total
         filled = math.floor(fraction * self._WIDTH)
         bar = "#" * filled + "." * (self._WIDTH - filled)
         amounts = f"{_format_bytes(done)} / {_format_bytes(total)}"
         self._stream.write(f"\r{self._label} [{bar}] {fraction:>4.0%}  {amounts}\x1b[K")
         if done >= total:
+            self._ended = True
             self._stream.write("\n")
         self._stream.flush()
 
