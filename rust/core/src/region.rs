@@ -269,7 +269,8 @@ pub struct RegionTarget<'a> {
 /// Writes `source`, the block at `placement`, into the reserved temp `target` in `dir`.
 ///
 /// # Errors
-/// [`Error::InvalidName`]; [`Error::InvalidLayout`] for a block outside the array,
+/// [`Error::InvalidName`]; [`Error::InvalidLayout`] for a block outside the array or an array
+/// whose size is not the reserved payload's,
 /// [`Error::SizeMismatch`] when `source` is not the block's size; [`Error::Io`] with
 /// [`Op::Open`] (`ELOOP` for a link, `ENOENT` when the temp is gone), or with `ESTALE` when the
 /// temp is not the reservation `target` names (another size, another nonce, not a regular
@@ -281,6 +282,17 @@ pub fn write_block(
     source: &BlockSource<'_>,
 ) -> Result<()> {
     validate_name(target.temp)?;
+    // A shape larger than the reservation would place runs past the payload, over the nonce.
+    let array_bytes = placement
+        .shape
+        .iter()
+        .try_fold(placement.itemsize, |bytes, &len| bytes.checked_mul(len))
+        .ok_or(Error::SizeOverflow)?;
+    if array_bytes != target.nbytes {
+        return Err(Error::InvalidLayout {
+            reason: "the array's shape and itemsize do not match the reserved payload",
+        });
+    }
     let runs = Runs::of(placement)?;
     let expected = runs.total()?;
     let path = dir.path_of(target.temp);
@@ -558,6 +570,18 @@ mod tests {
             ),
             "{short}"
         );
+    }
+
+    #[test]
+    fn an_array_larger_than_the_reserved_payload_is_refused_before_io() {
+        let (tmp, dir) = open_temp_dir();
+        let region = dir.reserve_region("k", spec(), 48, 1).unwrap();
+        let before = fs::read(tmp.path().join(region.temp_name())).unwrap();
+
+        let err = write(&dir, &target(&region), [0, 0], [1, 6], &block(0..1, 0..6)).unwrap_err();
+
+        assert!(matches!(err, Error::InvalidLayout { .. }), "{err}");
+        assert_eq!(fs::read(tmp.path().join(region.temp_name())).unwrap(), before);
     }
 
     #[test]
