@@ -1031,7 +1031,9 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
     def _reload_offloaded(self, keys: list[StoreKey]) -> None:
         for key in [key for key in keys if self._store[key] is None]:
             try:
-                # A tracked key whose pair is gone is a miss (KeyError) in _load_entry's own reads.
+                # The pickled keys are tracked but may have no pair any more: look before opening.
+                if not (self._get_npy_path(key).exists() and self._get_meta_path(key).exists()):
+                    self._miss(key, key)
                 entry = self._load_entry(key)
             except KeyError:
                 logger.warning("File for key %s not found in cache directory %s.", key, self._cache_dir)
