@@ -28,6 +28,7 @@ import math
 import operator
 import os
 import stat
+import sys
 import tempfile
 import threading
 import time
@@ -157,7 +158,11 @@ def check_cacheable_array(array: object) -> None:
     A ``numpy.ma.MaskedArray`` stores its mask beside its data; the ``.dat`` and ``.npy`` files hold
     only the data, so caching it would silently unmask it. The dtype rule applies too.
     """
-    if isinstance(array, np.ma.MaskedArray):
+    # Looked up, not imported: numpy loads numpy.ma lazily, and no array can be a MaskedArray before
+    # it is loaded (importing it here would cost time and could fail in a process that has since
+    # dropped the rights to read the installation).
+    masked = sys.modules.get("numpy.ma")
+    if masked is not None and isinstance(array, masked.MaskedArray):
         raise TypeError(
             "cannot cache a numpy.ma.MaskedArray on disk: its mask would be lost. Cache array.filled(fill_value) "
             "(and np.ma.getmaskarray(array) as a second array if the mask matters), or keep caching off"
