@@ -176,11 +176,14 @@ pub fn decode_header(bytes: &[u8], file_len: u64) -> Result<NpyHeader, HeaderErr
     let data_offset = preamble.data_offset_within(file_len)?;
     let start = to_usize(preamble.prefix_len).map_err(|_| HeaderError::Truncated)?;
     let end = to_usize(data_offset).map_err(|_| HeaderError::Truncated)?;
-    let raw = bytes.get(start..end).ok_or(HeaderError::Truncated)?;
-    let text: String = if preamble.version.0 == 3 {
-        std::str::from_utf8(raw).map_err(|_| HeaderError::NotUtf8)?.to_owned()
-    } else {
-        raw.iter().map(|&byte| char::from(byte)).collect()
+    // The padding (up to 4 KiB of spaces and a newline) is whitespace the dict may be followed
+    // by anyway: leaving it out spares decoding and scanning it.
+    let raw = bytes.get(start..end).ok_or(HeaderError::Truncated)?.trim_ascii_end();
+    let text: String = match std::str::from_utf8(raw) {
+        Ok(text) if preamble.version.0 == 3 || text.is_ascii() => text.to_owned(),
+        Err(_) if preamble.version.0 == 3 => return Err(HeaderError::NotUtf8),
+        // Versions 1 and 2 are Latin-1, which agrees with UTF-8 on ASCII only.
+        _ => raw.iter().map(|&byte| char::from(byte)).collect(),
     };
     let dict = HeaderDict::parse(&text)?;
     Ok(NpyHeader {

@@ -108,13 +108,14 @@ impl Parser<'_> {
         Some(c)
     }
 
+    /// Skips Python whitespace. Byte-wise: a header is padded with up to 4 KiB of spaces, and
+    /// every whitespace character is one byte (a UTF-8 continuation byte never matches).
     fn skip_ws(&mut self) {
-        while self
-            .peek()
-            .is_some_and(|c| matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0c'))
-        {
-            self.pos += 1;
-        }
+        let rest = self.text.as_bytes().get(self.pos..).unwrap_or_default();
+        self.pos += rest
+            .iter()
+            .take_while(|&&byte| matches!(byte, b' ' | b'\t' | b'\n' | b'\r' | b'\x0c'))
+            .count();
     }
 
     fn expect(&mut self, wanted: char) -> Result<(), LiteralError> {
