@@ -48,6 +48,10 @@ def _spilled(entries: list[FakeEntry]) -> list[str]:
     return [entry.name for entry in entries if not entry.in_ram]
 
 
+def _monitor_threads() -> set[threading.Thread]:
+    return {thread for thread in threading.enumerate() if thread.name == "lazy_disk_cache-memory-monitor"}
+
+
 def _wait_until(condition: Callable[[], bool]) -> bool:
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:
@@ -430,6 +434,24 @@ def test_the_monitor_starts_with_the_first_tracked_entry_and_stops_when_none_is_
     assert not idle_before
     assert running_while_tracked
     assert _wait_until(lambda: not ledger.monitor_running), "the monitor kept running with nothing tracked"
+
+
+def test_the_monitor_lingers_through_a_short_gap_so_a_burst_of_reloads_reuses_it(
+    new_ledger: LedgerFactory,
+) -> None:
+    ledger, memory = new_ledger(clock=time.monotonic, monitor_interval=0.01)
+    first = FakeEntry(ledger, memory, "first", 10)
+    monitors = _monitor_threads()
+    ledger.untrack(first)
+    time.sleep(0.05)  # five idle checks, fewer than MONITOR_IDLE_CHECKS
+
+    still_running = ledger.monitor_running
+    second = FakeEntry(ledger, memory, "second", 10)
+
+    assert still_running
+    assert _monitor_threads() == monitors, "a new monitor thread was started for the next entry"
+    ledger.untrack(second)
+    assert _wait_until(lambda: not ledger.monitor_running)
 
 
 def test_the_monitor_spills_when_unmanaged_memory_grows(new_ledger: LedgerFactory) -> None:

@@ -36,7 +36,8 @@ Threads and locks
     ledger lock, releases it, then calls ``spill()``, which must not block on the entry's lock.
     One thread spills at a time; a thread that asks for a spill while another spills waits for
     it (backpressure), then re-measures. A daemon monitor thread checks every 200 ms while any
-    entry holds tracked RAM and exits when none does. A forked child starts with an empty ledger
+    entry holds tracked RAM and exits once none has for a few seconds (starting a thread costs
+    about as much as reloading a few keys, and programs drop and reload entries in bursts). A forked child starts with an empty ledger
     and no monitor thread.
 """
 
@@ -84,6 +85,8 @@ DEFAULT_TARGET = 0.6  # dask.distributed's worker defaults: spill at 70 % of the
 DEFAULT_SPILL = 0.7
 
 MONITOR_INTERVAL_SECONDS = 0.2
+# The monitor exits after this many checks in a row found nothing tracked (5 s at 200 ms).
+MONITOR_IDLE_CHECKS = 25
 LIMIT_MAX_AGE_SECONDS = 1.0  # cgroup limits change rarely; reading them costs ~0.2 ms
 # After a failed spill an entry is left alone for this long, doubling per failure up to the cap,
 # so a full disk is not retried five times a second.
@@ -714,7 +717,7 @@ class MemoryLedger:
 
     @property
     def monitor_running(self) -> bool:
-        """Whether the monitor thread is alive (it only is while some entry holds tracked RAM)."""
+        """Whether the monitor thread is alive (while some entry holds tracked RAM, and a few seconds after)."""
         monitor = self._monitor
         return monitor is not None and monitor.is_alive()
 
@@ -736,14 +739,18 @@ class MemoryLedger:
         return monitor
 
     def _monitor_loop(self, stop: threading.Event) -> None:
+        idle_checks = 0
         while not stop.wait(self._monitor_interval):
             _tick()  # uses from now on are newer than those before
             with self._lock:
                 self._reap_locked()
-                if self._managed == 0 or stop.is_set():
+                idle_checks = idle_checks + 1 if self._managed == 0 else 0
+                if idle_checks >= MONITOR_IDLE_CHECKS or stop.is_set():
                     if self._monitor is threading.current_thread():
                         self._monitor = None
                     return
+                if idle_checks:
+                    continue
             try:
                 self._spill_if_needed()
             except Exception:

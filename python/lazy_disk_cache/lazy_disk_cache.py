@@ -137,7 +137,8 @@ def _entry_dat_path(given: Path, *, given_is_a_file: bool = False) -> Path:
     if not given.name:
         raise ValueError(f"cache_path {given!r} has an empty name; pass a file path")
     dat = given.absolute().with_suffix(MEMMAP_SUFFIX)
-    if (not given_is_a_file and given.is_dir()) or dat.is_dir():
+    # os.path.isdir: the same stat as Path.is_dir without its per-call cost (a store reload runs this).
+    if (not given_is_a_file and os.path.isdir(given)) or os.path.isdir(dat):
         raise ValueError(
             f"cache_path {given!r} is an existing directory; pass a file path "
             "(the entry stores its data in '<name>.dat')"
@@ -287,7 +288,7 @@ class LazyDiskCache(ABC):
         self._cache_path = (
             None if config.cache_path is None else _entry_dat_path(config.cache_path, given_is_a_file=reloading)
         )
-        if self._enable_caching:
+        if self._enable_caching and not (reloading and build is not None and self._adopt_reloaded(build.payload)):
             check_cacheable_dtype(self._describe_shape_dtype()[1])
             self._convert_to_memmap()
         if self._automatic_offloading:
@@ -1156,6 +1157,21 @@ class LazyDiskCache(ABC):
                 raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(target)) from exc
         self._announce_backing(self._hold_path())
         return location
+
+    def _adopt_reloaded(self, payload: FileMapping | None) -> bool:
+        """A store reload's short way to the MAPPED state: adopt ``payload``, the store's own mapping of
+        this entry's ``.npy``, when the live buffer is exactly it (see ``_adopt_payload``).
+
+        Returns whether it did; if not, the entry converts as any other. O(1), no system call.
+        """
+        shape, dtype = self._describe_shape_dtype()
+        dtype = np.dtype(dtype)
+        if dtype.hasobject or payload is None:
+            return False
+        source = self._describe_buffer()[2]
+        if not isinstance(source, np.memmap) or mapping_of(source) is not payload:
+            return False
+        return self._adopt_payload(source, tuple(shape), dtype)
 
     def _adopt_payload(self, source: object, shape: tuple[int, ...], dtype: np.dtype[Any]) -> bool:
         """Adopt a store-reloaded private/read-only mapping of ``<stem>.npy`` as the MAPPED buffer.
