@@ -37,8 +37,8 @@ Threads and locks
     One thread spills at a time; a thread that asks for a spill while another spills waits for
     it (backpressure), then re-measures. A daemon monitor thread checks every 200 ms while any
     entry holds tracked RAM and exits once none has for a few seconds (starting a thread costs
-    about as much as reloading a few keys, and programs drop and reload entries in bursts). A forked child starts with an empty ledger
-    and no monitor thread.
+    about as much as reloading a few keys, and programs drop and reload entries in bursts). A
+    forked child starts with an empty ledger and no monitor thread.
 """
 
 from __future__ import annotations
