@@ -577,7 +577,7 @@ def test_a_failed_load_leaves_tracking_unchanged(tmp_path: Path) -> None:
 @pytest.fixture
 def refusing_writes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make every reload see a directory it may not write (root passes any permission check)."""
-    monkeypatch.setattr(dbs, "directory_refuses_writes", lambda path: True)
+    monkeypatch.setattr(dbs, "directory_refuses_writes", lambda directory: True)
 
 
 @pytest.mark.usefixtures("refusing_writes")

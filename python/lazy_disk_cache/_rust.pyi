@@ -197,6 +197,9 @@ class CacheDir:
         shorter than its header announces is the caller's to refuse). Malformed → ``ValueError``.
         """
 
+    def refuses_writes(self) -> bool:
+        """Whether this process may not create files here (permissions, or a read-only mount). Two system calls."""
+
     def read_file(self, name: str) -> bytes:
         """Read all of the small file ``name`` (a sidecar). Blocks on disk; GIL released."""
 

@@ -201,14 +201,9 @@ def require_usable_directory(path: Path) -> None:
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
 
 
-def directory_refuses_writes(path: Path) -> bool:
-    """Whether this process may not create files in ``path`` (permissions or a read-only mount)."""
-    if not os.access(path, os.W_OK):
-        return True
-    try:
-        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-    except OSError:
-        return False
+def directory_refuses_writes(directory: CacheDir) -> bool:
+    """Whether this process may not create files in ``directory`` (permissions or a read-only mount)."""
+    return directory.refuses_writes()
 
 
 def lease_directory(store: object, path: Path, owner_pid: int) -> PathLease:

@@ -759,7 +759,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         # holds, and a bad header is reported after the sidecar's own defects. The payload is
         # mapped by the same open that reads the header (copy-on-write, or read-only in a
         # directory this process may not write); a sidecar turning caching off drops the mapping.
-        map_mode: Literal["r", "c"] = "r" if directory_refuses_writes(self._cache_dir) else "c"
+        map_mode: Literal["r", "c"] = "r" if directory_refuses_writes(directory) else "c"
         raw_sidecar, opened, header_error = self._read_pair(directory, npy, meta, map_mode)
         if raw_sidecar is None or (opened is None and header_error is None):
             self._miss(checked, key)

@@ -520,6 +520,9 @@ mod tests {
         fn list(&self, _: BorrowedFd<'_>) -> io::Result<Vec<String>> {
             unsupported()
         }
+        fn refuses_writes(&self, _: BorrowedFd<'_>) -> io::Result<bool> {
+            unsupported()
+        }
         fn map_gate(&self, _: &Path) -> io::Result<()> {
             unsupported()
         }

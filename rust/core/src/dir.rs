@@ -110,6 +110,17 @@ impl CacheDir {
         self.inner.fd.as_fd()
     }
 
+    /// Whether this process may not create files here (permissions or a read-only mount): a
+    /// reader then maps payloads read-only rather than copy-on-write.
+    ///
+    /// # Errors
+    /// [`Error::Io`] with [`Op::Stat`] when the mount cannot be queried.
+    pub fn refuses_writes(&self) -> Result<bool> {
+        self.fs()
+            .refuses_writes(self.fd())
+            .map_err(|err| Error::io(Op::Stat, self.path(), err))
+    }
+
     /// `fsync` of the directory itself.
     ///
     /// # Errors
@@ -304,7 +315,7 @@ pub(crate) fn open_temp_dir() -> (tempfile::TempDir, CacheDir) {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use std::fs;
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{PermissionsExt, symlink};
 
     use super::*;
     use crate::fs::{Call, FaultyFs, RecordingFs};
@@ -542,6 +553,19 @@ mod tests {
         }
         assert!(tmp.path().join("sub.npy").is_dir());
         assert!(!tmp.path().join("b.npy").exists());
+    }
+
+    #[test]
+    fn a_directory_is_refused_for_writes_only_when_its_permissions_refuse_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = CacheDir::open(tmp.path(), false).unwrap();
+        assert!(!dir.refuses_writes().unwrap());
+        // Root passes permission checks (unless its capabilities were dropped): only check the
+        // refusal where the mode bits bind this process.
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o500)).unwrap();
+        let bound = fs::File::create(tmp.path().join("probe")).is_err();
+        assert_eq!(dir.refuses_writes().unwrap(), bound);
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o700)).unwrap();
     }
 
     #[test]

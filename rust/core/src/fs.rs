@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use rustix::fs::{AtFlags, FallocateFlags, FileType, FlockOperation, Mode, OFlags};
+use rustix::fs::{Access, AtFlags, FallocateFlags, FileType, FlockOperation, Mode, OFlags, StatVfsMountFlags};
 
 use crate::error::Op;
 
@@ -105,6 +105,9 @@ pub trait Fs: Send + Sync + fmt::Debug {
     ) -> io::Result<()>;
     /// The UTF-8 entry names of `dir` (others cannot be ours), without `.` and `..`.
     fn list(&self, dir: BorrowedFd<'_>) -> io::Result<Vec<String>>;
+    /// Whether this process may not create files in `dir`: `faccessat(dir, ".", W_OK)` refuses
+    /// (permissions, real ids as `access(2)` checks them), or `fstatvfs` reports a read-only mount.
+    fn refuses_writes(&self, dir: BorrowedFd<'_>) -> io::Result<bool>;
     /// Called right before a file is memory-mapped (the mapping itself is memmap2's).
     fn map_gate(&self, path: &Path) -> io::Result<()>;
 }
@@ -247,6 +250,15 @@ impl Fs for RealFs {
 
     fn map_gate(&self, _path: &Path) -> io::Result<()> {
         global_gate(Op::Map)
+    }
+
+    fn refuses_writes(&self, dir: BorrowedFd<'_>) -> io::Result<bool> {
+        global_gate(Op::Stat)?;
+        if rustix::fs::accessat(dir, ".", Access::WRITE_OK, AtFlags::empty()).is_err() {
+            return Ok(true);
+        }
+        // A mount that cannot be queried is taken as writable: a write will say what is wrong.
+        Ok(rustix::fs::fstatvfs(dir).is_ok_and(|info| info.f_flag.contains(StatVfsMountFlags::RDONLY)))
     }
 }
 

@@ -252,6 +252,10 @@ impl PyCacheDir {
         Ok((PyNpyHeader { inner }, mapping.map(PyFileMapping::new)))
     }
 
+    fn refuses_writes(&self) -> PyResult<bool> {
+        to_py(self.inner.refuses_writes())
+    }
+
     fn read_file<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyBytes>> {
         let bytes = to_py(run_detached(py, || self.inner.read_file(name)))?;
         Ok(PyBytes::new(py, &bytes))

@@ -173,6 +173,9 @@ macro_rules! forward_through_hook {
             fn map_gate(&self, path: &Path) -> io::Result<()> {
                 self.around(Op::Map, Target::Map(path), || self.inner.map_gate(path))
             }
+            fn refuses_writes(&self, dir: BorrowedFd<'_>) -> io::Result<bool> {
+                self.around(Op::Stat, Target::Dir, || self.inner.refuses_writes(dir))
+            }
         }
     };
 }
@@ -378,6 +381,7 @@ fn syscall_of(op: Op, target: Target<'_>) -> &'static str {
         (Op::Rename, _) => "renameat",
         (Op::Unlink, _) => "unlinkat",
         (Op::Stat, Target::Name(_)) => "fstatat",
+        (Op::Stat, Target::Dir) => "faccessat",
         (Op::Stat, _) => "fstat",
         (Op::Lock, _) => "flock",
         (Op::Chmod, _) => "fchmod",
