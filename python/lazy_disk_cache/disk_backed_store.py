@@ -553,7 +553,11 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
                 logger.debug("Could not remove %s of a rejected entry in %s: %s", name, dat.parent, error)
 
     def _register(self, key: str, entry: T) -> None:
-        refs = [ref for ref in self._entry_registry.get(key, ()) if ref() is not None]
+        known = self._entry_registry.get(key)
+        if known is None:
+            self._entry_registry[key] = [weakref.ref(entry)]
+            return
+        refs = [ref for ref in known if ref() is not None]
         if not any(ref() is entry for ref in refs):
             refs.append(weakref.ref(entry))
         self._entry_registry[key] = refs
@@ -766,6 +770,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         with _NamingTheSidecar(meta):
             sidecar, class_name = parse_sidecar(raw_sidecar, key, meta)
             cls = _resolve_lazy_disk_cache_class(class_name)
+            flags = sidecar_flags(sidecar, key)
         if opened is None:
             # Not missing (that was a miss above): unreadable, reported after the sidecar's defects.
             raise header_error or KeyError(key)
@@ -778,8 +783,6 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
                 f"{layout.dtype}; the sidecar {str(meta)!r} says shape {sidecar.get('shape')!r}, dtype "
                 f"{sidecar.get('dtype')!r})"
             )
-        with _NamingTheSidecar(meta):
-            flags = sidecar_flags(sidecar, key)
         array: NDArray[Any]
         if flags["enable_caching"] and mapping is not None:
             array = payload_memmap(directory, npy, mapping, layout)

@@ -278,11 +278,12 @@ class LazyDiskCache(ABC):
         self._dir_handle = None
         self._ephemeral = config.cache_path is None
         build = _store_build.get()
-        # Compared as text: on POSIX that is what Path equality means, without its per-call cost.
+        # Compared as text: on POSIX that is what Path equality means, without its per-call cost
+        # (and a store's own reload passes the very Path it holds).
         self._working_copy = (
             build is not None
             and config.cache_path is not None
-            and os.fspath(config.cache_path) == os.fspath(build.cache_path)
+            and (config.cache_path is build.cache_path or os.fspath(config.cache_path) == os.fspath(build.cache_path))
         )
         reloading = self._working_copy and build is not None and build.payload is not None
         self._cache_path = (
