@@ -770,7 +770,6 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         with _NamingTheSidecar(meta):
             sidecar, class_name = parse_sidecar(raw_sidecar, key, meta)
             cls = _resolve_lazy_disk_cache_class(class_name)
-            flags = sidecar_flags(sidecar, key)
         if opened is None:
             # Not missing (that was a miss above): unreadable, reported after the sidecar's defects.
             raise header_error or KeyError(key)
@@ -783,6 +782,8 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
                 f"{layout.dtype}; the sidecar {str(meta)!r} says shape {sidecar.get('shape')!r}, dtype "
                 f"{sidecar.get('dtype')!r})"
             )
+        with _NamingTheSidecar(meta):
+            flags = sidecar_flags(sidecar, key)
         array: NDArray[Any]
         if flags["enable_caching"] and mapping is not None:
             array = payload_memmap(directory, npy, mapping, layout)
