@@ -197,6 +197,17 @@ class CacheDir:
         shorter than its header announces is the caller's to refuse). Malformed → ``ValueError``.
         """
 
+    def read_pair(
+        self, meta_name: str, npy_name: str, *, map_mode: Literal["r", "c"]
+    ) -> tuple[bytes | None, tuple[NpyHeader, FileMapping | None] | None, OSError | ValueError | None]:
+        """Read the sidecar ``meta_name`` and the ``.npy`` header of ``npy_name``, its payload mapped in ``map_mode``.
+
+        One call for both halves of a stored pair. ``(None, None, None)`` when the sidecar is
+        missing (the ``.npy`` is then not opened); a missing ``.npy`` gives ``(raw, None, None)``; one
+        that cannot be read for another reason gives its exception as the third item, for the
+        caller to raise after judging the sidecar. Other failures to read the sidecar raise.
+        """
+
     def refuses_writes(self) -> bool:
         """Whether this process may not create files here (permissions, or a read-only mount). Two system calls."""
 

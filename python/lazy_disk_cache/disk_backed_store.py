@@ -40,7 +40,6 @@ from lazy_disk_cache._codec import (
     parse_sidecar,
     payload_memmap,
     read_payload,
-    read_sidecar_bytes,
     sidecar_flags,
     sidecar_is_stale,
     stage_entry,
@@ -50,7 +49,7 @@ from lazy_disk_cache._key_locks import writer_lock_if_writable
 from lazy_disk_cache._memmap import mapping_of
 from lazy_disk_cache._progress import ProgressCallback, reporting
 from lazy_disk_cache._purge import PurgePlan, artefact_names, detach_purge_duty, plan_purge, unlink_in_order
-from lazy_disk_cache._rust import CacheDir, CommitBatch, FileMapping, NpyHeader
+from lazy_disk_cache._rust import CacheDir, CommitBatch
 from lazy_disk_cache._store_dir import (
     SweepReport,
     choose_cache_dir,
@@ -764,7 +763,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         # mapped by the same open that reads the header (copy-on-write, or read-only in a
         # directory this process may not write); a sidecar turning caching off drops the mapping.
         map_mode: Literal["r", "c"] = "r" if directory_refuses_writes(directory) else "c"
-        raw_sidecar, opened, header_error = self._read_pair(directory, npy, meta, map_mode)
+        raw_sidecar, opened, header_error = directory.read_pair(meta.name, npy.name, map_mode=map_mode)
         if raw_sidecar is None or (opened is None and header_error is None):
             self._miss(checked, key)
         with _NamingTheSidecar(meta):
@@ -810,27 +809,6 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
                 legacy,
             )
         raise KeyError(key)
-
-    @staticmethod
-    def _read_pair(
-        directory: CacheDir, npy: Path, meta: Path, map_mode: Literal["r", "c"]
-    ) -> tuple[bytes | None, tuple[NpyHeader, FileMapping | None] | None, OSError | ValueError | None]:
-        """The sidecar's bytes and the ``.npy`` header with its payload mapped in ``map_mode``.
-
-        ``None`` for a missing half (the key is then a miss). A header that cannot be read for
-        another reason comes back as its error, to be raised after the sidecar is judged. Blocks
-        on disk: two small reads and a mapping.
-        """
-        try:
-            raw = read_sidecar_bytes(directory, meta)
-        except FileNotFoundError:
-            return None, None, None
-        try:
-            return raw, directory.read_npy(npy.name, map_mode=map_mode), None
-        except FileNotFoundError:
-            return raw, None, None
-        except (OSError, ValueError) as exc:
-            return raw, None, exc
 
     def _directory(self) -> CacheDir:
         return open_directory(self._cache_dir)

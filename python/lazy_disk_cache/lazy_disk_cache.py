@@ -295,9 +295,9 @@ class LazyDiskCache(ABC):
         if self._automatic_offloading:
             self.offload()
         if self._cache_path is not None:
-            self._hold_path()
+            lease = self._hold_path()
             if self._purge_disk_on_gc:
-                self._arm_purge()
+                self._arm_purge(lease)
         self._report_memory()
         _budget.ledger.check()
 
@@ -615,12 +615,12 @@ class LazyDiskCache(ABC):
         if not self._ephemeral:
             lease.announce()
 
-    def _arm_purge(self) -> None:
-        """Arm purge duty unless a live finalizer already holds it."""
+    def _arm_purge(self, lease: PathLease | None = None) -> None:
+        """Arm purge duty unless a live finalizer already holds it (``lease``: the one ``_hold_path`` just returned)."""
         finalizer = self.__dict__.get("_finalizer")
         if finalizer is not None and finalizer.alive:
             return
-        self._finalizer = self._hold_path().arm()
+        self._finalizer = (lease or self._hold_path()).arm()
 
     def _disarm_purge(self) -> None:
         """Release purge duty without deleting anything and without touching ``purge_disk_on_gc``.

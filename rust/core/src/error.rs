@@ -174,6 +174,11 @@ impl Error {
         }
     }
 
+    /// Whether the call found no file of that name (`ENOENT`): a reader takes that as a miss.
+    pub fn is_missing(&self) -> bool {
+        self.raw_os_error() == Some(Errno::NOENT.raw_os_error())
+    }
+
     /// Whether the OS refused the call for lack of permission or because the file system is
     /// read-only (EPERM, EACCES, EROFS): what a reader of a directory it may not write sees.
     pub fn is_permission_refusal(&self) -> bool {

@@ -252,6 +252,57 @@ impl PyCacheDir {
         Ok((PyNpyHeader { inner }, mapping.map(PyFileMapping::new)))
     }
 
+    /// The sidecar's bytes and the `.npy` header with its payload mapped, in one call: a store
+    /// reload of many small keys pays per crossing. A missing half is `None`; a header that
+    /// cannot be read for another reason comes back as its exception, for the caller to raise
+    /// after judging the sidecar.
+    #[pyo3(signature = (meta_name, npy_name, *, map_mode))]
+    #[allow(clippy::type_complexity)] // The tuple is the .pyi's.
+    fn read_pair(
+        &self,
+        py: Python<'_>,
+        meta_name: &str,
+        npy_name: &str,
+        map_mode: &str,
+    ) -> PyResult<(
+        Option<Py<PyBytes>>,
+        Option<(PyNpyHeader, Option<PyFileMapping>)>,
+        Option<Py<PyAny>>,
+    )> {
+        let mode = match map_mode {
+            "r" => MappingMode::ReadOnly,
+            "c" => MappingMode::CopyOnWrite,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "map_mode must be 'r' or 'c', not {other:?}"
+                )));
+            }
+        };
+        let (sidecar, npy) = run_detached(py, || {
+            let sidecar = self.inner.read_file(meta_name);
+            // A missing sidecar is a miss whatever the .npy holds: it is not opened then.
+            let npy = match &sidecar {
+                Err(err) if err.is_missing() => None,
+                _ => Some(self.inner.read_npy(npy_name, Some(mode))),
+            };
+            (sidecar, npy)
+        });
+        let raw = match sidecar {
+            Err(err) if err.is_missing() => return Ok((None, None, None)),
+            other => PyBytes::new(py, &to_py(other)?).unbind(),
+        };
+        match npy {
+            Some(Ok((inner, mapping))) => Ok((
+                Some(raw),
+                Some((PyNpyHeader { inner }, mapping.map(PyFileMapping::new))),
+                None,
+            )),
+            Some(Err(err)) if err.is_missing() => Ok((Some(raw), None, None)),
+            Some(Err(err)) => Ok((Some(raw), None, Some(to_exception(py, err)))),
+            None => Ok((None, None, None)),
+        }
+    }
+
     fn refuses_writes(&self) -> PyResult<bool> {
         to_py(self.inner.refuses_writes())
     }
