@@ -347,7 +347,10 @@ def reload_cases(
         ]
         variants = with_baselines(variants, impl, baselines)
         prewarm = store_set.count * store_set.entry_bytes
-        series = measure_interleaved(variants, reps=settings.reps, warmup=settings.warmup, prewarm_bytes=prewarm)
+        # A reload of the big entries takes about a millisecond, which one repetition can double:
+        # three times the repetitions (each only milliseconds long) steady the median.
+        reps = 3 * settings.reps
+        series = measure_interleaved(variants, reps=reps, warmup=settings.warmup, prewarm_bytes=prewarm)
         for directory in (ours_dir, base_dir, joblib_dir):
             shutil.rmtree(directory, ignore_errors=True)
         notes = [

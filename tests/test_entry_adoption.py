@@ -458,3 +458,35 @@ def test_a_write_through_a_view_kept_across_an_unwritten_offload_is_seen_by_the_
     assert entry[2, 1] == 55.0
     entry.offload()
     assert np.fromfile(store_dir / "k.dat", dtype=np.float64).reshape(4, 5)[2, 1] == 55.0
+
+
+def _write_npy_with_descr(path: Path, descr: str, shape: tuple[int, ...], payload: bytes) -> None:
+    """A version 1.0 ``.npy`` whose header names ``descr`` verbatim, with the payload at 4096."""
+    text = f"{{'descr': {descr}, 'fortran_order': False, 'shape': {shape}, }}"
+    header = text.encode("latin1").ljust(4096 - 10 - 1) + b"\n"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + payload)
+
+
+def test_a_revived_copy_whose_npy_was_replaced_by_an_unreadable_descr_refuses_with_valueerror(
+    store_dir: Path,
+) -> None:
+    entry = _reload(store_dir, "k")
+    entry.offload()
+    copy = pickle.loads(pickle.dumps(entry))
+    # Python 2's long literal: the header's syntax is accepted, but no dtype can be read from it.
+    _write_npy_with_descr(store_dir / "k.npy", "[('a', '<f8', (2L,))]", (4, 5), _source().tobytes())
+
+    with pytest.raises(ValueError, match="no longer holds the array"):
+        copy.load()
+
+
+def test_a_revived_copy_reads_its_npy_where_the_header_now_puts_the_data(store_dir: Path) -> None:
+    entry = _reload(store_dir, "k")
+    entry.offload()
+    copy = pickle.loads(pickle.dumps(entry))
+    # The same array, committed again with its data at 4096 (np.save put it at 128).
+    _write_npy_with_descr(store_dir / "k.npy", "'<f8'", (4, 5), _source().tobytes())
+
+    copy.load()
+
+    np.testing.assert_array_equal(copy.data, _source())

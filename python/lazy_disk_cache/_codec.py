@@ -11,8 +11,6 @@ its own logger.
 
 from __future__ import annotations
 
-import ast
-import functools
 import json
 import math
 import os
@@ -24,6 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lazy_disk_cache._buffers import byte_view
+from lazy_disk_cache._descr import dtype_of_descr
 from lazy_disk_cache._memmap import as_memmap
 from lazy_disk_cache._progress import current_chunk_progress
 from lazy_disk_cache._rust import CacheDir, CommitBatch, FileMapping, NpyHeader
@@ -238,8 +237,8 @@ def layout_of(header: NpyHeader, path: Path) -> PayloadLayout:
     raises ``ValueError`` naming the path; trailing bytes are ignored, as ``np.load`` does.
     """
     try:
-        dtype = _dtype_of_descr(header.descr)
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as exc:
+        dtype = dtype_of_descr(header.descr)
+    except ValueError as exc:
         raise ValueError(f"{str(path)!r}: the .npy header holds an invalid descr {header.descr}") from exc
     if dtype.hasobject:
         raise ValueError(f"{str(path)!r}: object arrays cannot be loaded (allow_pickle=False)")
@@ -252,17 +251,6 @@ def layout_of(header: NpyHeader, path: Path) -> PayloadLayout:
         )
     order: Literal["C", "F"] = "F" if header.fortran_order else "C"
     return PayloadLayout(shape, dtype, order, header.data_offset, nbytes)
-
-
-@functools.lru_cache(maxsize=256)
-def _dtype_of_descr(descr: str) -> np.dtype[Any]:
-    """The dtype a header's ``descr`` literal names, parsed safely as ``np.load`` does.
-
-    Cached: the keys of a store mostly share a few dtypes, and the parse is the costliest step of
-    reading a header. A dtype is immutable, so sharing one is safe.
-    """
-    dtype: np.dtype[Any] = np.lib.format.descr_to_dtype(ast.literal_eval(descr))
-    return dtype
 
 
 def sidecar_is_stale(meta: dict[str, Any], layout: PayloadLayout) -> bool:

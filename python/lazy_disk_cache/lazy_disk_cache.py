@@ -18,7 +18,6 @@ end of this module (``entry_lock``, ``array_to_write``, ``copyable_file``, ...):
 way code outside this module reaches an entry's private state.
 """
 
-import ast
 import contextvars
 import copy
 import errno
@@ -47,6 +46,7 @@ from lazy_disk_cache import _budget
 from lazy_disk_cache._array_memory import anonymous_nbytes, held_elsewhere, private_bytes
 from lazy_disk_cache._budget import use_clock
 from lazy_disk_cache._buffers import byte_view
+from lazy_disk_cache._descr import dtype_of_descr
 from lazy_disk_cache._directories import open_directory
 from lazy_disk_cache._leases import PathLease, lease_backing_file
 from lazy_disk_cache._memmap import as_memmap, mapping_of, open_memmap
@@ -1039,7 +1039,9 @@ class LazyDiskCache(ABC):
         kept = self.__dict__.get("_payload_mapping")
         nbytes = math.prod(shape) * dtype.itemsize
         mapping: FileMapping
-        if nbytes == 0 or adopted.order != "C":
+        if nbytes == 0 or adopted.order != "C" or kept is None:
+            # Without a kept mapping (a copy revived from a pickle) the payload is found by name, and
+            # _map_payload checks that the file there still holds this array, wherever its data starts.
             mapping = self._write_backing(np.asarray(self._map_payload(adopted, shape, dtype, "r")))
         else:
             mapping = directory.copy_range(
@@ -1049,7 +1051,7 @@ class LazyDiskCache(ABC):
                 nbytes,
                 chunk_bytes=chunk_budget_bytes(),
                 durable=self._backing_is_durable(),
-                patch=kept if kept is not None and kept.mode == "c" else None,
+                patch=kept if kept.mode == "c" else None,
             )
         self._adopted = None
         self._payload_mapping = None
@@ -1085,8 +1087,11 @@ class LazyDiskCache(ABC):
         handle = self._dir_handle or self._directory()
         header, mapping = handle.read_npy(npy_name, map_mode=payload_mode)
         nbytes = math.prod(shape) * dtype.itemsize
-        found = np.lib.format.descr_to_dtype(ast.literal_eval(header.descr))
-        if tuple(header.shape) != shape or found != dtype or mapping is None or mapping.length < nbytes:
+        try:
+            same_dtype = dtype_of_descr(header.descr) == dtype
+        except ValueError:
+            same_dtype = False
+        if tuple(header.shape) != shape or not same_dtype or mapping is None or mapping.length < nbytes:
             raise ValueError(
                 f"{str(path.with_name(npy_name))!r} no longer holds the array of shape {shape} and dtype {dtype} "
                 "this entry was reloaded with"
