@@ -94,7 +94,7 @@ class Settings:
         """Full runs: 7 repetitions, 5 for 1 GiB conversions and fsync-bound store writes, plus a warm-up."""
         if quick:
             return cls(quick=True, workdir=workdir, reps=3, large_reps=3, store_reps=2, warmup=0, latency_calls=10)
-        return cls(quick=False, workdir=workdir, reps=7, large_reps=5, store_reps=5, warmup=1, latency_calls=100)
+        return cls(quick=False, workdir=workdir, reps=7, large_reps=5, store_reps=9, warmup=1, latency_calls=100)
 
     def for_original(self) -> Settings:
         """The original's run is context, not a target: fewer repetitions keep the suite short."""
