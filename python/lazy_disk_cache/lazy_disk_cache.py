@@ -1165,10 +1165,10 @@ class LazyDiskCache(ABC):
         return location
 
     def _adopt_reloaded(self, payload: FileMapping | None) -> bool:
-        """A store reload's short way to the MAPPED state: adopt ``payload``, the store's own mapping of
-        this entry's ``.npy``, when the live buffer is exactly it (see ``_adopt_payload``).
+        """Adopt ``payload``, a reloading store's own mapping of this entry's ``.npy``, as the MAPPED buffer.
 
-        Returns whether it did; if not, the entry converts as any other. O(1), no system call.
+        Only when the live buffer is exactly that mapping (checked as ``_adopt_payload`` does); returns
+        whether it did, and if not, the entry converts as any other. O(1), no system call.
         """
         shape, dtype = self._describe_shape_dtype()
         dtype = np.dtype(dtype)

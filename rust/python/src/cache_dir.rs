@@ -278,28 +278,25 @@ impl PyCacheDir {
                 )));
             }
         };
-        let (sidecar, npy) = run_detached(py, || {
-            let sidecar = self.inner.read_file(meta_name);
-            // A missing sidecar is a miss whatever the .npy holds: it is not opened then.
-            let npy = match &sidecar {
-                Err(err) if err.is_missing() => None,
-                _ => Some(self.inner.read_npy(npy_name, Some(mode))),
-            };
-            (sidecar, npy)
+        // A missing sidecar is a miss whatever the .npy holds: the .npy is only opened after it.
+        let read = run_detached(py, || {
+            self.inner
+                .read_file(meta_name)
+                .map(|raw| (raw, self.inner.read_npy(npy_name, Some(mode))))
         });
-        let raw = match sidecar {
+        let (raw, npy) = match read {
             Err(err) if err.is_missing() => return Ok((None, None, None)),
-            other => PyBytes::new(py, &to_py(other)?).unbind(),
+            other => to_py(other)?,
         };
+        let raw = Some(PyBytes::new(py, &raw).unbind());
         match npy {
-            Some(Ok((inner, mapping))) => Ok((
-                Some(raw),
+            Ok((inner, mapping)) => Ok((
+                raw,
                 Some((PyNpyHeader { inner }, mapping.map(PyFileMapping::new))),
                 None,
             )),
-            Some(Err(err)) if err.is_missing() => Ok((Some(raw), None, None)),
-            Some(Err(err)) => Ok((Some(raw), None, Some(to_exception(py, err)))),
-            None => Ok((None, None, None)),
+            Err(err) if err.is_missing() => Ok((raw, None, None)),
+            Err(err) => Ok((raw, None, Some(to_exception(py, err)))),
         }
     }
 
