@@ -48,6 +48,7 @@ __all__ = [
     "ADD_PART",
     "GROUP_COMMIT",
     "NP_LOAD_MMAP",
+    "NP_LOAD_MMAP_COPY",
     "NP_LOAD_RAM",
     "OFFLOAD_PART",
     "SETS",
@@ -68,6 +69,8 @@ PER_KEY = "per key: np.save temp + fsync + replace + dir fsync (both files)"
 JOBLIB_DUMP = "joblib.dump per key (no fsync)"
 NP_LOAD_RAM = "np.load into RAM"
 NP_LOAD_MMAP = "np.load(mmap_mode='r')"
+# The baseline: what a user writes by hand to get what store[key] returns, a writable array.
+NP_LOAD_MMAP_COPY = "np.load(mmap_mode='r') + copy (writable, as store[key] is)"
 JOBLIB_LOAD_MMAP = "joblib.load(mmap_mode='r')"
 
 Items = Sequence[tuple[str, np.ndarray[Any, Any]]]
@@ -338,6 +341,7 @@ def reload_cases(
             _ours_reload(impl, ours_dir, keys),
             Variant(NP_LOAD_RAM, "numpy", _load_all(np.load, npys)),
             Variant(NP_LOAD_MMAP, "numpy", _load_all(lambda p: np.load(p, mmap_mode="r"), npys)),
+            Variant(NP_LOAD_MMAP_COPY, "numpy", _load_all(lambda p: np.array(np.load(p, mmap_mode="r")), npys)),
             Variant(
                 JOBLIB_LOAD_MMAP,
                 "joblib",

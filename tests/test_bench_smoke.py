@@ -39,6 +39,8 @@ TARGET_CASES = [
     "store-disk-many",
     "store-disk-big",
     "store-reload-many",
+    "store-reload-many",
+    "store-reload-big",
     "store-reload-big",
     "store-reload-big",
     "durable-construct",
