@@ -51,18 +51,18 @@ TARGET_CASES = [
 ]
 
 
+def _run_bench(script: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a benchmark script from the checkout's root, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout, check=False, cwd=ROOT
+    )
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
     out_dir = tmp_path_factory.mktemp("bench")
     report = out_dir / "benchmarks.md"
-    proc = subprocess.run(
-        [sys.executable, str(RUN), "--quick", "--no-original", "--out", str(report), "--workdir", str(out_dir)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-        cwd=ROOT,
-    )
+    proc = _run_bench(RUN, "--quick", "--no-original", "--out", str(report), "--workdir", str(out_dir), timeout=240)
     return proc, report
 
 
@@ -112,14 +112,7 @@ def test_quick_run_leaves_no_work_files(quick_run: tuple[subprocess.CompletedPro
 
 
 def test_the_budget_benchmark_runs_quick_and_reports_each_call() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_budget.py"), "--quick", "--entries", "100"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=ROOT,
-    )
+    proc = _run_bench(ROOT / "bench" / "bench_budget.py", "--quick", "--entries", "100", timeout=120)
 
     assert proc.returncode == 0, proc.stderr[-3000:]
     for call in ("touch()", "check()", "touch() + check()", "with pinned(entry):"):
@@ -127,14 +120,7 @@ def test_the_budget_benchmark_runs_quick_and_reports_each_call() -> None:
 
 
 def test_the_integrity_benchmark_runs_quick_and_judges_each_target() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_integrity.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-        cwd=ROOT,
-    )
+    proc = _run_bench(ROOT / "bench" / "bench_integrity.py", "--quick", timeout=240)
 
     assert proc.returncode == 0, proc.stderr[-3000:]
     verdicts = re.findall(r"target [<>]= [\d.]+(?:x| MiB): (PASS|MISS)", proc.stdout)
@@ -147,14 +133,7 @@ def test_the_integrity_benchmark_runs_quick_and_judges_each_target() -> None:
 
 
 def test_the_dask_benchmark_runs_small_and_reports_every_case() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_dask.py"), "--gib", "0.125", "--repeats", "1"],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-        cwd=ROOT,
-    )
+    proc = _run_bench(ROOT / "bench" / "bench_dask.py", "--gib", "0.125", "--repeats", "1", timeout=240)
 
     assert proc.returncode == 0, proc.stderr[-3000:]
     for case in (
