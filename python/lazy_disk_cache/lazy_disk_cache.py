@@ -1051,7 +1051,7 @@ class LazyDiskCache(ABC):
                 nbytes,
                 chunk_bytes=chunk_budget_bytes(),
                 durable=self._backing_is_durable(),
-                patch=kept if kept.mode == "c" else None,
+                patch=kept,
             )
         self._adopted = None
         self._payload_mapping = None

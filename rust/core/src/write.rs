@@ -292,18 +292,30 @@ impl PayloadWriter {
             });
         }
         let dir = self.file.dir().clone();
-        let src = dir.open_holding(src_name, src_offset, remaining)?;
-        let src_path = dir.path_of(src_name);
-        let same_file = dir
-            .fs()
-            .fstat(src.as_fd())
-            .is_ok_and(|stat| stat.identity == patch.identity());
-        // Only the file `patch` maps holds its unwritten bytes: a file renamed over the name since
-        // (a newer commit) holds other ones, so everything then comes from the mapping.
-        let written = patch.private_ranges().filter(|_| same_file);
-        let Some(written) = written else {
+        // Only the file `patch` maps, at the offset it maps, holds its unwritten bytes: a file
+        // renamed over the name since (a newer commit, shorter or laid out otherwise) or none at
+        // all holds other ones, so everything then comes from the mapping.
+        let src = match dir.open_read(src_name) {
+            Ok(src) => Some(src),
+            Err(err) if err.is_missing() => None,
+            Err(err) => return Err(err),
+        };
+        let same_file = src
+            .as_ref()
+            .and_then(|src| dir.fs().fstat(src.as_fd()).ok())
+            .filter(|stat| stat.identity == patch.identity() && patch.offset() == src_offset);
+        let (Some(src), Some(stat), Some(written)) = (src, same_file, patch.private_ranges()) else {
             return self.write_block(patch.window_bytes(0..patch.len())?, between);
         };
+        let needed = add(src_offset, remaining)?;
+        if stat.len < needed {
+            return Err(Error::SizeMismatch {
+                path: dir.path_of(src_name),
+                expected: needed,
+                actual: stat.len,
+            });
+        }
+        let src_path = dir.path_of(src_name);
         let mut first = true;
         let mut done = 0;
         for range in written.into_iter().chain(std::iter::once(patch.len()..patch.len())) {
@@ -736,6 +748,37 @@ mod tests {
         let patch = Mapping::open(&dir, "k.npy", MappingMode::CopyOnWrite, 0, Some(len)).unwrap();
         fs::write(tmp.path().join("new"), vec![0x55u8; old.len()]).unwrap();
         fs::rename(tmp.path().join("new"), tmp.path().join("k.npy")).unwrap();
+
+        copy_patched(&dir, &patch, 0, len);
+
+        assert_eq!(fs::read(tmp.path().join("k.dat")).unwrap(), old);
+    }
+
+    #[test]
+    fn a_patched_copy_of_a_file_replaced_by_a_shorter_one_comes_from_the_mapping() {
+        let tmp = tempfile::tempdir().unwrap();
+        let old: Vec<u8> = (0..8 * 4096usize).map(|index| (index % 251) as u8).collect();
+        fs::write(tmp.path().join("k.npy"), &old).unwrap();
+        let dir = CacheDir::open(tmp.path(), false).unwrap();
+        let len = old.len() as u64;
+        let patch = Mapping::open(&dir, "k.npy", MappingMode::CopyOnWrite, 0, Some(len)).unwrap();
+        fs::write(tmp.path().join("new"), vec![0x55u8; 4096]).unwrap();
+        fs::rename(tmp.path().join("new"), tmp.path().join("k.npy")).unwrap();
+
+        copy_patched(&dir, &patch, 0, len);
+
+        assert_eq!(fs::read(tmp.path().join("k.dat")).unwrap(), old);
+    }
+
+    #[test]
+    fn a_patched_copy_of_a_file_removed_since_it_was_mapped_comes_from_the_mapping() {
+        let tmp = tempfile::tempdir().unwrap();
+        let old: Vec<u8> = (0..8 * 4096usize).map(|index| (index % 247) as u8).collect();
+        fs::write(tmp.path().join("k.npy"), &old).unwrap();
+        let dir = CacheDir::open(tmp.path(), false).unwrap();
+        let len = old.len() as u64;
+        let patch = Mapping::open(&dir, "k.npy", MappingMode::CopyOnWrite, 0, Some(len)).unwrap();
+        fs::remove_file(tmp.path().join("k.npy")).unwrap();
 
         copy_patched(&dir, &patch, 0, len);
 
