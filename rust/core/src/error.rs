@@ -176,7 +176,7 @@ impl Error {
 
     /// Whether the call found no file of that name (`ENOENT`): a reader takes that as a miss.
     pub fn is_missing(&self) -> bool {
-        self.raw_os_error() == Some(Errno::NOENT.raw_os_error())
+        matches!(self, Error::Io { source, .. } | Error::Rename { source, .. } if is_gone(source))
     }
 
     /// Whether the OS refused the call for lack of permission or because the file system is

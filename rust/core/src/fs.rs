@@ -105,8 +105,9 @@ pub trait Fs: Send + Sync + fmt::Debug {
     ) -> io::Result<()>;
     /// The UTF-8 entry names of `dir` (others cannot be ours), without `.` and `..`.
     fn list(&self, dir: BorrowedFd<'_>) -> io::Result<Vec<String>>;
-    /// Whether this process may not create files in `dir`: `faccessat(dir, ".", W_OK)` refuses
-    /// (permissions, real ids as `access(2)` checks them), or `fstatvfs` reports a read-only mount.
+    /// Whether this process may not create files in `dir`: `faccessat(dir, ".", W_OK)` fails (as
+    /// `access(2)` decides, with the real ids: permissions, a read-only mount, any other error), or
+    /// `fstatvfs` reports a read-only mount.
     fn refuses_writes(&self, dir: BorrowedFd<'_>) -> io::Result<bool>;
     /// Called right before a file is memory-mapped (the mapping itself is memmap2's).
     fn map_gate(&self, path: &Path) -> io::Result<()>;

@@ -319,13 +319,6 @@ pub struct KeyLock {
     byte: u64,
 }
 
-impl KeyLock {
-    /// The lock byte.
-    pub fn byte(&self) -> u64 {
-        self.byte
-    }
-}
-
 impl Drop for KeyLock {
     fn drop(&mut self) {
         // A guard copied into a forked child must not unlock its parent's description.
@@ -346,13 +339,6 @@ impl Drop for KeyLock {
 pub struct HolderLock {
     file: Arc<LockFile>,
     byte: u64,
-}
-
-impl HolderLock {
-    /// The holder byte.
-    pub fn byte(&self) -> u64 {
-        self.byte
-    }
 }
 
 impl Drop for HolderLock {

@@ -45,6 +45,14 @@ pub struct PyCommitBatch {
     inner: CommitBatch,
 }
 
+/// The mode a stored payload may be mapped in: `r` or `c`, never shared-writable (a committed
+/// payload changes only by a commit).
+fn payload_mode(mode: &str) -> PyResult<MappingMode> {
+    MappingMode::parse(mode)
+        .filter(|mode| *mode != MappingMode::ReadWrite)
+        .ok_or_else(|| PyValueError::new_err(format!("map_mode must be 'r' or 'c', not {mode:?}")))
+}
+
 /// How Python names what became of a working file.
 fn fate_name(fate: WorkingFileFate) -> &'static str {
     match fate {
@@ -238,16 +246,7 @@ impl PyCacheDir {
         name: &str,
         map_mode: Option<&str>,
     ) -> PyResult<(PyNpyHeader, Option<PyFileMapping>)> {
-        let mode = match map_mode {
-            None => None,
-            Some("r") => Some(MappingMode::ReadOnly),
-            Some("c") => Some(MappingMode::CopyOnWrite),
-            Some(other) => {
-                return Err(PyValueError::new_err(format!(
-                    "map_mode must be 'r', 'c' or None, not {other:?}"
-                )));
-            }
-        };
+        let mode = map_mode.map(payload_mode).transpose()?;
         let (inner, mapping) = to_py(run_detached(py, || self.inner.read_npy(name, mode)))?;
         Ok((PyNpyHeader { inner }, mapping.map(PyFileMapping::new)))
     }
@@ -269,15 +268,7 @@ impl PyCacheDir {
         Option<(PyNpyHeader, Option<PyFileMapping>)>,
         Option<Py<PyAny>>,
     )> {
-        let mode = match map_mode {
-            "r" => MappingMode::ReadOnly,
-            "c" => MappingMode::CopyOnWrite,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "map_mode must be 'r' or 'c', not {other:?}"
-                )));
-            }
-        };
+        let mode = payload_mode(map_mode)?;
         // A missing sidecar is a miss whatever the .npy holds: the .npy is only opened after it.
         let read = run_detached(py, || {
             self.inner
@@ -300,8 +291,9 @@ impl PyCacheDir {
         }
     }
 
-    fn refuses_writes(&self) -> PyResult<bool> {
-        to_py(self.inner.refuses_writes())
+    fn refuses_writes(&self, py: Python<'_>) -> PyResult<bool> {
+        // Two system calls, which a network file system may make wait.
+        to_py(run_detached(py, || self.inner.refuses_writes()))
     }
 
     fn read_file<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyBytes>> {

@@ -29,9 +29,7 @@ impl CacheDir {
     /// [`Op::Stat`]: crate::Op::Stat
     /// [`Op::Read`]: crate::Op::Read
     pub fn read_header(&self, name: &str) -> Result<NpyHeader> {
-        let fd = self.open_read(name)?;
-        let file_len = self.file_len(fd.as_fd(), name)?;
-        self.header_within(fd.as_fd(), &self.path_of(name), file_len)
+        self.read_npy(name, None).map(|(header, _)| header)
     }
 
     /// Reads the `.npy` header of `name` and, with `map`, maps its payload in that mode, through
