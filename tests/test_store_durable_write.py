@@ -239,3 +239,18 @@ def test_a_dat_another_writer_renamed_over_the_working_file_is_left_alone(tmp_pa
 
     assert (tmp_path / "k.dat").read_bytes() == b"another writer's file"
     np.testing.assert_array_equal(np.load(tmp_path / "k.npy"), np.arange(4.0))
+
+
+def test_a_working_dat_zero_filled_by_load_w_plus_is_released_at_the_commit(tmp_path: Path) -> None:
+    store = durable_store(tmp_path)
+    store.add_data_to_store("k", np.arange(4.0))
+    entry = store["k"]
+    entry.offload()
+    entry.load("w+")
+    entry.data[:] = 3.0
+
+    store.offload(pickle_container=True)
+
+    assert not (tmp_path / "k.dat").exists(), "the .dat load('w+') wrote is the entry's own working file"
+    np.testing.assert_array_equal(np.load(tmp_path / "k.npy"), np.full(4, 3.0))
+    np.testing.assert_array_equal(np.asarray(entry), np.full(4, 3.0))

@@ -44,7 +44,7 @@ from lazy_disk_cache._key_locks import hold_key_if_writable
 from lazy_disk_cache._rust import KeyHolder
 from lazy_disk_cache.paths import TMP_SUFFIX
 
-__all__ = ["PathLease", "lease_backing_file"]
+__all__ = ["PathLease", "file_identity", "lease_backing_file"]
 
 # Removing an entry's file is the entry's work: its records go to the entry module's logger.
 logger = logging.getLogger("lazy_disk_cache.lazy_disk_cache")
@@ -100,7 +100,8 @@ def _reset_lock_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_lock_after_fork)
 
 
-def _identity(path: str) -> tuple[int, int] | None:
+def file_identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """Device and inode of the file ``path`` names, ``None`` when it names none (one ``stat``)."""
     try:
         info = os.stat(path)
     except OSError:
@@ -181,7 +182,7 @@ class PathLease:
         """
         if not self.armed or self.owner_pid is None:
             return
-        identity = _identity(self.path)
+        identity = file_identity(self.path)
         self.disarm()
         if identity is not None:
             with _lock:
@@ -222,7 +223,7 @@ def _remove_handed_off_files() -> None:
         pending = list(_handed_off.items())
         _handed_off.clear()
     for path, handed in pending:
-        if handed.owner_pid == os.getpid() and _identity(path) == handed.identity:
+        if handed.owner_pid == os.getpid() and file_identity(path) == handed.identity:
             handed.remove(path)
 
 

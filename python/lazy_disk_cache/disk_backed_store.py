@@ -754,7 +754,7 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         npy, meta = self._get_npy_path(checked), self._get_meta_path(checked)
         if key not in self._store and not (npy.exists() and meta.exists()):
             # Only a key this store tracks (it found or wrote its pair) is opened before its pair is
-            # seen to exist, so a miss of any other key makes no file operation.
+            # seen to exist, so a miss of any other key opens no file.
             self._miss(checked, key)
         directory = self._directory()
         # Temps are never read: a pair is only ever what the last completed rename left. Both

@@ -48,7 +48,7 @@ from lazy_disk_cache._budget import use_clock
 from lazy_disk_cache._buffers import byte_view
 from lazy_disk_cache._descr import dtype_of_descr
 from lazy_disk_cache._directories import open_directory
-from lazy_disk_cache._leases import PathLease, lease_backing_file
+from lazy_disk_cache._leases import PathLease, file_identity, lease_backing_file
 from lazy_disk_cache._memmap import as_memmap, mapping_of, open_memmap
 from lazy_disk_cache._progress import ProgressCallback, current_chunk_progress, reporting
 from lazy_disk_cache._rust import CacheDir, FileMapping
@@ -285,11 +285,14 @@ class LazyDiskCache(ABC):
             and config.cache_path is not None
             and (config.cache_path is build.cache_path or os.fspath(config.cache_path) == os.fspath(build.cache_path))
         )
-        reloading = self._working_copy and build is not None and build.payload is not None
+        # A store reload passes the mapping it made of this entry's own .npy.
+        payload = build.payload if self._working_copy and build is not None else None
         self._cache_path = (
-            None if config.cache_path is None else _entry_dat_path(config.cache_path, given_is_a_file=reloading)
+            None
+            if config.cache_path is None
+            else _entry_dat_path(config.cache_path, given_is_a_file=payload is not None)
         )
-        if self._enable_caching and not (reloading and build is not None and self._adopt_reloaded(build.payload)):
+        if self._enable_caching and not (payload is not None and self._adopt_reloaded(payload)):
             check_cacheable_dtype(self._describe_shape_dtype()[1])
             self._convert_to_memmap()
         if self._automatic_offloading:
@@ -744,7 +747,7 @@ class LazyDiskCache(ABC):
         return open_memmap(directory, path.name, shape, dtype, mode=mode, filename=str(path))
 
     def _holds_private_copy(self, mapping: FileMapping) -> bool:
-        """Whether the live mapping is a store reload's copy-on-write view, which offload materialises.
+        """Whether the live mapping is a store reload's copy-on-write view (offload keeps its written pages).
 
         Its written pages are private anonymous memory. A copy-on-write ``load("c")`` of the
         entry's own file is not: offloading it discards what was written, as asked.
@@ -1006,6 +1009,7 @@ class LazyDiskCache(ABC):
             directory, name = self._write_location()
             nbytes = math.prod(shape) * np.dtype(dtype).itemsize
             mapping = directory.write_zeroed(name, _dat_length(nbytes), durable=self._backing_is_durable())
+            self._dat_identity = mapping.identity
             if adopted is not None:
                 # The zero-filled .dat is the data now, no longer the stored payload.
                 self._adopted = None
@@ -1066,10 +1070,11 @@ class LazyDiskCache(ABC):
         """Map the adopted payload in ``mode`` (not ``w+``): the mapping the entry keeps, else ``<stem>.npy``.
 
         The committed payload is never mapped shared-writable (that would change the stored value
-        without a commit): ``r+`` maps it copy-on-write, and a written page makes the next offload
-        materialise the ``.dat``. The kept mapping is the very file the entry adopted, whatever has
-        been renamed over its name since; without one (a copy revived from a pickle), the ``.npy``
-        is mapped by name, laid out as its header now says. O(1), reads no data.
+        without a commit): ``c`` maps it copy-on-write, and a written page makes the next offload
+        materialise the ``.dat`` (``load("r+")`` materialises it at once instead, in the caller). The
+        kept mapping is the very file the entry adopted, whatever has been renamed over its name since;
+        without one (a copy revived from a pickle), the ``.npy`` is mapped by name, laid out as its
+        header now says. O(1), reads no data.
         """
         path = self._require_cache_path()
         kept = self.__dict__.get("_payload_mapping")
@@ -1164,7 +1169,7 @@ class LazyDiskCache(ABC):
         self._announce_backing(self._hold_path())
         return location
 
-    def _adopt_reloaded(self, payload: FileMapping | None) -> bool:
+    def _adopt_reloaded(self, payload: FileMapping) -> bool:
         """Adopt ``payload``, a reloading store's own mapping of this entry's ``.npy``, as the MAPPED buffer.
 
         Only when the live buffer is exactly that mapping (checked as ``_adopt_payload`` does); returns
@@ -1172,17 +1177,21 @@ class LazyDiskCache(ABC):
         """
         shape, dtype = self._describe_shape_dtype()
         dtype = np.dtype(dtype)
-        if dtype.hasobject or payload is None:
+        if dtype.hasobject:
             return False
         source = self._describe_buffer()[2]
-        if not isinstance(source, np.memmap) or mapping_of(source) is not payload:
+        if mapping_of(source) is not payload:
             return False
-        return self._adopt_payload(source, tuple(shape), dtype)
+        return self._adopt_payload(source, tuple(shape), dtype, trusted=True)
 
-    def _adopt_payload(self, source: object, shape: tuple[int, ...], dtype: np.dtype[Any]) -> bool:
+    def _adopt_payload(
+        self, source: object, shape: tuple[int, ...], dtype: np.dtype[Any], *, trusted: bool = False
+    ) -> bool:
         """Adopt a store-reloaded private/read-only mapping of ``<stem>.npy`` as the MAPPED buffer.
 
         Returns whether it did. The ``.dat`` is then materialised lazily, at the first offload.
+        ``trusted``: the reloading store made this very mapping of this entry's ``.npy``, so where
+        it lies needs no check.
         """
         mapping = mapping_of(source)
         path = self._cache_path
@@ -1194,9 +1203,7 @@ class LazyDiskCache(ABC):
         mapped_path = mapping.path
         if os.path.basename(mapped_path) != path.name.removesuffix(MEMMAP_SUFFIX) + NPY_SUFFIX:
             return False
-        # The store that reloads this entry mapped this very payload itself; any other is checked.
-        build = _store_build.get()
-        if not (self.__dict__.get("_working_copy", False) and build is not None and build.payload is mapping):
+        if not trusted:
             try:
                 if not os.path.samefile(os.path.dirname(mapped_path), path.parent):
                     return False
@@ -1484,22 +1491,13 @@ def copyable_file(entry: LazyDiskCache) -> CopyableFile | None:
         return CopyableFile(path, 0)
 
 
-def _identity_of(path: Path) -> tuple[int, int] | None:
-    """Device and inode of the file ``path`` names, ``None`` when it names none (one ``stat``)."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return info.st_dev, info.st_ino
-
-
 def _copyable_payload(entry: LazyDiskCache, adopted: _AdoptedPayload, path: Path) -> CopyableFile | None:
     """The adopted payload file of ``entry`` when it may be copied for its data (see ``copyable_file``)."""
     kept = entry.__dict__.get("_payload_mapping")
     if adopted.order != "C" or kept is None:
         return None
     npy = _npy_beside(path)
-    return CopyableFile(npy, adopted.offset) if _identity_of(npy) == kept.identity else None
+    return CopyableFile(npy, adopted.offset) if file_identity(npy) == kept.identity else None
 
 
 class ReadableFile(NamedTuple):
@@ -1541,7 +1539,7 @@ def readable_file(entry: LazyDiskCache) -> ReadableFile:
             return ReadableFile(path, 0, "C")
         npy = _npy_beside(path)
         kept = entry.__dict__.get("_payload_mapping")
-        if kept is not None and _identity_of(npy) != kept.identity:
+        if kept is not None and file_identity(npy) != kept.identity:
             raise ValueError(
                 f"the {npy.name} this {name} adopted has been replaced since (by a later commit), so no "
                 "file by that name holds its value any more; call load('r+'), which writes its own .dat"
@@ -1600,7 +1598,7 @@ def settle_committed_entries(committed: Sequence[tuple[LazyDiskCache, StagedPayl
     for entry, (offset, checksum) in committed:
         with entry._lock:
             entry._adopt_committed_payload(offset)
-            entry.__dict__["_stored_checksum"] = checksum
+            remember_stored_checksum(entry, checksum)
 
 
 def remember_stored_checksum(entry: LazyDiskCache, checksum: str | None) -> None:
