@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_store import write_store_durably
 from common import (
     BENCH_DIR,
     MIB,
@@ -31,12 +32,12 @@ from common import (
     measure_interleaved,
     run_json_child,
     run_standalone,
-    settle,
 )
 
 __all__ = [
     "ORIGINAL_CONSTRUCT",
     "ORIGINAL_REOPEN",
+    "ORIGINAL_REOPEN_WRITTEN",
     "WRITTEN_PART",
     "durable_cases",
     "durable_nbytes",
@@ -51,6 +52,7 @@ OURS_REOPEN = "lazy_disk_cache first offload()"
 # The variant with a write is judged as a part of ours: "<ours>: <part>".
 WRITTEN_PART = "one element written first"
 OURS_REOPEN_WRITTEN = f"{OURS_REOPEN}: {WRITTEN_PART}"
+ORIGINAL_REOPEN_WRITTEN = f"{ORIGINAL_REOPEN}: {WRITTEN_PART}"
 REOPEN_PART = "reopen + store[key]"
 
 
@@ -120,8 +122,12 @@ def _reopen_case(
     if ours.store_na is None:
         _write_store(ours, directory, nbytes)
     original = _child(ORIGINAL_REOPEN, "original", original_python, "reopen", "original", nbytes, directory)
+    written = _child(
+        ORIGINAL_REOPEN_WRITTEN, "original", original_python, "reopen", "original-written", nbytes, directory
+    )
     if original_python is None:
         original.na = original_na or original.na
+        written.na = original_na or written.na
     na = ours.store_na
     variants = [
         Variant(OURS_REOPEN, "ours", None, na)
@@ -131,6 +137,7 @@ def _reopen_case(
         if na
         else _child(OURS_REOPEN_WRITTEN, "derived", sys.executable, "reopen", "ours-written", nbytes, directory),
         original,
+        written,
     ]
     series = measure_interleaved(variants, reps=settings.large_reps, warmup=settings.warmup)
     shutil.rmtree(directory, ignore_errors=True)
@@ -149,14 +156,8 @@ def _reopen_case(
 
 
 def _write_store(impl: Impl, directory: Path, nbytes: int) -> None:
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
-    config = impl.config_cls(enable_caching=True, cache_path=directory, purge_disk_on_gc=False)
-    store = impl.store_cls(config=config, factory=impl.array_cls)
-    store.add_data_to_store("big", np.random.default_rng(13).random((nbytes // 16, 4), dtype=np.float32))
-    store.offload(pickle_container=True)
-    del store
-    settle(collect=True)
+    items = [("big", np.random.default_rng(13).random((nbytes // 16, 4), dtype=np.float32))]
+    write_store_durably(impl, items, directory)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -34,6 +34,7 @@ from common import (
     MIB,
     CaseResult,
     Impl,
+    Series,
     Settings,
     Variant,
     format_bytes,
@@ -57,13 +58,14 @@ __all__ = [
     "reload_cases",
     "store_sets",
     "write_cases",
+    "write_store_durably",
 ]
 
 GROUP_COMMIT = "hand-written group commit, fsyncs on 8 threads (same artefacts, same durability)"
 GROUP_COMMIT_SERIAL = "hand-written group commit, fsyncs one after another"
 # The timed parts of our write variant: the inserts (each converts its entry into a working .dat,
 # as caching on requires) and the durable write itself.
-ADD_PART = "the add_data_to_store calls alone"
+ADD_PART = "the store's construction and its add_data_to_store calls"
 OFFLOAD_PART = "offload(pickle_container=True) alone"
 PER_KEY = "per key: np.save temp + fsync + replace + dir fsync (both files)"
 JOBLIB_DUMP = "joblib.dump per key (no fsync)"
@@ -102,6 +104,16 @@ def store_sets(settings: Settings) -> list[StoreSet]:
     return [StoreSet("many", 1000, 4 * KIB), StoreSet("big", 8, 64 * MIB)]
 
 
+def _set_case(
+    store_set: StoreSet, group: str, unit: Literal["s", "B"], title: str, series: list[Series], notes: list[str]
+) -> CaseResult:
+    """The result of ``group``'s case for ``store_set``: its id, title and size are the set's."""
+    nbytes = store_set.count * store_set.entry_bytes
+    return CaseResult(
+        f"{group}-{store_set.name}", f"{title}: {store_set.label}", group, unit, nbytes, series, notes, store_set.label
+    )
+
+
 def _fresh_dir(path: Path) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
@@ -115,9 +127,9 @@ def _open_store(impl: Impl, directory: Path, *, durable: bool = False) -> Any:
 
 
 def _write_durably(impl: Impl, items: Items, directory: Path) -> tuple[Any, float, float]:
-    """The user's durable store write; returns the store and the times of its two parts."""
-    store = _open_store(impl, directory, durable=True)
+    """The user's durable store write from the store's construction on; returns the store and its two parts' times."""
     start = now()
+    store = _open_store(impl, directory, durable=True)
     for key, data in items:
         store.add_data_to_store(key, data)
     added = now()
@@ -214,10 +226,13 @@ def _write_case(store_set: StoreSet, settings: Settings, impl: Impl, baselines: 
         " and removes the working files",
         "each variant writes into a fresh directory",
     ]
-    title = f"durable store write, add_data_to_store + offload(pickle_container=True): {store_set.label}"
-    nbytes = store_set.count * store_set.entry_bytes
-    return CaseResult(
-        f"store-write-{store_set.name}", title, "store-write", "s", nbytes, series, notes, store_set.label
+    return _set_case(
+        store_set,
+        "store-write",
+        "s",
+        "durable store write, add_data_to_store + offload(pickle_container=True)",
+        series,
+        notes,
     )
 
 
@@ -227,7 +242,7 @@ def _ours_reload(impl: Impl, directory: Path, keys: list[str]) -> Variant:
 
     def op() -> float:
         start = now()
-        store = _open_store(impl, directory)
+        store = _open_store(impl, directory, durable=True)
         entries = [store[key] for key in keys]
         elapsed = now() - start
         del entries, store
@@ -272,10 +287,7 @@ def disk_cases(
             " adds its header and each key a sidecar, so small entries cost several blocks each"
             " whoever writes them",
         ]
-        title = f"disk use after a durable store write: {store_set.label}"
-        nbytes = store_set.count * store_set.entry_bytes
-        case_id = f"store-disk-{store_set.name}"
-        results.append(CaseResult(case_id, title, "store-disk", "B", nbytes, series, notes, store_set.label))
+        results.append(_set_case(store_set, "store-disk", "B", "disk use after a durable store write", series, notes))
     return results
 
 
@@ -309,11 +321,9 @@ def _disk_after(directory: Path, action: Callable[[Path], object]) -> Callable[[
     return op
 
 
-def _write_ours_store(impl: Impl, directory: Path, items: Items) -> None:
-    store = _open_store(impl, _fresh_dir(directory))
-    for key, data in items:
-        store.add_data_to_store(key, data)
-    store.offload(pickle_container=True)
+def write_store_durably(impl: Impl, items: Items, directory: Path) -> None:
+    """Write ``items`` as a durable store in a fresh ``directory`` (untimed, for the cases that reopen it)."""
+    store, _, _ = _write_durably(impl, items, _fresh_dir(directory))
     del store
     settle(collect=True)
 
@@ -329,7 +339,7 @@ def reload_cases(
         keys = [key for key, _ in items]
         ours_dir, base_dir, joblib_dir = work / "reload-ours", work / "reload-base", work / "reload-joblib"
         if impl.store_na is None:
-            _write_ours_store(impl, ours_dir, items)
+            write_store_durably(impl, items, ours_dir)
         # The readers only need the same bytes on disk; fsyncing them would only lengthen the run.
         group_commit(_fresh_dir(base_dir), items, durable=False)
         joblib_na = _joblib_na()
@@ -363,10 +373,7 @@ def reload_cases(
             " the sidecar, reads the .npy header and maps the payload copy-on-write; the hand-written"
             " readers map or read the .npy only",
         ]
-        title = f"store reopen + reload: {store_set.label}"
-        nbytes = store_set.count * store_set.entry_bytes
-        case_id = f"store-reload-{store_set.name}"
-        results.append(CaseResult(case_id, title, "store-reload", "s", nbytes, series, notes, store_set.label))
+        results.append(_set_case(store_set, "store-reload", "s", "store reopen + reload", series, notes))
     return results
 
 

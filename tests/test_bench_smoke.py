@@ -91,6 +91,10 @@ def test_quick_run_judges_every_target(quick_run: tuple[subprocess.CompletedProc
     assert len(rows) == len(TARGET_CASES), targets
     verdicts = [re.findall(r"\*\*(.+?)\*\*", row)[-1] for row in rows]
     assert all(v in {"PASS", "MISS"} or v.startswith("n/a") for v in verdicts), verdicts
+    # Only the targets against the original package (not run here) may go unjudged.
+    unjudged = [row for row, verdict in zip(rows, verdicts, strict=True) if verdict not in {"PASS", "MISS"}]
+    assert all("original" in row for row in unjudged), unjudged
+    assert targets.count("durable store write end to end") == 2, targets
 
 
 def test_quick_run_writes_the_chart_next_to_the_report(

@@ -176,7 +176,7 @@ def test_an_entry_reloaded_from_a_store_announces_its_dat_only_once_its_data_liv
     assert once_written == [("small", "held")]
 
 
-def test_holding_a_key_costs_one_lock_per_process_and_the_last_release_frees_it(tmp_path: Path) -> None:
+def test_a_key_held_twice_in_a_process_stays_held_until_the_last_release(tmp_path: Path) -> None:
     directory = _rust.CacheDir.open(tmp_path)
     write_store(tmp_path, {"k": VALUES["small"]})
     gc.collect()

@@ -46,8 +46,14 @@ def arrays(count: int) -> dict[str, np.ndarray[Any, Any]]:
 # -- fsyncs ----------------------------------------------------------------------------------------
 
 
-def test_a_durable_store_write_fsyncs_two_files_per_key_and_the_directory_once(tmp_path: Path) -> None:
-    values = arrays(50)
+@pytest.mark.parametrize(
+    "values",
+    [arrays(50), {"big0": np.ones((1 << 18, 4), np.float32), "big1": np.zeros((1 << 18, 4), np.float32)}],
+    ids=["50 small", "2 x 4 MiB"],
+)
+def test_a_durable_store_write_fsyncs_two_files_per_key_and_the_directory_once(
+    tmp_path: Path, values: dict[str, np.ndarray[Any, Any]]
+) -> None:
     store = durable_store(tmp_path)
     _rust._clear_faults()
 
@@ -92,12 +98,15 @@ def test_a_standalone_entry_with_purge_off_stays_durable(tmp_path: Path) -> None
     _rust._clear_faults()
 
     entry = DiskBackedNDArray(np.arange(8.0), enable_caching=True, cache_path=tmp_path / "e", purge_disk_on_gc=False)
+    constructed = syncs()
     entry.data[0] = 5.0
     entry.offload()
 
     fsyncs, dir_fsyncs = syncs()
     assert fsyncs == 1 and dir_fsyncs >= 1, "the .dat is fsynced, renamed, the directory fsynced"
     assert _rust._op_counts()["map"] >= 1
+    assert constructed == (1, 1), "the conversion itself writes the .dat durably"
+    assert np.fromfile(tmp_path / "e.dat")[0] == 5.0, "the write through the shared mapping reached the file"
 
 
 def test_an_entry_installed_with_setitem_keeps_its_own_durability(tmp_path: Path) -> None:
@@ -109,6 +118,12 @@ def test_an_entry_installed_with_setitem_keeps_its_own_durability(tmp_path: Path
     )
 
     assert syncs()[0] == 1
+    entry = store["k"]
+    store.offload(pickle_container=True)
+    del entry
+    gc.collect()
+    assert (tmp_path / "own.dat").exists(), "an entry the store did not build keeps its own durable .dat"
+    np.testing.assert_array_equal(np.fromfile(tmp_path / "own.dat"), np.arange(8.0))
 
 
 # -- the working .dat after the commit -------------------------------------------------------------
