@@ -216,41 +216,17 @@ impl<'a> StridedBytes<'a> {
     }
 
     /// Copies `block` whole rows from `first` on (all in one slab of the last two axes) when each
-    /// row is one contiguous run: the rows are `stride` bytes apart, so one running offset walks
-    /// them with no index arithmetic per row, and short rows move as fixed-size copies.
+    /// row is one contiguous run: the rows are items of `row_bytes`, `stride` bytes apart.
     fn copy_runs(&self, first: usize, block: usize, out: &mut [u8]) {
         let row_bytes = self.row_bytes();
         let stride = self.strides[self.shape.len() - 2];
-        let base = self.row_base(first) as isize;
-        macro_rules! fixed {
-            ($n:literal) => {{
-                let mut at = base;
-                for row in out.chunks_exact_mut($n) {
-                    let from = at as usize;
-                    row.copy_from_slice(&self.memory[from..from + $n]);
-                    at += stride;
-                }
-            }};
-        }
-        match row_bytes {
-            4 => fixed!(4),
-            8 => fixed!(8),
-            12 => fixed!(12),
-            16 => fixed!(16),
-            20 => fixed!(20),
-            24 => fixed!(24),
-            32 => fixed!(32),
-            48 => fixed!(48),
-            64 => fixed!(64),
-            _ => {
-                let mut at = base;
-                for row in out.chunks_exact_mut(row_bytes).take(block) {
-                    let from = at as usize;
-                    row.copy_from_slice(&self.memory[from..from + row_bytes]);
-                    at += stride;
-                }
-            }
-        }
+        copy_items(
+            self.memory,
+            self.row_base(first),
+            stride,
+            row_bytes,
+            &mut out[..block * row_bytes],
+        );
     }
 
     /// Copies bytes `[within, within + out.len())` of `row`.
@@ -364,10 +340,7 @@ impl StridedBytes<'_> {
     /// in place; a narrow array gets tall tiles, so per-tile work stays small. Returns how many
     /// rows it wrote: all of them, or 0 when the rows are too few for one tile (the caller then
     /// copies them another way).
-    fn copy_staged<const S: usize>(&self, base: isize, block: usize, out: &mut [u8]) -> usize
-    where
-        [u8; S]: Lane,
-    {
+    fn copy_staged<const S: usize>(&self, base: isize, block: usize, out: &mut [u8]) -> usize {
         let line_items = (LINE_BYTES / S).max(1);
         let row_len = self.row_len();
         let row_bytes = row_len * S;
@@ -422,48 +395,18 @@ impl StridedBytes<'_> {
     }
 }
 
-/// An item of `S` bytes moved as one value (4 x 4 of them make a block of a transpose).
-trait Lane: Copy {
-    /// Reads the item at `at` in `bytes`, which must hold `S` bytes from `at` on.
-    fn load(bytes: &[u8], at: usize) -> Self;
-    /// Writes the item at `at` in `bytes`, which must hold `S` bytes from `at` on.
-    fn store(self, bytes: &mut [u8], at: usize);
-}
-
-impl<const S: usize> Lane for [u8; S] {
-    #[inline]
-    #[allow(unsafe_code)]
-    fn load(bytes: &[u8], at: usize) -> Self {
-        assert!(at + S <= bytes.len());
-        // SAFETY: the assertion keeps `[at, at + S)` inside `bytes`; the read is unaligned-safe
-        // and copies plain bytes.
-        unsafe { bytes.as_ptr().add(at).cast::<[u8; S]>().read_unaligned() }
-    }
-
-    #[inline]
-    #[allow(unsafe_code)]
-    fn store(self, bytes: &mut [u8], at: usize) {
-        assert!(at + S <= bytes.len());
-        // SAFETY: the assertion keeps `[at, at + S)` inside `bytes`, which we borrow mutably;
-        // the write is unaligned-safe.
-        unsafe { bytes.as_mut_ptr().add(at).cast::<[u8; S]>().write_unaligned(self) }
-    }
-}
-
 /// Writes the transpose of `stage` (`cols` column runs of `run` bytes, `rows` items each) into
 /// `out`, whose rows are `row_bytes` apart: in blocks the CPU transposes in registers where there
 /// is a kernel for the item size (4 and 8 bytes on x86-64), item by item elsewhere and at the
 /// ragged edges.
 #[inline]
-fn assemble<const S: usize>(stage: &[u8], run: usize, rows: usize, cols: usize, out: &mut [u8], row_bytes: usize)
-where
-    [u8; S]: Lane,
-{
+fn assemble<const S: usize>(stage: &[u8], run: usize, rows: usize, cols: usize, out: &mut [u8], row_bytes: usize) {
     let (whole_rows, whole_cols) = transpose_blocks::<S>(stage, run, rows, cols, out, row_bytes);
     for row in 0..rows {
         let first_col = if row < whole_rows { whole_cols } else { 0 };
         for col in first_col..cols {
-            <[u8; S]>::load(stage, col * run + row * S).store(out, row * row_bytes + col * S);
+            let (from, to) = (col * run + row * S, row * row_bytes + col * S);
+            out[to..to + S].copy_from_slice(&stage[from..from + S]);
         }
     }
 }
@@ -672,7 +615,13 @@ fn copy_items(memory: &[u8], from: usize, stride: isize, size: usize, out: &mut 
         2 => fixed!(2),
         4 => fixed!(4),
         8 => fixed!(8),
+        12 => fixed!(12),
         16 => fixed!(16),
+        20 => fixed!(20),
+        24 => fixed!(24),
+        32 => fixed!(32),
+        48 => fixed!(48),
+        64 => fixed!(64),
         _ => {
             let mut at = first as isize;
             for item in out.chunks_exact_mut(size) {
