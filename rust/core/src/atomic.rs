@@ -420,16 +420,11 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::dir::open_temp_dir;
     use crate::fs::{FaultyFs, Fs, RecordingFs};
 
     fn open_dir(root: &Path, fs: Arc<dyn Fs>) -> CacheDir {
         CacheDir::open_with(root, false, fs).unwrap()
-    }
-
-    fn real_dir() -> (tempfile::TempDir, CacheDir) {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = CacheDir::open(tmp.path(), false).unwrap();
-        (tmp, dir)
     }
 
     fn perm_of(pending: &PendingFile) -> u32 {
@@ -442,7 +437,7 @@ mod tests {
 
     #[test]
     fn pending_file_lives_next_to_its_destination_under_the_temp_name() {
-        let (tmp, dir) = real_dir();
+        let (tmp, dir) = open_temp_dir();
 
         let pending = PendingFile::create(&dir, "k.dat").unwrap();
 
@@ -455,7 +450,7 @@ mod tests {
 
     #[test]
     fn new_temp_without_a_destination_gets_0666_under_the_umask() {
-        let (tmp, dir) = real_dir();
+        let (tmp, dir) = open_temp_dir();
         // A file created with 0666 by the standard library shows what the umask leaves.
         let reference = fs::OpenOptions::new()
             .write(true)
@@ -473,7 +468,7 @@ mod tests {
 
     #[test]
     fn new_temp_takes_exactly_the_destination_permission_bits() {
-        let (tmp, dir) = real_dir();
+        let (tmp, dir) = open_temp_dir();
         for perm in [0o600, 0o640, 0o604, 0o751, 0o777] {
             let dest = tmp.path().join("k.dat");
             fs::write(&dest, b"old").unwrap();
@@ -487,7 +482,7 @@ mod tests {
 
     #[test]
     fn a_symlinked_destination_does_not_lend_its_target_permissions() {
-        let (tmp, dir) = real_dir();
+        let (tmp, dir) = open_temp_dir();
         let outside = tempfile::tempdir().unwrap();
         let target = outside.path().join("target");
         fs::write(&target, b"x").unwrap();
@@ -501,7 +496,7 @@ mod tests {
 
     #[test]
     fn a_planted_temp_symlink_is_removed_never_written_through() {
-        let (tmp, dir) = real_dir();
+        let (tmp, dir) = open_temp_dir();
         let outside = tempfile::tempdir().unwrap();
         let target = outside.path().join("precious");
         fs::write(&target, b"keep").unwrap();
@@ -519,7 +514,7 @@ mod tests {
 
     #[test]
     fn lock_wait_interrupted_by_a_signal_is_retried() {
-        let (tmp, _) = real_dir();
+        let (tmp, _) = open_temp_dir();
         let faulty = Arc::new(FaultyFs::new(Op::Lock, 1, Errno::INTR.raw_os_error()));
         let dir = open_dir(tmp.path(), faulty.clone());
 
@@ -532,7 +527,7 @@ mod tests {
 
     #[test]
     fn failed_create_leaves_no_temp_behind() {
-        let (tmp, _) = real_dir();
+        let (tmp, _) = open_temp_dir();
         fs::write(tmp.path().join("k.dat"), b"old").unwrap();
         let faulty = Arc::new(FaultyFs::new(Op::Chmod, 1, Errno::PERM.raw_os_error()));
         let dir = open_dir(tmp.path(), faulty);
@@ -553,7 +548,7 @@ mod tests {
 
     #[test]
     fn illegal_destination_names_are_refused_before_any_call() {
-        let (tmp, _) = real_dir();
+        let (tmp, _) = open_temp_dir();
         let recording = Arc::new(RecordingFs::new());
         let dir = open_dir(tmp.path(), recording.clone());
         recording.clear();
@@ -590,7 +585,7 @@ mod tests {
 
     #[test]
     fn poisoned_temp_is_never_fsynced_again() {
-        let (tmp, _) = real_dir();
+        let (tmp, _) = open_temp_dir();
         let (dir, recording) = poisoning_dir(tmp.path());
         let mut pending = PendingFile::create(&dir, "k.dat").unwrap();
 
@@ -603,7 +598,7 @@ mod tests {
 
     #[test]
     fn poisoned_temp_refuses_to_be_renamed() {
-        let (tmp, _) = real_dir();
+        let (tmp, _) = open_temp_dir();
         fs::write(tmp.path().join("k.dat"), b"old").unwrap();
         let (dir, recording) = poisoning_dir(tmp.path());
         let mut pending = PendingFile::create(&dir, "k.dat").unwrap();
@@ -623,7 +618,7 @@ mod tests {
 
     #[test]
     fn poisoned_temp_cannot_become_a_closed_temp() {
-        let (tmp, _) = real_dir();
+        let (tmp, _) = open_temp_dir();
         let (dir, _recording) = poisoning_dir(tmp.path());
         let pending = PendingFile::create(&dir, "k.dat").unwrap();
         let guard = Arc::new(dir.lock_key("k").unwrap());
@@ -636,7 +631,7 @@ mod tests {
 
     #[test]
     fn dropping_an_uncommitted_temp_removes_it_and_keeps_the_destination() {
-        let (tmp, dir) = real_dir();
+        let (tmp, dir) = open_temp_dir();
         fs::write(tmp.path().join("k.dat"), b"old").unwrap();
         let pending = PendingFile::create(&dir, "k.dat").unwrap();
         pending
@@ -652,7 +647,7 @@ mod tests {
 
     #[test]
     fn dropping_a_committed_file_only_closes_it() {
-        let (tmp, _) = real_dir();
+        let (tmp, _) = open_temp_dir();
         let recording = Arc::new(RecordingFs::new());
         let dir = open_dir(tmp.path(), recording.clone());
         let mut pending = PendingFile::create(&dir, "k.dat").unwrap();
@@ -671,7 +666,7 @@ mod tests {
 
     #[test]
     fn dropping_an_uncommitted_closed_temp_removes_it() {
-        let (tmp, dir) = real_dir();
+        let (tmp, dir) = open_temp_dir();
         let guard = Arc::new(dir.lock_key("k").unwrap());
         let pending = PendingFile::create(&dir, "k.dat").unwrap();
 
@@ -686,7 +681,7 @@ mod tests {
 
     #[test]
     fn empty_rename_group_makes_no_call() {
-        let (tmp, _) = real_dir();
+        let (tmp, _) = open_temp_dir();
         let recording = Arc::new(RecordingFs::new());
         let dir = open_dir(tmp.path(), recording.clone());
         recording.clear();
@@ -700,7 +695,7 @@ mod tests {
 
     #[test]
     fn creating_a_temp_a_live_writer_holds_waits_until_that_writer_is_done() {
-        let (tmp, dir) = real_dir();
+        let (tmp, dir) = open_temp_dir();
         let mut first = PendingFile::create(&dir, "k.dat").unwrap();
         first.write_all_at(b"first", 0).unwrap();
         let (created, waited) = std::sync::mpsc::channel();

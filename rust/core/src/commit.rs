@@ -20,7 +20,7 @@
 //! waits. Writers holding several locks therefore never wait on each other in a cycle.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::atomic::{PendingFile, RenameFailure, RenameGroup};
 use crate::checked::{add, to_u64};
@@ -31,7 +31,7 @@ use crate::error::{Error, Op, Result};
 use crate::keylock::{KeyLock, writer_byte};
 use crate::names::PairNames;
 use crate::npy;
-use crate::sync_pool::{SyncPool, Ticket};
+use crate::sync_pool::{SyncPool, Ticket, lock};
 use crate::write::PayloadWriter;
 
 /// What the header of a staged `.npy` says.
@@ -195,11 +195,6 @@ impl WrittenPayload {
             meta,
         })
     }
-}
-
-/// Locks `mutex`; a poisoned one is taken over, as nothing panics while holding these.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A group commit in one directory: keys are staged one by one, then renamed together.

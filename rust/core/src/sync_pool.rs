@@ -29,6 +29,11 @@ pub const MAX_THREADS: usize = 8;
 /// How many temps may wait for a thread before handing over another one blocks.
 pub const QUEUE_DEPTH: usize = 8;
 
+/// Locks `mutex`; a poisoned one is taken over, as nothing panics while holding these.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Where the outcome of one temp's fsync will be: the closed temp, or the fsync's error.
 #[derive(Debug)]
 pub(crate) struct Ticket {
@@ -45,15 +50,13 @@ impl Ticket {
     }
 
     fn settle(&self, outcome: Result<ClosedTemp>) {
-        *self.outcome.lock().unwrap_or_else(PoisonError::into_inner) = Some(outcome);
+        *lock(&self.outcome) = Some(outcome);
     }
 
     /// Takes the outcome; call it after [`SyncPool::drain`], which settles every ticket. A ticket
     /// without an outcome (taken twice) counts as a failed fsync, so its temp is never renamed.
     pub(crate) fn take(&self) -> Result<ClosedTemp> {
-        self.outcome
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.outcome)
             .take()
             .unwrap_or_else(|| Err(Error::io(Op::Fsync, &self.temp_path, std::io::Error::from(Errno::IO))))
     }
@@ -163,7 +166,7 @@ impl Drop for SyncPool {
 fn work(receiver: &Mutex<Receiver<Job>>, idle: &AtomicUsize) {
     loop {
         idle.fetch_add(1, Ordering::AcqRel);
-        let job = receiver.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let job = lock(receiver).recv();
         idle.fetch_sub(1, Ordering::AcqRel);
         match job {
             Ok(job) => job.run(),

@@ -170,13 +170,18 @@ impl CacheDir {
         }))
     }
 
-    /// The type of `name` (not following a link), `None` if there is none.
-    fn kind_of(&self, name: &str) -> Result<Option<FileKind>> {
+    /// What `name` is (not following a link), `None` if there is none.
+    fn stat_of(&self, name: &str) -> Result<Option<FileStat>> {
         match self.fs().stat_nofollow(self.fd(), name) {
-            Ok(stat) => Ok(Some(stat.kind)),
+            Ok(stat) => Ok(Some(stat)),
             Err(err) if is_gone(&err) => Ok(None),
             Err(err) => Err(Error::io(Op::Stat, self.path_of(name), err)),
         }
+    }
+
+    /// The type of `name` (not following a link), `None` if there is none.
+    fn kind_of(&self, name: &str) -> Result<Option<FileKind>> {
+        Ok(self.stat_of(name)?.map(|stat| stat.kind))
     }
 
     /// Opens the regular file `name` for reading without following a link; `None` if it is
@@ -236,14 +241,12 @@ impl CacheDir {
 
     /// Whether `name` is still the file `before` described, unchanged.
     fn still(&self, name: &str, before: &FileStat) -> Result<bool> {
-        match self.fs().stat_nofollow(self.fd(), name) {
-            Ok(now) => Ok(now.kind == FileKind::File
+        Ok(self.stat_of(name)?.is_some_and(|now| {
+            now.kind == FileKind::File
                 && now.identity == before.identity
                 && now.len == before.len
-                && now.changed == before.changed),
-            Err(err) if is_gone(&err) => Ok(false),
-            Err(err) => Err(Error::io(Op::Stat, self.path_of(name), err)),
-        }
+                && now.changed == before.changed
+        }))
     }
 }
 

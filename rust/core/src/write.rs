@@ -647,12 +647,7 @@ mod tests {
     use std::fs;
 
     use super::*;
-
-    fn real_dir() -> (tempfile::TempDir, CacheDir) {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = CacheDir::open(tmp.path(), false).unwrap();
-        (tmp, dir)
-    }
+    use crate::dir::open_temp_dir;
 
     fn no_pause() -> impl FnMut(u64) -> Result<()> {
         |_| Ok(())
@@ -660,7 +655,7 @@ mod tests {
 
     #[test]
     fn payload_writer_refuses_more_than_the_expected_payload() {
-        let (tmp, dir) = real_dir();
+        let (tmp, dir) = open_temp_dir();
         let mut writer = dir.begin_write("k.dat", 4, ChunkBudget::new(16), false).unwrap();
         writer.write_block(b"ab", &mut no_pause()).unwrap();
 
@@ -787,7 +782,7 @@ mod tests {
 
     #[test]
     fn payload_writer_refuses_to_finish_short() {
-        let (tmp, dir) = real_dir();
+        let (tmp, dir) = open_temp_dir();
         let mut writer = dir.begin_write("k.dat", 4, ChunkBudget::new(16), false).unwrap();
         writer.write_block(b"abc", &mut no_pause()).unwrap();
 
@@ -853,7 +848,7 @@ mod tests {
 
     #[test]
     fn a_stopped_gathered_write_stops_the_helper_and_leaves_no_temp() {
-        let (tmp, dir) = real_dir();
+        let (tmp, dir) = open_temp_dir();
         let memory = vec![7u8; 800];
         let mut writer = dir.begin_write("k.dat", 800, ChunkBudget::new(100), false).unwrap();
 
@@ -869,7 +864,7 @@ mod tests {
 
     #[test]
     fn a_gathered_source_larger_than_the_payload_is_refused_before_writing() {
-        let (_tmp, dir) = real_dir();
+        let (_tmp, dir) = open_temp_dir();
         let memory = vec![7u8; 800];
         let mut writer = dir.begin_write("k.dat", 100, ChunkBudget::new(100), false).unwrap();
 
