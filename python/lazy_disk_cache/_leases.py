@@ -62,20 +62,17 @@ class _PathState:
         """The key's holder lock, taken by the process ``announced_by``."""
         self.announced_by: int | None = None
 
-    def announce(self, path: str) -> None:
-        """Take the holder lock of ``path``'s key for this process, unless this process holds it already.
+    def announced_here(self) -> bool:
+        """Whether this process holds the holder lock of the path's key already."""
+        return self.announcement is not None and self.announced_by == os.getpid()
 
-        An attempt that fails (no directory yet, a read-only one, a collection in the way) is made
-        again at the next announcement, so an entry whose directory appears later is still announced.
+    def keep(self, holder: KeyHolder) -> None:
+        """Keep ``holder``, the holder lock this process just took, until the last lease goes.
+
+        An announcement inherited from a parent stays the parent's: replacing it releases nothing.
         """
-        pid = os.getpid()
-        if self.announcement is not None and self.announced_by == pid:
-            return
-        holder = hold_key_if_writable(Path(path))
-        if holder is not None:
-            # An announcement inherited from a parent stays the parent's: dropping it here releases nothing.
-            self.announcement = holder
-            self.announced_by = pid
+        self.announcement = holder
+        self.announced_by = os.getpid()
 
 
 class _HandedOff(NamedTuple):
@@ -165,8 +162,19 @@ class PathLease:
         """
         with _lock:
             state = _paths.get(self.path)
-            if state is not None and self in state.leases:
-                state.announce(self.path)
+            if state is None or self not in state.leases or state.announced_here():
+                return
+        # Taking the holder lock may wait for another process's collection: never under the
+        # process-wide lease lock. An attempt that fails (no directory yet, a read-only one, a
+        # collection in the way) is made again at the next announcement.
+        holder = hold_key_if_writable(Path(self.path))
+        if holder is None:
+            return
+        with _lock:
+            if _paths.get(self.path) is state and state.leases and not state.announced_here():
+                state.keep(holder)
+                return
+        holder.release()
 
     def disarm(self) -> None:
         """Drop purge duty without removing anything; the hold stays."""

@@ -963,8 +963,10 @@ class LazyDiskCache(ABC):
         caller then writes from the buffer). Returns the ``r+`` mapping of the new ``.dat``.
         """
         adopted = self._adopted
+        if adopted is None or adopted.order != "C" or source is not self._mmap:
+            return None
         mapping = mapping_of(source)
-        if adopted is None or adopted.order != "C" or source is not self._mmap or mapping is None:
+        if mapping is None:
             return None
         if mapping.mode != "c" or source.nbytes == 0 or source.nbytes != mapping.length:
             return None
