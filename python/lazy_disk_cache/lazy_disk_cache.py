@@ -244,13 +244,16 @@ class LazyDiskCache(ABC):
     _ephemeral: bool
     _adopted: _AdoptedPayload | None
     _backing_created: bool
-    _working_copy: bool
-    _path_exported: bool
     _payload_mapping: FileMapping | None
-    _dat_identity: tuple[int, int] | None
     _dir_handle: CacheDir | None
     _finalizer: "weakref.finalize[Any, Any]"
     _lease: PathLease
+    # Whether a store built this entry as its working copy, whether a pickle may open its .dat by
+    # name, and the .dat it last wrote. The class defaults also serve entries unpickled from
+    # older states.
+    _working_copy: bool = False
+    _path_exported: bool = False
+    _dat_identity: tuple[int, int] | None = None
     # The memory budget: whether the ledger tracks this entry's RAM, the use clock's time of its
     # last access (stamped on every access), and the spill file that holds a spilled entry's data
     # while caching is off. The class defaults also serve entries unpickled from older states.
@@ -791,7 +794,7 @@ class LazyDiskCache(ABC):
         ``add_data_to_store`` or reloaded by the store): the store's committed ``.npy`` pair is what a
         restart reads, never the ``.dat``, which is a working file only.
         """
-        return not self._purge_disk_on_gc and not self.__dict__.get("_working_copy", False)
+        return not self._purge_disk_on_gc and not self._working_copy
 
     def _adopt_committed_payload(self, offset: int) -> None:
         """Adopt the just-committed ``.npy`` payload at ``offset`` (see ``settle_committed_entries``)."""
@@ -808,7 +811,7 @@ class LazyDiskCache(ABC):
                 self._map_committed_payload(path, offset, readonly=adopted.readonly)
             return
         lease: PathLease | None = self.__dict__.get("_lease")
-        releasable = self.__dict__.get("_working_copy", False) and not self.__dict__.get("_path_exported", False)
+        releasable = self._working_copy and not self._path_exported
         if not releasable or lease is None or not lease.held_alone() or not self._dat_is_own_file(path):
             return
         handle = self._dir_handle or self._directory()
@@ -845,7 +848,7 @@ class LazyDiskCache(ABC):
     def _dat_is_own_file(self, path: Path) -> bool:
         """Whether ``path`` names, unlinked, the very ``.dat`` this entry last wrote (not a link,
         nor a file another writer renamed over the name since)."""
-        written = self.__dict__.get("_dat_identity")
+        written = self._dat_identity
         if written is None:
             return False
         try:
@@ -1042,7 +1045,7 @@ class LazyDiskCache(ABC):
         """
         path = self._require_cache_path()
         directory, name = self._write_location(create=True)
-        kept = self.__dict__.get("_payload_mapping")
+        kept = self._payload_mapping
         nbytes = math.prod(shape) * dtype.itemsize
         mapping: FileMapping
         if nbytes == 0 or adopted.order != "C" or kept is None:
@@ -1079,7 +1082,7 @@ class LazyDiskCache(ABC):
         header now says. O(1), reads no data.
         """
         path = self._require_cache_path()
-        kept = self.__dict__.get("_payload_mapping")
+        kept = self._payload_mapping
         # A read-only payload mapping (a read-only directory) serves only read-only loads.
         if kept is not None and (kept.mode == "c" or mode == "r"):
             mapped = as_memmap(kept, shape, dtype, adopted.order, filename=str(path))
@@ -1326,7 +1329,7 @@ class LazyDiskCache(ABC):
             twin._lock = threading.RLock()
             twin._dir_handle = None
             # The same data: an adopted entry's payload mapping is shared, like its buffer.
-            twin._payload_mapping = self.__dict__.get("_payload_mapping")
+            twin._payload_mapping = self._payload_mapping
             if twin._cache_path is not None:
                 twin._hold_path()
                 if "_finalizer" in self.__dict__ and self._finalizer.alive:
@@ -1422,7 +1425,6 @@ class LazyDiskCache(ABC):
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restore the state, a new lock and (purge on) purge duty under the pickled owner pid."""
         self.__dict__.update(state)
-        self.__dict__.setdefault("_working_copy", False)
         self._payload_mapping = None
         self._lock = threading.RLock()
         self._dir_handle = None
@@ -1495,7 +1497,7 @@ def copyable_file(entry: LazyDiskCache) -> CopyableFile | None:
 
 def _copyable_payload(entry: LazyDiskCache, adopted: _AdoptedPayload, path: Path) -> CopyableFile | None:
     """The adopted payload file of ``entry`` when it may be copied for its data (see ``copyable_file``)."""
-    kept = entry.__dict__.get("_payload_mapping")
+    kept = entry._payload_mapping
     if adopted.order != "C" or kept is None:
         return None
     npy = _npy_beside(path)
@@ -1540,7 +1542,7 @@ def readable_file(entry: LazyDiskCache) -> ReadableFile:
         if adopted is None:
             return ReadableFile(path, 0, "C")
         npy = _npy_beside(path)
-        kept = entry.__dict__.get("_payload_mapping")
+        kept = entry._payload_mapping
         if kept is not None and file_identity(npy) != kept.identity:
             raise ValueError(
                 f"the {npy.name} this {name} adopted has been replaced since (by a later commit), so no "
