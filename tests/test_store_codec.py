@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 
 from lazy_disk_cache import _rust
 from lazy_disk_cache import disk_backed_store as dbs
+from lazy_disk_cache._payload_layout import layout_of, payload_memmap
 from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.disk_backed_store import DiskBackedStore
 from lazy_disk_cache.errors import LazyDiskCacheWarning
@@ -632,3 +633,18 @@ def test_an_offloaded_read_only_reload_is_rewritten_from_its_npy_payload(tmp_pat
     assert npy_header(tmp_path / "k.npy")[1] is False
     np.testing.assert_array_equal(np.load(tmp_path / "k.npy"), array)
     assert artefacts(tmp_path) == ["k.meta.json", "k.npy"]
+
+
+def test_a_payload_with_trailing_bytes_replaced_while_mapped_is_refused_not_mixed(tmp_path: Path) -> None:
+    np.save(tmp_path / "k.npy", np.arange(6.0))
+    with open(tmp_path / "k.npy", "ab") as handle:
+        handle.write(b"trailing bytes the header does not announce")
+    directory = _rust.CacheDir.open(tmp_path)
+    header, mapping = directory.read_npy("k.npy", map_mode="c")
+    assert mapping is not None
+    layout = layout_of(header, tmp_path / "k.npy")
+    np.save(tmp_path / "new.npy", np.full(6, 9.0))
+    os.replace(tmp_path / "new.npy", tmp_path / "k.npy")
+
+    with pytest.raises(ValueError, match="was replaced while it was being mapped"):
+        payload_memmap(directory, tmp_path / "k.npy", mapping, layout)

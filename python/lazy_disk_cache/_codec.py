@@ -16,16 +16,15 @@ import math
 import os
 import stat
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from lazy_disk_cache._buffers import byte_view
-from lazy_disk_cache._descr import dtype_of_descr
-from lazy_disk_cache._memmap import as_memmap
+from lazy_disk_cache._payload_layout import PayloadLayout, layout_of, payload_memmap
 from lazy_disk_cache._progress import current_chunk_progress
-from lazy_disk_cache._rust import CacheDir, CommitBatch, FileMapping, NpyHeader
+from lazy_disk_cache._rust import CacheDir, CommitBatch, FileMapping
 from lazy_disk_cache.lazy_disk_cache import (
     LazyDiskCache,
     LazyDiskCacheConfig,
@@ -44,14 +43,10 @@ from lazy_disk_cache.paths import StoreKey
 __all__ = [
     "CHECKSUM_FIELD",
     "SCHEMA_VERSION",
-    "PayloadLayout",
-    "TruncatedPayloadError",
     "decode_layout",
     "descr_text",
     "encode_sidecar",
-    "layout_of",
     "parse_sidecar",
-    "payload_memmap",
     "read_payload",
     "read_sidecar_bytes",
     "sidecar_flags",
@@ -67,20 +62,6 @@ CHECKSUM_FIELD = "checksum"
 # The sidecar's flag fields, in the order they are written.
 _FLAG_FIELDS = ("purge_disk_on_gc", "automatic_offloading", "enable_caching")
 _FLAG_DEFAULTS = LazyDiskCacheConfig()
-
-
-class TruncatedPayloadError(ValueError):
-    """A ``.npy`` file shorter than its header announces."""
-
-
-class PayloadLayout(NamedTuple):
-    """Where and how a ``.npy`` payload lies in its file, as its header says."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype[Any]
-    order: Literal["C", "F"]
-    offset: int
-    nbytes: int
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,29 +211,6 @@ def decode_layout(directory: CacheDir, path: Path) -> PayloadLayout:
     return layout_of(directory.read_header(path.name), path)
 
 
-def layout_of(header: NpyHeader, path: Path) -> PayloadLayout:
-    """The payload layout the decoded ``.npy`` header of ``path`` announces, checked against the file.
-
-    A header naming an invalid or object dtype, or announcing more payload than the file holds,
-    raises ``ValueError`` naming the path; trailing bytes are ignored, as ``np.load`` does.
-    """
-    try:
-        dtype = dtype_of_descr(header.descr)
-    except ValueError as exc:
-        raise ValueError(f"{str(path)!r}: the .npy header holds an invalid descr {header.descr}") from exc
-    if dtype.hasobject:
-        raise ValueError(f"{str(path)!r}: object arrays cannot be loaded (allow_pickle=False)")
-    shape = tuple(header.shape)
-    nbytes = math.prod(shape) * dtype.itemsize
-    if header.file_len < header.data_offset + nbytes:
-        raise TruncatedPayloadError(
-            f"{str(path)!r} is shorter than its .npy header announces: {header.file_len} bytes, "
-            f"expected at least {header.data_offset + nbytes}"
-        )
-    order: Literal["C", "F"] = "F" if header.fortran_order else "C"
-    return PayloadLayout(shape, dtype, order, header.data_offset, nbytes)
-
-
 def sidecar_is_stale(meta: dict[str, Any], layout: PayloadLayout) -> bool:
     """Whether the sidecar's informational shape or dtype disagree with the ``.npy`` header."""
     shape_differs = "shape" in meta and meta["shape"] != list(layout.shape)
@@ -279,19 +237,6 @@ def sidecar_flags(meta: dict[str, Any], key: str) -> LazyDiskCacheKw:
         automatic_offloading=flags["automatic_offloading"],
         enable_caching=flags["enable_caching"],
     )
-
-
-def payload_memmap(
-    directory: CacheDir, path: Path, mapping: FileMapping, layout: PayloadLayout
-) -> np.memmap[Any, np.dtype[Any]]:
-    """The payload at ``path`` as an ``np.memmap`` over ``mapping``, a window from its offset to the end of the file.
-
-    ``layout_of`` has checked that the file holds the whole payload. A file with bytes past it (which
-    are ignored, as ``np.load`` does) is mapped again with a window of exactly the payload. O(1).
-    """
-    if mapping.length != layout.nbytes:
-        mapping = FileMapping.open(directory, path.name, mode=mapping.mode, offset=layout.offset, length=layout.nbytes)
-    return as_memmap(mapping, layout.shape, layout.dtype, layout.order)
 
 
 def read_payload(

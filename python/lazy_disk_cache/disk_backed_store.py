@@ -36,9 +36,7 @@ from typing_extensions import Unpack
 from lazy_disk_cache._codec import (
     CHECKSUM_FIELD,
     SCHEMA_VERSION,
-    layout_of,
     parse_sidecar,
-    payload_memmap,
     read_payload,
     sidecar_flags,
     sidecar_is_stale,
@@ -47,6 +45,7 @@ from lazy_disk_cache._codec import (
 from lazy_disk_cache._directories import open_directory
 from lazy_disk_cache._key_locks import writer_lock_if_writable
 from lazy_disk_cache._memmap import mapping_of
+from lazy_disk_cache._payload_layout import layout_of, payload_memmap
 from lazy_disk_cache._progress import ProgressCallback, reporting
 from lazy_disk_cache._purge import PurgePlan, artefact_names, detach_purge_duty, plan_purge, unlink_in_order
 from lazy_disk_cache._rust import CacheDir, CommitBatch

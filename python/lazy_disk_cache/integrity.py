@@ -27,7 +27,6 @@ from typing import Any, NamedTuple
 
 from lazy_disk_cache._codec import (
     CHECKSUM_FIELD,
-    TruncatedPayloadError,
     decode_layout,
     parse_sidecar,
     read_sidecar_bytes,
@@ -35,6 +34,7 @@ from lazy_disk_cache._codec import (
 )
 from lazy_disk_cache._directories import open_directory
 from lazy_disk_cache._inventory import take_inventory
+from lazy_disk_cache._payload_layout import TruncatedPayloadError
 from lazy_disk_cache._progress import ProgressCallback, ProgressMeter, reporting
 from lazy_disk_cache._rust import CHECKSUM_ALGORITHM, CacheDir
 from lazy_disk_cache.paths import get_meta_path, get_npy_path, readable_store_key

@@ -46,10 +46,10 @@ from lazy_disk_cache import _budget
 from lazy_disk_cache._array_memory import anonymous_nbytes, held_elsewhere, private_bytes
 from lazy_disk_cache._budget import use_clock
 from lazy_disk_cache._buffers import byte_view
-from lazy_disk_cache._descr import dtype_of_descr
 from lazy_disk_cache._directories import open_directory
 from lazy_disk_cache._leases import PathLease, file_identity, lease_backing_file
 from lazy_disk_cache._memmap import as_memmap, mapping_of, open_memmap
+from lazy_disk_cache._payload_layout import layout_of, payload_memmap
 from lazy_disk_cache._progress import ProgressCallback, current_chunk_progress, reporting
 from lazy_disk_cache._rust import CacheDir, FileMapping
 from lazy_disk_cache._spill_dir import new_spill_file
@@ -1092,25 +1092,22 @@ class LazyDiskCache(ABC):
                 mapped.flags.writeable = False
                 mapped.mode = "r"
             return mapped
-        npy_name = _npy_beside(path).name
-        payload_mode: Literal["r", "c"] = "r" if mode == "r" else "c"
+        npy = _npy_beside(path)
         handle = self._dir_handle or self._directory()
-        header, mapping = handle.read_npy(npy_name, map_mode=payload_mode)
-        nbytes = math.prod(shape) * dtype.itemsize
+        header, mapping = handle.read_npy(npy.name, map_mode="r" if mode == "r" else "c")
         try:
-            same_dtype = dtype_of_descr(header.descr) == dtype
+            layout = layout_of(header, npy)
         except ValueError:
-            same_dtype = False
-        if tuple(header.shape) != shape or not same_dtype or mapping is None or mapping.length < nbytes:
+            layout = None
+        if layout is None or layout.shape != shape or layout.dtype != dtype or mapping is None:
             raise ValueError(
-                f"{str(path.with_name(npy_name))!r} no longer holds the array of shape {shape} and dtype {dtype} "
+                f"{str(npy)!r} no longer holds the array of shape {shape} and dtype {dtype} "
                 "this entry was reloaded with"
             )
-        if mapping.length != nbytes:
-            mapping = FileMapping.open(handle, npy_name, mode=payload_mode, offset=header.data_offset, length=nbytes)
-        order: Literal["C", "F"] = "F" if header.fortran_order else "C"
-        self._adopted = _AdoptedPayload(header.data_offset, order, adopted.readonly)
-        return as_memmap(mapping, shape, dtype, order, filename=str(path))
+        mapped = payload_memmap(handle, npy, mapping, layout)
+        mapped.filename = str(path)
+        self._adopted = _AdoptedPayload(layout.offset, layout.order, adopted.readonly)
+        return mapped
 
     def _open_mapping(
         self,
