@@ -31,8 +31,9 @@ pub struct FileStat {
     pub blksize: u64,
     /// Device and inode: which file this is, whatever its name now.
     pub identity: (u64, u64),
-    /// Last status change (`st_ctime`, seconds and nanoseconds): moves with every write to the
-    /// file, through a mapping too, and with every rename or `chmod` of it.
+    /// Last status change (`st_ctime`, seconds and nanoseconds): moves with a `write` to the file,
+    /// with the first write through a shared mapping to a page since it was last written back, and
+    /// with every rename or `chmod` of it; the kernel stamps it at its clock tick's granularity.
     pub changed: (i64, u64),
 }
 

@@ -20,7 +20,9 @@
 //! page cache left as found) without holding any lock, so no holder ever waits for it. The
 //! locks are then taken again without waiting, and the `.dat` and the `.npy` must still be the
 //! files compared, unchanged since (device, inode, size and status-change time): a holder that
-//! came and went meanwhile, or a commit, leaves the `.dat` for the next collection. The unlink
+//! came and went meanwhile, or a commit, leaves the `.dat` for the next collection. The locks are
+//! the guard that counts (every process writing a `.dat`, through a mapping too, holds its key);
+//! the status-change time, which a write through a mapping moves only now and then, is a second one. The unlink
 //! happens while both locks are held, so no entry can announce itself between the last check
 //! and the unlink.
 
