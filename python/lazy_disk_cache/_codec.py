@@ -134,12 +134,11 @@ def stage_entry(batch: CommitBatch, cache_dir: Path, key: StoreKey, entry: LazyD
             return encode_sidecar(entry, shape, dtype, checksum)
 
         copyable = copyable_file(entry)
-        if copyable is not None and _lies_directly_in(copyable.path, cache_dir):
-            source: dict[str, Any] = {"source_file": copyable.path.name, "source_offset": copyable.offset}
-        else:
+        buffer: memoryview | None = None
+        if copyable is None or not _lies_directly_in(copyable.path, cache_dir):
             live = array_to_write(entry)
             check_cacheable_array(live)
-            source = {"source": byte_view(np.asarray(live))}
+            buffer, copyable = byte_view(np.asarray(live)), None
         offset, checksum = batch.add_npy(
             key,
             descr=descr,
@@ -148,7 +147,9 @@ def stage_entry(batch: CommitBatch, cache_dir: Path, key: StoreKey, entry: LazyD
             nbytes=nbytes,
             meta=meta,
             progress=current_chunk_progress(),
-            **source,
+            source=buffer,
+            source_file=None if copyable is None else copyable.path.name,
+            source_offset=0 if copyable is None else copyable.offset,
         )
         return StagedPayload(offset, checksum)
 
