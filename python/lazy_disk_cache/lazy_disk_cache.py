@@ -973,16 +973,23 @@ class LazyDiskCache(ABC):
             return None
         if mapping.mode != "c" or source.nbytes == 0 or source.nbytes != mapping.length:
             return None
+        return self._copy_payload_to_dat(adopted, source.nbytes, mapping)
+
+    def _copy_payload_to_dat(self, adopted: _AdoptedPayload, nbytes: int, patch: FileMapping) -> FileMapping:
+        """Write the ``.dat`` from the adopted C-ordered payload; return its ``r+`` mapping.
+
+        The bytes move inside the kernel (reflinked where the file system can), but for the pages
+        written through ``patch``, a mapping of that payload, which come from memory.
+        """
         directory, name = self._write_location(create=True)
-        npy_name = _npy_beside(self._require_cache_path()).name
         return directory.copy_range(
-            npy_name,
+            _npy_beside(self._require_cache_path()).name,
             adopted.offset,
             name,
-            source.nbytes,
+            nbytes,
             chunk_bytes=chunk_budget_bytes(),
             durable=self._backing_is_durable(),
-            patch=mapping,
+            patch=patch,
         )
 
     def _map_backing(self, mode: LoadMode) -> np.memmap[Any, np.dtype[Any]]:
@@ -1044,24 +1051,14 @@ class LazyDiskCache(ABC):
         of the payload mapping the entry keeps come from memory), and the entry is adopted no more.
         """
         path = self._require_cache_path()
-        directory, name = self._write_location(create=True)
         kept = self._payload_mapping
         nbytes = math.prod(shape) * dtype.itemsize
-        mapping: FileMapping
         if nbytes == 0 or adopted.order != "C" or kept is None:
             # Without a kept mapping (a copy revived from a pickle) the payload is found by name, and
             # _map_payload checks that the file there still holds this array, wherever its data starts.
             mapping = self._write_backing(np.asarray(self._map_payload(adopted, shape, dtype, "r")))
         else:
-            mapping = directory.copy_range(
-                _npy_beside(path).name,
-                adopted.offset,
-                name,
-                nbytes,
-                chunk_bytes=chunk_budget_bytes(),
-                durable=self._backing_is_durable(),
-                patch=kept,
-            )
+            mapping = self._copy_payload_to_dat(adopted, nbytes, kept)
         self._adopted = None
         self._payload_mapping = None
         self._dat_identity = mapping.identity
