@@ -645,6 +645,7 @@ impl CacheDir {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use std::fs;
+    use std::path::Path;
 
     use super::*;
     use crate::dir::open_temp_dir;
@@ -733,51 +734,39 @@ mod tests {
         assert_eq!(written, 3, "one pwrite per written page, the rest copied in the kernel");
     }
 
-    #[test]
-    fn a_patched_copy_of_a_file_replaced_since_it_was_mapped_comes_from_the_mapping() {
-        let tmp = tempfile::tempdir().unwrap();
+    /// Maps `k.npy` copy-on-write, lets `change` replace or remove the file under its name, then
+    /// copies the mapping's window into `k.dat`: the copy must hold what was mapped.
+    fn assert_patched_copy_keeps_what_was_mapped(change: impl FnOnce(&Path)) {
+        let (tmp, dir) = open_temp_dir();
         let old: Vec<u8> = (0..8 * 4096usize).map(|index| (index % 251) as u8).collect();
         fs::write(tmp.path().join("k.npy"), &old).unwrap();
-        let dir = CacheDir::open(tmp.path(), false).unwrap();
         let len = old.len() as u64;
         let patch = Mapping::open(&dir, "k.npy", MappingMode::CopyOnWrite, 0, Some(len)).unwrap();
-        fs::write(tmp.path().join("new"), vec![0x55u8; old.len()]).unwrap();
-        fs::rename(tmp.path().join("new"), tmp.path().join("k.npy")).unwrap();
+        change(tmp.path());
 
         copy_patched(&dir, &patch, 0, len);
 
         assert_eq!(fs::read(tmp.path().join("k.dat")).unwrap(), old);
+    }
+
+    fn replace_npy(directory: &Path, len: usize) {
+        fs::write(directory.join("new"), vec![0x55u8; len]).unwrap();
+        fs::rename(directory.join("new"), directory.join("k.npy")).unwrap();
+    }
+
+    #[test]
+    fn a_patched_copy_of_a_file_replaced_since_it_was_mapped_comes_from_the_mapping() {
+        assert_patched_copy_keeps_what_was_mapped(|directory| replace_npy(directory, 8 * 4096));
     }
 
     #[test]
     fn a_patched_copy_of_a_file_replaced_by_a_shorter_one_comes_from_the_mapping() {
-        let tmp = tempfile::tempdir().unwrap();
-        let old: Vec<u8> = (0..8 * 4096usize).map(|index| (index % 251) as u8).collect();
-        fs::write(tmp.path().join("k.npy"), &old).unwrap();
-        let dir = CacheDir::open(tmp.path(), false).unwrap();
-        let len = old.len() as u64;
-        let patch = Mapping::open(&dir, "k.npy", MappingMode::CopyOnWrite, 0, Some(len)).unwrap();
-        fs::write(tmp.path().join("new"), vec![0x55u8; 4096]).unwrap();
-        fs::rename(tmp.path().join("new"), tmp.path().join("k.npy")).unwrap();
-
-        copy_patched(&dir, &patch, 0, len);
-
-        assert_eq!(fs::read(tmp.path().join("k.dat")).unwrap(), old);
+        assert_patched_copy_keeps_what_was_mapped(|directory| replace_npy(directory, 4096));
     }
 
     #[test]
     fn a_patched_copy_of_a_file_removed_since_it_was_mapped_comes_from_the_mapping() {
-        let tmp = tempfile::tempdir().unwrap();
-        let old: Vec<u8> = (0..8 * 4096usize).map(|index| (index % 247) as u8).collect();
-        fs::write(tmp.path().join("k.npy"), &old).unwrap();
-        let dir = CacheDir::open(tmp.path(), false).unwrap();
-        let len = old.len() as u64;
-        let patch = Mapping::open(&dir, "k.npy", MappingMode::CopyOnWrite, 0, Some(len)).unwrap();
-        fs::remove_file(tmp.path().join("k.npy")).unwrap();
-
-        copy_patched(&dir, &patch, 0, len);
-
-        assert_eq!(fs::read(tmp.path().join("k.dat")).unwrap(), old);
+        assert_patched_copy_keeps_what_was_mapped(|directory| fs::remove_file(directory.join("k.npy")).unwrap());
     }
 
     #[test]
