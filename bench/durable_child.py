@@ -46,7 +46,7 @@ def _construct(variant: str, nbytes: int, directory: Path) -> dict[str, float]:
         seconds = time.perf_counter() - start
         unlink_quietly(target)
         return {"seconds": seconds}
-    impl = load_impl("original" if variant.startswith("original") else "ours")
+    impl = load_impl("original" if variant == "original" else "ours")
     if impl.array_na:
         raise SystemExit(f"{impl.label}: {impl.array_na}")
     start = time.perf_counter()
@@ -59,7 +59,7 @@ def _construct(variant: str, nbytes: int, directory: Path) -> dict[str, float]:
 
 
 def _reopen(variant: str, nbytes: int, directory: Path) -> dict[str, float]:
-    impl = load_impl("original" if variant == "original" else "ours")
+    impl = load_impl("original" if variant.startswith("original") else "ours")
     if impl.store_na:
         raise SystemExit(f"{impl.label}: {impl.store_na}")
     prewarm_memory(2 * nbytes + (64 << 20))
