@@ -1,9 +1,10 @@
-"""A durable store write: what it fsyncs, and the working files it leaves (none).
+"""A durable store write: what it creates and fsyncs, and the working files it leaves (none).
 
-A store's entries (built by ``add_data_to_store`` or reloaded) keep their data in a working
-``<key>.dat`` that no restart ever reads: the committed ``<key>.npy`` + ``<key>.meta.json`` pair is
-the value. So the working file is written without fsyncs, and once the pair is committed and the
-store drops the entry, the file goes and a still-alive entry reads the committed payload instead.
+A store's entries (built by ``add_data_to_store`` or reloaded) keep their data in a working copy
+that no restart ever reads: the committed ``<key>.npy`` + ``<key>.meta.json`` pair is the value. A
+new entry holds it in RAM and writes its working ``<key>.dat`` only when something needs that
+file; a working file is written without fsyncs, and once the pair is committed and the store
+drops the entry, the file goes and a still-alive entry reads the committed payload instead.
 """
 
 import copy
@@ -64,6 +65,22 @@ def test_a_durable_store_write_fsyncs_two_files_per_key_and_the_directory_once(
 
     assert after_adds == (0, 0), "the working .dat files are written without fsyncs"
     assert syncs() == (2 * len(values), 1)
+
+
+def test_a_durable_store_write_creates_only_the_two_files_of_each_pair(tmp_path: Path) -> None:
+    values = arrays(20)
+    store = durable_store(tmp_path)
+    store.offload(pickle_container=True)  # the lock file, made once per directory
+    _rust._clear_faults()
+
+    for key, value in values.items():
+        store.add_data_to_store(key, value)
+    created_by_adds = _rust._op_counts()["create"]
+    store.offload(pickle_container=True)
+
+    assert created_by_adds == 0, "an added entry keeps its working copy in RAM until a file is needed"
+    assert _rust._op_counts()["create"] == 2 * len(values)
+    assert _rust._op_counts()["unlink"] == 0, "no working file was written, so none is removed"
 
 
 def test_a_durable_store_write_leaves_only_the_committed_pairs(tmp_path: Path) -> None:
@@ -129,10 +146,73 @@ def test_an_entry_installed_with_setitem_keeps_its_own_durability(tmp_path: Path
 # -- the working .dat after the commit -------------------------------------------------------------
 
 
+def test_an_added_entry_keeps_its_data_in_ram_until_a_file_is_needed(tmp_path: Path) -> None:
+    store = durable_store(tmp_path)
+    source = np.arange(6.0).reshape(2, 3)
+    store.add_data_to_store("k", source)
+    entry = store["k"]
+    source[0, 0] = -1.0
+
+    assert not (tmp_path / "k.dat").exists()
+    assert "in RAM, no" in repr(entry) and "k.dat' written yet" in repr(entry)
+    assert entry.cache_enabled and not entry.offloaded and entry.cache_path == tmp_path / "k.dat"
+    assert entry[0, 0] == 0.0, "the entry holds its own copy, not the caller's array"
+    entry.data[1, 1] = 7.0
+    entry.offload()
+
+    expected = np.arange(6.0).reshape(2, 3)
+    expected[1, 1] = 7.0
+    np.testing.assert_array_equal(np.fromfile(tmp_path / "k.dat").reshape(2, 3), expected)
+    np.testing.assert_array_equal(np.asarray(entry), expected)
+    assert syncs() == (0, 0), "a working file is written without fsyncs"
+
+
+def test_an_added_entry_alive_after_the_commit_maps_the_committed_payload_instead_of_its_ram(tmp_path: Path) -> None:
+    store = durable_store(tmp_path)
+    store.add_data_to_store("k", np.arange(6.0).reshape(2, 3))
+    entry = store["k"]
+
+    store.offload(pickle_container=True)
+
+    assert artefacts(tmp_path) == ["k.meta.json", "k.npy"]
+    assert "mapped copy-on-write from" in repr(entry)
+    mapping = mapping_of(entry.data)
+    assert mapping is not None and mapping.mode == "c" and mapping.path == str(tmp_path / "k.npy")
+    entry.data[0, 0] = 9.0
+    entry.offload()
+    assert np.fromfile(tmp_path / "k.dat")[0] == 9.0
+    assert np.load(tmp_path / "k.npy")[0, 0] == 0.0, "the committed value changes only at a commit"
+
+
+def test_an_added_entry_whose_npy_is_replaced_before_it_adopts_it_keeps_its_ram(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lazy_disk_cache.disk_backed_store as store_module
+
+    settle = store_module.settle_committed_entries
+
+    def another_writer_commits_first(committed: Any) -> None:
+        np.save(tmp_path / "other.npy", np.full((2, 3), 5.0))
+        os.replace(tmp_path / "other.npy", tmp_path / "k.npy")
+        settle(committed)
+
+    monkeypatch.setattr(store_module, "settle_committed_entries", another_writer_commits_first)
+    store = durable_store(tmp_path)
+    store.add_data_to_store("k", np.arange(6.0).reshape(2, 3))
+    entry = store["k"]
+
+    store.offload(pickle_container=True)
+
+    assert "in RAM" in repr(entry), "the .npy at its name is another writer's: nothing to adopt"
+    np.testing.assert_array_equal(np.asarray(entry), np.arange(6.0).reshape(2, 3))
+
+
 def test_an_entry_still_alive_after_the_commit_reads_the_committed_payload(tmp_path: Path) -> None:
     store = durable_store(tmp_path)
     store.add_data_to_store("k", np.arange(6.0).reshape(2, 3))
     entry = store["k"]
+    entry.offload()  # writes its working .dat, which the next load maps shared
+    entry.load()
 
     store.offload(pickle_container=True)
 

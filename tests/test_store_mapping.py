@@ -567,6 +567,7 @@ def test_a_rejected_entry_collected_later_never_removes_the_next_entry_file(tmp_
         store.add_data_to_store("k", np.arange(4))
 
     store.add_data_to_store("k", np.arange(5), purge_disk_on_gc_override=False)
+    store["k"].offload()  # writes the new entry's .dat
     del rejection, store
     gc.collect()
 
@@ -604,6 +605,8 @@ def test_add_data_to_store_calls_the_factory_with_the_store_flags_and_npy_path(t
         }
     ]
     assert store["k"].cache_path == tmp_path / "k.dat"
+    assert not (tmp_path / "k.dat").exists(), "the working copy stays in RAM until a file is needed"
+    store["k"].offload()
     assert (tmp_path / "k.dat").is_file()
 
 

@@ -329,6 +329,7 @@ def test_a_detached_entry_never_deletes_a_later_file_of_the_same_name(tmp_path: 
     old = store["k"]
     store.purge("k")
     store.add_data_to_store("k", np.arange(5), purge_disk_on_gc_override=False)
+    store["k"].offload()  # writes the new entry's .dat
 
     del old
     gc.collect()

@@ -56,7 +56,7 @@ def test_a_reflinked_payload_records_the_checksum_of_the_committed_file(reflink_
     (reflink_dir / "k.dat").write_bytes(payload.tobytes())
     directory = _rust.CacheDir.open(reflink_dir)
     with directory.begin_commit(chunk_bytes=1 << 20) as batch:
-        _, recorded = batch.add_npy(
+        _, recorded, _ = batch.add_npy(
             "k",
             descr="'<f8'",
             fortran_order=False,

@@ -139,7 +139,7 @@ def stage_entry(batch: CommitBatch, cache_dir: Path, key: StoreKey, entry: LazyD
             live = array_to_write(entry)
             check_cacheable_array(live)
             buffer, copyable = byte_view(np.asarray(live)), None
-        offset, checksum = batch.add_npy(
+        offset, checksum, identity = batch.add_npy(
             key,
             descr=descr,
             fortran_order=False,
@@ -151,7 +151,7 @@ def stage_entry(batch: CommitBatch, cache_dir: Path, key: StoreKey, entry: LazyD
             source_file=None if copyable is None else copyable.path.name,
             source_offset=0 if copyable is None else copyable.offset,
         )
-        return StagedPayload(offset, checksum)
+        return StagedPayload(offset, checksum, identity)
 
 
 def _lies_directly_in(path: Path, cache_dir: Path) -> bool:

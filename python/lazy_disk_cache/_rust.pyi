@@ -348,12 +348,14 @@ class CommitBatch:
         source_file: str | None = None,
         source_offset: int = 0,
         progress: _ChunkProgress | None = None,
-    ) -> tuple[int, str | None]:
+    ) -> tuple[int, str | None, tuple[int, int]]:
         """Write ``<key>.npy.tmp`` (payload at byte 4096), then ``<key>.meta.json.tmp``; queue their fsyncs.
 
         Returns where the payload starts in the ``.npy`` (4096, or 64-aligned for a header too long
-        for one page or an empty payload) and the checksum of the whole ``.npy`` (as ``checksum()``
-        would compute it; ``None`` while checksums are switched off).
+        for one page or an empty payload), the checksum of the whole ``.npy`` (as ``checksum()``
+        would compute it; ``None`` while checksums are switched off) and which file the ``.npy``
+        is (device and inode numbers, as ``FileMapping.identity``), so that a mapping made by name
+        after the commit can be told from one of a file another writer renamed over it since.
 
         The payload comes from ``source`` (a buffer in any layout, written in C order, or
         buffers totalling ``nbytes``)

@@ -197,6 +197,14 @@ class _AdoptedPayload(NamedTuple):
     readonly: bool
 
 
+class StagedPayload(NamedTuple):
+    """Where a staged entry's payload starts in its new ``.npy``, that file's checksum, and which file it is."""
+
+    offset: int
+    checksum: str | None
+    identity: tuple[int, int]
+
+
 _last_used: Callable[[Any], int] = operator.attrgetter("_used_at")
 """How the budget's ledger reads an entry's last use back (a shared getter: it holds no entry)."""
 
@@ -297,7 +305,10 @@ class LazyDiskCache(ABC):
         )
         if self._enable_caching and not (payload is not None and self._adopt_reloaded(payload)):
             check_cacheable_dtype(self._describe_shape_dtype()[1])
-            self._convert_to_memmap()
+            if self._working_copy and payload is None and not self._automatic_offloading:
+                self._defer_working_file()
+            else:
+                self._convert_to_memmap()
         if self._automatic_offloading:
             self.offload()
         if self._cache_path is not None:
@@ -367,6 +378,8 @@ class LazyDiskCache(ABC):
         if not state.get("_in_memory", True):
             return f"offloaded to {str(path)!r}"
         adopted: _AdoptedPayload | None = state.get("_adopted")
+        if adopted is None and state.get("_mmap") is None:
+            return f"in RAM, no {str(path)!r} written yet"
         if adopted is None:
             return f"mapped on {str(path)!r}"
         mapping = mapping_of(state.get("_mmap"))
@@ -602,13 +615,14 @@ class LazyDiskCache(ABC):
         """
         lease: PathLease | None = self.__dict__.get("_lease")
         if lease is None:
-            # A store-reloaded entry that has not written its ``.dat`` yet did not create whatever file
-            # sits at that path (another process, or an earlier run of this program, did): it holds the
-            # path without the right to delete until ``_take_ownership`` records it as the creator.
-            owner = None if self._adopted is not None and not self._backing_created else self._owner_pid
-            lease = lease_backing_file(self, str(self._cache_path), owner)
+            # A store entry that has not written its ``.dat`` yet (reloaded, or a deferred working
+            # copy) did not create whatever file sits at that path (another process, or an earlier run
+            # of this program, did): it holds the path without the right to delete until
+            # ``_take_ownership`` records it as the creator.
+            unwritten = not self._backing_created and (self._adopted is not None or self._awaits_backing())
+            lease = lease_backing_file(self, str(self._cache_path), None if unwritten else self._owner_pid)
             self._lease = lease
-        if self._enable_caching and self._adopted is None:
+        if self._enable_caching and self._adopted is None and not self._awaits_backing():
             self._announce_backing(lease)
         return lease
 
@@ -679,7 +693,10 @@ class LazyDiskCache(ABC):
             if nbytes == 0:
                 self._forget_memory()
                 return 0
-            self._spill_to_file(live)
+            if self._enable_caching:
+                self.offload()  # a deferred working copy: its own .dat takes the data
+            else:
+                self._spill_to_file(live)
             return nbytes
         if not self._holds_private_copy(mapping):
             self._forget_memory()
@@ -796,8 +813,8 @@ class LazyDiskCache(ABC):
         """
         return not self._purge_disk_on_gc and not self._working_copy
 
-    def _adopt_committed_payload(self, offset: int) -> None:
-        """Adopt the just-committed ``.npy`` payload at ``offset`` (see ``settle_committed_entries``)."""
+    def _adopt_committed_payload(self, staged: StagedPayload) -> None:
+        """Adopt the just-committed ``.npy`` payload (see ``settle_committed_entries``)."""
         path = self._cache_path
         adopted = self._adopted
         if path is None or not self._enable_caching:
@@ -808,24 +825,32 @@ class LazyDiskCache(ABC):
             # An offloaded entry adopts the new file, which readers by name then find; a loaded one
             # keeps its mapping, and readers by name are refused once the name holds another file.
             if not self._in_memory:
-                self._map_committed_payload(path, offset, readonly=adopted.readonly)
+                kept = self._committed_payload_mapping(path, staged)
+                if kept is not None:
+                    self._payload_mapping = kept
+                    self._adopted = _AdoptedPayload(staged.offset, "C", readonly=adopted.readonly)
+            return
+        if self._awaits_backing():
+            self._adopt_committed_from_ram(path, staged)
             return
         lease: PathLease | None = self.__dict__.get("_lease")
         releasable = self._working_copy and not self._path_exported
         if not releasable or lease is None or not lease.held_alone() or not self._dat_is_own_file(path):
             return
         handle = self._dir_handle or self._directory()
-        kept: FileMapping | None = None
+        kept = None
         if not self._in_memory:
             # Offloaded, it will read the payload: map it now, so that a later commit renaming
             # another payload over the name never changes what this entry holds.
-            kept = self._committed_payload_mapping(path, offset)
+            kept = self._committed_payload_mapping(path, staged)
+            if kept is None:
+                return
         failures = handle.unlink_all([path.name])
         for name, error in failures:
             logger.debug("Could not remove the working file %s in %s: %s", name, path.parent, error)
         if failures:
             return
-        self._adopted = _AdoptedPayload(offset, "C", readonly=False)
+        self._adopted = _AdoptedPayload(staged.offset, "C", readonly=False)
         self._payload_mapping = kept
         # As for a reloaded entry: no file of this entry is at the path any more, so the lease
         # holds it without the right to delete until a materialisation creates one again.
@@ -833,17 +858,44 @@ class LazyDiskCache(ABC):
         lease.owner_pid = None
         logger.debug("%s on %s now reads the committed payload of %s", type(self).__name__, path, _npy_beside(path))
 
-    def _committed_payload_mapping(self, path: Path, offset: int) -> FileMapping:
-        """A copy-on-write mapping of the payload at ``offset`` of the ``.npy`` just committed beside ``path``."""
+    def _adopt_committed_from_ram(self, path: Path, staged: StagedPayload) -> None:
+        """Let a deferred working copy map its just-committed payload copy-on-write instead of its RAM array.
+
+        The bytes are the same, and the RAM goes back. Not while anything outside the entry holds
+        the array (a view, ``np.asarray``): writes through it must keep reaching the entry, which
+        then stays in RAM, and writes its ``.dat`` when first needed, as before the commit.
+        """
+        live = self._describe_buffer()[2]
+        if live.nbytes == 0 or held_elsewhere(live, self._references_to(live) + 1):  # + 1: the local `live`
+            return
+        mapping = self._committed_payload_mapping(path, staged)
+        if mapping is None:
+            return
+        shape, dtype = self._describe_shape_dtype()
+        mapped = as_memmap(mapping, tuple(shape), np.dtype(dtype), filename=str(path))
+        self._adopted = _AdoptedPayload(staged.offset, "C", readonly=False)
+        self._payload_mapping = mapping
+        self._mmap = mapped
+        self._set_buffer(mapped)
+        self._report_memory()
+
+    def _committed_payload_mapping(self, path: Path, staged: StagedPayload) -> FileMapping | None:
+        """A copy-on-write mapping of the payload of the ``.npy`` just committed beside ``path``.
+
+        ``None`` when that name no longer holds the committed file (another writer renamed a file
+        over it, or purged it, since the commit) or it cannot be mapped: the caller then keeps
+        what it had, which is never wrong, only perhaps less economical.
+        """
         shape, dtype = self._describe_shape_dtype()
         nbytes = math.prod(shape) * np.dtype(dtype).itemsize
         handle = self._dir_handle or self._directory()
-        return FileMapping.open(handle, _npy_beside(path).name, mode="c", offset=offset, length=nbytes)
-
-    def _map_committed_payload(self, path: Path, offset: int, *, readonly: bool) -> None:
-        """Make an offloaded adopted entry adopt the C-ordered payload its store just committed."""
-        self._payload_mapping = self._committed_payload_mapping(path, offset)
-        self._adopted = _AdoptedPayload(offset, "C", readonly=readonly)
+        npy = _npy_beside(path)
+        try:
+            mapping = FileMapping.open(handle, npy.name, mode="c", offset=staged.offset, length=nbytes)
+        except (OSError, ValueError) as error:
+            logger.debug("Could not map the committed payload of %s: %s", npy, error)
+            return None
+        return mapping if mapping.identity == staged.identity else None
 
     def _dat_is_own_file(self, path: Path) -> bool:
         """Whether ``path`` names, unlinked, the very ``.dat`` this entry last wrote (not a link,
@@ -869,6 +921,28 @@ class LazyDiskCache(ABC):
             return False
         mapping = mapping_of(mapped)
         return mapping is not None and mapping.mode == "c" and not mapping.has_private_pages()
+
+    def _defer_working_file(self) -> None:
+        """Hold a store's new working copy in a private RAM array; its ``.dat`` comes when first needed.
+
+        The store's commit writes the ``.npy`` from this array, and the entry then adopts that
+        payload, so a key written and committed creates only its pair on disk. Anything that needs
+        the entry's own file first (``offload()``, a spill, a pickle, a shallow copy, a reader by
+        path) writes the ``.dat`` then, through ``_convert_to_memmap``. 1 copy, in RAM.
+        """
+        source = self._describe_buffer()[2]
+        check_cacheable_array(source)
+        self._set_buffer(np.array(source, copy=True))
+        self._mmap = None
+
+    def _awaits_backing(self) -> bool:
+        """Whether the data is a deferred working copy in RAM, with no ``.dat`` written yet."""
+        return self._enable_caching and self._in_memory and self._mmap is None
+
+    def _write_deferred_backing(self) -> None:
+        """Write a deferred working copy's ``.dat`` now and map it (RAM → MAPPED); else nothing."""
+        if self._awaits_backing():
+            self._convert_to_memmap()
 
     def _convert_to_memmap(self) -> None:
         """Write the data to a fresh, atomically committed ``.dat`` and adopt its mapping (→ MAPPED).
@@ -1316,6 +1390,8 @@ class LazyDiskCache(ABC):
         of them is gone.
         """
         with self._lock:
+            # Both must share one file: a deferred working copy writes its .dat first.
+            self._write_deferred_backing()
             twin = type(self).__new__(type(self))
             twin.__dict__.update(
                 (name, value) for name, value in self.__dict__.items() if name not in self._TRANSIENT_STATE
@@ -1402,7 +1478,7 @@ class LazyDiskCache(ABC):
             shape, dtype = self._describe_shape_dtype()
             head = (type(self).__module__, type(self).__qualname__, tuple(shape), np.dtype(dtype).str)
             path = self._cache_path
-            if not self._enable_caching or path is None:
+            if not self._enable_caching or path is None or self._awaits_backing():
                 from dask.base import normalize_token  # imported here: only dask calls this hook
 
                 return (*head, normalize_token(self._source_array()))
@@ -1517,6 +1593,7 @@ def readable_file(entry: LazyDiskCache) -> ReadableFile:
     mapped has been replaced under its name since. O(1): one ``stat`` for an adopted entry.
     """
     with entry._lock:
+        entry._write_deferred_backing()
         path = entry._cache_path
         name = type(entry).__name__
         if not entry._enable_caching or path is None:
@@ -1572,31 +1649,30 @@ class StoreEntryBuild:
             self._token = None
 
 
-class StagedPayload(NamedTuple):
-    """Where a staged entry's payload starts in its new ``.npy``, and that file's checksum."""
-
-    offset: int
-    checksum: str | None
-
-
 def settle_committed_entries(committed: Sequence[tuple[LazyDiskCache, StagedPayload]]) -> None:
     """Release the working files of entries whose pairs a store just committed and dropped.
 
-    ``committed`` holds each entry with the offset of its payload in the new ``.npy`` and that
-    file's checksum. A store's
-    working copy whose data sits in its ``.dat`` does not need that file any more: the committed
-    ``.npy`` holds the same bytes. The ``.dat`` is unlinked (unless another live object in this
-    process holds the same path, or a pickle of the entry may open it by name elsewhere) and the
-    entry becomes adopted by the ``.npy``, as if reloaded: its live buffer, if any, stays its
-    mapping (of the now nameless file), so writes through views handed out earlier are kept and
-    its next offload materialises a new ``.dat`` from it; offloaded, it maps the payload
-    copy-on-write. An entry that was already adopted follows its payload into the new ``.npy``.
-    Blocks on disk: one unlink per released file. Failures to unlink are logged and keep the file.
+    ``committed`` holds each entry with what its store staged for it. A store's working copy needs
+    no file of its own any more: the committed ``.npy`` holds the same bytes.
+
+    * A working copy still in RAM (its ``.dat`` deferred) maps that payload copy-on-write instead
+      of its array, which goes back, unless something outside the entry holds the array.
+    * A working copy whose data sits in its ``.dat``: the ``.dat`` is unlinked (unless another live
+      object in this process holds the same path, or a pickle of the entry may open it by name
+      elsewhere) and the entry becomes adopted by the ``.npy``, as if reloaded: its live buffer,
+      if any, stays its mapping (of the now nameless file), so writes through views handed out
+      earlier are kept and its next offload materialises a new ``.dat`` from it; offloaded, it
+      maps the payload copy-on-write.
+    * An entry that was already adopted follows its payload into the new ``.npy``.
+
+    Nothing adopts a ``.npy`` that another writer renamed over or purged since the commit (its
+    file identity tells): such an entry keeps what it had. Blocks on disk: one unlink per released
+    file, one mapping per adopted payload. Failures to unlink are logged and keep the file.
     """
-    for entry, (offset, checksum) in committed:
+    for entry, staged in committed:
         with entry._lock:
-            entry._adopt_committed_payload(offset)
-            remember_stored_checksum(entry, checksum)
+            entry._adopt_committed_payload(staged)
+            remember_stored_checksum(entry, staged.checksum)
 
 
 def remember_stored_checksum(entry: LazyDiskCache, checksum: str | None) -> None:

@@ -53,6 +53,7 @@ pub struct PendingFile {
     name: String,
     temp: String,
     fd: OwnedFd,
+    identity: (u64, u64),
     state: State,
 }
 
@@ -88,11 +89,12 @@ impl PendingFile {
                 Err(err) => return Err(Error::io(Op::Create, dir.path_of(&temp), err)),
             }
         };
-        let pending = Self {
+        let mut pending = Self {
             dir: dir.clone(),
             name: name.to_owned(),
             temp,
             fd,
+            identity: (0, 0),
             state: State::Open,
         };
         lock_waiting(dir, pending.fd(), &pending.temp_path())?;
@@ -102,6 +104,7 @@ impl PendingFile {
             .fstat(pending.fd())
             .map_err(|err| Error::io(Op::Stat, pending.temp_path(), err))?
             .identity;
+        pending.identity = ours;
         let named = match fs.stat_nofollow(dir.fd(), &pending.temp) {
             Ok(stat) => Some(stat.identity),
             Err(err) if is_gone(&err) => None,
@@ -124,6 +127,11 @@ impl PendingFile {
     /// The temp's descriptor.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+
+    /// Which file the temp is (device and inode numbers): the file its name holds once renamed.
+    pub fn identity(&self) -> (u64, u64) {
+        self.identity
     }
 
     /// The directory the temp lives in.

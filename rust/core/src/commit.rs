@@ -66,6 +66,7 @@ pub struct WrittenPayload {
     names: PairNames,
     dir: CacheDir,
     npy: Arc<Ticket>,
+    identity: (u64, u64),
     digest: Option<Digest>,
     guard: Arc<KeyLock>,
     pool: Arc<Mutex<SyncPool>>,
@@ -81,6 +82,12 @@ impl WrittenPayload {
     /// ([`crate::checksum::set_enabled`]).
     pub fn digest(&self) -> Option<Digest> {
         self.digest
+    }
+
+    /// Which file the `.npy` temp is (device and inode numbers): the file `<key>.npy` names once
+    /// the batch has renamed it, until another writer renames another file over that name.
+    pub fn identity(&self) -> (u64, u64) {
+        self.identity
     }
 }
 
@@ -160,6 +167,7 @@ impl KeyWriter {
     pub fn finish_payload(self) -> Result<WrittenPayload> {
         let dir = self.payload.file().dir().clone();
         let (file, digest) = self.payload.finish_parts()?;
+        let identity = file.identity();
         let npy = lock(&self.pool).submit(file, Arc::clone(&self.guard));
         // A hash still reading a copied payload's source finishes while the temp is fsynced.
         // On error, dropping the ticket removes the temp.
@@ -169,6 +177,7 @@ impl KeyWriter {
             names: self.names,
             dir,
             npy,
+            identity,
             digest,
             guard: self.guard,
             pool: self.pool,

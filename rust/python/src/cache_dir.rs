@@ -546,7 +546,7 @@ impl PyCommitBatch {
         source_file: Option<&str>,
         source_offset: u64,
         progress: Option<Py<PyAny>>,
-    ) -> PyResult<(u64, Option<String>)> {
+    ) -> PyResult<(u64, Option<String>, (u64, u64))> {
         let source = match (source, source_file) {
             (Some(source), None) => Some(source_of(source, Some(nbytes))?.0),
             (None, Some(_)) => None,
@@ -575,9 +575,10 @@ impl PyCommitBatch {
         // `payload` on an error below removes the temp.
         let payload = to_py(run_detached(py, || writer.finish_payload()))?;
         let digest = payload.digest();
+        let identity = payload.identity();
         let meta = sidecar_bytes(meta, digest)?;
         to_py(run_detached(py, || self.inner.stage(payload, &meta)))?;
-        Ok((payload_offset, digest.map(|digest| digest.to_string())))
+        Ok((payload_offset, digest.map(|digest| digest.to_string()), identity))
     }
 
     fn commit(&self, py: Python<'_>) -> PyResult<()> {
