@@ -214,16 +214,16 @@ def _write_case(store_set: StoreSet, settings: Settings, impl: Impl, baselines: 
     ]
     keep = {impl.label} if baselines is None else {impl.label, *baselines}
     variants = [v for v in variants if baselines is None or v.name in keep]
-    # Ours writes each entry's working .dat and its .npy: twice the payload in fresh page cache.
+    # Ours holds each added entry in RAM, then writes its .npy: twice the payload in fresh memory.
     prewarm = 2 * store_set.count * store_set.entry_bytes
     series = measure_interleaved(variants, reps=settings.store_reps, warmup=settings.warmup, prewarm_bytes=prewarm)
     notes = [
         "durable: every key's .npy and .meta.json are fsynced, then renamed, then one directory fsync;"
         " the store has purge_disk_on_gc=False, so its data is meant to outlive the process",
-        "ours, end to end: the add_data_to_store calls (caching on maps every added entry on a working"
-        " .dat, written without fsync since the committed pair is what a restart reads) and the commit,"
-        " which copies each .dat into its .npy (reflink where the file system can), fsyncs on 8 threads"
-        " and removes the working files",
+        "ours, end to end: the store's construction, the add_data_to_store calls (an added entry keeps"
+        " its working copy in RAM and writes no file until one is needed) and the commit, which writes"
+        " each .npy from that copy, fsyncs on 8 threads, renames, and lets each entry map its committed"
+        " payload instead of its RAM",
         "each variant writes into a fresh directory",
     ]
     return _set_case(

@@ -21,7 +21,7 @@ from lazy_disk_cache import _rust
 from lazy_disk_cache._memmap import mapping_of
 from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
 from lazy_disk_cache.disk_backed_store import DiskBackedStore
-from lazy_disk_cache.lazy_disk_cache import LazyDiskCacheConfig
+from lazy_disk_cache.lazy_disk_cache import LazyDiskCacheConfig, settle_committed_entries
 from listing import artefacts
 from stored import make_store
 
@@ -187,16 +187,12 @@ def test_an_added_entry_alive_after_the_commit_maps_the_committed_payload_instea
 def test_an_added_entry_whose_npy_is_replaced_before_it_adopts_it_keeps_its_ram(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lazy_disk_cache.disk_backed_store as store_module
-
-    settle = store_module.settle_committed_entries
-
     def another_writer_commits_first(committed: Any) -> None:
         np.save(tmp_path / "other.npy", np.full((2, 3), 5.0))
         os.replace(tmp_path / "other.npy", tmp_path / "k.npy")
-        settle(committed)
+        settle_committed_entries(committed)
 
-    monkeypatch.setattr(store_module, "settle_committed_entries", another_writer_commits_first)
+    monkeypatch.setattr("lazy_disk_cache.disk_backed_store.settle_committed_entries", another_writer_commits_first)
     store = durable_store(tmp_path)
     store.add_data_to_store("k", np.arange(6.0).reshape(2, 3))
     entry = store["k"]

@@ -464,3 +464,21 @@ fn staging_a_key_twice_in_one_batch_is_refused_before_any_io() {
     assert_eq!(recording.calls(), Vec::new());
     assert_eq!(batch.keys(), vec!["k0".to_owned()]);
 }
+
+#[test]
+fn a_staged_payload_names_the_file_its_key_holds_once_committed() {
+    use std::os::unix::fs::MetadataExt;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = CacheDir::open(tmp.path(), false).unwrap();
+    let batch = CommitBatch::new(&dir, ChunkBudget::new(1 << 20));
+    let mut writer = batch.begin_key("k", SPEC, 4).unwrap();
+    writer.payload().write_block(&[1, 2, 3, 4], &mut |_| Ok(())).unwrap();
+    let payload = writer.finish_payload().unwrap();
+    let identity = payload.identity();
+    batch.stage(payload, b"{}").unwrap();
+    batch.commit().unwrap();
+
+    let committed = std::fs::metadata(tmp.path().join("k.npy")).unwrap();
+    assert_eq!(identity, (committed.dev(), committed.ino()));
+}
