@@ -20,12 +20,22 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 
 from lazy_disk_cache import _budget
 from lazy_disk_cache._budget import MemoryLedger
 from lazy_disk_cache._memory_limits import EffectiveLimit, MemoryProbe
 
-__all__ = ["FakeClock", "FakeEntry", "FakeMemory", "InjectedLimit", "disk_full", "injected_budget", "make_ledger"]
+__all__ = [
+    "FakeClock",
+    "FakeEntry",
+    "FakeMemory",
+    "InjectedLimit",
+    "disk_full",
+    "fake_psutil",
+    "injected_budget",
+    "make_ledger",
+]
 
 
 class FakeClock:
@@ -171,3 +181,8 @@ def injected_budget(
     finally:
         _budget.ledger = previous
         test_ledger.close()
+
+
+def fake_psutil(available: int) -> SimpleNamespace:
+    """A stand-in for ``psutil`` that reports ``available`` bytes of memory (the write chunk is 10 % of it)."""
+    return SimpleNamespace(virtual_memory=lambda: SimpleNamespace(available=available))

@@ -537,3 +537,16 @@ def test_threads_tracking_touching_and_checking_while_the_monitor_spills_lose_no
     assert stats.managed_bytes == in_ram, "the ledger's bytes drifted from the entries' state"
     assert stats.tracked_entries == sum(entry.in_ram for entry in everything)
     assert in_ram <= 70_000, f"{in_ram} bytes left in RAM over a 70 000-byte spill threshold"
+
+
+def test_has_room_for_answers_whether_more_ram_stays_under_the_spill_threshold(new_ledger: LedgerFactory) -> None:
+    ledger, memory = new_ledger(1000)  # spills above 700 bytes
+    entries = _entries(ledger, memory, [300])
+    memory.unmanaged = 200
+
+    assert ledger.has_room_for(200)
+    assert not ledger.has_room_for(201)
+    assert _spilled(entries) == [], "asking spills nothing"
+    settings = ledger.settings
+    ledger.configure(type(settings)(enabled=False))
+    assert ledger.has_room_for(10**12), "with the budget off there is always room"

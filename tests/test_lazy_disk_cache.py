@@ -14,6 +14,7 @@ import pydantic
 import pytest
 from numpy.typing import DTypeLike, NDArray
 
+from budget_fakes import fake_psutil
 from lazy_disk_cache import _rust
 from lazy_disk_cache import lazy_disk_cache as ldc
 from lazy_disk_cache._directories import open_directory
@@ -386,20 +387,16 @@ def test_enable_caching_on_a_masked_array_raises_and_keeps_the_ram_state(tmp_pat
 # -- chunk budget ----------------------------------------------------------------------------
 
 
-def _fake_psutil(available: int) -> SimpleNamespace:
-    return SimpleNamespace(virtual_memory=lambda: SimpleNamespace(available=available))
-
-
 def test_budget_is_ten_percent_of_available_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ldc, "psutil", _fake_psutil(1_000_000))
+    monkeypatch.setattr(ldc, "psutil", fake_psutil(1_000_000))
 
     assert ldc.chunk_budget_bytes() == 100_000
 
 
 def test_budget_queries_a_replaced_psutil_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ldc, "psutil", _fake_psutil(1_000_000))
+    monkeypatch.setattr(ldc, "psutil", fake_psutil(1_000_000))
     ldc.chunk_budget_bytes()
-    monkeypatch.setattr(ldc, "psutil", _fake_psutil(5_000_000))
+    monkeypatch.setattr(ldc, "psutil", fake_psutil(5_000_000))
 
     assert ldc.chunk_budget_bytes() == 500_000
 
@@ -466,7 +463,7 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> list[_RecordingDirectory]:
 def test_conversion_hands_the_psutil_budget_to_the_core(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recorder: list[_RecordingDirectory]
 ) -> None:
-    monkeypatch.setattr(ldc, "psutil", _fake_psutil(10_000))
+    monkeypatch.setattr(ldc, "psutil", fake_psutil(10_000))
 
     DiskBackedNDArray(np.arange(1000.0), cache_path=tmp_path / "e", enable_caching=True)
 
@@ -487,7 +484,7 @@ def test_conversion_without_psutil_uses_the_patched_fallback(
 def test_contiguous_source_is_passed_as_one_buffer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recorder: list[_RecordingDirectory]
 ) -> None:
-    monkeypatch.setattr(ldc, "psutil", _fake_psutil(10_000))
+    monkeypatch.setattr(ldc, "psutil", fake_psutil(10_000))
 
     DiskBackedNDArray(np.arange(1000.0), cache_path=tmp_path / "e", enable_caching=True)
 
@@ -504,7 +501,7 @@ def _writes_during(action: Callable[[], Any]) -> tuple[Any, int]:
 def test_strided_source_is_streamed_in_blocks_within_the_budget(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recorder: list[_RecordingDirectory], clean_faults: None
 ) -> None:
-    monkeypatch.setattr(ldc, "psutil", _fake_psutil(10_000))
+    monkeypatch.setattr(ldc, "psutil", fake_psutil(10_000))
     source = np.arange(40_000.0).reshape(200, 200)[:, ::2]
 
     entry, writes = _writes_during(lambda: DiskBackedNDArray(source, cache_path=tmp_path / "e", enable_caching=True))

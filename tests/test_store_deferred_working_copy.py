@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from budget_fakes import fake_psutil, injected_budget
 from lazy_disk_cache import DiskBackedNDArray, DiskBackedStore
+from lazy_disk_cache import lazy_disk_cache as ldc
 from lazy_disk_cache._memmap import mapping_of
 from listing import artefacts
 from stored import VARIED_ARRAYS, make_store, open_store
@@ -157,3 +159,33 @@ def test_to_dask_writes_the_dat_and_reads_the_value_from_it(tmp_path: Path) -> N
 
     assert (tmp_path / "k.dat").is_file()
     np.testing.assert_array_equal(lazy.compute(scheduler="sync"), expected_value())
+
+
+def test_an_entry_larger_than_one_write_chunk_writes_its_dat_at_the_add(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ldc, "psutil", fake_psutil(10 * 800))  # a write chunk of 800 bytes
+    store = open_store(tmp_path)
+
+    store.add_data_to_store("small", np.arange(100.0))
+    store.add_data_to_store("large", np.arange(101.0))
+
+    assert artefacts(tmp_path) == ["large.dat"]
+    assert "mapped on" in repr(store["large"])
+
+
+def test_entries_past_the_memory_budget_headroom_write_their_dat_at_once_and_spill_nothing(tmp_path: Path) -> None:
+    entry_bytes = 100 * 1024
+    with injected_budget(10 * entry_bytes) as budget:  # spills above 7 entries' worth
+        store = open_store(tmp_path)
+        for index in range(10):
+            store.add_data_to_store(f"k{index}", np.full(entry_bytes // 8, float(index)))
+
+        assert artefacts(tmp_path) == ["k7.dat", "k8.dat", "k9.dat"]
+        stats = budget.stats()
+        assert stats.spilled_count == 0 and stats.managed_bytes == 7 * entry_bytes
+        store.offload(pickle_container=True)
+
+    reopened = open_store(tmp_path)
+    for index in range(10):
+        np.testing.assert_array_equal(np.asarray(reopened[f"k{index}"]), np.full(entry_bytes // 8, float(index)))

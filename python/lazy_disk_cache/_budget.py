@@ -572,6 +572,20 @@ class MemoryLedger:
             return
         self._spill_if_needed()
 
+    def has_room_for(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` more of managed RAM keep the total at or under the spill threshold.
+
+        Always true when the budget is off. One unlocked comparison while the estimate (the last
+        ``RssAnon`` plus the managed bytes added since) says so; otherwise ``RssAnon`` is measured.
+        An entry that may choose between holding data in RAM and writing a file asks this first,
+        so that its choice never makes the budget spill.
+        """
+        if self._managed + nbytes <= self._managed_ceiling or not self.settings.enabled:
+            return True
+        with self._lock:
+            total = self._measure_locked()
+            return total + nbytes <= self._spill_at
+
     # -- measuring and spilling --------------------------------------------------------------
 
     def _measure_locked(self) -> int:

@@ -305,7 +305,7 @@ class LazyDiskCache(ABC):
         )
         if self._enable_caching and not (payload is not None and self._adopt_reloaded(payload)):
             check_cacheable_dtype(self._describe_shape_dtype()[1])
-            if self._working_copy and payload is None and not self._automatic_offloading:
+            if self._working_copy and payload is None and self._may_defer_working_file():
                 self._defer_working_file()
             else:
                 self._convert_to_memmap()
@@ -921,6 +921,20 @@ class LazyDiskCache(ABC):
             return False
         mapping = mapping_of(mapped)
         return mapping is not None and mapping.mode == "c" and not mapping.has_private_pages()
+
+    def _may_defer_working_file(self) -> bool:
+        """Whether a store's new working copy may wait in RAM for its ``.dat`` (``_defer_working_file``).
+
+        Not with ``automatic_offloading``, which writes the file at once anyway. And only while the
+        copy is cheap to hold: no larger than one chunk of the write budget (a conversion's own
+        bound on the RAM it takes), and within the memory budget's headroom, so that holding it
+        never makes the budget spill; a larger one is written to its ``.dat`` at once, as before.
+        """
+        if self._automatic_offloading:
+            return False
+        shape, dtype = self._describe_shape_dtype()
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        return nbytes <= chunk_budget_bytes() and _budget.ledger.has_room_for(nbytes)
 
     def _defer_working_file(self) -> None:
         """Hold a store's new working copy in a private RAM array; its ``.dat`` comes when first needed.
