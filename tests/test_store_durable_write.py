@@ -345,3 +345,19 @@ def test_a_working_dat_zero_filled_by_load_w_plus_is_released_at_the_commit(tmp_
     assert not (tmp_path / "k.dat").exists(), "the .dat load('w+') wrote is the entry's own working file"
     np.testing.assert_array_equal(np.load(tmp_path / "k.npy"), np.full(4, 3.0))
     np.testing.assert_array_equal(np.asarray(entry), np.full(4, 3.0))
+
+
+def test_an_entry_committed_under_another_key_keeps_its_working_dat(tmp_path: Path) -> None:
+    store = durable_store(tmp_path)
+    store.add_data_to_store("k", np.arange(4.0))
+    entry = store["k"]
+    entry.offload()
+    entry.load()
+    (tmp_path / "k.npy").write_bytes(b"not this entry's payload")
+
+    store["other"] = entry
+    store.offload("other", pickle_container=True)
+
+    np.testing.assert_array_equal(np.fromfile(tmp_path / "k.dat"), np.arange(4.0))
+    np.testing.assert_array_equal(np.asarray(entry), np.arange(4.0))
+    np.testing.assert_array_equal(np.load(tmp_path / "other.npy"), np.arange(4.0))

@@ -37,7 +37,8 @@ class DiskBackedNDArray(LazyDiskCache, NDArrayOperatorsMixin):
     """A ``numpy.ndarray`` wrapped in the ``LazyDiskCache`` state machine.
 
     With caching off the caller's array is held as is (aliased, not copied). With caching on it
-    is copied into the entry's ``.dat`` and the caller's array is no longer referenced. Indexing
+    is copied into the entry's ``.dat`` (an entry a store adds: into RAM, until its ``.dat`` is
+    needed) and the caller's array is no longer referenced. Indexing
     and ``np.asarray`` load the data on demand (and offload again with ``automatic_offloading``);
     ``data`` and ufuncs load and stay loaded.
     """

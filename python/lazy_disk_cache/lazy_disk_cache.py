@@ -845,6 +845,8 @@ class LazyDiskCache(ABC):
             kept = self._committed_payload_mapping(path, staged)
             if kept is None:
                 return
+        elif file_identity(_npy_beside(path)) != staged.identity:
+            return  # committed under another name (another store's key): not the payload beside it
         failures = handle.unlink_all([path.name])
         for name, error in failures:
             logger.debug("Could not remove the working file %s in %s: %s", name, path.parent, error)
