@@ -9,7 +9,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::{self, JoinHandle};
 
 use crate::atomic::PendingFile;
@@ -23,6 +23,46 @@ use crate::gather::{GatherCursor, StridedBytes};
 use crate::mapping::{Mapping, MappingMode};
 use crate::names::validate_name;
 use crate::sequential::{self, CacheUse, Source};
+use crate::sync_pool::lock;
+
+/// The bounce buffers of gathered writes, kept for the next one: two of at most half of
+/// [`copy::BOUNCE_BUFFER_CAP`] each (4 MiB in all), so a process's conversions of strided sources
+/// fault their buffers' pages in once, not at every write. A fresh allocation of that size is a
+/// fresh mapping, whose every page faults on first touch: about 1 ms per write on bare metal, and
+/// far more on a virtual machine whose host has taken back memory the process freed.
+struct SpareBuffers {
+    kept: Mutex<Vec<Vec<u8>>>,
+}
+
+static SPARE_BUFFERS: SpareBuffers = SpareBuffers::new();
+
+/// How many spare buffers are kept (a gathered write uses two at a time).
+const SPARES_KEPT: usize = 2;
+
+impl SpareBuffers {
+    const fn new() -> Self {
+        Self {
+            kept: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A buffer of at least `len` bytes: a kept one, else a new one of exactly `len`.
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut kept = lock(&self.kept);
+        match kept.iter().position(|spare| spare.len() >= len) {
+            Some(index) => kept.swap_remove(index),
+            None => vec![0u8; len],
+        }
+    }
+
+    /// Keeps `buffer` for a later write if it is among the largest few, else frees it.
+    fn give_back(&self, buffer: Vec<u8>) {
+        let mut kept = lock(&self.kept);
+        kept.push(buffer);
+        kept.sort_by_key(|spare| std::cmp::Reverse(spare.len()));
+        kept.truncate(SPARES_KEPT);
+    }
+}
 
 /// `len` bytes of the file `name` in the same directory, from `offset`.
 #[derive(Debug, Clone, Copy)]
@@ -175,23 +215,30 @@ impl PayloadWriter {
         let at = self.next_offset(len)?;
         let half = self.budget.bounce_len(len).div_ceil(2).max(1);
         if to_u64(half) >= len {
-            let mut buffer = vec![0u8; half];
-            let filled = source.gather(&mut GatherCursor::default(), &mut buffer);
-            return self.write_piece(buffer.get(..filled).unwrap_or_default(), at, (&mut true, 0), between);
+            let mut buffer = SPARE_BUFFERS.take(half);
+            let filled = source.gather(&mut GatherCursor::default(), buffer.get_mut(..half).unwrap_or_default());
+            let written = self.write_piece(buffer.get(..filled).unwrap_or_default(), at, (&mut true, 0), between);
+            SPARE_BUFFERS.give_back(buffer);
+            return written;
         }
         let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(1);
         let (empty_tx, empty_rx) = mpsc::sync_channel::<Vec<u8>>(2);
         for _ in 0..2 {
             // Cannot fail: the channel has room for both and its receiver is alive.
-            let _ = empty_tx.send(vec![0u8; half]);
+            let _ = empty_tx.send(SPARE_BUFFERS.take(half));
         }
         thread::scope(|scope| {
             scope.spawn(move || {
                 let mut cursor = GatherCursor::default();
                 // Ends when the source is exhausted or the writer hung up (it failed).
                 while let Ok(mut buffer) = empty_rx.recv() {
-                    let filled = source.gather(&mut cursor, &mut buffer);
-                    if filled == 0 || full_tx.send((buffer, filled)).is_err() {
+                    let filled = source.gather(&mut cursor, buffer.get_mut(..half).unwrap_or_default());
+                    if filled == 0 {
+                        SPARE_BUFFERS.give_back(buffer);
+                        break;
+                    }
+                    if let Err(mpsc::SendError((buffer, _))) = full_tx.send((buffer, filled)) {
+                        SPARE_BUFFERS.give_back(buffer);
                         break;
                     }
                 }
@@ -204,11 +251,17 @@ impl PayloadWriter {
             let mut at = at;
             for (buffer, filled) in full_rx {
                 let piece = buffer.get(..filled).unwrap_or_default();
-                self.write_piece(piece, at, (&mut first, moved), between)?;
+                let written = self.write_piece(piece, at, (&mut first, moved), between);
                 moved = to_u64(filled);
                 at = add(at, moved)?;
-                // The helper may have finished already; the buffer is then simply dropped.
-                let _ = empty_tx.send(buffer);
+                if let Err(error) = written {
+                    SPARE_BUFFERS.give_back(buffer);
+                    return Err(error);
+                }
+                // The helper may have finished already; the buffer then goes back to the spares.
+                if let Err(mpsc::SendError(buffer)) = empty_tx.send(buffer) {
+                    SPARE_BUFFERS.give_back(buffer);
+                }
             }
             Ok(())
         })
@@ -652,6 +705,30 @@ mod tests {
 
     fn no_pause() -> impl FnMut(u64) -> Result<()> {
         |_| Ok(())
+    }
+
+    #[test]
+    fn spare_buffers_hand_back_a_kept_buffer_large_enough_and_keep_only_the_largest_two() {
+        let spares = SpareBuffers::new();
+        let first = spares.take(100);
+        assert_eq!(first.len(), 100);
+        let pointer = first.as_ptr();
+        spares.give_back(first);
+
+        let again = spares.take(60);
+        assert_eq!(
+            again.as_ptr(),
+            pointer,
+            "a kept buffer of at least the length is reused"
+        );
+        assert_eq!(spares.take(200).len(), 200, "none large enough: a new one");
+        spares.give_back(again);
+        for len in [10, 300, 20] {
+            spares.give_back(vec![0u8; len]);
+        }
+
+        let kept: Vec<usize> = lock(&spares.kept).iter().map(Vec::len).collect();
+        assert_eq!(kept, vec![300, 100]);
     }
 
     #[test]
