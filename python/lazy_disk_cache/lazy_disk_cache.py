@@ -27,7 +27,6 @@ import math
 import operator
 import os
 import stat
-import sys
 import tempfile
 import threading
 import time
@@ -47,6 +46,18 @@ from lazy_disk_cache._array_memory import anonymous_nbytes, held_elsewhere, priv
 from lazy_disk_cache._budget import use_clock
 from lazy_disk_cache._buffers import byte_view
 from lazy_disk_cache._directories import open_directory
+from lazy_disk_cache._entry_files import (
+    check_cacheable_array as check_cacheable_array,
+)
+from lazy_disk_cache._entry_files import (
+    check_cacheable_dtype as check_cacheable_dtype,
+)
+from lazy_disk_cache._entry_files import (
+    dat_length,
+    entry_dat_path,
+    is_symlink,
+    npy_beside,
+)
 from lazy_disk_cache._leases import PathLease, file_identity, lease_backing_file
 from lazy_disk_cache._memmap import as_memmap, mapping_of, open_memmap
 from lazy_disk_cache._payload_layout import layout_of, payload_memmap
@@ -118,71 +129,7 @@ def chunk_budget_bytes() -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Helpers: the entry's file location, its sibling payload, the dtype rule
-
-
-def _is_symlink(path: Path) -> bool:
-    try:
-        return stat.S_ISLNK(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
-def _entry_dat_path(given: Path, *, given_is_a_file: bool = False) -> Path:
-    """Turn a configured ``cache_path`` into the absolute ``.dat`` path (no symlink resolution).
-
-    ``given_is_a_file``: the caller just opened ``given`` as a file (a store reloading its
-    ``.npy``), so only the ``.dat`` form needs checking.
-    """
-    if not given.name:
-        raise ValueError(f"cache_path {given!r} has an empty name; pass a file path")
-    dat = given.absolute().with_suffix(MEMMAP_SUFFIX)
-    # os.path.isdir: the same stat as Path.is_dir without its per-call cost (a store reload runs this).
-    if (not given_is_a_file and os.path.isdir(given)) or os.path.isdir(dat):
-        raise ValueError(
-            f"cache_path {given!r} is an existing directory; pass a file path "
-            "(the entry stores its data in '<name>.dat')"
-        )
-    return dat
-
-
-def check_cacheable_dtype(dtype: DTypeLike) -> None:
-    """Refuse (``TypeError``) a dtype that is or contains Python objects: pointers cannot go to disk."""
-    resolved = np.dtype(dtype)
-    if resolved.hasobject:
-        raise TypeError(f"cannot cache an array of dtype {resolved!r} on disk: it contains Python objects")
-
-
-def check_cacheable_array(array: object) -> None:
-    """Refuse (``TypeError``) an array whose meaning the bytes on disk would not keep.
-
-    A ``numpy.ma.MaskedArray`` stores its mask beside its data; the ``.dat`` and ``.npy`` files hold
-    only the data, so caching it would silently unmask it. The dtype rule applies too.
-    """
-    # Looked up, not imported: numpy loads numpy.ma lazily, and no array can be a MaskedArray before
-    # it is loaded (importing it here would cost time and could fail in a process that has since
-    # dropped the rights to read the installation).
-    masked = sys.modules.get("numpy.ma")
-    if masked is not None and isinstance(array, masked.MaskedArray):
-        raise TypeError(
-            "cannot cache a numpy.ma.MaskedArray on disk: its mask would be lost. Cache array.filled(fill_value) "
-            "(and np.ma.getmaskarray(array) as a second array if the mask matters), or keep caching off"
-        )
-
-
-# mmap cannot map an empty file, so np.memmap writes one byte for a zero-size array; a .dat is never
-# shorter either, so anyone can map it. The shape, not the file length, says the array is empty.
-_MIN_DAT_BYTES = 1
-
-
-def _dat_length(payload_nbytes: int) -> int:
-    """The length of the ``.dat`` that holds a payload of ``payload_nbytes`` (zero-padded to one byte)."""
-    return max(payload_nbytes, _MIN_DAT_BYTES)
-
-
-def _npy_beside(dat: Path) -> Path:
-    """The store payload ``<stem>.npy`` next to the ``.dat`` ``<stem>.dat`` (a reloaded entry's data)."""
-    return dat.with_name(dat.name.removesuffix(MEMMAP_SUFFIX) + NPY_SUFFIX)
+# The store payload an entry may adopt, and the store build it may be part of
 
 
 class _AdoptedPayload(NamedTuple):
@@ -301,7 +248,7 @@ class LazyDiskCache(ABC):
         self._cache_path = (
             None
             if config.cache_path is None
-            else _entry_dat_path(config.cache_path, given_is_a_file=payload is not None)
+            else entry_dat_path(config.cache_path, given_is_a_file=payload is not None)
         )
         if self._enable_caching and not (payload is not None and self._adopt_reloaded(payload)):
             check_cacheable_dtype(self._describe_shape_dtype()[1])
@@ -384,9 +331,9 @@ class LazyDiskCache(ABC):
             return f"mapped on {str(path)!r}"
         mapping = mapping_of(state.get("_mmap"))
         if mapping is not None and mapping.mode == "r+":
-            return f"mapped on its released working file, stored in {str(_npy_beside(path))!r}"
+            return f"mapped on its released working file, stored in {str(npy_beside(path))!r}"
         how = "read-only" if adopted.readonly else "copy-on-write"
-        return f"mapped {how} from {str(_npy_beside(path))!r}"
+        return f"mapped {how} from {str(npy_beside(path))!r}"
 
     # -- properties ----------------------------------------------------------------------------
 
@@ -845,7 +792,7 @@ class LazyDiskCache(ABC):
             kept = self._committed_payload_mapping(path, staged)
             if kept is None:
                 return
-        elif file_identity(_npy_beside(path)) != staged.identity:
+        elif file_identity(npy_beside(path)) != staged.identity:
             return  # committed under another name (another store's key): not the payload beside it
         failures = handle.unlink_all([path.name])
         for name, error in failures:
@@ -858,7 +805,7 @@ class LazyDiskCache(ABC):
         # holds it without the right to delete until a materialisation creates one again.
         self._backing_created = False
         lease.owner_pid = None
-        logger.debug("%s on %s now reads the committed payload of %s", type(self).__name__, path, _npy_beside(path))
+        logger.debug("%s on %s now reads the committed payload of %s", type(self).__name__, path, npy_beside(path))
 
     def _adopt_committed_from_ram(self, path: Path, staged: StagedPayload) -> None:
         """Let a deferred working copy map its just-committed payload copy-on-write instead of its RAM array.
@@ -891,7 +838,7 @@ class LazyDiskCache(ABC):
         shape, dtype = self._describe_shape_dtype()
         nbytes = math.prod(shape) * np.dtype(dtype).itemsize
         handle = self._dir_handle or self._directory()
-        npy = _npy_beside(path)
+        npy = npy_beside(path)
         try:
             mapping = FileMapping.open(handle, npy.name, mode="c", offset=staged.offset, length=nbytes)
         except (OSError, ValueError) as error:
@@ -1041,7 +988,7 @@ class LazyDiskCache(ABC):
         """
         directory, name = self._write_location(create=True)
         durable = self._backing_is_durable()
-        length = _dat_length(source.nbytes)
+        length = dat_length(source.nbytes)
         payload = byte_view(source) if length == source.nbytes else bytes(length)
         return directory.write_file(
             name, payload, chunk_bytes=chunk_budget_bytes(), durable=durable, progress=current_chunk_progress()
@@ -1073,7 +1020,7 @@ class LazyDiskCache(ABC):
         """
         directory, name = self._write_location(create=True)
         return directory.copy_range(
-            _npy_beside(self._require_cache_path()).name,
+            npy_beside(self._require_cache_path()).name,
             adopted.offset,
             name,
             nbytes,
@@ -1110,7 +1057,7 @@ class LazyDiskCache(ABC):
         if mode == "w+":
             directory, name = self._write_location()
             nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-            mapping = directory.write_zeroed(name, _dat_length(nbytes), durable=self._backing_is_durable())
+            mapping = directory.write_zeroed(name, dat_length(nbytes), durable=self._backing_is_durable())
             self._dat_identity = mapping.identity
             if adopted is not None:
                 # The zero-filled .dat is the data now, no longer the stored payload.
@@ -1179,7 +1126,7 @@ class LazyDiskCache(ABC):
                 mapped.flags.writeable = False
                 mapped.mode = "r"
             return mapped
-        npy = _npy_beside(path)
+        npy = npy_beside(path)
         handle = self._dir_handle or self._directory()
         header, mapping = handle.read_npy(npy.name, map_mode="r" if mode == "r" else "c")
         try:
@@ -1241,11 +1188,11 @@ class LazyDiskCache(ABC):
         """
         path = self._require_cache_path()
         stem = path.name.removesuffix(MEMMAP_SUFFIX)
-        linked = _is_symlink(path)
+        linked = is_symlink(path)
         if linked:
             ensure_write_contained(path, path.parent, stem)
         temp = path.with_name(path.name + TMP_SUFFIX)
-        if _is_symlink(temp):
+        if is_symlink(temp):
             ensure_write_contained(temp, path.parent, stem)
         if not linked:
             location = self._directory(create=create), path.name
@@ -1476,7 +1423,7 @@ class LazyDiskCache(ABC):
         target = twin._require_cache_path()
         shape, dtype = self._describe_shape_dtype()
         nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-        if nbytes and self._adopted is None and not _is_symlink(source) and source.parent == target.parent:
+        if nbytes and self._adopted is None and not is_symlink(source) and source.parent == target.parent:
             self._directory().copy_range(
                 source.name, 0, target.name, nbytes, chunk_bytes=chunk_budget_bytes(), durable=False
             )
@@ -1500,7 +1447,7 @@ class LazyDiskCache(ABC):
                 return (*head, normalize_token(self._source_array()))
             checksum = None
             if self._adopted is not None:
-                path = _npy_beside(path)
+                path = npy_beside(path)
                 checksum = stored_checksum(self)
             try:
                 info = os.stat(path)
@@ -1586,7 +1533,7 @@ def _copyable_payload(entry: LazyDiskCache, adopted: _AdoptedPayload, path: Path
     kept = entry._payload_mapping
     if adopted.order != "C" or kept is None:
         return None
-    npy = _npy_beside(path)
+    npy = npy_beside(path)
     return CopyableFile(npy, adopted.offset) if file_identity(npy) == kept.identity else None
 
 
@@ -1628,7 +1575,7 @@ def readable_file(entry: LazyDiskCache) -> ReadableFile:
             )
         if adopted is None:
             return ReadableFile(path, 0, "C")
-        npy = _npy_beside(path)
+        npy = npy_beside(path)
         kept = entry._payload_mapping
         if kept is not None and file_identity(npy) != kept.identity:
             raise ValueError(
