@@ -13,9 +13,11 @@ written to the private spill directory (``_spill_dir``) and is then OFFLOADED wi
 standing in for its ``.dat`` (MAPPED on it after its next load) until the entry goes or enables
 caching. Entries report the RAM they hold to the budget's ledger at every transition.
 
-Besides the public API (``__all__``), the package's own modules use a few functions defined at the
-end of this module (``entry_lock``, ``array_to_write``, ``copyable_file``, ...): they are the only
-way code outside this module reaches an entry's private state.
+The entry's private state is declared in ``_entry_state``, beside the functions the package's own
+modules use to reach it (``entry_lock``, ``array_to_write``, ``copyable_file``, ...); those that
+concern a store's builds and commits are at the end of this module. Besides the public API
+(``__all__``), this module exports them all: they are the only way code outside the entry's class
+hierarchy reaches its private state.
 """
 
 import contextvars
@@ -30,8 +32,7 @@ import stat
 import tempfile
 import threading
 import time
-import weakref
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -57,6 +58,34 @@ from lazy_disk_cache._entry_files import (
     entry_dat_path,
     is_symlink,
     npy_beside,
+)
+from lazy_disk_cache._entry_state import (
+    AdoptedPayload,
+    EntryState,
+)
+from lazy_disk_cache._entry_state import (
+    CopyableFile as CopyableFile,
+)
+from lazy_disk_cache._entry_state import (
+    ReadableFile as ReadableFile,
+)
+from lazy_disk_cache._entry_state import (
+    array_to_write as array_to_write,
+)
+from lazy_disk_cache._entry_state import (
+    copyable_file as copyable_file,
+)
+from lazy_disk_cache._entry_state import (
+    entry_lock as entry_lock,
+)
+from lazy_disk_cache._entry_state import (
+    readable_file as readable_file,
+)
+from lazy_disk_cache._entry_state import (
+    release_purge_duty as release_purge_duty,
+)
+from lazy_disk_cache._entry_state import (
+    shape_and_dtype as shape_and_dtype,
 )
 from lazy_disk_cache._leases import PathLease, file_identity, lease_backing_file
 from lazy_disk_cache._memmap import as_memmap, mapping_of, open_memmap
@@ -132,18 +161,6 @@ def chunk_budget_bytes() -> int:
 # The store payload an entry may adopt, and the store build it may be part of
 
 
-class _AdoptedPayload(NamedTuple):
-    """Where an entry's data lives while it has no ``.dat``: the payload of its sibling ``.npy``.
-
-    A store entry is adopted when it is reloaded, and again when its pair is committed and its
-    working ``.dat`` removed (see ``settle_committed_entries``).
-    """
-
-    offset: int
-    order: Literal["C", "F"]
-    readonly: bool
-
-
 class StagedPayload(NamedTuple):
     """Where a staged entry's payload starts in its new ``.npy``, that file's checksum, and which file it is."""
 
@@ -176,7 +193,7 @@ _store_build: contextvars.ContextVar[_StoreBuild | None] = contextvars.ContextVa
 # The base class
 
 
-class LazyDiskCache(ABC):
+class LazyDiskCache(EntryState):
     """Abstract base of values that can move between RAM and a memory-mapped ``.dat`` file.
 
     Subclasses supply the live buffer through ``_describe_buffer``, ``_describe_shape_dtype``,
@@ -187,35 +204,6 @@ class LazyDiskCache(ABC):
     """
 
     _MEMMAP_SUFFIX: ClassVar[str] = MEMMAP_SUFFIX
-
-    _enable_caching: bool
-    _automatic_offloading: bool
-    _purge_disk_on_gc: bool
-    _lock: threading.RLock
-    _in_memory: bool
-    _mmap: np.memmap[Any, np.dtype[Any]] | None
-    _owner_pid: int
-    _cache_path: Path | None
-    _ephemeral: bool
-    _adopted: _AdoptedPayload | None
-    _backing_created: bool
-    _payload_mapping: FileMapping | None
-    _dir_handle: CacheDir | None
-    _finalizer: "weakref.finalize[Any, Any]"
-    _lease: PathLease
-    # Whether a store built this entry as its working copy, whether a pickle may open its .dat by
-    # name, and the .dat it last wrote. The class defaults also serve entries unpickled from
-    # older states.
-    _working_copy: bool = False
-    _path_exported: bool = False
-    _dat_identity: tuple[int, int] | None = None
-    # The memory budget: whether the ledger tracks this entry's RAM, the use clock's time of its
-    # last access (stamped on every access), and the spill file that holds a spilled entry's data
-    # while caching is off. The class defaults also serve entries unpickled from older states.
-    _tracked: bool = False
-    _used_at: int = -1
-    _spill_path: Path | None = None
-    _spill_lease: PathLease | None = None
 
     def __init__(self, **settings: Unpack[LazyDiskCacheKw]) -> None:
         refuse_unknown_settings(settings, f"{type(self).__name__}()")
@@ -283,10 +271,10 @@ class LazyDiskCache(ABC):
     def _set_buffer(self, buf: NDArray[Any]) -> None:
         """Adopt ``buf`` as the live buffer."""
 
-    def on_offload(self) -> None:  # noqa: B027 - an optional hook, deliberately a no-op by default
+    def on_offload(self) -> None:
         """Run after an offload; subclasses may release extra resources. Errors are logged."""
 
-    def on_load(self) -> None:  # noqa: B027 - an optional hook, deliberately a no-op by default
+    def on_load(self) -> None:
         """Run after a load; subclasses may rebuild extra state. Errors are logged."""
 
     def __repr__(self) -> str:
@@ -324,7 +312,7 @@ class LazyDiskCache(ABC):
             return "with no file yet"
         if not state.get("_in_memory", True):
             return f"offloaded to {str(path)!r}"
-        adopted: _AdoptedPayload | None = state.get("_adopted")
+        adopted: AdoptedPayload | None = state.get("_adopted")
         if adopted is None and state.get("_mmap") is None:
             return f"in RAM, no {str(path)!r} written yet"
         if adopted is None:
@@ -775,7 +763,7 @@ class LazyDiskCache(ABC):
                 kept = self._committed_payload_mapping(path, staged)
                 if kept is not None:
                     self._payload_mapping = kept
-                    self._adopted = _AdoptedPayload(staged.offset, "C", readonly=adopted.readonly)
+                    self._adopted = AdoptedPayload(staged.offset, "C", readonly=adopted.readonly)
             return
         if self._awaits_backing():
             self._adopt_committed_from_ram(path, staged)
@@ -799,7 +787,7 @@ class LazyDiskCache(ABC):
             logger.debug("Could not remove the working file %s in %s: %s", name, path.parent, error)
         if failures:
             return
-        self._adopted = _AdoptedPayload(staged.offset, "C", readonly=False)
+        self._adopted = AdoptedPayload(staged.offset, "C", readonly=False)
         self._payload_mapping = kept
         # As for a reloaded entry: no file of this entry is at the path any more, so the lease
         # holds it without the right to delete until a materialisation creates one again.
@@ -822,7 +810,7 @@ class LazyDiskCache(ABC):
             return
         shape, dtype = self._describe_shape_dtype()
         mapped = as_memmap(mapping, tuple(shape), np.dtype(dtype), filename=str(path))
-        self._adopted = _AdoptedPayload(staged.offset, "C", readonly=False)
+        self._adopted = AdoptedPayload(staged.offset, "C", readonly=False)
         self._payload_mapping = mapping
         self._mmap = mapped
         self._set_buffer(mapped)
@@ -1012,7 +1000,7 @@ class LazyDiskCache(ABC):
             return None
         return self._copy_payload_to_dat(adopted, source.nbytes, mapping)
 
-    def _copy_payload_to_dat(self, adopted: _AdoptedPayload, nbytes: int, patch: FileMapping) -> FileMapping:
+    def _copy_payload_to_dat(self, adopted: AdoptedPayload, nbytes: int, patch: FileMapping) -> FileMapping:
         """Write the ``.dat`` from the adopted C-ordered payload; return its ``r+`` mapping.
 
         The bytes move inside the kernel (reflinked where the file system can), but for the pages
@@ -1079,7 +1067,7 @@ class LazyDiskCache(ABC):
         return open_memmap(directory, name, shape, dtype, mode="r+", filename=str(path))
 
     def _materialise_payload(
-        self, adopted: _AdoptedPayload, shape: tuple[int, ...], dtype: np.dtype[Any]
+        self, adopted: AdoptedPayload, shape: tuple[int, ...], dtype: np.dtype[Any]
     ) -> np.memmap[Any, np.dtype[Any]]:
         """Write an offloaded adopted entry's ``.dat`` from its payload and map it ``r+`` (``load("r+")``).
 
@@ -1104,7 +1092,7 @@ class LazyDiskCache(ABC):
         return as_memmap(mapping, shape, dtype, filename=str(path))
 
     def _map_payload(
-        self, adopted: _AdoptedPayload, shape: tuple[int, ...], dtype: np.dtype[Any], mode: LoadMode
+        self, adopted: AdoptedPayload, shape: tuple[int, ...], dtype: np.dtype[Any], mode: LoadMode
     ) -> np.memmap[Any, np.dtype[Any]]:
         """Map the adopted payload in ``mode`` (not ``w+``): the mapping the entry keeps, else ``<stem>.npy``.
 
@@ -1140,7 +1128,7 @@ class LazyDiskCache(ABC):
             )
         mapped = payload_memmap(handle, npy, mapping, layout)
         mapped.filename = str(path)
-        self._adopted = _AdoptedPayload(layout.offset, layout.order, adopted.readonly)
+        self._adopted = AdoptedPayload(layout.offset, layout.order, adopted.readonly)
         return mapped
 
     def _open_mapping(
@@ -1247,7 +1235,7 @@ class LazyDiskCache(ABC):
                 return False
         order: Literal["C", "F"] = "C" if source.flags.c_contiguous else "F"
         buffer = source if isinstance(source, np.memmap) else as_memmap(mapping, shape, dtype, order)
-        self._adopted = _AdoptedPayload(offset=mapping.offset, order=order, readonly=mapping.mode == "r")
+        self._adopted = AdoptedPayload(offset=mapping.offset, order=order, readonly=mapping.mode == "r")
         self._payload_mapping = mapping
         self._mmap = buffer
         self._set_buffer(buffer)
@@ -1471,118 +1459,7 @@ class LazyDiskCache(ABC):
 
 
 # ---------------------------------------------------------------------------------------------
-# What the package's own modules (store, codec, purge) may ask of an entry. Defined beside the
-# class, so that no other module touches an entry's private state.
-
-
-class CopyableFile(NamedTuple):
-    """A file that holds an offloaded entry's bytes in C order, starting at ``offset``."""
-
-    path: Path
-    offset: int
-
-
-def entry_lock(entry: LazyDiskCache) -> threading.RLock:
-    """The lock every transition of ``entry`` holds; hold it to see the entry in one state.
-
-    Lock order: a store's lock before any entry's.
-    """
-    return entry._lock
-
-
-def shape_and_dtype(entry: LazyDiskCache) -> tuple[tuple[int, ...], np.dtype[Any]]:
-    """The shape (plain ints) and dtype of ``entry``'s data. O(1), reads no data."""
-    shape, dtype = entry._describe_shape_dtype()
-    return tuple(int(extent) for extent in shape), np.dtype(dtype)
-
-
-def array_to_write(entry: LazyDiskCache) -> NDArray[Any]:
-    """``entry``'s data for a writer, without changing its state.
-
-    The live buffer when loaded; otherwise a read-only mapping of the file that holds the data.
-    O(1), reads no data.
-    """
-    return entry._source_array()
-
-
-def copyable_file(entry: LazyDiskCache) -> CopyableFile | None:
-    """The file a writer may copy instead of reading an offloaded ``entry``'s array, or ``None``.
-
-    Normally the ``.dat`` (offset 0), or the spill file of a spilled entry. An entry adopted from
-    its store (reloaded, or whose pair was committed) has no ``.dat``: its data is the payload of
-    the sibling ``.npy``, as long as that name still holds the very file the entry keeps mapped;
-    only C-ordered payloads can be copied. ``None`` while the entry is loaded (its live buffer is
-    written instead) or has no file. O(1) but for a ``stat`` of an adopted entry; no data is read.
-    """
-    with entry._lock:
-        if entry._in_memory:
-            return None
-        if entry._spill_path is not None:
-            return CopyableFile(entry._spill_path, 0)
-        path = entry._cache_path
-        if path is None:
-            return None
-        adopted = entry._adopted
-        if adopted is not None:
-            return _copyable_payload(entry, adopted, path)
-        return CopyableFile(path, 0)
-
-
-def _copyable_payload(entry: LazyDiskCache, adopted: _AdoptedPayload, path: Path) -> CopyableFile | None:
-    """The adopted payload file of ``entry`` when it may be copied for its data (see ``copyable_file``)."""
-    kept = entry._payload_mapping
-    if adopted.order != "C" or kept is None:
-        return None
-    npy = npy_beside(path)
-    return CopyableFile(npy, adopted.offset) if file_identity(npy) == kept.identity else None
-
-
-class ReadableFile(NamedTuple):
-    """The file holding an entry's current value, for readers that open it by path."""
-
-    path: Path
-    offset: int
-    order: Literal["C", "F"]
-
-
-def readable_file(entry: LazyDiskCache) -> ReadableFile:
-    """The file that holds ``entry``'s current value, read-only by path from any process.
-
-    The ``.dat`` while the entry is offloaded or mapped shared (its writes reach the file); the
-    sibling ``.npy`` payload of an entry reloaded from a read-only directory. ``ValueError`` when no
-    file holds the value: caching is off (the data is only in RAM), or the live buffer is a private
-    copy-on-write mapping (a store reload, or ``load("c")``) whose writes, if any, never reach a
-    file; ``offload()`` writes such an entry's ``.dat`` first; or the ``.npy`` an adopted entry keeps
-    mapped has been replaced under its name since. O(1): one ``stat`` for an adopted entry.
-    """
-    with entry._lock:
-        entry._write_deferred_backing()
-        path = entry._cache_path
-        name = type(entry).__name__
-        if not entry._enable_caching or path is None:
-            raise ValueError(
-                f"this {name} keeps its data only in RAM (caching is off), so no file holds it; "
-                "call enable_caching() first"
-            )
-        mapped = entry._mmap
-        mapping = mapping_of(mapped) if entry._in_memory and mapped is not None else None
-        adopted = entry._adopted
-        private = mapping is not None and mapping.mode == "c"
-        if private:
-            raise ValueError(
-                f"this {name} is mapped copy-on-write, so writes made through it may exist only in this "
-                "process; call offload() first, which writes its .dat"
-            )
-        if adopted is None:
-            return ReadableFile(path, 0, "C")
-        npy = npy_beside(path)
-        kept = entry._payload_mapping
-        if kept is not None and file_identity(npy) != kept.identity:
-            raise ValueError(
-                f"the {npy.name} this {name} adopted has been replaced since (by a later commit), so no "
-                "file by that name holds its value any more; call load('r+'), which writes its own .dat"
-            )
-        return ReadableFile(npy, adopted.offset, adopted.order)
+# What a store asks of the entries it builds, commits and reloads
 
 
 class StoreEntryBuild:
@@ -1655,14 +1532,3 @@ def stored_checksum(entry: LazyDiskCache) -> str | None:
             return None
         checksum: str | None = entry.__dict__.get("_stored_checksum")
         return checksum
-
-
-def release_purge_duty(entry: LazyDiskCache) -> None:
-    """Drop ``entry``'s purge duty: nothing is deleted now, and its collection deletes nothing.
-
-    Another holder of the same path that still carries a duty may still delete the file. Unlike
-    ``disable_purge()``, the ``purge_disk_on_gc`` flag is kept, and the entry keeps holding its
-    path. Takes the entry's lock.
-    """
-    with entry._lock:
-        entry._disarm_purge()
