@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import DTypeLike, NDArray
 
 from lazy_disk_cache._entry_files import npy_beside
 from lazy_disk_cache._leases import PathLease, file_identity
@@ -27,9 +27,12 @@ if TYPE_CHECKING:
     from lazy_disk_cache.lazy_disk_cache import LazyDiskCache
 
 __all__ = [
+    "WRITING_MODES",
     "AdoptedPayload",
     "CopyableFile",
     "EntryState",
+    "LoadMode",
+    "MappingMode",
     "ReadableFile",
     "array_to_write",
     "copyable_file",
@@ -38,6 +41,11 @@ __all__ = [
     "release_purge_duty",
     "shape_and_dtype",
 ]
+
+
+LoadMode = Literal["r", "r+", "w+", "c"]
+MappingMode = Literal["r", "r+", "c"]
+WRITING_MODES: frozenset[str] = frozenset(("r+", "w+"))
 
 
 class AdoptedPayload(NamedTuple):
@@ -83,6 +91,14 @@ class EntryState(ABC):
     _used_at: int = -1
     _spill_path: Path | None = None
     _spill_lease: PathLease | None = None
+
+    if TYPE_CHECKING:
+        # The steps the parts of the class call in each other, declared here for the type checker
+        # only; each is defined once, in its part of the class (``LazyDiskCache`` or a mixin).
+        def _describe_buffer(self) -> tuple[tuple[int, ...], DTypeLike, NDArray[Any]]: ...
+        def _describe_shape_dtype(self) -> tuple[tuple[int, ...], DTypeLike]: ...
+        def offload(self) -> None: ...
+        def _spill_to_file(self, live: NDArray[Any]) -> None: ...
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ The memory budget (``_budget``) may *spill* an entry that holds anonymous RAM, t
 ``spill()``: an entry with caching is offloaded as by ``offload()``; an entry without caching is
 written to the private spill directory (``_spill_dir``) and is then OFFLOADED with that spill file
 standing in for its ``.dat`` (MAPPED on it after its next load) until the entry goes or enables
-caching. Entries report the RAM they hold to the budget's ledger at every transition.
+caching. Entries report the RAM they hold to the budget's ledger at every transition. That part of
+the entry, but for the spill's write, lives in ``_entry_memory``.
 
 The entry's private state is declared in ``_entry_state``, beside the functions the package's own
 modules use to reach it (``entry_lock``, ``array_to_write``, ``copyable_file``, ...); those that
@@ -26,7 +27,6 @@ import errno
 import functools
 import logging
 import math
-import operator
 import os
 import stat
 import tempfile
@@ -43,7 +43,7 @@ from numpy.typing import DTypeLike, NDArray
 from typing_extensions import Unpack
 
 from lazy_disk_cache import _budget
-from lazy_disk_cache._array_memory import anonymous_nbytes, held_elsewhere, private_bytes
+from lazy_disk_cache._array_memory import held_elsewhere
 from lazy_disk_cache._budget import use_clock
 from lazy_disk_cache._buffers import byte_view
 from lazy_disk_cache._directories import open_directory
@@ -59,12 +59,17 @@ from lazy_disk_cache._entry_files import (
     is_symlink,
     npy_beside,
 )
+from lazy_disk_cache._entry_memory import EntryMemory
 from lazy_disk_cache._entry_state import (
+    WRITING_MODES,
     AdoptedPayload,
-    EntryState,
+    MappingMode,
 )
 from lazy_disk_cache._entry_state import (
     CopyableFile as CopyableFile,
+)
+from lazy_disk_cache._entry_state import (
+    LoadMode as LoadMode,
 )
 from lazy_disk_cache._entry_state import (
     ReadableFile as ReadableFile,
@@ -114,10 +119,7 @@ _BUDGET_FRACTION = 0.10
 # psutil reads /proc/meminfo; a figure younger than this is reused for back-to-back conversions.
 _BUDGET_MAX_AGE_SECONDS = 1.0
 
-LoadMode = Literal["r", "r+", "w+", "c"]
-_MappingMode = Literal["r", "r+", "c"]
 _LOAD_MODES: frozenset[str] = frozenset(("r", "r+", "w+", "c"))
-_WRITING_MODES: frozenset[str] = frozenset(("r+", "w+"))
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -169,10 +171,6 @@ class StagedPayload(NamedTuple):
     identity: tuple[int, int]
 
 
-_last_used: Callable[[Any], int] = operator.attrgetter("_used_at")
-"""How the budget's ledger reads an entry's last use back (a shared getter: it holds no entry)."""
-
-
 class _StoreBuild(NamedTuple):
     """The entry a store is building right now (``StoreEntryBuild``).
 
@@ -193,7 +191,7 @@ _store_build: contextvars.ContextVar[_StoreBuild | None] = contextvars.ContextVa
 # The base class
 
 
-class LazyDiskCache(EntryState):
+class LazyDiskCache(EntryMemory):
     """Abstract base of values that can move between RAM and a memory-mapped ``.dat`` file.
 
     Subclasses supply the live buffer through ``_describe_buffer``, ``_describe_shape_dtype``,
@@ -589,66 +587,8 @@ class LazyDiskCache(EntryState):
             lease.disarm()
 
     # -- the memory budget -----------------------------------------------------------------------
-
-    def spill(self) -> int | None:
-        """Give this entry's anonymous RAM back now, for the memory budget (``_budget.Spillable``).
-
-        Never waits: returns ``None`` when the entry is in use, i.e. another thread holds its lock,
-        this thread holds it further up the stack, it is pinned, or something outside the entry
-        references its buffer (a view, a buffer export, the array given to the constructor):
-        spilling would free nothing then, and later writes through that reference would miss
-        the entry. Otherwise an entry reopened copy-on-write from a store is offloaded as by
-        ``offload()`` (materialising its ``.dat``) when it has written pages; an entry without
-        caching is written to the private spill directory and dropped from RAM (it maps its spill
-        file on its next access); any other entry holds no anonymous RAM. Returns the bytes of
-        RAM let go. An ``OSError`` (a full disk) leaves the entry exactly as it was.
-        """
-        lock = self._lock
-        # An RLock re-acquires for its owner: a spill started further down this thread's stack
-        # (a check() after taking RAM) must not take the buffer from an operation in progress.
-        if lock._is_owned() or not lock.acquire(blocking=False):  # type: ignore[attr-defined]
-            return None
-        try:
-            return self._spill_locked()
-        finally:
-            lock.release()
-
-    def _spill_locked(self) -> int | None:
-        if _budget.ledger.is_pinned(self):
-            return None
-        if not self._in_memory:
-            self._forget_memory()
-            return 0
-        live = self._describe_buffer()[2]
-        if held_elsewhere(live, self._references_to(live) + 1):  # + 1: the local `live`
-            return None
-        mapping = mapping_of(live)
-        if mapping is None:
-            nbytes = anonymous_nbytes(live)
-            if nbytes == 0:
-                self._forget_memory()
-                return 0
-            if self._enable_caching:
-                self.offload()  # a deferred working copy: its own .dat takes the data
-            else:
-                self._spill_to_file(live)
-            return nbytes
-        if not self._holds_private_copy(mapping):
-            self._forget_memory()
-            return 0
-        written = private_bytes(live)
-        if written == 0:
-            return 0  # nothing written yet: its pages are the file's; it stays mapped and tracked
-        self.offload()
-        return int(live.nbytes) if written is None else written
-
-    def _references_to(self, live: object) -> int:
-        """How many of this entry's own attributes reference ``live`` (the buffer, and ``_mmap``)."""
-        count = 0
-        for value in self.__dict__.values():
-            if value is live:
-                count += 1
-        return count
+    # What the budget sees of an entry, and whether it may spill, is in ``_entry_memory``; the spill
+    # itself is a transition, written within the chunk budget.
 
     def _spill_to_file(self, live: NDArray[Any]) -> None:
         """Write ``live`` to a fresh spill file and drop it: RAM -> OFFLOADED on the spill file."""
@@ -661,81 +601,6 @@ class LazyDiskCache(EntryState):
         self._forget_memory()
         logger.debug("Spilled %s %s to %s (%d bytes)", type(self).__name__, self._log_name(), path, live.nbytes)
         self._run_hook(self.on_offload, "Error in on_offload hook")
-
-    def _hold_spill(self, path: Path) -> None:
-        """Hold the spill file ``path``; the last holder in this process to go removes it."""
-        lease = lease_backing_file(self, str(path), os.getpid())
-        lease.arm()
-        self._spill_path = path
-        self._spill_lease = lease
-
-    def _release_spill(self) -> None:
-        """Let go of the spill file (the data lives elsewhere now); removed if no copy holds it."""
-        lease = self._spill_lease
-        if self._spill_path is None and lease is None:
-            return
-        self._spill_path = None
-        self._spill_lease = None
-        if lease is not None:
-            lease.release()
-
-    def _map_spill(self, mode: LoadMode) -> np.memmap[Any, np.dtype[Any]]:
-        """Map the spill file that holds this spilled entry's data in ``mode`` (copy-on-write in a forked child)."""
-        path = self._spill_path
-        if path is None:
-            raise RuntimeError(f"{type(self).__name__} is not spilled")
-        shape, dtype = self._describe_shape_dtype()
-        shape = tuple(shape)
-        directory = open_directory(path.parent)
-        lease = self._spill_lease
-        if lease is not None and lease.owner_pid != os.getpid() and mode in _WRITING_MODES:
-            # A forked child works on a private copy: its parent's entry must not see its writes,
-            # as it would not have if the entry had stayed in RAM.
-            private = open_memmap(directory, path.name, shape, dtype, mode="c", filename=str(path))
-            if mode == "w+":
-                private[...] = 0
-            return private
-        if mode == "w+":
-            nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-            mapping = directory.write_zeroed(path.name, nbytes, durable=False)
-            return as_memmap(mapping, shape, dtype, filename=str(path))
-        return open_memmap(directory, path.name, shape, dtype, mode=mode, filename=str(path))
-
-    def _holds_private_copy(self, mapping: FileMapping) -> bool:
-        """Whether the live mapping is a store reload's copy-on-write view (offload keeps its written pages).
-
-        Its written pages are private anonymous memory. A copy-on-write ``load("c")`` of the
-        entry's own file is not: offloading it discards what was written, as asked.
-        """
-        adopted = self._adopted
-        return adopted is not None and not adopted.readonly and mapping.mode == "c"
-
-    def _anonymous_bytes(self) -> int:
-        """The anonymous RAM the buffer may hold: all of a RAM buffer, all of a private copy's pages."""
-        if not self._in_memory:
-            return 0
-        live = self._describe_buffer()[2]
-        mapping = mapping_of(live)
-        if mapping is None:
-            return anonymous_nbytes(live)
-        return int(live.nbytes) if self._holds_private_copy(mapping) else 0
-
-    def _report_memory(self) -> None:
-        """Tell the budget's ledger what the buffer holds now (under the lock).
-
-        A caller that made the entry take RAM calls ``_budget.ledger.check()`` after releasing the lock.
-        """
-        nbytes = self._anonymous_bytes()
-        if nbytes:
-            _budget.ledger.track(self, nbytes, use_stamp=_last_used)
-            self._tracked = True
-        else:
-            self._forget_memory()
-
-    def _forget_memory(self) -> None:
-        if self._tracked:
-            _budget.ledger.untrack(self)
-            self._tracked = False
 
     # -- conversion ----------------------------------------------------------------------------
 
@@ -1038,7 +903,7 @@ class LazyDiskCache(EntryState):
             else:
                 return as_memmap(mapping, shape, dtype, filename=str(path))
         shape = tuple(shape)
-        if adopted is not None and adopted.readonly and mode in _WRITING_MODES:
+        if adopted is not None and adopted.readonly and mode in WRITING_MODES:
             refusal = PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
             refusal.add_note("the entry was reloaded from a read-only cache directory; load it with mode 'r' or 'c'")
             raise refusal
@@ -1136,7 +1001,7 @@ class LazyDiskCache(EntryState):
         name: str,
         shape: tuple[int, ...],
         dtype: DTypeLike,
-        mode: _MappingMode,
+        mode: MappingMode,
         *,
         offset: int = 0,
         order: Literal["C", "F"] = "C",
