@@ -15,7 +15,7 @@ import pytest
 from numpy.typing import DTypeLike, NDArray
 
 from budget_fakes import fake_psutil
-from lazy_disk_cache import _rust
+from lazy_disk_cache import _backing_file, _rust
 from lazy_disk_cache import lazy_disk_cache as ldc
 from lazy_disk_cache._directories import open_directory
 from lazy_disk_cache.disk_backed_ndarray import DiskBackedNDArray
@@ -456,7 +456,7 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> list[_RecordingDirectory]:
         made.append(directory)
         return directory
 
-    monkeypatch.setattr(ldc, "open_directory", wrapped)
+    monkeypatch.setattr(_backing_file, "open_directory", wrapped)
     return made
 
 
