@@ -22,7 +22,7 @@ subclass contract, the transitions and the writes they make, purge duty, picklin
 The package's own modules reach an entry's private state only through functions defined beside it
 (``entry_lock``, ``array_to_write``, ``copyable_file``, ... in ``_entry_state``;
 ``settle_committed_entries``, ``stored_checksum``, ... in ``_store_payload``). Besides the public
-API (``__all__``), this module exports them all.
+API (``__all__``), this module exports them all (the ``name as name`` imports).
 """
 
 import copy
@@ -46,73 +46,31 @@ from lazy_disk_cache import _budget
 from lazy_disk_cache._backing_file import BackingFile
 from lazy_disk_cache._budget import use_clock
 from lazy_disk_cache._buffers import byte_view
-from lazy_disk_cache._entry_files import (
-    check_cacheable_array as check_cacheable_array,
-)
-from lazy_disk_cache._entry_files import (
-    check_cacheable_dtype as check_cacheable_dtype,
-)
-from lazy_disk_cache._entry_files import (
-    dat_length,
-    entry_dat_path,
-    is_symlink,
-    npy_beside,
-)
+from lazy_disk_cache._entry_files import check_cacheable_array as check_cacheable_array
+from lazy_disk_cache._entry_files import check_cacheable_dtype as check_cacheable_dtype
+from lazy_disk_cache._entry_files import dat_length, entry_dat_path, is_symlink, npy_beside
 from lazy_disk_cache._entry_memory import EntryMemory
-from lazy_disk_cache._entry_state import (
-    AdoptedPayload,
-)
-from lazy_disk_cache._entry_state import (
-    CopyableFile as CopyableFile,
-)
-from lazy_disk_cache._entry_state import (
-    LoadMode as LoadMode,
-)
-from lazy_disk_cache._entry_state import (
-    ReadableFile as ReadableFile,
-)
-from lazy_disk_cache._entry_state import (
-    array_to_write as array_to_write,
-)
-from lazy_disk_cache._entry_state import (
-    copyable_file as copyable_file,
-)
-from lazy_disk_cache._entry_state import (
-    entry_lock as entry_lock,
-)
-from lazy_disk_cache._entry_state import (
-    readable_file as readable_file,
-)
-from lazy_disk_cache._entry_state import (
-    release_purge_duty as release_purge_duty,
-)
-from lazy_disk_cache._entry_state import (
-    shape_and_dtype as shape_and_dtype,
-)
+from lazy_disk_cache._entry_state import AdoptedPayload
+from lazy_disk_cache._entry_state import CopyableFile as CopyableFile
+from lazy_disk_cache._entry_state import LoadMode as LoadMode
+from lazy_disk_cache._entry_state import ReadableFile as ReadableFile
+from lazy_disk_cache._entry_state import array_to_write as array_to_write
+from lazy_disk_cache._entry_state import copyable_file as copyable_file
+from lazy_disk_cache._entry_state import entry_lock as entry_lock
+from lazy_disk_cache._entry_state import readable_file as readable_file
+from lazy_disk_cache._entry_state import release_purge_duty as release_purge_duty
+from lazy_disk_cache._entry_state import shape_and_dtype as shape_and_dtype
 from lazy_disk_cache._leases import PathLease, lease_backing_file
 from lazy_disk_cache._memmap import as_memmap, mapping_of
 from lazy_disk_cache._progress import ProgressCallback, current_chunk_progress, reporting
 from lazy_disk_cache._rust import FileMapping
 from lazy_disk_cache._spill_dir import new_spill_file
-from lazy_disk_cache._store_payload import (
-    StagedPayload as StagedPayload,
-)
-from lazy_disk_cache._store_payload import (
-    StoreEntryBuild as StoreEntryBuild,
-)
-from lazy_disk_cache._store_payload import (
-    StorePayloadAdoption,
-    store_build,
-)
-from lazy_disk_cache._store_payload import (
-    remember_stored_checksum as remember_stored_checksum,
-)
-from lazy_disk_cache._store_payload import (
-    settle_committed_entries as settle_committed_entries,
-)
-from lazy_disk_cache._store_payload import (
-    stored_checksum as stored_checksum,
-)
+from lazy_disk_cache._store_payload import StagedPayload as StagedPayload
+from lazy_disk_cache._store_payload import StoreEntryBuild as StoreEntryBuild
+from lazy_disk_cache._store_payload import StorePayloadAdoption, store_build
+from lazy_disk_cache._store_payload import remember_stored_checksum as remember_stored_checksum
+from lazy_disk_cache._store_payload import settle_committed_entries as settle_committed_entries
+from lazy_disk_cache._store_payload import stored_checksum as stored_checksum
 from lazy_disk_cache.config import LazyDiskCacheConfig, LazyDiskCacheKw, refuse_unknown_settings
 from lazy_disk_cache.paths import MEMMAP_SUFFIX
 
