@@ -7,7 +7,11 @@ reader by path. Writes made in RAM are never lost on the way.
 """
 
 import copy
+import json
 import pickle
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,7 @@ from budget_fakes import fake_psutil, injected_budget
 from lazy_disk_cache import DiskBackedNDArray, DiskBackedStore
 from lazy_disk_cache import lazy_disk_cache as ldc
 from lazy_disk_cache._memmap import mapping_of
+from lazy_disk_cache.lazy_disk_cache import settle_committed_entries
 from listing import artefacts
 from stored import VARIED_ARRAYS, make_store, open_store
 
@@ -165,13 +170,35 @@ def test_an_entry_larger_than_one_write_chunk_writes_its_dat_at_the_add(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ldc, "psutil", fake_psutil(10 * 800))  # a write chunk of 800 bytes
-    store = open_store(tmp_path)
+    with injected_budget(1 << 30):
+        store = open_store(tmp_path)
 
-    store.add_data_to_store("small", np.arange(100.0))
-    store.add_data_to_store("large", np.arange(101.0))
+        store.add_data_to_store("large", np.arange(101.0))
+        store.add_data_to_store("small", np.arange(100.0))
 
-    assert artefacts(tmp_path) == ["large.dat"]
-    assert "mapped on" in repr(store["large"])
+        assert artefacts(tmp_path) == ["large.dat"]
+        assert "mapped on" in repr(store["large"])
+
+
+def test_entries_waiting_in_ram_hold_one_write_chunk_in_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ldc, "psutil", fake_psutil(10 * 800))  # a write chunk of 800 bytes
+    with injected_budget(1 << 30):
+        store = open_store(tmp_path)
+
+        for key in ("a", "b", "c"):
+            store.add_data_to_store(key, np.arange(50.0))  # 400 bytes each
+
+        assert artefacts(tmp_path) == ["c.dat"]
+
+
+def test_with_the_memory_budget_off_an_added_entry_writes_its_dat_at_once(tmp_path: Path) -> None:
+    with injected_budget(1 << 30) as budget:
+        budget.configure(type(budget.settings)(enabled=False))
+        store = open_store(tmp_path)
+        store.add_data_to_store("k", np.arange(5.0))
+
+    assert artefacts(tmp_path) == ["k.dat"], "without the budget nothing could give the RAM back"
+    assert "mapped on" in repr(store["k"])
 
 
 def test_entries_past_the_memory_budget_headroom_write_their_dat_at_once_and_spill_nothing(tmp_path: Path) -> None:
@@ -189,3 +216,51 @@ def test_entries_past_the_memory_budget_headroom_write_their_dat_at_once_and_spi
     reopened = open_store(tmp_path)
     for index in range(10):
         np.testing.assert_array_equal(np.asarray(reopened[f"k{index}"]), np.full(entry_bytes // 8, float(index)))
+
+
+def test_a_write_from_another_thread_during_the_commit_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, entry = added(tmp_path)
+    writer: list[threading.Thread] = []
+
+    def write_from_another_thread_then_settle(committed: Any) -> None:
+        thread = threading.Thread(target=lambda: entry.data.__setitem__((0, 0), 99.0))
+        thread.start()
+        writer.append(thread)
+        thread.join(timeout=0.3)  # it waits for the entry, which the commit holds until settled
+        settle_committed_entries(committed)
+
+    monkeypatch.setattr(
+        "lazy_disk_cache.disk_backed_store.settle_committed_entries", write_from_another_thread_then_settle
+    )
+    store.offload(pickle_container=True)
+    writer[0].join(timeout=10)
+
+    assert not writer[0].is_alive()
+    assert entry[0, 0] == 99.0
+    assert np.load(tmp_path / "k.npy")[0, 0] == -1.0, "the committed value is the one staged"
+
+
+def test_a_write_through_an_array_held_at_staging_and_dropped_before_the_settle_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, entry = added(tmp_path)
+    held = [entry.data]
+
+    def write_then_drop_then_settle(committed: Any) -> None:
+        held.pop()[1, 1] = 55.0
+        settle_committed_entries(committed)
+
+    monkeypatch.setattr("lazy_disk_cache.disk_backed_store.settle_committed_entries", write_then_drop_then_settle)
+    store.offload(pickle_container=True)
+
+    assert entry[1, 1] == 55.0
+    assert "in RAM" in repr(entry)
+
+
+def test_a_forked_child_that_writes_the_dat_never_deletes_it(tmp_path: Path) -> None:
+    script = Path(__file__).parent / "child" / "store_forked_offload.py"
+
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"dat_present": True, "child_exit": 0}, "only the entry's own process deletes"

@@ -187,9 +187,13 @@ def test_an_added_entry_alive_after_the_commit_maps_the_committed_payload_instea
 def test_an_added_entry_whose_npy_is_replaced_before_it_adopts_it_keeps_its_ram(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    other = durable_store(elsewhere)  # its .npy lays the payload out as ours does (at 4096)
+    other.add_data_to_store("k", np.full((2, 3), 5.0))
+    other.offload(pickle_container=True)
+
     def another_writer_commits_first(committed: Any) -> None:
-        np.save(tmp_path / "other.npy", np.full((2, 3), 5.0))
-        os.replace(tmp_path / "other.npy", tmp_path / "k.npy")
+        os.replace(elsewhere / "k.npy", tmp_path / "k.npy")
         settle_committed_entries(committed)
 
     monkeypatch.setattr("lazy_disk_cache.disk_backed_store.settle_committed_entries", another_writer_commits_first)

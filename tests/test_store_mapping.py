@@ -535,11 +535,16 @@ def _odd_sized(value: object) -> TypeGuard[DiskBackedNDArray]:
     return isinstance(value, DiskBackedNDArray) and np.asarray(value).size % 2 == 1
 
 
+# With automatic offloading an added entry writes its .dat at once (one without it may wait in
+# RAM), so a rejected entry has a file to leave behind.
+WRITES_DAT_AT_ADD = {"automatic_offloading": True}
+
+
 @pytest.mark.parametrize("purge", [True, False], ids=["purge", "durable"])
 @pytest.mark.parametrize("check", ["validator", "value_type"])
 def test_an_entry_rejected_by_add_data_to_store_leaves_no_file_behind(tmp_path: Path, purge: bool, check: str) -> None:
     rules: dict[str, Any] = {"validator": _odd_sized} if check == "validator" else {"value_type": OtherEntry}
-    config = LazyDiskCacheConfig(cache_path=tmp_path, enable_caching=True, purge_disk_on_gc=purge)
+    config = LazyDiskCacheConfig(cache_path=tmp_path, enable_caching=True, purge_disk_on_gc=purge, **WRITES_DAT_AT_ADD)
     store = DiskBackedStore[DiskBackedNDArray](config=config, factory=DiskBackedNDArray, **rules)
 
     with pytest.raises(TypeError, match=r"rejected by validator|value must be"):
@@ -551,7 +556,7 @@ def test_an_entry_rejected_by_add_data_to_store_leaves_no_file_behind(tmp_path: 
 
 def test_a_rejection_never_removes_a_dat_that_was_there_before(tmp_path: Path) -> None:
     (tmp_path / "k.dat").write_bytes(b"\x00" * 32)
-    config = LazyDiskCacheConfig(cache_path=tmp_path, enable_caching=True, purge_disk_on_gc=False)
+    config = LazyDiskCacheConfig(cache_path=tmp_path, enable_caching=True, purge_disk_on_gc=False, **WRITES_DAT_AT_ADD)
     store = DiskBackedStore[DiskBackedNDArray](config=config, factory=DiskBackedNDArray, validator=_odd_sized)
 
     with pytest.raises(TypeError, match="rejected by validator"):
@@ -561,13 +566,12 @@ def test_a_rejection_never_removes_a_dat_that_was_there_before(tmp_path: Path) -
 
 
 def test_a_rejected_entry_collected_later_never_removes_the_next_entry_file(tmp_path: Path) -> None:
-    config = LazyDiskCacheConfig(cache_path=tmp_path, enable_caching=True)
+    config = LazyDiskCacheConfig(cache_path=tmp_path, enable_caching=True, **WRITES_DAT_AT_ADD)
     store = DiskBackedStore[DiskBackedNDArray](config=config, factory=DiskBackedNDArray, validator=_odd_sized)
     with pytest.raises(TypeError) as rejection:
         store.add_data_to_store("k", np.arange(4))
 
     store.add_data_to_store("k", np.arange(5), purge_disk_on_gc_override=False)
-    store["k"].offload()  # writes the new entry's .dat
     del rejection, store
     gc.collect()
 

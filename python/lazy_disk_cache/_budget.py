@@ -572,6 +572,11 @@ class MemoryLedger:
             return
         self._spill_if_needed()
 
+    @property
+    def managed_bytes(self) -> int:
+        """The anonymous RAM tracked entries report holding now. O(1), no lock."""
+        return self._managed
+
     def has_room_for(self, nbytes: int) -> bool:
         """Whether ``nbytes`` more of managed RAM keep the total at or under the spill threshold.
 

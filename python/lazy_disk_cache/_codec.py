@@ -25,6 +25,7 @@ from lazy_disk_cache._buffers import byte_view
 from lazy_disk_cache._payload_layout import PayloadLayout, layout_of, payload_memmap
 from lazy_disk_cache._progress import current_chunk_progress
 from lazy_disk_cache._rust import CacheDir, CommitBatch, FileMapping
+from lazy_disk_cache._store_payload import ram_copy_held_alone
 from lazy_disk_cache.lazy_disk_cache import (
     LazyDiskCache,
     LazyDiskCacheConfig,
@@ -133,6 +134,8 @@ def stage_entry(batch: CommitBatch, cache_dir: Path, key: StoreKey, entry: LazyD
         def meta(checksum: str | None) -> bytes:
             return encode_sidecar(entry, shape, dtype, checksum)
 
+        # Asked before this function takes a reference to the array itself.
+        droppable = ram_copy_held_alone(entry)
         copyable = copyable_file(entry)
         buffer: memoryview | None = None
         if copyable is None or not _lies_directly_in(copyable.path, cache_dir):
@@ -151,7 +154,7 @@ def stage_entry(batch: CommitBatch, cache_dir: Path, key: StoreKey, entry: LazyD
             source_file=None if copyable is None else copyable.path.name,
             source_offset=0 if copyable is None else copyable.offset,
         )
-        return StagedPayload(offset, checksum, identity)
+        return StagedPayload(offset, checksum, identity, droppable)
 
 
 def _lies_directly_in(path: Path, cache_dir: Path) -> bool:

@@ -43,7 +43,8 @@ class EntryMemory(EntryState):
         references its buffer (a view, a buffer export, the array given to the constructor):
         spilling would free nothing then, and later writes through that reference would miss
         the entry. Otherwise an entry reopened copy-on-write from a store is offloaded as by
-        ``offload()`` (materialising its ``.dat``) when it has written pages; an entry without
+        ``offload()`` (materialising its ``.dat``) when it has written pages; a store entry still
+        waiting in RAM for its file is offloaded too (writing its ``.dat``); an entry without
         caching is written to the private spill directory and dropped from RAM (it maps its spill
         file on its next access); any other entry holds no anonymous RAM. Returns the bytes of
         RAM let go. An ``OSError`` (a full disk) leaves the entry exactly as it was.

@@ -204,7 +204,8 @@ def readable_file(entry: "LazyDiskCache") -> ReadableFile:
     file holds the value: caching is off (the data is only in RAM), or the live buffer is a private
     copy-on-write mapping (a store reload, or ``load("c")``) whose writes, if any, never reach a
     file; ``offload()`` writes such an entry's ``.dat`` first; or the ``.npy`` an adopted entry keeps
-    mapped has been replaced under its name since. O(1): one ``stat`` for an adopted entry.
+    mapped has been replaced under its name since. O(1): one ``stat`` for an adopted entry; but a
+    store entry still waiting in RAM for its file writes its ``.dat`` first (O(n)).
     """
     with entry._lock:
         entry._write_deferred_backing()

@@ -37,6 +37,7 @@ __all__ = [
     "StagedPayload",
     "StoreEntryBuild",
     "StorePayloadAdoption",
+    "ram_copy_held_alone",
     "remember_stored_checksum",
     "settle_committed_entries",
     "store_build",
@@ -48,11 +49,14 @@ logger = logging.getLogger("lazy_disk_cache.lazy_disk_cache")
 
 
 class StagedPayload(NamedTuple):
-    """Where a staged entry's payload starts in its new ``.npy``, that file's checksum, and which file it is."""
+    """What a store staged of an entry: where the payload starts in its new ``.npy``, that file's
+    checksum and identity (device, inode), and whether the entry's RAM copy may be dropped once the
+    pair is committed (``ram_copy_held_alone`` at staging)."""
 
     offset: int
     checksum: str | None
     identity: tuple[int, int]
+    ram_copy_droppable: bool = False
 
 
 class _StoreBuild(NamedTuple):
@@ -126,12 +130,13 @@ class StorePayloadAdoption(EntryState):
     def _adopt_committed_from_ram(self, path: Path, staged: StagedPayload) -> None:
         """Let a deferred working copy map its just-committed payload copy-on-write instead of its RAM array.
 
-        The bytes are the same, and the RAM goes back. Not while anything outside the entry holds
-        the array (a view, ``np.asarray``): writes through it must keep reaching the entry, which
-        then stays in RAM, and writes its ``.dat`` when first needed, as before the commit.
+        The bytes are the same, and the RAM goes back. Only if nothing outside the entry held the
+        array when it was staged (``staged.ram_copy_droppable``; the store holds the entry's lock
+        from then to here, so no new reference appears): a write through such a reference, even
+        one made during the commit, must keep reaching the entry, which then stays in RAM and
+        writes its ``.dat`` when first needed, as before the commit.
         """
-        live = self._describe_buffer()[2]
-        if live.nbytes == 0 or held_elsewhere(live, self._references_to(live) + 1):  # + 1: the local `live`
+        if not staged.ram_copy_droppable or not self._ram_copy_held_alone():
             return
         mapping = self._committed_payload_mapping(path, staged)
         if mapping is None:
@@ -199,6 +204,13 @@ class StorePayloadAdoption(EntryState):
         check_cacheable_array(source)
         self._set_buffer(np.array(source, copy=True))
         self._mmap = None
+
+    def _ram_copy_held_alone(self) -> bool:
+        """Whether this is a deferred working copy whose (non-empty) array nothing outside the entry references."""
+        if not self._awaits_backing():
+            return False
+        live = self._describe_buffer()[2]
+        return live.nbytes > 0 and not held_elsewhere(live, self._references_to(live) + 1)  # + 1: `live`
 
     def _awaits_backing(self) -> bool:
         """Whether the data is a deferred working copy in RAM, with no ``.dat`` written yet."""
@@ -394,6 +406,16 @@ def settle_committed_entries(committed: Sequence[tuple["LazyDiskCache", StagedPa
         with entry._lock:
             entry._adopt_committed_payload(staged)
             remember_stored_checksum(entry, staged.checksum)
+
+
+def ram_copy_held_alone(entry: "LazyDiskCache") -> bool:
+    """Whether ``entry`` is a deferred working copy whose array nothing outside it references.
+
+    A store asks this when it stages the entry, under the entry's lock, which it then holds until
+    the commit is settled: only then may the settle drop that array for the committed payload.
+    """
+    with entry._lock:
+        return entry._ram_copy_held_alone()
 
 
 def remember_stored_checksum(entry: "LazyDiskCache", checksum: str | None) -> None:

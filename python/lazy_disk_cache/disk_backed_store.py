@@ -13,6 +13,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from contextlib import ExitStack
 from pathlib import Path
 from types import MappingProxyType
 from typing import (
@@ -77,6 +78,7 @@ from lazy_disk_cache.lazy_disk_cache import (
     StagedPayload,
     StoreEntryBuild,
     chunk_budget_bytes,
+    entry_lock,
     release_purge_duty,
     remember_stored_checksum,
     settle_committed_entries,
@@ -504,7 +506,11 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
 
         Each flag is its override when not ``None``, else the store's. ``StoreKeyError`` for an
         illegal key, ``KeyError`` if ``key`` is already tracked; the factory's own errors and the
-        value checks (``TypeError``) propagate. With caching on, blocks while the data is written.
+        value checks (``TypeError``) propagate. With caching on, the data is copied: into RAM, where
+        the entry waits for its ``.dat`` while that stays cheap (see the entry's memory budget), else
+        into its ``.dat``, blocking while the data is written. Errors writing the ``.dat``
+        (``OSError``, ``StoreContainmentError``) then surface when it is written: at the add, or at
+        the first operation that needs the file.
         """
         checked = checked_store_key(key, self._cache_dir)
         with self._lock:
@@ -671,11 +677,15 @@ class DiskBackedStore(MutableMapping[str, T], Generic[T]):
         released (``settle_committed_entries``), so the directory keeps one copy of each array.
         """
         staged: dict[str, tuple[LazyDiskCache, StagedPayload]] = {}
-        with self._directory().begin_commit(chunk_bytes=chunk_budget_bytes()) as batch:
+        # Each staged entry stays locked until its commit is settled: a write or a transition in
+        # between (another thread's) would otherwise be lost when the settle drops the entry's
+        # working copy for the committed payload.
+        with ExitStack() as held, self._directory().begin_commit(chunk_bytes=chunk_budget_bytes()) as batch:
             try:
                 for key in keys:
                     entry = self._offload_candidate(key, warn_unwritten=warn_unwritten)
                     if entry is not None:
+                        held.enter_context(entry_lock(entry))
                         staged[key] = (entry, self._store_entry(key, entry, batch=batch))
             finally:
                 # Also after a failure: the keys staged before it are complete, so they are committed,

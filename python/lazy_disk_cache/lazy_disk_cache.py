@@ -2,7 +2,9 @@
 
 An entry is in one of three states. RAM: a plain in-memory buffer, nothing on disk. MAPPED: the
 live buffer is a writable ``np.memmap`` of the entry's ``.dat`` file. OFFLOADED: the buffer is
-dropped and the data lives only in the ``.dat``. Every transition and every buffer access holds
+dropped and the data lives only in the ``.dat``. A store's entry may also be mapped from its
+stored ``.npy`` payload, or, just added, wait in RAM with caching on until its ``.dat`` is first
+needed (``_store_payload``). Every transition and every buffer access holds
 the entry's ``RLock``. All file bytes move through the native core (``lazy_disk_cache._rust``);
 this module decides what to write, where, and when, and how large a piece one write may hold
 (``chunk_budget_bytes``).
@@ -555,16 +557,19 @@ class LazyDiskCache(StorePayloadAdoption, EntryMemory, BackingFile):
     def _may_defer_working_file(self) -> bool:
         """Whether a store's new working copy may wait in RAM for its ``.dat`` (``_defer_working_file``).
 
-        Not with ``automatic_offloading``, which writes the file at once anyway. And only while the
-        copy is cheap to hold: no larger than one chunk of the write budget (a conversion's own
-        bound on the RAM it takes), and within the memory budget's headroom, so that holding it
-        never makes the budget spill; a larger one is written to its ``.dat`` at once, as before.
+        Not with ``automatic_offloading``, which writes the file at once anyway. Only with the
+        memory budget on, which can give the RAM back by writing the file. And only while it is
+        cheap to hold: the RAM that entries report, this copy included, stays within one chunk of
+        the write budget (10 % of available memory, a conversion's own bound on the RAM it takes),
+        and within the budget's headroom, so that holding it never makes the budget spill.
+        Otherwise the ``.dat`` is written at once, as for any entry.
         """
-        if self._automatic_offloading:
+        ledger = _budget.ledger
+        if self._automatic_offloading or not ledger.settings.enabled:
             return False
         shape, dtype = self._describe_shape_dtype()
         nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-        return nbytes <= chunk_budget_bytes() and _budget.ledger.has_room_for(nbytes)
+        return nbytes + ledger.managed_bytes <= chunk_budget_bytes() and ledger.has_room_for(nbytes)
 
     def _convert_to_memmap(self) -> None:
         """Write the data to a fresh, atomically committed ``.dat`` and adopt its mapping (→ MAPPED).
@@ -582,6 +587,9 @@ class LazyDiskCache(StorePayloadAdoption, EntryMemory, BackingFile):
             check_cacheable_array(source)
             if self._in_memory and self._adopted is None and self._adopt_payload(source, shape, dtype):
                 return
+            # A store entry that waited in RAM and is written in a forked child: the file by that
+            # name is its parent's as much as the child's, so the child never claims (and deletes) it.
+            forked_working_copy = self._awaits_backing() and os.getpid() != self._owner_pid
             if self._cache_path is None:
                 self._allocate_ephemeral()
             mapping = self._write_adopted_backing(source) or self._write_backing(np.asarray(source))
@@ -593,7 +601,7 @@ class LazyDiskCache(StorePayloadAdoption, EntryMemory, BackingFile):
             self._adopted = None
             self._release_spill()
             self._payload_mapping = None
-            if not self._backing_created:
+            if not self._backing_created and not forked_working_copy:
                 self._take_ownership()
             logger.debug("Wrote %s to %s (%d bytes)", type(self).__name__, self._cache_path, mapped.nbytes)
 
@@ -739,9 +747,10 @@ class LazyDiskCache(StorePayloadAdoption, EntryMemory, BackingFile):
     def __copy__(self) -> Self:
         """A shallow copy: the same file and, while loaded, the same buffer, like a view.
 
-        Nothing is written and this entry is not changed (unlike pickling). The copy holds the file
-        as this entry does, armed with purge duty if this entry is, so the file lives until the last
-        of them is gone.
+        Nothing is written and this entry is not changed (unlike pickling), but for a store entry
+        still waiting in RAM for its file: both must share one file, so its ``.dat`` is written
+        first (``OSError`` if that fails). The copy holds the file as this entry does, armed with
+        purge duty if this entry is, so the file lives until the last of them is gone.
         """
         with self._lock:
             # Both must share one file: a deferred working copy writes its .dat first.

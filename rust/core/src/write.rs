@@ -55,12 +55,17 @@ impl SpareBuffers {
         }
     }
 
-    /// Keeps `buffer` for a later write if it is among the largest few, else frees it.
+    /// Keeps `buffer` for a later write if it is among the largest few, else frees it (after the
+    /// lock is released: freeing a large buffer is a system call).
     fn give_back(&self, buffer: Vec<u8>) {
-        let mut kept = lock(&self.kept);
-        kept.push(buffer);
-        kept.sort_by_key(|spare| std::cmp::Reverse(spare.len()));
-        kept.truncate(SPARES_KEPT);
+        let evicted = {
+            let mut kept = lock(&self.kept);
+            kept.push(buffer);
+            kept.sort_by_key(|spare| std::cmp::Reverse(spare.len()));
+            let keep = SPARES_KEPT.min(kept.len());
+            kept.split_off(keep)
+        };
+        drop(evicted);
     }
 }
 
