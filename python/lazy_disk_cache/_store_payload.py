@@ -136,7 +136,7 @@ class StorePayloadAdoption(EntryState):
         one made during the commit, must keep reaching the entry, which then stays in RAM and
         writes its ``.dat`` when first needed, as before the commit.
         """
-        if not staged.ram_copy_droppable or not self._ram_copy_held_alone():
+        if not staged.ram_copy_droppable:
             return
         mapping = self._committed_payload_mapping(path, staged)
         if mapping is None:
