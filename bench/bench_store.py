@@ -361,8 +361,8 @@ def reload_cases(
         ]
         variants = with_baselines(variants, impl, baselines)
         prewarm = store_set.count * store_set.entry_bytes
-        # A reload of the big entries takes about a millisecond, which one repetition can double:
-        # three times the repetitions (each only milliseconds long) steady the median.
+        # Every reload case runs three times the repetitions: a reload of the big entries takes about
+        # a millisecond, which one repetition can double, and each repetition is cheap.
         reps = 3 * settings.reps
         series = measure_interleaved(variants, reps=reps, warmup=settings.warmup, prewarm_bytes=prewarm)
         for directory in (ours_dir, base_dir, joblib_dir):
@@ -371,7 +371,7 @@ def reload_cases(
             "page cache warm: the files were written just before; np.load baselines read the same bytes",
             "ours opens the store (a directory listing and a temp sweep) and, per key, reads and validates"
             " the sidecar, reads the .npy header and maps the payload copy-on-write; the hand-written"
-            " readers map or read the .npy only",
+            " readers map the .npy (and copy it, for the writable baseline) or read it",
         ]
         results.append(_set_case(store_set, "store-reload", "s", "store reopen + reload", series, notes))
     return results

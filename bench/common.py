@@ -91,7 +91,7 @@ class Settings:
 
     @classmethod
     def for_run(cls, *, quick: bool, workdir: Path) -> Settings:
-        """Full runs: 7 repetitions, 5 for 1 GiB conversions and fsync-bound store writes, plus a warm-up."""
+        """Full runs: 7 repetitions, 5 for 1 GiB conversions, 9 for fsync-bound store writes, plus a warm-up."""
         if quick:
             return cls(quick=True, workdir=workdir, reps=3, large_reps=3, store_reps=2, warmup=0, latency_calls=10)
         return cls(quick=False, workdir=workdir, reps=7, large_reps=5, store_reps=9, warmup=1, latency_calls=100)

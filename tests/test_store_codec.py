@@ -407,6 +407,19 @@ def test_a_torn_pair_is_a_miss(tmp_path: Path, missing: str) -> None:
     assert caught.value.args == ("k",)
 
 
+@pytest.mark.parametrize("missing", ["k.npy", "k.meta.json"])
+def test_a_tracked_key_whose_pair_half_vanished_is_a_miss_and_stays_tracked(tmp_path: Path, missing: str) -> None:
+    write_original_pair(tmp_path, "k", np.arange(3))
+    store = make_store(tmp_path)
+    (tmp_path / missing).unlink()
+
+    with pytest.raises(KeyError) as caught:
+        store["k"]
+
+    assert caught.value.args == ("k",)
+    assert store._store == {"k": None}
+
+
 def test_temps_are_never_read(tmp_path: Path) -> None:
     write_original_pair(tmp_path, "k", np.arange(3))
     store = make_store(tmp_path)

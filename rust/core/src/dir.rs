@@ -172,8 +172,17 @@ impl CacheDir {
     /// file is shorter than `offset + len`.
     pub fn open_holding(&self, name: &str, offset: u64, len: u64) -> Result<OwnedFd> {
         let fd = self.open_read(name)?;
+        self.check_holds(name, self.file_len(fd.as_fd(), name)?, offset, len)?;
+        Ok(fd)
+    }
+
+    /// Checks that `name`, `actual` bytes long, holds `len` bytes from `offset`.
+    ///
+    /// # Errors
+    /// [`Error::SizeMismatch`] when it is shorter than `offset + len`; [`Error::SizeOverflow`]
+    /// when that end overflows.
+    pub(crate) fn check_holds(&self, name: &str, actual: u64, offset: u64, len: u64) -> Result<()> {
         let needed = add(offset, len)?;
-        let actual = self.file_len(fd.as_fd(), name)?;
         if actual < needed {
             return Err(Error::SizeMismatch {
                 path: self.path_of(name),
@@ -181,7 +190,7 @@ impl CacheDir {
                 actual,
             });
         }
-        Ok(fd)
+        Ok(())
     }
 
     /// Reads the whole of the small file `name` (a sidecar): open, fstat, pread, close.
@@ -559,8 +568,7 @@ mod tests {
     fn a_writable_directory_is_not_refused_for_writes() {
         // The refusals (dropped capabilities, a read-only bind mount, an unprivileged user) are
         // set up by tests/reliability/test_read_only_directory.py, which a unit test cannot do.
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = CacheDir::open(tmp.path(), false).unwrap();
+        let (_tmp, dir) = open_temp_dir();
         assert!(!dir.refuses_writes().unwrap());
     }
 

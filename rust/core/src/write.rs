@@ -358,21 +358,17 @@ impl PayloadWriter {
             Err(err) if err.is_missing() => None,
             Err(err) => return Err(err),
         };
+        // (A failed fstat counts as another file: the mapping holds every byte either way.)
         let same_file = src
             .as_ref()
             .and_then(|src| dir.fs().fstat(src.as_fd()).ok())
             .filter(|stat| stat.identity == patch.identity() && patch.offset() == src_offset);
-        let (Some(src), Some(stat), Some(written)) = (src, same_file, patch.private_ranges()) else {
+        // The page map is read only for the same file: the written pages matter only then.
+        let written = same_file.as_ref().and_then(|_| patch.private_ranges());
+        let (Some(src), Some(stat), Some(written)) = (src, same_file, written) else {
             return self.write_block(patch.window_bytes(0..patch.len())?, between);
         };
-        let needed = add(src_offset, remaining)?;
-        if stat.len < needed {
-            return Err(Error::SizeMismatch {
-                path: dir.path_of(src_name),
-                expected: needed,
-                actual: stat.len,
-            });
-        }
+        dir.check_holds(src_name, stat.len, src_offset, remaining)?;
         let src_path = dir.path_of(src_name);
         let mut first = true;
         let mut done = 0;
@@ -849,6 +845,23 @@ mod tests {
     #[test]
     fn a_patched_copy_of_a_file_removed_since_it_was_mapped_comes_from_the_mapping() {
         assert_patched_copy_keeps_what_was_mapped(|directory| fs::remove_file(directory.join("k.npy")).unwrap());
+    }
+
+    #[test]
+    fn a_patched_copy_asked_for_another_offset_than_the_mapping_s_comes_from_the_mapping() {
+        let (tmp, dir) = open_temp_dir();
+        let file: Vec<u8> = (0..3 * 4096usize).map(|index| (index % 253) as u8).collect();
+        fs::write(tmp.path().join("k.npy"), &file).unwrap();
+        let len = 2 * 4096;
+        let patch = Mapping::open(&dir, "k.npy", MappingMode::CopyOnWrite, 4096, Some(len)).unwrap();
+
+        copy_patched(&dir, &patch, 0, len);
+
+        assert_eq!(
+            fs::read(tmp.path().join("k.dat")).unwrap(),
+            &file[4096..],
+            "the mapping's window, not the file's bytes at the offset asked for"
+        );
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub struct PyCommitBatch {
 }
 
 /// The mode a stored payload may be mapped in: `r` or `c`, never shared-writable (a committed
-/// payload changes only by a commit).
+/// payload changes only by a commit). `read_npy` also takes no mode (`None`: nothing mapped).
 fn payload_mode(mode: &str) -> PyResult<MappingMode> {
     MappingMode::parse(mode)
         .filter(|mode| *mode != MappingMode::ReadWrite)

@@ -108,8 +108,8 @@ impl Parser<'_> {
         Some(c)
     }
 
-    /// Skips Python whitespace. Byte-wise: a header is padded with up to 4 KiB of spaces, and
-    /// every whitespace character is one byte (a UTF-8 continuation byte never matches).
+    /// Skips Python whitespace, byte by byte: every whitespace character is one byte, and a
+    /// UTF-8 continuation byte never matches.
     fn skip_ws(&mut self) {
         let rest = self.text.as_bytes().get(self.pos..).unwrap_or_default();
         self.pos += rest
